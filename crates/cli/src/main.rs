@@ -1,1 +1,37 @@
-fn main() {}
+//! `verity`: run, chat with, and convert open-weights models on your own machine.
+
+mod chat;
+mod common;
+mod convert;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "verity", version, about = "Run, tune, audit and verify open-weights models on your own machine.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Run(run::RunArgs),
+    Chat(chat::ChatArgs),
+    Convert(convert::ConvertArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Chat(a) => chat::chat(a),
+        Command::Convert(a) => convert::convert(a),
+    };
+    if let Err(e) = result {
+        // One line: the chain of causes, outermost first.
+        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("verity: error: {}", msg.join(": "));
+        std::process::exit(1);
+    }
+}

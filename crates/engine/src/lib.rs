@@ -1,1 +1,23 @@
+//! The engine: runs a loaded [`verity_model::Model`] — the forward pass over a KV cache,
+//! sampling, and the generation loop with stop conditions and streaming.
 
+mod forward;
+mod generate;
+mod ops;
+mod sampling;
+
+pub use forward::{EngineError, Session};
+pub use generate::{generate, FinishReason, GenerateParams, Generation, Timings};
+pub use sampling::{Sampler, SamplingParams};
+
+/// Set the number of worker threads for all compute (call once, before any work).
+pub fn init_threads(n: usize) {
+    let n = if n == 0 { default_threads() } else { n };
+    // Fails only if the pool already exists, which is harmless.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+}
+
+/// Physical-core-sized default: all available cores.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}

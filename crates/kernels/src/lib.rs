@@ -1,1 +1,481 @@
-//! Kernels (being written).
+//! Compute kernels over ggml's tensor formats: dequantization, quantization, dot products
+//! and the matrix multiplication that drives inference.
+//!
+//! # Numerics follow llama.cpp (ggml-cpu)
+//!
+//! For a quantized weight matrix, ggml does not dequantize weights to f32. It quantizes the
+//! *activation* row to the weight type's "vec-dot type" ([`vec_dot_type`]) and computes
+//! integer dot products block by block, scaling each block's exact integer sum by the two
+//! block scales:
+//!
+//! | weights | activations |
+//! |---------|-------------|
+//! | Q4_0, Q5_0, Q8_0 | Q8_0 |
+//! | Q4_1, Q5_1 | Q8_1 (stores `s = d * sum(q)` to fold in the weight minimum) |
+//! | Q4_K, Q5_K, Q6_K | Q8_K (f32 scale, 256 quants, 16 block sums) |
+//! | F16 | F16 (activations rounded to f16) |
+//! | BF16 | BF16 (activations rounded to bf16) |
+//! | F32 | F32 |
+//!
+//! We do the same, because matching llama.cpp's outputs means reproducing its rounding
+//! (the activation quantization error is part of what llama.cpp computes), and because
+//! integer dot products are much faster than float ones. Activation rows are quantized once
+//! per [`matmul`] call, with the quantizer ggml-cpu uses on x86
+//! ([`quantize_activation_row`]); model files use ggml's reference quantizers
+//! ([`quantize_row`]).
+//!
+//! # SIMD paths
+//!
+//! [`simd_level`] detects the CPU once (AVX-512 → AVX2 → scalar on x86_64, NEON on
+//! aarch64); the environment variable `VERITY_SIMD=scalar|avx2|avx512|neon` can pick a
+//! lower level (asking for a level the CPU lacks falls back to the best one available).
+//!
+//! * Scalar: reference implementation of every dot product; always available.
+//! * AVX2 (+FMA, F16C): F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.
+//! * AVX-512: currently runs the AVX2 kernels.
+//! * NEON: currently runs the scalar kernels.
+//!
+//! Every path computes each block's integer sum exactly and accumulates the float terms in
+//! the same order, so **all paths give bit-identical results**. Each output element is a
+//! single dot product whose order does not depend on the batch size or on threading, so
+//! [`matmul`] is also batch-invariant and deterministic.
+
+mod blocks;
+mod dequant;
+mod quant;
+mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+use rayon::prelude::*;
+use std::sync::OnceLock;
+pub use verity_formats::TensorType;
+
+/// Elements per super-block of the K-quants (Q4_K, Q5_K, Q6_K, Q8_K).
+pub const QK_K: usize = blocks::QK_K;
+
+/// A weight matrix stored row-major: `rows` rows of `cols` elements each in type `ty`
+/// (ggml layout: a row is contiguous, `ty.row_bytes(cols)` bytes).
+#[derive(Clone, Copy, Debug)]
+pub struct WeightView<'a> {
+    pub ty: TensorType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl WeightView<'_> {
+    /// Bytes of one row. Panics if `cols` is not a whole number of blocks.
+    pub fn row_bytes(&self) -> usize {
+        self.ty.row_bytes(self.cols).unwrap_or_else(|| {
+            panic!(
+                "{}: {} columns is not a whole number of blocks",
+                self.ty, self.cols
+            )
+        })
+    }
+
+    fn check(&self) -> usize {
+        let rb = self.row_bytes();
+        let want = rb
+            .checked_mul(self.rows)
+            .expect("weight size overflows usize");
+        assert_eq!(
+            self.data.len(),
+            want,
+            "{} weight {}x{}: expected {} bytes, got {}",
+            self.ty,
+            self.rows,
+            self.cols,
+            want,
+            self.data.len()
+        );
+        rb
+    }
+}
+
+// ---------------------------------------------------------------- SIMD level
+
+/// Which SIMD path is in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimdLevel {
+    /// Portable scalar reference code.
+    Scalar,
+    /// x86_64 with AVX2, FMA and F16C.
+    Avx2,
+    /// x86_64 with AVX-512 F/BW/VL (plus AVX2, FMA, F16C). Runs the AVX2 kernels for now.
+    Avx512,
+    /// aarch64 with NEON. Runs the scalar kernels for now.
+    Neon,
+}
+
+impl SimdLevel {
+    /// Parse the names accepted by `VERITY_SIMD` (case-insensitive).
+    pub fn parse(s: &str) -> Option<SimdLevel> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" | "none" => Some(SimdLevel::Scalar),
+            "avx2" => Some(SimdLevel::Avx2),
+            "avx512" => Some(SimdLevel::Avx512),
+            "neon" => Some(SimdLevel::Neon),
+            _ => None,
+        }
+    }
+}
+
+/// Whether this CPU can run `level`'s code.
+pub fn level_supported(level: SimdLevel) -> bool {
+    match level {
+        SimdLevel::Scalar => true,
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => {
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+        }
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => {
+            level_supported(SimdLevel::Avx2)
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+        }
+        #[cfg(target_arch = "aarch64")]
+        SimdLevel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// The best level this CPU supports, ignoring `VERITY_SIMD`.
+pub fn best_simd_level() -> SimdLevel {
+    [SimdLevel::Avx512, SimdLevel::Avx2, SimdLevel::Neon]
+        .into_iter()
+        .find(|&l| level_supported(l))
+        .unwrap_or(SimdLevel::Scalar)
+}
+
+/// The SIMD path in use: detected once at run time, overridable (downwards only) by
+/// `VERITY_SIMD=scalar|avx2|avx512|neon`. An unknown value, or a level this CPU cannot run,
+/// falls back to the best available level.
+pub fn simd_level() -> SimdLevel {
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let best = best_simd_level();
+        match std::env::var("VERITY_SIMD")
+            .ok()
+            .as_deref()
+            .and_then(SimdLevel::parse)
+        {
+            Some(req) if level_supported(req) => req,
+            _ => best,
+        }
+    })
+}
+
+/// `level` if this CPU supports it, else the best supported level.
+fn effective(level: SimdLevel) -> SimdLevel {
+    if level_supported(level) {
+        level
+    } else {
+        best_simd_level()
+    }
+}
+
+// ---------------------------------------------------------------- types
+
+/// The activation type ggml pairs with weights of type `ty` in dot products.
+pub fn vec_dot_type(ty: TensorType) -> TensorType {
+    use TensorType::*;
+    match ty {
+        F32 => F32,
+        F16 => F16,
+        BF16 => BF16,
+        Q4_0 | Q5_0 | Q8_0 => Q8_0,
+        Q4_1 | Q5_1 => Q8_1,
+        Q8_1 => Q8_1,
+        Q4_K | Q5_K | Q6_K | Q8_K => Q8_K,
+    }
+}
+
+/// Whether [`matmul`] accepts weights of type `ty`.
+pub fn matmul_supported(ty: TensorType) -> bool {
+    !matches!(ty, TensorType::Q8_1 | TensorType::Q8_K)
+}
+
+type DotFn = fn(&[u8], &[u8], usize) -> f32;
+
+/// The dot-product kernel for weights of type `ty` at `level` (which must be supported).
+fn dot_kernel(ty: TensorType, level: SimdLevel) -> DotFn {
+    use TensorType::*;
+    #[cfg(target_arch = "x86_64")]
+    if matches!(level, SimdLevel::Avx2 | SimdLevel::Avx512) && level_supported(SimdLevel::Avx2) {
+        return match ty {
+            F32 => avx2::dot_f32,
+            F16 => avx2::dot_f16,
+            BF16 => avx2::dot_bf16,
+            Q8_0 => avx2::dot_q8_0,
+            Q4_0 => avx2::dot_q4_0,
+            Q4_1 => avx2::dot_q4_1,
+            Q5_0 => avx2::dot_q5_0,
+            Q5_1 => avx2::dot_q5_1,
+            Q4_K => avx2::dot_q4_k,
+            Q5_K => avx2::dot_q5_k,
+            Q6_K => avx2::dot_q6_k,
+            Q8_1 | Q8_K => panic!("{ty} is an activation type, not a weight type for matmul"),
+        };
+    }
+    let _ = level;
+    match ty {
+        F32 => scalar::dot_f32,
+        F16 => scalar::dot_f16,
+        BF16 => scalar::dot_bf16,
+        Q8_0 => scalar::dot_q8_0,
+        Q4_0 => scalar::dot_q4_0,
+        Q4_1 => scalar::dot_q4_1,
+        Q5_0 => scalar::dot_q5_0,
+        Q5_1 => scalar::dot_q5_1,
+        Q4_K => scalar::dot_q4_k,
+        Q5_K => scalar::dot_q5_k,
+        Q6_K => scalar::dot_q6_k,
+        Q8_1 | Q8_K => panic!("{ty} is an activation type, not a weight type for matmul"),
+    }
+}
+
+// ---------------------------------------------------------------- quantize / dequantize
+
+/// Dequantize `dst.len()` elements (a whole number of blocks) from `src` of type `ty`.
+///
+/// Bit-identical to ggml's `dequantize_row_*` (and gguf-py's numpy dequantizers).
+/// Panics if `dst.len()` is not a whole number of blocks or `src` is too short.
+pub fn dequantize_row(ty: TensorType, src: &[u8], dst: &mut [f32]) {
+    use TensorType::*;
+    let need = ty.row_bytes(dst.len()).unwrap_or_else(|| {
+        panic!(
+            "dequantize_row: {} elements is not a whole number of {ty} blocks",
+            dst.len()
+        )
+    });
+    assert!(
+        src.len() >= need,
+        "dequantize_row: {} elements of {ty} need {need} bytes, got {}",
+        dst.len(),
+        src.len()
+    );
+    let src = &src[..need];
+    match ty {
+        F32 => dequant::f32_(src, dst),
+        F16 => dequant::f16_(src, dst),
+        BF16 => dequant::bf16_(src, dst),
+        Q4_0 => dequant::q4_0(src, dst),
+        Q4_1 => dequant::q4_1(src, dst),
+        Q5_0 => dequant::q5_0(src, dst),
+        Q5_1 => dequant::q5_1(src, dst),
+        Q8_0 => dequant::q8_0(src, dst),
+        Q8_1 => dequant::q8_1(src, dst),
+        Q4_K => dequant::q4_k(src, dst),
+        Q5_K => dequant::q5_k(src, dst),
+        Q6_K => dequant::q6_k(src, dst),
+        Q8_K => dequant::q8_k(src, dst),
+    }
+}
+
+/// Row `row` of a weight matrix, dequantized into `dst` (`dst.len() == w.cols`).
+/// For embedding lookups.
+pub fn get_row(w: &WeightView, row: usize, dst: &mut [f32]) {
+    let rb = w.check();
+    assert!(
+        row < w.rows,
+        "get_row: row {row} out of range (rows = {})",
+        w.rows
+    );
+    assert_eq!(
+        dst.len(),
+        w.cols,
+        "get_row: dst has {} elements, want {}",
+        dst.len(),
+        w.cols
+    );
+    dequantize_row(w.ty, &w.data[row * rb..(row + 1) * rb], dst);
+}
+
+fn prepare_dst(ty: TensorType, n: usize, dst: &mut Vec<u8>) -> Result<usize, String> {
+    let bytes = ty
+        .row_bytes(n)
+        .ok_or_else(|| format!("{n} elements is not a whole number of {ty} blocks"))?;
+    let start = dst.len();
+    dst.resize(start + bytes, 0);
+    Ok(start)
+}
+
+/// Quantize `src` to type `ty`, appending the bytes to `dst`, the way ggml writes model
+/// files (`quantize_row_*_ref`; for F16/BF16 round to nearest even).
+///
+/// Implemented: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q8_K. The other
+/// K-quants (whose quantizers search for scales) return `Err`, as does a length that is not
+/// a whole number of blocks.
+pub fn quantize_row(ty: TensorType, src: &[f32], dst: &mut Vec<u8>) -> Result<(), String> {
+    use TensorType::*;
+    let f: QuantFn = match ty {
+        F32 => quant::to_f32,
+        F16 => quant::to_f16,
+        BF16 => quant::to_bf16,
+        Q4_0 => quant::ref_q4_0,
+        Q4_1 => quant::ref_q4_1,
+        Q5_0 => quant::ref_q5_0,
+        Q5_1 => quant::ref_q5_1,
+        Q8_0 => quant::ref_q8_0,
+        Q8_1 => quant::ref_q8_1,
+        Q8_K => quant::q8_k,
+        Q4_K | Q5_K | Q6_K => return Err(format!("quantizing to {ty} is not implemented")),
+    };
+    let start = prepare_dst(ty, src.len(), dst)?;
+    f(src, &mut dst[start..]);
+    Ok(())
+}
+
+/// Quantize an activation row to `ty` the way ggml-cpu does before a dot product on x86
+/// (Q8_0/Q8_1: `id = 127 / amax`, round half to even; Q8_K: ggml's reference quantizer;
+/// F16/BF16/F32: rounding only), appending to `dst`. This is what [`matmul`] uses.
+pub fn quantize_activation_row(
+    ty: TensorType,
+    src: &[f32],
+    dst: &mut Vec<u8>,
+) -> Result<(), String> {
+    let f = activation_quantizer(ty)?;
+    let start = prepare_dst(ty, src.len(), dst)?;
+    f(src, &mut dst[start..]);
+    Ok(())
+}
+
+/// A quantizer from f32 to a block format, writing into a buffer of the right size.
+type QuantFn = fn(&[f32], &mut [u8]);
+
+fn activation_quantizer(ty: TensorType) -> Result<QuantFn, String> {
+    use TensorType::*;
+    Ok(match ty {
+        F32 => quant::to_f32,
+        F16 => quant::to_f16,
+        BF16 => quant::to_bf16,
+        Q8_0 => quant::act_q8_0,
+        Q8_1 => quant::act_q8_1,
+        Q8_K => quant::q8_k,
+        _ => return Err(format!("{ty} is not an activation type")),
+    })
+}
+
+// ---------------------------------------------------------------- matmul
+
+/// Weight rows per cache block: a block is read once for all batch rows.
+const ROW_BLOCK: usize = 16;
+
+/// `y[b * w.rows + r] = sum_k W[r][k] * x[b * w.cols + k]` for `b in 0..batch`,
+/// `r in 0..w.rows`.
+///
+/// The activations are first quantized to [`vec_dot_type`]`(w.ty)` (once per call), then
+/// rows are processed in parallel on rayon's global pool, in blocks of weight rows that
+/// are each read once for the whole batch. The result for a given (row, batch item) does
+/// not depend on `batch`, on the thread count, or on the SIMD level.
+///
+/// Panics if the slice lengths do not match the shapes.
+pub fn matmul(w: &WeightView, x: &[f32], batch: usize, y: &mut [f32]) {
+    matmul_with(simd_level(), w, x, batch, y)
+}
+
+/// [`matmul`] at an explicit SIMD level (for tests and benchmarks). A level this CPU
+/// cannot run falls back to the best available one.
+#[doc(hidden)]
+pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y: &mut [f32]) {
+    let wrb = w.check();
+    assert!(
+        matmul_supported(w.ty),
+        "matmul: {} is not a weight type",
+        w.ty
+    );
+    let (rows, cols) = (w.rows, w.cols);
+    assert_eq!(
+        x.len(),
+        batch * cols,
+        "matmul: x has {} elements, want {batch}x{cols}",
+        x.len()
+    );
+    assert_eq!(
+        y.len(),
+        batch * rows,
+        "matmul: y has {} elements, want {batch}x{rows}",
+        y.len()
+    );
+    if batch == 0 || rows == 0 {
+        return;
+    }
+    let level = effective(level);
+    let vdt = vec_dot_type(w.ty);
+    let arb = vdt.row_bytes(cols).expect("activation row size");
+
+    // Quantize the whole activation batch once.
+    let quantize = activation_quantizer(vdt).expect("vec-dot type is an activation type");
+    let mut act = vec![0u8; batch * arb];
+    if cols == 0 {
+        y.fill(0.0);
+        return;
+    }
+    if batch >= 4 {
+        act.par_chunks_mut(arb)
+            .zip(x.par_chunks(cols))
+            .for_each(|(a, xr)| quantize(xr, a));
+    } else {
+        act.chunks_mut(arb)
+            .zip(x.chunks(cols))
+            .for_each(|(a, xr)| quantize(xr, a));
+    }
+
+    let dot = dot_kernel(w.ty, level);
+    let wrow = |r: usize| &w.data[r * wrb..(r + 1) * wrb];
+    let threads = rayon::current_num_threads().max(1);
+    let rows_per_task = rows.div_ceil(threads * 4).max(ROW_BLOCK);
+
+    if batch == 1 {
+        y.par_chunks_mut(rows_per_task)
+            .enumerate()
+            .for_each(|(t, ys)| {
+                let r0 = t * rows_per_task;
+                for (i, yv) in ys.iter_mut().enumerate() {
+                    *yv = dot(wrow(r0 + i), &act, cols);
+                }
+            });
+        return;
+    }
+
+    // Row-major [rows][batch] scratch so each task owns a contiguous chunk.
+    let mut tmp = vec![0f32; rows * batch];
+    tmp.par_chunks_mut(rows_per_task * batch)
+        .enumerate()
+        .for_each(|(t, ts)| {
+            let r0 = t * rows_per_task;
+            let nr = ts.len() / batch;
+            for rb in (0..nr).step_by(ROW_BLOCK) {
+                let re = (rb + ROW_BLOCK).min(nr);
+                for (b, a) in act.chunks_exact(arb).enumerate() {
+                    for i in rb..re {
+                        ts[i * batch + b] = dot(wrow(r0 + i), a, cols);
+                    }
+                }
+            }
+        });
+    y.par_chunks_mut(rows).enumerate().for_each(|(b, yb)| {
+        for (r, yv) in yb.iter_mut().enumerate() {
+            *yv = tmp[r * batch + b];
+        }
+    });
+}
+
+/// Dot product of one weight row (`w`, type `ty`, `n` elements) with an f32 vector,
+/// quantizing `x` like [`matmul`] does. Allocates; meant for tests and one-off use.
+#[doc(hidden)]
+pub fn dot_with(level: SimdLevel, ty: TensorType, w: &[u8], x: &[f32]) -> f32 {
+    let mut act = Vec::new();
+    quantize_activation_row(vec_dot_type(ty), x, &mut act).expect("quantize activations");
+    let rb = ty.row_bytes(x.len()).expect("whole blocks");
+    assert!(w.len() >= rb, "dot_with: weight row too short");
+    dot_kernel(ty, effective(level))(&w[..rb], &act, x.len())
+}

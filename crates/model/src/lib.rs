@@ -1,1 +1,14 @@
+//! Models of the Llama family: what an architecture's hyperparameters are, what its
+//! tensors are called, and loading them (memory-mapped) from GGUF files or Hugging Face
+//! directories into one in-memory description the engine runs.
+//!
+//! Everything architecture-specific lives in [`arch`]; the loader validates every tensor's
+//! shape against the hyperparameters so the engine can index without checks.
 
+pub mod arch;
+mod load;
+mod tensor;
+
+pub use arch::{Arch, HParams, RopeStyle};
+pub use load::{load, Layer, LoadError, Model, ModelFormat, Weights};
+pub use tensor::Tensor;

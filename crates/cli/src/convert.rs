@@ -1,0 +1,229 @@
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use verity_model::arch::{GlobalTensor, LayerTensor};
+use verity_model::{Model, RopeStyle, Tensor};
+
+use crate::common::{load_model, ModelArgs};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Target {
+    /// A Hugging Face directory: config.json, tokenizer files, model.safetensors.
+    Hf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
+/// Convert a model to another format.
+///
+/// Writes a Hugging Face directory (config.json, tokenizer.json, tokenizer_config.json
+/// with the chat template, generation_config.json, model.safetensors) from a GGUF file.
+/// Quantized weights are dequantized. The directory appears only when complete.
+///
+/// Examples:
+///   verity convert SmolLM2-135M-Instruct.Q4_1.gguf --to hf smollm2-hf/
+///   verity convert model.gguf --to hf out/ --dtype bf16 --json
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct ConvertArgs {
+    /// The model to convert (a GGUF file, or a name in the store).
+    pub input: String,
+    /// The output directory (must not exist, or be empty).
+    pub output: PathBuf,
+    /// Target format.
+    #[arg(long, value_enum, default_value_t = Target::Hf)]
+    pub to: Target,
+    /// Element type of the written weights.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
+    let model = load_model(&ModelArgs { model: Some(args.input.clone()), ctx: 0, threads: 0 })?;
+    let out = &args.output;
+    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} already exists and is not empty; choose a new directory", out.display());
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let staging = tempfile::Builder::new().prefix(".verity-convert-").tempdir_in(parent)?;
+    let n_tensors = write_hf(&model, staging.path(), args.dtype)?;
+    if out.exists() {
+        std::fs::remove_dir(out)?;
+    }
+    let staged = staging.keep();
+    std::fs::rename(&staged, out).with_context(|| format!("moving the result to {}", out.display()))?;
+    if args.json {
+        let v = json!({ "input": model.path, "output": out, "format": "hf", "dtype": format!("{:?}", args.dtype).to_lowercase(), "tensors": n_tensors });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        eprintln!("verity: wrote {} ({n_tensors} tensors)", out.display());
+    }
+    Ok(())
+}
+
+/// Write the HF files into `dir`; returns the number of tensors.
+fn write_hf(model: &Model, dir: &Path, dtype: Dtype) -> anyhow::Result<usize> {
+    let hp = &model.hparams;
+    let w = &model.weights;
+    let (model_type, class) = hp.arch.hf_names();
+    let tok = &model.tokenizer;
+
+    let mut config = json!({
+        "architectures": [class],
+        "model_type": model_type,
+        "hidden_size": hp.n_embd,
+        "intermediate_size": hp.n_ff,
+        "num_hidden_layers": hp.n_layer,
+        "num_attention_heads": hp.n_head,
+        "num_key_value_heads": hp.n_head_kv,
+        "head_dim": hp.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": hp.rms_eps,
+        "rope_theta": hp.rope_theta,
+        "max_position_embeddings": hp.n_ctx_train,
+        "vocab_size": hp.n_vocab,
+        "tie_word_embeddings": hp.tied_embeddings,
+        "attention_bias": hp.arch.has_qkv_bias(),
+        "torch_dtype": if dtype == Dtype::F32 { "float32" } else { "bfloat16" },
+        "bos_token_id": tok.bos_id(),
+        "eos_token_id": tok.eos_id(),
+    });
+    if hp.rope_freq_scale != 1.0 {
+        config["rope_scaling"] = json!({ "rope_type": "linear", "factor": 1.0 / hp.rope_freq_scale });
+    }
+    if let Some(freqs) = &w.rope_freqs {
+        config["rope_scaling"] = llama3_scaling_for(freqs, hp.head_dim, hp.rope_theta)?;
+    }
+    write_json(&dir.join("config.json"), &config)?;
+    write_json(&dir.join("generation_config.json"), &json!({ "bos_token_id": tok.bos_id(), "eos_token_id": tok.eos_id() }))?;
+    std::fs::write(dir.join("tokenizer.json"), tok.to_tokenizer_json()?)?;
+    write_json(&dir.join("tokenizer_config.json"), &tok.to_tokenizer_config())?;
+
+    // GGUF `llama` q/k rows are permuted for interleaved RoPE; HF expects the halves layout.
+    let unpermute = hp.rope_style == RopeStyle::Interleaved;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let matrix = |t: &Tensor| (vec![t.rows, t.cols], t.to_f32());
+    let (s, d) = matrix(&w.token_embd);
+    tensors.push((GlobalTensor::TokenEmbedding.hf_name().into(), s, d));
+    if let Some(o) = &w.output {
+        let (s, d) = matrix(o);
+        tensors.push((GlobalTensor::Output.hf_name().into(), s, d));
+    }
+    tensors.push((GlobalTensor::OutputNorm.hf_name().into(), vec![hp.n_embd], w.output_norm.clone()));
+    for (l, layer) in w.layers.iter().enumerate() {
+        let mut add_matrix = |kind: LayerTensor, t: &Tensor, heads: Option<usize>| {
+            let (s, mut d) = matrix(t);
+            if let (true, Some(h)) = (unpermute, heads) {
+                d = unpermute_rows(&d, h, t.rows / h, t.cols);
+            }
+            tensors.push((kind.hf_name(l), s, d));
+        };
+        add_matrix(LayerTensor::Q, &layer.wq, Some(hp.n_head));
+        add_matrix(LayerTensor::K, &layer.wk, Some(hp.n_head_kv));
+        add_matrix(LayerTensor::V, &layer.wv, None);
+        add_matrix(LayerTensor::Output, &layer.wo, None);
+        add_matrix(LayerTensor::Gate, &layer.w_gate, None);
+        add_matrix(LayerTensor::Up, &layer.w_up, None);
+        add_matrix(LayerTensor::Down, &layer.w_down, None);
+        let vectors = [
+            (LayerTensor::AttnNorm, Some(&layer.attn_norm)),
+            (LayerTensor::FfnNorm, Some(&layer.ffn_norm)),
+            (LayerTensor::QBias, layer.bq.as_ref()),
+            (LayerTensor::KBias, layer.bk.as_ref()),
+            (LayerTensor::VBias, layer.bv.as_ref()),
+            (LayerTensor::QNorm, layer.q_norm.as_ref()),
+            (LayerTensor::KNorm, layer.k_norm.as_ref()),
+        ];
+        for (kind, v) in vectors {
+            if let Some(v) = v {
+                tensors.push((kind.hf_name(l), vec![v.len()], v.clone()));
+            }
+        }
+    }
+
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, shape, data)| {
+            let b: Vec<u8> = match dtype {
+                Dtype::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                Dtype::Bf16 => data.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+            };
+            (name, shape, b)
+        })
+        .collect();
+    let st_dtype = if dtype == Dtype::F32 { safetensors::Dtype::F32 } else { safetensors::Dtype::BF16 };
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    let n = views.len();
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), &dir.join("model.safetensors"))?;
+    Ok(n)
+}
+
+/// Undo llama.cpp's q/k row permutation: within each head, row 2i+j goes to j*half+i.
+fn unpermute_rows(data: &[f32], heads: usize, head_rows: usize, cols: usize) -> Vec<f32> {
+    let half = head_rows / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * head_rows + 2 * i + j;
+                let dst = h * head_rows + j * half + i;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// config.json `rope_scaling` that reproduces GGUF's `rope_freqs` factors.
+fn llama3_scaling_for(freqs: &[f32], head_dim: usize, theta: f32) -> anyhow::Result<serde_json::Value> {
+    let factor = freqs.iter().copied().fold(1.0f32, f32::max);
+    for original in [8192.0f32, 4096.0, 2048.0, 16384.0, 32768.0] {
+        for (low, high) in [(1.0f32, 4.0f32), (1.0, 2.0), (1.0, 8.0), (2.0, 4.0)] {
+            let s = verity_model::arch::Llama3RopeScaling { factor, low_freq_factor: low, high_freq_factor: high, original_context: original };
+            let f = s.freq_factors(head_dim, theta);
+            if f.iter().zip(freqs).all(|(a, b)| (a - b).abs() <= 1e-3 * b.abs().max(1.0)) {
+                return Ok(json!({ "rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high, "original_max_position_embeddings": original }));
+            }
+        }
+    }
+    bail!("this model's rope_freqs.weight matches no Llama 3 rope_scaling parameters; config.json cannot express it")
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llamacpp_permutation() {
+        // llama.cpp: reshape(heads, 2, half, cols).swapaxes(1, 2): HF row j*half+i -> GGUF row 2i+j.
+        let (heads, head_rows, cols) = (2, 4, 1);
+        let hf: Vec<f32> = (0..heads * head_rows).map(|i| i as f32).collect();
+        let mut gguf = vec![0f32; hf.len()];
+        for h in 0..heads {
+            for j in 0..2 {
+                for i in 0..head_rows / 2 {
+                    gguf[h * head_rows + 2 * i + j] = hf[h * head_rows + j * (head_rows / 2) + i];
+                }
+            }
+        }
+        assert_eq!(unpermute_rows(&gguf, heads, head_rows, cols), hf);
+    }
+}

@@ -1,0 +1,86 @@
+use std::io::Write;
+
+use clap::Args;
+use serde_json::json;
+use verity_tokenizer::ChatMessage;
+
+use crate::common::{chat_prompt, load_model, ModelArgs, SamplingArgs};
+
+/// Answer one prompt and stream the answer to stdout.
+///
+/// The prompt goes through the model's chat template (as `ollama run` does) unless
+/// --raw is given or the model has none.
+///
+/// Examples:
+///   verity run "Why is the sky blue?"
+///   verity run --raw --temperature 0 "The capital of France is"
+///   verity run -m ./Qwen2.5-0.5B-Instruct-Q4_K_M.gguf --json "Hi"
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct RunArgs {
+    /// The prompt.
+    pub prompt: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Send the prompt as plain text for completion, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// System message (chat mode).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Print one JSON object with the answer, token counts and timings instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let params = args.sampling.params()?;
+    let model = load_model(&args.model)?;
+    let use_template = !args.raw && model.tokenizer.chat_template().is_some();
+    let prompt = if use_template {
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+        }
+        messages.push(ChatMessage { role: "user".into(), content: args.prompt.clone() });
+        chat_prompt(&model, &messages)?
+    } else {
+        model.tokenizer.encode(&args.prompt, true)?
+    };
+
+    let mut session = verity_engine::Session::new(model.clone(), args.model.ctx);
+    let stdout = std::io::stdout();
+    let json = args.json;
+    let gen = verity_engine::generate(&mut session, &prompt, &params, &mut |text| {
+        if !json {
+            let mut out = stdout.lock();
+            // A closed pipe (e.g. `| head`) just ends the answer early.
+            return out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_ok();
+        }
+        true
+    })?;
+    let t = &gen.timings;
+    if json {
+        let v = json!({
+            "model": model.name(),
+            "prompt": args.prompt,
+            "chat_template": use_template,
+            "text": gen.text,
+            "finish_reason": gen.finish_reason.as_str(),
+            "tokens": { "prompt": t.prompt_tokens, "generated": t.generated_tokens },
+            "output_token_ids": gen.tokens,
+            "timings": {
+                "prompt_ms": t.prompt_ms,
+                "prompt_tokens_per_s": t.prompt_tokens_per_s(),
+                "generation_ms": t.generation_ms,
+                "generation_tokens_per_s": t.generation_tokens_per_s(),
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!();
+    }
+    Ok(())
+}

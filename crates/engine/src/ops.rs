@@ -1,0 +1,116 @@
+//! Small elementwise operations of the transformer block.
+
+/// `out = x / rms(x) * w`, with the sum of squares accumulated in f64 as ggml does.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * scale * g;
+    }
+}
+
+/// In-place RMSNorm (for per-head q/k norms).
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
+    for (v, &g) in x.iter_mut().zip(w) {
+        *v = *v * scale * g;
+    }
+}
+
+/// SwiGLU: `gate = silu(gate) * up`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Softmax in place; returns nothing, leaves a probability vector.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Precomputed RoPE angles' inverse frequencies for one head.
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    neox: bool,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, theta: f32, freq_scale: f32, factors: Option<&[f32]>, neox: bool) -> Self {
+        // ggml builds theta as base^(-2i/d) by repeated multiplication in f32; do the same.
+        let step = theta.powf(-2.0 / head_dim as f32);
+        let mut f = freq_scale;
+        let mut inv_freq = Vec::with_capacity(head_dim / 2);
+        for i in 0..head_dim / 2 {
+            let div = factors.and_then(|ff| ff.get(i)).copied().unwrap_or(1.0);
+            inv_freq.push(f / div);
+            f *= step;
+        }
+        Rope { inv_freq, neox }
+    }
+
+    /// Rotate every head of `x` (heads of `inv_freq.len() * 2` values) for position `pos`.
+    pub fn apply(&self, x: &mut [f32], pos: usize) {
+        let half = self.inv_freq.len();
+        for head in x.chunks_exact_mut(half * 2) {
+            for (i, &f) in self.inv_freq.iter().enumerate() {
+                let theta = pos as f32 * f;
+                let (sin, cos) = theta.sin_cos();
+                let (a, b) = if self.neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_at_zero_is_identity() {
+        let r = Rope::new(8, 10000.0, 1.0, None, false);
+        let mut x: Vec<f32> = (0..16).map(|i| i as f32).collect();
+        let y = x.clone();
+        r.apply(&mut x, 0);
+        assert_eq!(x, y);
+    }
+
+    #[test]
+    fn rope_preserves_norm() {
+        for neox in [false, true] {
+            let r = Rope::new(8, 10000.0, 1.0, None, neox);
+            let mut x: Vec<f32> = (0..8).map(|i| (i as f32).sin()).collect();
+            let n0: f32 = x.iter().map(|v| v * v).sum();
+            r.apply(&mut x, 17);
+            let n1: f32 = x.iter().map(|v| v * v).sum();
+            assert!((n0 - n1).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut x = vec![1.0, 2.0, 3.0, -1e9];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(x[3], 0.0);
+    }
+}

@@ -1,0 +1,135 @@
+//! Parity with the reference implementation (llama.cpp), from golden files in
+//! `tests/golden/` made by `scripts/gen-goldens.py` and `scripts/make-test-models`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+use verity_engine::{generate, GenerateParams, SamplingParams, Session};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn golden(name: &str) -> Value {
+    let p = repo_root().join("tests/golden").join(name);
+    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+fn assets_dir() -> PathBuf {
+    std::env::var_os("VERITY_ASSETS").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/verity/assets")
+    })
+}
+
+fn smollm2() -> Arc<verity_model::Model> {
+    let path = verity_store::resolve(None).expect("default model (fetched by the store on first use)");
+    Arc::new(verity_model::load(&path).expect("load SmolLM2"))
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    logits.iter().map(|&l| l as f64 - lse).collect()
+}
+
+/// SmolLM2 Q4_1 over a 1,104-token English text: mean KL(reference || verity) of the
+/// next-token distributions and top-1 agreement. The reference keeps its top 32 tokens;
+/// the rest of its mass is one bucket compared with the rest of ours.
+#[test]
+fn smollm2_logits_match_reference() {
+    let g = golden("smollm2-logits.json");
+    let model = smollm2();
+    let tokens = ids(&g["tokens"]);
+    assert!(tokens.len() >= 1000);
+    let text = std::fs::read_to_string(repo_root().join("tests/golden/text.txt")).unwrap();
+    assert_eq!(model.tokenizer.encode(&text, g["add_bos"].as_bool().unwrap()).unwrap(), tokens, "tokenization of text.txt");
+
+    let mut session = Session::new(model.clone(), 2048);
+    let logits = session.eval_all(&tokens).unwrap();
+    let n_vocab = model.hparams.n_vocab;
+    let positions = g["positions"].as_array().unwrap();
+    let (mut kl_sum, mut agree) = (0.0f64, 0usize);
+    for (t, pos) in positions.iter().enumerate() {
+        let ours = log_softmax(&logits[t * n_vocab..(t + 1) * n_vocab]);
+        let ref_ids = ids(&pos["ids"]);
+        let ref_lp: Vec<f64> = pos["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let mut kl = 0.0;
+        let (mut p_rest, mut q_rest) = (1.0f64, 1.0f64);
+        for (&id, &lp) in ref_ids.iter().zip(&ref_lp) {
+            let p = lp.exp();
+            kl += p * (lp - ours[id as usize]);
+            p_rest -= p;
+            q_rest -= ours[id as usize].exp();
+        }
+        if p_rest > 1e-9 {
+            kl += p_rest * (p_rest / q_rest.max(1e-12)).ln();
+        }
+        kl_sum += kl;
+        let our_top = (0..n_vocab).max_by(|&a, &b| ours[a].total_cmp(&ours[b])).unwrap();
+        agree += (our_top as u32 == ref_ids[0]) as usize;
+    }
+    let n = positions.len() as f64;
+    let (mean_kl, top1) = (kl_sum / n, agree as f64 / n);
+    eprintln!("SmolLM2 Q4_1 vs llama.cpp over {} tokens: mean KL {mean_kl:.6}, top-1 agreement {:.2}%", positions.len(), top1 * 100.0);
+    assert!(mean_kl <= 0.005, "mean KL {mean_kl}");
+    assert!(top1 >= 0.99, "top-1 agreement {top1}");
+}
+
+/// Greedy continuations of three prompts, 64 tokens each, identical to llama.cpp's.
+#[test]
+fn smollm2_greedy_matches_reference() {
+    let model = smollm2();
+    let mut session = Session::new(model.clone(), 512);
+    for case in golden("smollm2-greedy.json").as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let prompt_tokens = model.tokenizer.encode(prompt, case["add_bos"].as_bool().unwrap()).unwrap();
+        assert_eq!(prompt_tokens, ids(&case["prompt_tokens"]), "tokens of {prompt:?}");
+        let expected = ids(&case["output_tokens"]);
+        let params = GenerateParams { max_tokens: 64, sampling: SamplingParams::greedy(), ..Default::default() };
+        let gen = generate(&mut session, &prompt_tokens, &params, &mut |_| true).unwrap();
+        assert_eq!(gen.tokens, expected, "greedy tokens for {prompt:?}:\n ours: {:?}\n ref:  {:?}", gen.text, case["output_text"]);
+        assert_eq!(gen.text, case["output_text"].as_str().unwrap());
+    }
+}
+
+fn nrmse(ours: &[f32], reference: &[f32]) -> f64 {
+    let num: f64 = ours.iter().zip(reference).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum();
+    let den: f64 = reference.iter().map(|&b| (b as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+/// Random-weight Qwen2 / Qwen3 / Llama 3 models in every tensor type, quantized by
+/// llama-quantize: logits within 2 % normalised RMS error of llama.cpp's.
+#[test]
+fn random_models_match_reference() {
+    let dir = repo_root().join("tests/golden/random");
+    let models = assets_dir().join("test-models");
+    let mut checked = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for path in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
+        let g: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let file = models.join(g["model"].as_str().unwrap());
+        assert!(file.exists(), "{} is missing: run scripts/make-test-models", file.display());
+        let model = Arc::new(verity_model::load(&file).unwrap_or_else(|e| panic!("{e}")));
+        let tokens = ids(&g["tokens"]);
+        let reference: Vec<f32> = std::fs::read(dir.join(g["logits_file"].as_str().unwrap()))
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let mut session = Session::new(model, 64);
+        let ours = session.eval_all(&tokens).unwrap();
+        assert_eq!(ours.len(), reference.len());
+        let e = nrmse(&ours, &reference);
+        checked.push(format!("{}-{}: {:.4}%", g["arch"].as_str().unwrap(), g["type"].as_str().unwrap(), e * 100.0));
+        assert!(e <= 0.02, "{}: normalised RMS error {e}", path.display());
+    }
+    eprintln!("normalised RMS error vs llama.cpp:\n  {}", checked.join("\n  "));
+    assert!(checked.len() >= 10, "expected the goldens of at least 10 models, found {}", checked.len());
+}

@@ -1,0 +1,231 @@
+//! Quantizers: f32 rows to block formats.
+//!
+//! Two flavours exist in ggml and both are reproduced here:
+//!
+//! * the *reference* quantizers (`quantize_row_*_ref` in ggml-quants.c) that llama.cpp uses
+//!   to write model files: `d = amax / 127`, `id = 1 / d`, `roundf` (ties away from zero);
+//! * the *activation* quantizers that ggml-cpu uses inside matrix multiplication on x86
+//!   (`quantize_row_q8_0` / `quantize_row_q8_1` in ggml-cpu/arch/x86/quants.c):
+//!   `d = amax / 127`, `id = 127 / amax`, round to nearest even (`_mm256_round_ps`).
+//!   Q8_K activations use the reference quantizer (ggml does too).
+
+use crate::blocks::*;
+
+/// Largest absolute value of a block (order-independent).
+#[inline(always)]
+fn amax(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// Element with the largest magnitude, keeping its sign; the first one wins ties
+/// (ggml's `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }`).
+#[inline(always)]
+fn signed_max(x: &[f32]) -> f32 {
+    let mut amax = 0f32;
+    let mut max = 0f32;
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+#[inline(always)]
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let mut min = f32::MAX;
+    let mut max = -f32::MAX;
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+// ---------------------------------------------------------------- activation quantizers
+
+/// Q8_0 activation block, as ggml-cpu's x86 `quantize_row_q8_0`.
+pub fn act_q8_0(x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(x.len() % QK, 0);
+    for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
+        let m = amax(xb);
+        let d = m / 127.0;
+        let id = if m != 0.0 { 127.0 / m } else { 0.0 };
+        ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+        for (o, &v) in ob[2..].iter_mut().zip(xb) {
+            *o = ((v * id).round_ties_even() as i32).clamp(-128, 127) as i8 as u8;
+        }
+    }
+}
+
+/// Q8_1 activation block, as ggml-cpu's x86 `quantize_row_q8_1` (`s = d * sum(q)`).
+pub fn act_q8_1(x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(x.len() % QK, 0);
+    for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q8_1_BYTES)) {
+        let m = amax(xb);
+        let d = m / 127.0;
+        let id = if m != 0.0 { 127.0 / m } else { 0.0 };
+        let mut sum = 0i32;
+        for (o, &v) in ob[4..].iter_mut().zip(xb) {
+            let q = ((v * id).round_ties_even() as i32).clamp(-128, 127);
+            sum += q;
+            *o = q as i8 as u8;
+        }
+        ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+        ob[2..4].copy_from_slice(&f32_to_f16(d * sum as f32).to_le_bytes());
+    }
+}
+
+/// Q8_K block (ggml's `quantize_row_q8_K_ref`, used for activations and files alike).
+///
+/// Note `d` is negative when the largest-magnitude element is positive: ggml scales by
+/// `-127 / max`.
+pub fn q8_k(x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(x.len() % QK_K, 0);
+    for (xb, ob) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(Q8_K_BYTES)) {
+        let max = signed_max(xb);
+        if max == 0.0 {
+            ob.fill(0);
+            continue;
+        }
+        let iscale = -127.0 / max;
+        let mut q = [0i8; QK_K];
+        for (qv, &v) in q.iter_mut().zip(xb) {
+            // ggml's nearest_int: round half to even for |v| < 2^22.
+            *qv = ((iscale * v).round_ties_even() as i32).clamp(-128, 127) as i8;
+        }
+        ob[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+        for (o, &v) in ob[Q8_K_QS..Q8_K_BSUMS].iter_mut().zip(&q) {
+            *o = v as u8;
+        }
+        for g in 0..QK_K / 16 {
+            let s: i32 = q[g * 16..g * 16 + 16].iter().map(|&v| v as i32).sum();
+            let off = Q8_K_BSUMS + 2 * g;
+            ob[off..off + 2].copy_from_slice(&(s as i16).to_le_bytes());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- reference (file) quantizers
+
+/// `quantize_row_q8_0_ref`.
+pub fn ref_q8_0(x: &[f32], out: &mut [u8]) {
+    for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
+        let d = amax(xb) / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+        for (o, &v) in ob[2..].iter_mut().zip(xb) {
+            *o = ((v * id).round() as i32).clamp(-128, 127) as i8 as u8;
+        }
+    }
+}
+
+/// `quantize_row_q8_1_ref`.
+pub fn ref_q8_1(x: &[f32], out: &mut [u8]) {
+    for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q8_1_BYTES)) {
+        let d = amax(xb) / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (o, &v) in ob[4..].iter_mut().zip(xb) {
+            let q = ((v * id).round() as i32).clamp(-128, 127);
+            sum += q;
+            *o = q as i8 as u8;
+        }
+        ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+        ob[2..4].copy_from_slice(&f32_to_f16(sum as f32 * d).to_le_bytes());
+    }
+}
+
+/// `quantize_row_q4_0_ref`.
+pub fn ref_q4_0(x: &[f32], out: &mut [u8]) {
+    for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q4_0_BYTES)) {
+        let d = signed_max(xb) / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+        for j in 0..16 {
+            let q0 = ((xb[j] * id + 8.5) as i32).clamp(0, 15) as u8;
+            let q1 = ((xb[j + 16] * id + 8.5) as i32).clamp(0, 15) as u8;
+            ob[2 + j] = q0 | (q1 << 4);
+        }
+    }
+}
+
+/// `quantize_row_q4_1_ref`.
+pub fn ref_q4_1(x: &[f32], out: &mut [u8]) {
+    for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q4_1_BYTES)) {
+        let (min, max) = min_max(xb);
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+        ob[2..4].copy_from_slice(&f32_to_f16(min).to_le_bytes());
+        for j in 0..16 {
+            let q0 = (((xb[j] - min) * id + 0.5) as i32).clamp(0, 15) as u8;
+            let q1 = (((xb[j + 16] - min) * id + 0.5) as i32).clamp(0, 15) as u8;
+            ob[4 + j] = q0 | (q1 << 4);
+        }
+    }
+}
+
+/// `quantize_row_q5_0_ref`.
+pub fn ref_q5_0(x: &[f32], out: &mut [u8]) {
+    for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q5_0_BYTES)) {
+        let d = signed_max(xb) / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut qh = 0u32;
+        for j in 0..16 {
+            let q0 = ((xb[j] * id + 16.5) as i32).clamp(0, 31) as u32;
+            let q1 = ((xb[j + 16] * id + 16.5) as i32).clamp(0, 31) as u32;
+            ob[6 + j] = ((q0 & 0xF) | ((q1 & 0xF) << 4)) as u8;
+            qh |= ((q0 >> 4) & 1) << j;
+            qh |= ((q1 >> 4) & 1) << (j + 16);
+        }
+        ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+        ob[2..6].copy_from_slice(&qh.to_le_bytes());
+    }
+}
+
+/// `quantize_row_q5_1_ref`.
+pub fn ref_q5_1(x: &[f32], out: &mut [u8]) {
+    for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q5_1_BYTES)) {
+        let (min, max) = min_max(xb);
+        let d = (max - min) / 31.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut qh = 0u32;
+        for j in 0..16 {
+            let q0 = (((xb[j] - min) * id + 0.5) as i32).clamp(0, 31) as u32;
+            let q1 = (((xb[j + 16] - min) * id + 0.5) as i32).clamp(0, 31) as u32;
+            ob[8 + j] = ((q0 & 0xF) | ((q1 & 0xF) << 4)) as u8;
+            qh |= ((q0 >> 4) & 1) << j;
+            qh |= ((q1 >> 4) & 1) << (j + 16);
+        }
+        ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+        ob[2..4].copy_from_slice(&f32_to_f16(min).to_le_bytes());
+        ob[4..8].copy_from_slice(&qh.to_le_bytes());
+    }
+}
+
+/// f32 → f32 (little-endian bytes).
+pub fn to_f32(x: &[f32], out: &mut [u8]) {
+    for (o, v) in out.chunks_exact_mut(4).zip(x) {
+        o.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// f32 → f16 (round to nearest even).
+pub fn to_f16(x: &[f32], out: &mut [u8]) {
+    for (o, &v) in out.chunks_exact_mut(2).zip(x) {
+        o.copy_from_slice(&f32_to_f16(v).to_le_bytes());
+    }
+}
+
+/// f32 → bf16 (ggml's rounding).
+pub fn to_bf16(x: &[f32], out: &mut [u8]) {
+    for (o, &v) in out.chunks_exact_mut(2).zip(x) {
+        o.copy_from_slice(&f32_to_bf16(v).to_le_bytes());
+    }
+}

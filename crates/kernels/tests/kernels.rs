@@ -1,0 +1,595 @@
+//! Kernel tests: SIMD paths against scalar, dequantization against ggml (gguf-py goldens),
+//! matmul against a naive f32 reference, batch invariance, quantization round trips.
+
+use verity_kernels::*;
+
+// ---------------------------------------------------------------- helpers
+
+/// xorshift64*: deterministic test data without a rand dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [-1, 1).
+    fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    /// Roughly normal, with the odd outlier like real activations.
+    fn act(&mut self) -> f32 {
+        let v = (0..4).map(|_| self.f32()).sum::<f32>();
+        if self.next_u64() % 97 < 1 {
+            v * 8.0
+        } else {
+            v
+        }
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+fn f16b(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+const WEIGHT_TYPES: [TensorType; 11] = [
+    TensorType::F32,
+    TensorType::F16,
+    TensorType::BF16,
+    TensorType::Q8_0,
+    TensorType::Q4_0,
+    TensorType::Q4_1,
+    TensorType::Q5_0,
+    TensorType::Q5_1,
+    TensorType::Q4_K,
+    TensorType::Q5_K,
+    TensorType::Q6_K,
+];
+
+/// A random `rows x cols` weight matrix of type `ty`: random quant bits, sane scales.
+fn random_weights(rng: &mut Rng, ty: TensorType, rows: usize, cols: usize) -> Vec<u8> {
+    use TensorType::*;
+    let n = rows * cols;
+    match ty {
+        F32 | F16 | BF16 => {
+            let src: Vec<f32> = (0..n).map(|_| rng.f32() * 0.1).collect();
+            let mut out = Vec::new();
+            quantize_row(ty, &src, &mut out).unwrap();
+            return out;
+        }
+        _ => {}
+    }
+    let bb = ty.block_bytes();
+    let nblocks = n / ty.block_size();
+    let mut data = rng.bytes(nblocks * bb);
+    for b in data.chunks_exact_mut(bb) {
+        let d = 0.002 + 0.01 * rng.f32().abs();
+        let m = -0.05 * rng.f32().abs();
+        match ty {
+            Q4_0 | Q5_0 | Q8_0 => b[0..2].copy_from_slice(&f16b(d)),
+            Q4_1 | Q5_1 => {
+                b[0..2].copy_from_slice(&f16b(d));
+                b[2..4].copy_from_slice(&f16b(m));
+            }
+            Q4_K | Q5_K => {
+                b[0..2].copy_from_slice(&f16b(d * 0.1));
+                b[2..4].copy_from_slice(&f16b(d * 0.05));
+            }
+            Q6_K => b[208..210].copy_from_slice(&f16b(d * 0.05 * rng.f32().signum())),
+            _ => unreachable!(),
+        }
+    }
+    data
+}
+
+fn simd_levels() -> Vec<SimdLevel> {
+    [SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Neon]
+        .into_iter()
+        .filter(|&l| level_supported(l))
+        .collect()
+}
+
+fn shapes(ty: TensorType) -> &'static [usize] {
+    match ty.block_size() {
+        1 => &[8, 32, 70, 256, 1000],
+        32 => &[32, 96, 256, 1024],
+        _ => &[256, 512, 1536],
+    }
+}
+
+// ---------------------------------------------------------------- SIMD == scalar
+
+#[test]
+fn simd_paths_match_scalar_bit_for_bit() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let levels = simd_levels();
+    eprintln!(
+        "best level: {:?}; testing {:?} against scalar",
+        best_simd_level(),
+        levels
+    );
+    for ty in WEIGHT_TYPES {
+        for &cols in shapes(ty) {
+            let rows = 13;
+            let batch = 3;
+            let data = random_weights(&mut rng, ty, rows, cols);
+            let w = WeightView {
+                ty,
+                rows,
+                cols,
+                data: &data,
+            };
+            let x: Vec<f32> = (0..batch * cols).map(|_| rng.act()).collect();
+            let mut want = vec![0f32; batch * rows];
+            matmul_with(SimdLevel::Scalar, &w, &x, batch, &mut want);
+            for &level in &levels {
+                let mut got = vec![0f32; batch * rows];
+                matmul_with(level, &w, &x, batch, &mut got);
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        e.to_bits(),
+                        "{ty} cols={cols} {level:?} element {i}: {g} vs scalar {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_dot_handles_extreme_quants() {
+    // All-max and all-min quant bits (e.g. Q8_0 weights of -128) must not saturate.
+    let levels = simd_levels();
+    for ty in WEIGHT_TYPES.into_iter().filter(|t| t.is_quantized()) {
+        let cols = 512;
+        for fill in [0x00u8, 0xFF, 0x80, 0x7F] {
+            let mut rng = Rng(fill as u64 + 7);
+            let mut data = random_weights(&mut rng, ty, 1, cols);
+            // Overwrite everything but the scale fields with `fill`.
+            let bb = ty.block_bytes();
+            let scale_ranges: &[(usize, usize)] = match ty {
+                TensorType::Q4_0 | TensorType::Q5_0 | TensorType::Q8_0 => &[(0, 2)],
+                TensorType::Q4_1 | TensorType::Q5_1 | TensorType::Q4_K | TensorType::Q5_K => {
+                    &[(0, 4)]
+                }
+                TensorType::Q6_K => &[(208, 210)],
+                _ => unreachable!(),
+            };
+            for b in data.chunks_exact_mut(bb) {
+                for (i, v) in b.iter_mut().enumerate() {
+                    if !scale_ranges.iter().any(|&(s, e)| i >= s && i < e) {
+                        *v = fill;
+                    }
+                }
+            }
+            for sign in [1.0f32, -1.0] {
+                let x: Vec<f32> = (0..cols).map(|i| sign * (1.0 + (i % 3) as f32)).collect();
+                let want = dot_with(SimdLevel::Scalar, ty, &data, &x);
+                for &level in &levels {
+                    let got = dot_with(level, ty, &data, &x);
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{ty} fill={fill:#x} {level:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- matmul vs naive reference
+
+fn naive(w: &WeightView, x: &[f32], batch: usize) -> Vec<f64> {
+    let mut row = vec![0f32; w.cols];
+    let mut y = vec![0f64; batch * w.rows];
+    for r in 0..w.rows {
+        get_row(w, r, &mut row);
+        for b in 0..batch {
+            let xb = &x[b * w.cols..(b + 1) * w.cols];
+            y[b * w.rows + r] = row.iter().zip(xb).map(|(&a, &b)| a as f64 * b as f64).sum();
+        }
+    }
+    y
+}
+
+#[test]
+fn matmul_matches_dequantized_reference() {
+    let mut rng = Rng(42);
+    for ty in WEIGHT_TYPES {
+        let (rows, cols, batch) = (37, 512, 5);
+        let data = random_weights(&mut rng, ty, rows, cols);
+        let w = WeightView {
+            ty,
+            rows,
+            cols,
+            data: &data,
+        };
+        let x: Vec<f32> = (0..batch * cols).map(|_| rng.act()).collect();
+        let want = naive(&w, &x, batch);
+        let mut row = vec![0f32; cols];
+        let mut got = vec![0f32; batch * rows];
+        matmul(&w, &x, batch, &mut got);
+        // Activation quantization error is bounded by ~|w| |x| / 127 (8-bit) or 2^-8 (bf16).
+        let tol_rel = match ty {
+            TensorType::F32 => 1e-5,
+            TensorType::F16 => 2e-3,
+            _ => 1e-2,
+        };
+        for r in 0..rows {
+            get_row(&w, r, &mut row);
+            let wn = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            for b in 0..batch {
+                let xn = x[b * cols..(b + 1) * cols]
+                    .iter()
+                    .map(|&v| (v as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let (g, e) = (got[b * rows + r] as f64, want[b * rows + r]);
+                assert!(
+                    (g - e).abs() <= tol_rel * wn * xn + 1e-6,
+                    "{ty} row {r} batch {b}: {g} vs {e} (|w| {wn}, |x| {xn})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_equals_exact_dot_of_quantized_operands() {
+    // With the activations quantized the way matmul does, the only remaining error is
+    // float rounding: this pins down the integer kernels (bit layouts, scales, mins).
+    let mut rng = Rng(11);
+    for ty in WEIGHT_TYPES {
+        let (rows, cols) = (19, 768);
+        let data = random_weights(&mut rng, ty, rows, cols);
+        let w = WeightView {
+            ty,
+            rows,
+            cols,
+            data: &data,
+        };
+        let x: Vec<f32> = (0..cols).map(|_| rng.act()).collect();
+        let mut q = Vec::new();
+        quantize_activation_row(vec_dot_type(ty), &x, &mut q).unwrap();
+        let mut xq = vec![0f32; cols];
+        dequantize_row(vec_dot_type(ty), &q, &mut xq);
+        let mut y = vec![0f32; rows];
+        matmul(&w, &x, 1, &mut y);
+        let mut row = vec![0f32; cols];
+        for r in 0..rows {
+            get_row(&w, r, &mut row);
+            let mut e: f64 = row
+                .iter()
+                .zip(&xq)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum();
+            if matches!(ty, TensorType::Q4_1 | TensorType::Q5_1) {
+                // ggml folds the weight minimum in through the activation's f16 `s = d*sum(q)`,
+                // which is rounded: use it instead of the exact sum.
+                let rb = ty.row_bytes(cols).unwrap();
+                let wb = &data[r * rb..(r + 1) * rb];
+                for (ib, (b, xb)) in wb.chunks(ty.block_bytes()).zip(q.chunks(36)).enumerate() {
+                    let m = half::f16::from_le_bytes([b[2], b[3]]).to_f32() as f64;
+                    let s = half::f16::from_le_bytes([xb[2], xb[3]]).to_f32() as f64;
+                    let exact: f64 = xq[32 * ib..32 * ib + 32].iter().map(|&v| v as f64).sum();
+                    e += m * (s - exact);
+                }
+            }
+            let mag: f64 = row
+                .iter()
+                .zip(&xq)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            assert!(
+                (y[r] as f64 - e).abs() <= 1e-5 * mag + 1e-7,
+                "{ty} row {r}: {} vs exact {e} (magnitude {mag})",
+                y[r]
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_is_batch_invariant() {
+    let mut rng = Rng(7);
+    for ty in WEIGHT_TYPES {
+        let (rows, cols, batch) = (70, 256, 7);
+        let data = random_weights(&mut rng, ty, rows, cols);
+        let w = WeightView {
+            ty,
+            rows,
+            cols,
+            data: &data,
+        };
+        let x: Vec<f32> = (0..batch * cols).map(|_| rng.act()).collect();
+        let mut levels = vec![SimdLevel::Scalar];
+        levels.extend(simd_levels());
+        for level in levels {
+            let mut all = vec![0f32; batch * rows];
+            matmul_with(level, &w, &x, batch, &mut all);
+            for b in 0..batch {
+                let mut one = vec![0f32; rows];
+                matmul_with(level, &w, &x[b * cols..(b + 1) * cols], 1, &mut one);
+                for r in 0..rows {
+                    assert_eq!(
+                        one[r].to_bits(),
+                        all[b * rows + r].to_bits(),
+                        "{ty} {level:?} row {r} batch item {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_handles_large_rows_in_parallel() {
+    // More rows than one task takes, so several rayon tasks and partial blocks run.
+    let mut rng = Rng(99);
+    let ty = TensorType::Q4_K;
+    let (rows, cols) = (1000, 256);
+    let data = random_weights(&mut rng, ty, rows, cols);
+    let w = WeightView {
+        ty,
+        rows,
+        cols,
+        data: &data,
+    };
+    let x: Vec<f32> = (0..2 * cols).map(|_| rng.act()).collect();
+    let mut y2 = vec![0f32; 2 * rows];
+    matmul(&w, &x, 2, &mut y2);
+    let mut y1 = vec![0f32; rows];
+    matmul(&w, &x[cols..], 1, &mut y1);
+    assert_eq!(&y2[rows..], &y1[..]);
+    for r in [0, 499, 999] {
+        let d = dot_with(
+            SimdLevel::Scalar,
+            ty,
+            &data[r * 144..(r + 1) * 144],
+            &x[cols..],
+        );
+        assert_eq!(d.to_bits(), y1[r].to_bits());
+    }
+}
+
+// ---------------------------------------------------------------- goldens from gguf-py
+
+struct Case {
+    ty: TensorType,
+    n: usize,
+    src: Vec<f32>,
+    bytes: Vec<u8>,
+    f32s: Vec<f32>,
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let pat = format!("\"{key}\": ");
+    let start = line
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in golden line"))
+        + pat.len();
+    let rest = &line[start..];
+    if let Some(stripped) = rest.strip_prefix('"') {
+        &stripped[..stripped.find('"').unwrap()]
+    } else {
+        let end = rest.find([',', '}']).unwrap();
+        rest[..end].trim()
+    }
+}
+
+fn type_by_name(name: &str) -> TensorType {
+    (0..64)
+        .filter_map(|id| TensorType::from_ggml_id(id).ok())
+        .find(|t| t.name() == name)
+        .unwrap_or_else(|| panic!("unknown type {name}"))
+}
+
+fn goldens() -> Vec<Case> {
+    let text = include_str!("data/quant-goldens.json");
+    let floats = |b: Vec<u8>| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    text.lines()
+        .filter(|l| l.starts_with("{\"type\""))
+        .map(|l| Case {
+            ty: type_by_name(field(l, "type")),
+            n: field(l, "n").parse().unwrap(),
+            src: floats(hex(field(l, "src"))),
+            bytes: hex(field(l, "bytes")),
+            f32s: floats(hex(field(l, "f32"))),
+        })
+        .collect()
+}
+
+#[test]
+fn dequantize_matches_ggml_goldens() {
+    let cases = goldens();
+    assert!(
+        cases.len() >= 10,
+        "expected goldens for every type, got {}",
+        cases.len()
+    );
+    for c in &cases {
+        assert_eq!(c.f32s.len(), c.n);
+        let mut out = vec![0f32; c.n];
+        dequantize_row(c.ty, &c.bytes, &mut out);
+        for (i, (g, e)) in out.iter().zip(&c.f32s).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                e.to_bits(),
+                "{} element {i}: {g} vs ggml {e}",
+                c.ty
+            );
+        }
+    }
+}
+
+#[test]
+fn quantize_matches_ggml_goldens() {
+    for c in goldens().iter().filter(|c| !c.src.is_empty()) {
+        let mut out = Vec::new();
+        quantize_row(c.ty, &c.src, &mut out).unwrap();
+        assert_eq!(out, c.bytes, "{} quantization differs from gguf-py", c.ty);
+    }
+}
+
+// ---------------------------------------------------------------- quantization round trips
+
+#[test]
+fn q8_0_round_trip_within_one_step() {
+    let mut rng = Rng(3);
+    let mut x: Vec<f32> = (0..32 * 64).map(|_| rng.act()).collect();
+    x[..32].fill(0.0); // an all-zero block
+    for (quantize, name) in [
+        (
+            quantize_row as fn(TensorType, &[f32], &mut Vec<u8>) -> Result<(), String>,
+            "ref",
+        ),
+        (quantize_activation_row, "activation"),
+    ] {
+        let mut q = Vec::new();
+        quantize(TensorType::Q8_0, &x, &mut q).unwrap();
+        assert_eq!(q.len(), 64 * 34);
+        let mut back = vec![0f32; x.len()];
+        dequantize_row(TensorType::Q8_0, &q, &mut back);
+        for (xb, bb) in x.chunks(32).zip(back.chunks(32)) {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in xb.iter().zip(bb) {
+                assert!(
+                    (a - b).abs() <= amax / 127.0,
+                    "{name}: {a} -> {b} (amax {amax})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_1_and_q8_k_round_trip() {
+    let mut rng = Rng(5);
+    let x: Vec<f32> = (0..256 * 4).map(|_| rng.act()).collect();
+    for ty in [TensorType::Q8_1, TensorType::Q8_K] {
+        let mut q = Vec::new();
+        quantize_row(ty, &x, &mut q).unwrap();
+        let mut back = vec![0f32; x.len()];
+        dequantize_row(ty, &q, &mut back);
+        let bs = ty.block_size();
+        for (xb, bb) in x.chunks(bs).zip(back.chunks(bs)) {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in xb.iter().zip(bb) {
+                assert!(
+                    (a - b).abs() <= amax / 127.0,
+                    "{ty}: {a} -> {b} (amax {amax})"
+                );
+            }
+        }
+    }
+    // Q8_K block sums and Q8_1's s field are consistent with the quants.
+    let mut q = Vec::new();
+    quantize_row(TensorType::Q8_K, &x, &mut q).unwrap();
+    for b in q.chunks(292) {
+        for g in 0..16 {
+            let s: i32 = b[4 + 16 * g..4 + 16 * g + 16]
+                .iter()
+                .map(|&v| v as i8 as i32)
+                .sum();
+            let stored = i16::from_le_bytes([b[260 + 2 * g], b[261 + 2 * g]]) as i32;
+            assert_eq!(s, stored);
+        }
+    }
+    let mut q = Vec::new();
+    quantize_activation_row(TensorType::Q8_1, &x, &mut q).unwrap();
+    for b in q.chunks(36) {
+        let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        let s = half::f16::from_le_bytes([b[2], b[3]]).to_f32();
+        let sum: i32 = b[4..].iter().map(|&v| v as i8 as i32).sum();
+        // s = f16(d * sum) with the unrounded d; d itself was rounded to f16 on store.
+        let e = d * sum as f32;
+        assert!((s - e).abs() <= e.abs() * 2e-3 + 1e-6, "s {s} vs d*sum {e}");
+    }
+}
+
+#[test]
+fn quantize_row_rejects_unsupported() {
+    let x = vec![0f32; 256];
+    assert!(quantize_row(TensorType::Q4_K, &x, &mut Vec::new()).is_err());
+    assert!(quantize_row(TensorType::Q8_0, &x[..20], &mut Vec::new()).is_err());
+}
+
+#[test]
+fn simd_level_is_supported_and_parses() {
+    assert!(level_supported(simd_level()));
+    assert!(level_supported(SimdLevel::Scalar));
+    assert_eq!(SimdLevel::parse("AVX2"), Some(SimdLevel::Avx2));
+    assert_eq!(SimdLevel::parse("scalar"), Some(SimdLevel::Scalar));
+    assert_eq!(SimdLevel::parse("bogus"), None);
+    // Asking for a level the CPU lacks must fall back, not crash.
+    let data = vec![0u8; 34];
+    let w = WeightView {
+        ty: TensorType::Q8_0,
+        rows: 1,
+        cols: 32,
+        data: &data,
+    };
+    let mut y = [1f32];
+    for level in [SimdLevel::Neon, SimdLevel::Avx512, SimdLevel::Avx2] {
+        matmul_with(level, &w, &[1.0; 32], 1, &mut y);
+        assert_eq!(y[0], 0.0);
+    }
+}
+
+/// Rough throughput check: `cargo test -p verity-kernels --release -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_matmul() {
+    let mut rng = Rng(1);
+    let (rows, cols) = (4096, 4096);
+    for ty in [
+        TensorType::Q4_0,
+        TensorType::Q8_0,
+        TensorType::Q4_K,
+        TensorType::Q6_K,
+        TensorType::F16,
+    ] {
+        let data = random_weights(&mut rng, ty, rows, cols);
+        let w = WeightView {
+            ty,
+            rows,
+            cols,
+            data: &data,
+        };
+        for batch in [1usize, 16] {
+            let x: Vec<f32> = (0..batch * cols).map(|_| rng.act()).collect();
+            let mut y = vec![0f32; batch * rows];
+            for level in [SimdLevel::Scalar, simd_level()] {
+                matmul_with(level, &w, &x, batch, &mut y);
+                let iters = if level == SimdLevel::Scalar { 2 } else { 10 };
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    matmul_with(level, &w, &x, batch, &mut y);
+                }
+                let s = t.elapsed().as_secs_f64() / iters as f64;
+                eprintln!(
+                    "{ty} batch {batch:2} {level:?}: {:.2} ms, {:.1} GFLOP/s",
+                    s * 1e3,
+                    2.0 * (rows * cols * batch) as f64 / s / 1e9
+                );
+            }
+        }
+    }
+}

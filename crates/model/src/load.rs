@@ -1,0 +1,248 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use verity_formats::gguf::Gguf;
+use verity_formats::hf::HfDir;
+use verity_formats::{FormatError, TensorType};
+use verity_tokenizer::Tokenizer;
+
+use crate::arch::{GlobalTensor, HParams, LayerTensor};
+use crate::Tensor;
+
+/// Why a model could not be loaded. Displays as one line naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {kind}")]
+pub struct LoadError {
+    pub path: PathBuf,
+    pub kind: LoadErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadErrorKind {
+    #[error("{0}")]
+    Format(#[from] FormatError),
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] verity_tokenizer::TokenizerError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Which kind of file a model came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFormat {
+    Gguf,
+    HfSafetensors,
+}
+
+/// One transformer block's weights.
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Tensor,
+    pub wk: Tensor,
+    pub wv: Tensor,
+    pub wo: Tensor,
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Tensor,
+    pub w_up: Tensor,
+    pub w_down: Tensor,
+}
+
+pub struct Weights {
+    pub token_embd: Tensor,
+    pub layers: Vec<Layer>,
+    pub output_norm: Vec<f32>,
+    /// `None` when tied to `token_embd`.
+    pub output: Option<Tensor>,
+    /// Per-pair RoPE frequency divisors (Llama 3 scaling), length head_dim / 2.
+    pub rope_freqs: Option<Vec<f32>>,
+}
+
+impl Weights {
+    /// The output projection (the embedding when tied).
+    pub fn output(&self) -> &Tensor {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+}
+
+/// A loaded model: hyperparameters, weights (memory-mapped) and tokenizer.
+pub struct Model {
+    pub path: PathBuf,
+    pub format: ModelFormat,
+    pub hparams: HParams,
+    pub weights: Weights,
+    pub tokenizer: Tokenizer,
+    /// The parsed GGUF, when the model is one (metadata for inspect and convert).
+    pub gguf: Option<Arc<Gguf>>,
+    /// The parsed directory, when the model is one.
+    pub hf: Option<Arc<HfDir>>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("path", &self.path).field("hparams", &self.hparams).finish()
+    }
+}
+
+impl Model {
+    /// A short name for display: the file or directory name.
+    pub fn name(&self) -> String {
+        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| self.path.display().to_string())
+    }
+
+    /// Total bytes of weights.
+    pub fn weight_bytes(&self) -> usize {
+        let w = &self.weights;
+        let mut n = w.token_embd.bytes().len() + w.output.as_ref().map_or(0, |t| t.bytes().len());
+        for l in &w.layers {
+            for t in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                n += t.bytes().len();
+            }
+        }
+        n
+    }
+}
+
+/// Load a GGUF file or a Hugging Face directory (or a `.safetensors` file inside one).
+pub fn load(path: &Path) -> Result<Model, LoadError> {
+    let err = |kind: LoadErrorKind| LoadError { path: path.to_path_buf(), kind };
+    if !path.exists() {
+        return Err(err(LoadErrorKind::Invalid("no such file or directory".into())));
+    }
+    verity_formats::refuse_pickle(path).map_err(|e| err(e.into()))?;
+    if path.is_dir() {
+        return load_hf(path).map_err(err);
+    }
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        return load_hf(dir).map_err(|kind| LoadError { path: dir.to_path_buf(), kind });
+    }
+    load_gguf(path).map_err(err)
+}
+
+/// Abstracts over where tensors come from: (type, ggml-order shape, bytes).
+trait Source {
+    fn find(&self, name: &str) -> Result<Option<(TensorType, Vec<usize>, &[u8])>, LoadErrorKind>;
+    fn owner(&self) -> Arc<dyn Send + Sync>;
+}
+
+impl Source for Arc<Gguf> {
+    fn find(&self, name: &str) -> Result<Option<(TensorType, Vec<usize>, &[u8])>, LoadErrorKind> {
+        let Some(info) = self.tensor(name) else { return Ok(None) };
+        let ty = info.supported_type()?;
+        if matches!(ty, TensorType::Q8_1 | TensorType::Q8_K) {
+            return Err(FormatError::UnsupportedTensorType { name: name.into(), ty: ty.to_string() }.into());
+        }
+        Ok(Some((ty, info.shape.clone(), self.tensor_data(info)?)))
+    }
+    fn owner(&self) -> Arc<dyn Send + Sync> {
+        self.clone()
+    }
+}
+
+impl Source for Arc<HfDir> {
+    fn find(&self, name: &str) -> Result<Option<(TensorType, Vec<usize>, &[u8])>, LoadErrorKind> {
+        let Some(info) = self.tensor(name) else { return Ok(None) };
+        let shape: Vec<usize> = info.shape.iter().rev().copied().collect();
+        Ok(Some((info.ty, shape, self.tensor_data(info))))
+    }
+    fn owner(&self) -> Arc<dyn Send + Sync> {
+        self.clone()
+    }
+}
+
+fn load_gguf(path: &Path) -> Result<Model, LoadErrorKind> {
+    let gguf = Arc::new(Gguf::open(path)?);
+    let hparams = HParams::from_gguf(&gguf).map_err(LoadErrorKind::Invalid)?;
+    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    let weights = load_weights(&gguf, &hparams, |t| t.gguf_name(), |t, l| t.gguf_name(l))?;
+    check_vocab(&hparams, &tokenizer)?;
+    Ok(Model { path: path.to_path_buf(), format: ModelFormat::Gguf, hparams, weights, tokenizer, gguf: Some(gguf), hf: None })
+}
+
+fn load_hf(dir: &Path) -> Result<Model, LoadErrorKind> {
+    let hf = Arc::new(HfDir::open(dir)?);
+    let hparams = HParams::from_hf_config(&hf.config).map_err(LoadErrorKind::Invalid)?;
+    let tokenizer = Tokenizer::from_hf_dir(&hf)?;
+    let mut weights = load_weights(&hf, &hparams, |t| t.hf_name(), |t, l| t.hf_name(l))?;
+    if let Some(s) = hparams.llama3_rope {
+        weights.rope_freqs = Some(s.freq_factors(hparams.head_dim, hparams.rope_theta));
+    }
+    check_vocab(&hparams, &tokenizer)?;
+    Ok(Model { path: dir.to_path_buf(), format: ModelFormat::HfSafetensors, hparams, weights, tokenizer, gguf: None, hf: Some(hf) })
+}
+
+fn check_vocab(hp: &HParams, tok: &Tokenizer) -> Result<(), LoadErrorKind> {
+    // Embedding tables are often padded beyond the tokenizer's vocabulary; the reverse is an error.
+    if tok.vocab_size() > hp.n_vocab {
+        return Err(LoadErrorKind::Invalid(format!(
+            "tokenizer has {} tokens but the embedding has only {} rows",
+            tok.vocab_size(),
+            hp.n_vocab
+        )));
+    }
+    Ok(())
+}
+
+fn load_weights<S: Source>(
+    src: &S,
+    hp: &HParams,
+    global_name: impl Fn(GlobalTensor) -> &'static str,
+    layer_name: impl Fn(LayerTensor, usize) -> String,
+) -> Result<Weights, LoadErrorKind> {
+    let matrix = |name: &str, rows: usize, cols: usize| -> Result<Option<Tensor>, LoadErrorKind> {
+        let Some((ty, shape, bytes)) = src.find(name)? else { return Ok(None) };
+        let (c, r) = (shape[0], shape.get(1).copied().unwrap_or(1));
+        if c != cols || r != rows || shape.iter().skip(2).any(|&d| d != 1) {
+            return Err(LoadErrorKind::Invalid(format!(
+                "tensor '{name}' has shape {shape:?}, expected [{cols}, {rows}] from the hyperparameters"
+            )));
+        }
+        Ok(Some(Tensor::mapped(ty, rows, cols, bytes, src.owner())))
+    };
+    let required = |name: &str, rows: usize, cols: usize| -> Result<Tensor, LoadErrorKind> {
+        matrix(name, rows, cols)?.ok_or_else(|| LoadErrorKind::Invalid(format!("missing tensor '{name}'")))
+    };
+
+    let token_embd = required(global_name(GlobalTensor::TokenEmbedding), hp.n_vocab, hp.n_embd)?;
+    let output_norm = required(global_name(GlobalTensor::OutputNorm), 1, hp.n_embd)?.to_f32();
+    let output = if hp.tied_embeddings { None } else { matrix(global_name(GlobalTensor::Output), hp.n_vocab, hp.n_embd)? };
+    let rope_name = global_name(GlobalTensor::RopeFreqs);
+    let rope_freqs = if rope_name.is_empty() { None } else { matrix(rope_name, 1, hp.head_dim / 2)?.map(|t| t.to_f32()) };
+
+    let mut layers = Vec::with_capacity(hp.n_layer);
+    for l in 0..hp.n_layer {
+        let get = |t: LayerTensor| -> Result<Tensor, LoadErrorKind> {
+            let (r, c) = t.shape(hp);
+            required(&layer_name(t, l), r, c)
+        };
+        let opt_vec = |t: LayerTensor| -> Result<Option<Vec<f32>>, LoadErrorKind> {
+            if t.present_in(hp.arch) {
+                Ok(Some(get(t)?.to_f32()))
+            } else {
+                Ok(None)
+            }
+        };
+        layers.push(Layer {
+            attn_norm: get(LayerTensor::AttnNorm)?.to_f32(),
+            wq: get(LayerTensor::Q)?,
+            wk: get(LayerTensor::K)?,
+            wv: get(LayerTensor::V)?,
+            wo: get(LayerTensor::Output)?,
+            bq: opt_vec(LayerTensor::QBias)?,
+            bk: opt_vec(LayerTensor::KBias)?,
+            bv: opt_vec(LayerTensor::VBias)?,
+            q_norm: opt_vec(LayerTensor::QNorm)?,
+            k_norm: opt_vec(LayerTensor::KNorm)?,
+            ffn_norm: get(LayerTensor::FfnNorm)?.to_f32(),
+            w_gate: get(LayerTensor::Gate)?,
+            w_up: get(LayerTensor::Up)?,
+            w_down: get(LayerTensor::Down)?,
+        });
+    }
+    Ok(Weights { token_embd, layers, output_norm, output, rope_freqs })
+}
