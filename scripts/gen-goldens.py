@@ -127,10 +127,13 @@ def main():
         llm.reset()
         llm.eval(ptoks)
         out_toks = []
+        margins = []  # top-1 minus top-2 logit at each step: how close to a tie the choice was
         stopped = False
         for _ in range(GREEDY_NEW_TOKENS):
             logits = np.asarray(llm.scores[llm.n_tokens - 1])
             nxt = int(np.argmax(logits))  # first maximum on ties
+            top2 = np.partition(logits, -2)[-2:]
+            margins.append(round(float(top2[1] - top2[0]), 5))
             out_toks.append(nxt)
             if nxt == eos:
                 stopped = True
@@ -141,7 +144,8 @@ def main():
         results.append({"prompt": prompt, "add_bos": add_bos, "eos_id": eos,
                         "max_new_tokens": GREEDY_NEW_TOKENS, "stopped_at_eos": stopped,
                         "prompt_tokens": [int(t) for t in ptoks],
-                        "output_tokens": out_toks, "output_text": text_out})
+                        "output_tokens": out_toks, "output_text": text_out,
+                        "output_margins": margins})
     with open(GOLDEN / "smollm2-greedy.json", "w") as f:
         json.dump(results, f, indent=1, ensure_ascii=False)
         f.write("\n")

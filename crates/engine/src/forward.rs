@@ -237,7 +237,7 @@ impl Session {
 }
 
 thread_local! {
-    static ATTN_SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static ATTN_SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Causal multi-head attention with grouped KV heads for `n` queries at positions
@@ -261,12 +261,15 @@ fn attention(
     out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
         let (t, h) = (i / n_head, i % n_head);
         let kvh = h / group;
-        let qv = &q[t * n_head * hd + h * hd..][..hd];
         let n_keys = p0 + t + 1;
         ATTN_SCRATCH.with(|cell| {
-            let (scores, row) = &mut *cell.borrow_mut();
+            let (scores, row, qv) = &mut *cell.borrow_mut();
             scores.resize(n_keys, 0.0);
             row.resize(hd, 0.0);
+            // ggml multiplies f16 K by Q rounded to f16, and f16 V by probabilities rounded
+            // to f16; rounding the same way keeps logits close to llama.cpp's.
+            qv.clear();
+            qv.extend(q[t * n_head * hd + h * hd..][..hd].iter().map(|&x| f16::from_f32(x).to_f32()));
             for (j, s) in scores.iter_mut().enumerate() {
                 kc[j * kvd + kvh * hd..][..hd].convert_to_f32_slice(row);
                 *s = dot(qv, row) * scale;
@@ -274,6 +277,7 @@ fn attention(
             softmax(scores);
             o.fill(0.0);
             for (j, &p) in scores.iter().enumerate() {
+                let p = f16::from_f32(p).to_f32();
                 vc[j * kvd + kvh * hd..][..hd].convert_to_f32_slice(row);
                 for (a, &b) in o.iter_mut().zip(row.iter()) {
                     *a += p * b;

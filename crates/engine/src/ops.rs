@@ -1,8 +1,15 @@
 //! Small elementwise operations of the transformer block.
 
-/// `out = x / rms(x) * w`, with the sum of squares accumulated in f64 as ggml does.
+/// Sum of squares as ggml computes it: f32 products accumulated in f64. Matching its
+/// rounding matters: activations are quantized next, and a last-bit difference can flip
+/// a rounding there.
+fn sum_of_squares(x: &[f32]) -> f64 {
+    x.iter().map(|&v| (v * v) as f64).sum()
+}
+
+/// `out = x / rms(x) * w`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let ss = sum_of_squares(x);
     let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = v * scale * g;
@@ -11,7 +18,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 
 /// In-place RMSNorm (for per-head q/k norms).
 pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
-    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let ss = sum_of_squares(x);
     let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
     for (v, &g) in x.iter_mut().zip(w) {
         *v = *v * scale * g;
@@ -31,7 +38,7 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// Softmax in place; returns nothing, leaves a probability vector.
+/// Softmax in place; the sum accumulates in f64 as ggml's does.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f64;
@@ -45,33 +52,37 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// Precomputed RoPE angles' inverse frequencies for one head.
+/// Rotary position embedding for one head size.
 pub struct Rope {
-    inv_freq: Vec<f32>,
+    /// Ratio between successive pairs' frequencies: theta^(-2/d).
+    step: f32,
+    freq_scale: f32,
+    /// Per-pair frequency divisors (Llama 3 scaling), or all ones.
+    factors: Vec<f32>,
     neox: bool,
 }
 
 impl Rope {
     pub fn new(head_dim: usize, theta: f32, freq_scale: f32, factors: Option<&[f32]>, neox: bool) -> Self {
-        // ggml builds theta as base^(-2i/d) by repeated multiplication in f32; do the same.
-        let step = theta.powf(-2.0 / head_dim as f32);
-        let mut f = freq_scale;
-        let mut inv_freq = Vec::with_capacity(head_dim / 2);
-        for i in 0..head_dim / 2 {
-            let div = factors.and_then(|ff| ff.get(i)).copied().unwrap_or(1.0);
-            inv_freq.push(f / div);
-            f *= step;
-        }
-        Rope { inv_freq, neox }
+        let factors = (0..head_dim / 2).map(|i| factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0)).collect();
+        Rope { step: theta.powf(-2.0 / head_dim as f32), freq_scale, factors, neox }
     }
 
-    /// Rotate every head of `x` (heads of `inv_freq.len() * 2` values) for position `pos`.
+    /// Rotate every head of `x` (heads of `2 * factors.len()` values) for position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
-        let half = self.inv_freq.len();
+        let half = self.factors.len();
+        // The angle is built as ggml builds it (position times repeated multiplication by
+        // the step, then scaled), so that it rounds the same way.
+        let mut angles = [(0f32, 0f32); 256];
+        let mut base = pos as f32;
+        for (i, &ff) in self.factors.iter().enumerate().take(256) {
+            let theta = self.freq_scale * base / ff;
+            let (sin, cos) = theta.sin_cos();
+            angles[i] = (sin, cos);
+            base *= self.step;
+        }
         for head in x.chunks_exact_mut(half * 2) {
-            for (i, &f) in self.inv_freq.iter().enumerate() {
-                let theta = pos as f32 * f;
-                let (sin, cos) = theta.sin_cos();
+            for (i, &(sin, cos)) in angles.iter().enumerate().take(half) {
                 let (a, b) = if self.neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
                 let (x0, x1) = (head[a], head[b]);
                 head[a] = x0 * cos - x1 * sin;

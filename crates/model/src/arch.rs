@@ -247,7 +247,8 @@ impl HParams {
         check("feed-forward length", self.n_ff, MAX_DIM)?;
         check("head count", self.n_head, MAX_DIM)?;
         check("KV head count", self.n_head_kv, MAX_DIM)?;
-        check("head dimension", self.head_dim, MAX_DIM)?;
+        // RoPE keeps one head's angles on the stack.
+        check("head dimension", self.head_dim, 512)?;
         check("vocabulary size", self.n_vocab, MAX_VOCAB)?;
         if self.n_head % self.n_head_kv != 0 {
             return Err(format!("{} heads cannot be grouped over {} KV heads", self.n_head, self.n_head_kv));

@@ -18,7 +18,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with `role` and `content`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -31,14 +34,20 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("bos_token", &self.bos_token).field("eos_token", &self.eos_token).finish()
+        f.debug_struct("ChatTemplate")
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish()
     }
 }
 
 const NAME: &str = "chat";
 
 fn raise_exception(msg: String) -> Result<Value, Error> {
-    Err(Error::new(ErrorKind::InvalidOperation, format!("the chat template raised an exception: {msg}")))
+    Err(Error::new(
+        ErrorKind::InvalidOperation,
+        format!("the chat template raised an exception: {msg}"),
+    ))
 }
 
 /// Days since 1970-01-01 → (year, month 1..=12, day 1..=31).
@@ -58,15 +67,40 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// `strftime` of the current UTC time, for the common conversions (`%d %m %Y %y %b %B %a %A %H
 /// %M %S %j %e %%`).
 fn strftime_now(fmt: String) -> String {
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let days = secs.div_euclid(86_400);
     let tod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     // Day of year: days since Jan 1 of this year, plus one.
-    let yday = (1..=366).find(|&k| civil_from_days(days - k).0 != y).unwrap_or(1);
+    let yday = (1..=366)
+        .find(|&k| civil_from_days(days - k).0 != y)
+        .unwrap_or(1);
     let wd = days.rem_euclid(7) as usize;
     let mut out = String::new();
     let mut chars = fmt.chars();
@@ -110,14 +144,27 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(NAME, source.to_string())
-            .map_err(|e| TokenizerError::Template(format!("the template does not compile: {e:#}")))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
+            .map_err(|e| {
+                TokenizerError::Template(format!("the template does not compile: {e:#}"))
+            })?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
     }
 
     /// Render a conversation. Variables: `messages`, `add_generation_prompt`, `bos_token`,
     /// `eos_token`, `tools` (none).
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TokenizerError> {
-        let tmpl = self.env.get_template(NAME).map_err(|e| TokenizerError::Template(e.to_string()))?;
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let tmpl = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| TokenizerError::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,

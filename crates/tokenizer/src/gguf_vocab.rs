@@ -38,8 +38,7 @@ pub(crate) struct GgufVocab {
 }
 
 // Pre-tokenizer regexes, as written in the models' tokenizer.json (onig syntax).
-const GPT2_RE: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const GPT2_RE: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 const LLAMA3_RE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_RE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN35_RE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -58,9 +57,13 @@ struct PreSpec {
 }
 
 fn split(re: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
-    Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
-        .map(PreTokenizerWrapper::Split)
-        .map_err(|e| TokenizerError::Build(format!("pre-tokenizer regex {re:?}: {e}")))
+    Split::new(
+        SplitPattern::Regex(re.to_string()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map(PreTokenizerWrapper::Split)
+    .map_err(|e| TokenizerError::Build(format!("pre-tokenizer regex {re:?}: {e}")))
 }
 
 fn byte_level(use_regex: bool) -> PreTokenizerWrapper {
@@ -69,15 +72,22 @@ fn byte_level(use_regex: bool) -> PreTokenizerWrapper {
 
 fn pre_spec(pre: &str) -> Result<PreSpec, TokenizerError> {
     let nfc = || Some(NormalizerWrapper::NFC(NFC));
-    let mut spec = PreSpec { normalizer: None, pre: Vec::new(), ignore_merges: false, default_add_bos: false };
+    let mut spec = PreSpec {
+        normalizer: None,
+        pre: Vec::new(),
+        ignore_merges: false,
+        default_add_bos: false,
+    };
     match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
-        | "jina-v5-nano" => {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "jina-v5-nano" => {
             spec.pre = vec![split(LLAMA3_RE)?, byte_level(false)];
             spec.ignore_merges = true;
             spec.default_add_bos = true;
         }
-        "dbrx" | "smaug-bpe" | "chatglm-bpe" => spec.pre = vec![split(LLAMA3_RE)?, byte_level(false)],
+        "dbrx" | "smaug-bpe" | "chatglm-bpe" => {
+            spec.pre = vec![split(LLAMA3_RE)?, byte_level(false)]
+        }
         "glm4" | "glm5" => {
             spec.pre = vec![split(LLAMA3_RE)?, byte_level(false)];
             spec.ignore_merges = true;
@@ -87,24 +97,36 @@ fn pre_spec(pre: &str) -> Result<PreSpec, TokenizerError> {
             spec.pre = vec![split(QWEN2_RE)?, byte_level(false)];
         }
         "qwen35" => spec.pre = vec![split(QWEN35_RE)?, byte_level(false)],
-        "stablelm2" | "hunyuan" | "grok-2" | "solar-open" => spec.pre = vec![split(QWEN2_RE)?, byte_level(false)],
-        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0"
-        | "mellum" | "modern-bert" | "olmo" | "jais" | "trillion" | "granite-docling" | "exaone4" | "jina-v1-en"
-        | "jina-v2-code" | "roberta-bpe" => spec.pre = vec![byte_level(true)],
+        "stablelm2" | "hunyuan" | "grok-2" | "solar-open" => {
+            spec.pre = vec![split(QWEN2_RE)?, byte_level(false)]
+        }
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
+        | "a.x-4.0" | "mellum" | "modern-bert" | "olmo" | "jais" | "trillion"
+        | "granite-docling" | "exaone4" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" => {
+            spec.pre = vec![byte_level(true)]
+        }
         "mpt" => {
             spec.normalizer = nfc();
             spec.pre = vec![byte_level(true)];
         }
         "starcoder" | "refact" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => {
-            spec.pre = vec![PreTokenizerWrapper::Digits(Digits::new(true)), byte_level(true)];
+            spec.pre = vec![
+                PreTokenizerWrapper::Digits(Digits::new(true)),
+                byte_level(true),
+            ];
         }
         "command-r" => {
             spec.normalizer = nfc();
-            spec.pre = vec![PreTokenizerWrapper::Digits(Digits::new(true)), byte_level(true)];
+            spec.pre = vec![
+                PreTokenizerWrapper::Digits(Digits::new(true)),
+                byte_level(true),
+            ];
         }
         "falcon" => {
             spec.pre = vec![
-                PreTokenizerWrapper::Punctuation(Punctuation::new(SplitDelimiterBehavior::Contiguous)),
+                PreTokenizerWrapper::Punctuation(Punctuation::new(
+                    SplitDelimiterBehavior::Contiguous,
+                )),
                 byte_level(true),
                 PreTokenizerWrapper::Digits(Digits::new(false)),
                 split("[0-9][0-9][0-9]")?,
@@ -172,14 +194,18 @@ fn pre_spec(pre: &str) -> Result<PreSpec, TokenizerError> {
 }
 
 fn strings(g: &Gguf, key: &str) -> Result<Vec<String>, TokenizerError> {
-    let arr = g.get_array(key).ok_or_else(|| TokenizerError::MissingKey(key.to_string()))?;
+    let arr = g
+        .get_array(key)
+        .ok_or_else(|| TokenizerError::MissingKey(key.to_string()))?;
     arr.iter()
         .enumerate()
         .map(|(i, v)| {
-            v.as_str().map(str::to_string).ok_or_else(|| TokenizerError::BadMetadata {
-                key: key.to_string(),
-                msg: format!("element {i} is a {}, not a string", v.type_name()),
-            })
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| TokenizerError::BadMetadata {
+                    key: key.to_string(),
+                    msg: format!("element {i} is a {}, not a string", v.type_name()),
+                })
         })
         .collect()
 }
@@ -191,11 +217,16 @@ fn token_id(g: &Gguf, key: &str, n: usize) -> Option<u32> {
 
 /// Build from `tokenizer.ggml.*` metadata.
 pub(crate) fn build(g: &Gguf) -> Result<GgufVocab, TokenizerError> {
-    let model = g.get_str("tokenizer.ggml.model").ok_or_else(|| TokenizerError::MissingKey("tokenizer.ggml.model".into()))?;
+    let model = g
+        .get_str("tokenizer.ggml.model")
+        .ok_or_else(|| TokenizerError::MissingKey("tokenizer.ggml.model".into()))?;
     let tokens = strings(g, "tokenizer.ggml.tokens")?;
     let n = tokens.len();
     if n == 0 {
-        return Err(TokenizerError::BadMetadata { key: "tokenizer.ggml.tokens".into(), msg: "the vocabulary is empty".into() });
+        return Err(TokenizerError::BadMetadata {
+            key: "tokenizer.ggml.tokens".into(),
+            msg: "the vocabulary is empty".into(),
+        });
     }
     let types: Vec<i64> = match g.get_array("tokenizer.ggml.token_type") {
         Some(a) if a.len() == n => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
@@ -300,16 +331,27 @@ pub(crate) fn build(g: &Gguf) -> Result<GgufVocab, TokenizerError> {
             continue;
         }
         let special = ty != TT_USER_DEFINED;
-        let rstrip = is_phi3 && special && !matches!(tok.as_str(), "<unk>" | "<s>" | "<|endoftext|>");
-        added.push(AddedToken::from(tok.clone(), special).normalized(false).rstrip(rstrip));
+        let rstrip =
+            is_phi3 && special && !matches!(tok.as_str(), "<unk>" | "<s>" | "<|endoftext|>");
+        added.push(
+            AddedToken::from(tok.clone(), special)
+                .normalized(false)
+                .rstrip(rstrip),
+        );
     }
     let (special, normal): (Vec<_>, Vec<_>) = added.into_iter().partition(|t| t.special);
     inner.add_special_tokens(&special);
     inner.add_tokens(&normal);
 
-    let add_bos = g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos);
+    let add_bos = g
+        .get_bool("tokenizer.ggml.add_bos_token")
+        .unwrap_or(default_add_bos);
     let add_eos = g.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false);
-    set_post_processor(&mut inner, add_bos.then_some(bos_id).flatten(), add_eos.then_some(eos_id).flatten())?;
+    set_post_processor(
+        &mut inner,
+        add_bos.then_some(bos_id).flatten(),
+        add_eos.then_some(eos_id).flatten(),
+    )?;
 
     let mut extra_eog = Vec::new();
     for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
@@ -399,12 +441,18 @@ fn spm_merges(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(String, 
         merges.extend(local.iter().map(|&(l, r)| (l, r, score)));
     }
     merges.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
-    merges.into_iter().map(|(l, r, _)| (tokens[l as usize].clone(), tokens[r as usize].clone())).collect()
+    merges
+        .into_iter()
+        .map(|(l, r, _)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
+        .collect()
 }
 
 /// GPT-2's byte → printable char table, reversed.
 pub(crate) fn byte_level_char_to_byte() -> HashMap<char, u8> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..=255u32 {
@@ -414,5 +462,8 @@ pub(crate) fn byte_level_char_to_byte() -> HashMap<char, u8> {
             n += 1;
         }
     }
-    bs.into_iter().zip(cs).map(|(b, c)| (char::from_u32(c).unwrap_or('?'), b as u8)).collect()
+    bs.into_iter()
+        .zip(cs)
+        .map(|(b, c)| (char::from_u32(c).unwrap_or('?'), b as u8))
+        .collect()
 }

@@ -117,7 +117,10 @@ impl std::fmt::Debug for Tokenizer {
 fn config_token(v: Option<&serde_json::Value>) -> Option<String> {
     match v? {
         serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        serde_json::Value::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -125,8 +128,14 @@ fn config_token(v: Option<&serde_json::Value>) -> Option<String> {
 /// Ids from a config value that is an integer or a list of integers.
 fn config_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -137,10 +146,18 @@ fn config_chat_template(v: Option<&serde_json::Value>) -> Option<String> {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Array(list) => {
             let pick = |name: &str| {
-                list.iter().find(|e| e.get("name").and_then(|n| n.as_str()) == Some(name))
-                    .and_then(|e| e.get("template")).and_then(|t| t.as_str()).map(str::to_string)
+                list.iter()
+                    .find(|e| e.get("name").and_then(|n| n.as_str()) == Some(name))
+                    .and_then(|e| e.get("template"))
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string)
             };
-            pick("default").or_else(|| list.first().and_then(|e| e.get("template")).and_then(|t| t.as_str()).map(str::to_string))
+            pick("default").or_else(|| {
+                list.first()
+                    .and_then(|e| e.get("template"))
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string)
+            })
         }
         _ => None,
     }
@@ -154,7 +171,16 @@ impl Tokenizer {
             Some("llama") => PieceStyle::SentencePiece,
             _ => PieceStyle::ByteLevel,
         };
-        let mut t = Self::assemble(v.inner, v.bos_id, v.eos_id, None, None, v.add_bos, v.chat_template, style);
+        let mut t = Self::assemble(
+            v.inner,
+            v.bos_id,
+            v.eos_id,
+            None,
+            None,
+            v.add_bos,
+            v.chat_template,
+            style,
+        );
         t.eog.extend(v.extra_eog);
         Ok(t)
     }
@@ -162,10 +188,15 @@ impl Tokenizer {
     /// From `tokenizer.json` plus the directory's `tokenizer_config.json`, `config.json` and
     /// `generation_config.json` values.
     pub fn from_hf_dir(dir: &HfDir) -> Result<Self, TokenizerError> {
-        let path = dir.tokenizer_json().ok_or_else(|| TokenizerError::NoTokenizerJson(dir.dir.display().to_string()))?;
+        let path = dir
+            .tokenizer_json()
+            .ok_or_else(|| TokenizerError::NoTokenizerJson(dir.dir.display().to_string()))?;
         let mut t = Self::from_tokenizer_json_file(&path, dir.tokenizer_config.as_ref())?;
         let n = t.vocab_size as u32;
-        for v in [dir.generation_config.as_ref(), Some(&dir.config)].into_iter().flatten() {
+        for v in [dir.generation_config.as_ref(), Some(&dir.config)]
+            .into_iter()
+            .flatten()
+        {
             for id in config_ids(v.get("eos_token_id")) {
                 if id < n {
                     t.eog.insert(id);
@@ -173,7 +204,9 @@ impl Tokenizer {
                 }
             }
             if t.bos_id.is_none() {
-                t.bos_id = config_ids(v.get("bos_token_id")).into_iter().find(|&id| id < n);
+                t.bos_id = config_ids(v.get("bos_token_id"))
+                    .into_iter()
+                    .find(|&id| id < n);
             }
         }
         if t.eos_str.is_none() {
@@ -187,11 +220,19 @@ impl Tokenizer {
 
     /// From a Hugging Face `tokenizer.json` file, with the optional `tokenizer_config.json` value
     /// (special tokens, `add_bos_token`, `chat_template`).
-    pub fn from_tokenizer_json_file(path: &Path, tokenizer_config: Option<&serde_json::Value>) -> Result<Self, TokenizerError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| TokenizerError::Load { path: path.display().to_string(), msg: e.to_string() })?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| TokenizerError::Load { path: path.display().to_string(), msg: e.to_string() })?;
+    pub fn from_tokenizer_json_file(
+        path: &Path,
+        tokenizer_config: Option<&serde_json::Value>,
+    ) -> Result<Self, TokenizerError> {
+        let bytes = std::fs::read(path).map_err(|e| TokenizerError::Load {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Load {
+                path: path.display().to_string(),
+                msg: e.to_string(),
+            })?;
         Ok(Self::from_hf_tokenizer(inner, tokenizer_config))
     }
 
@@ -201,13 +242,29 @@ impl Tokenizer {
         let eos_str = config_token(get("eos_token"));
         let bos_id = bos_str.as_deref().and_then(|s| inner.token_to_id(s));
         let eos_id = eos_str.as_deref().and_then(|s| inner.token_to_id(s));
-        let add_bos = get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
-        let style = match inner.get_decoder().map(|d| serde_json::to_string(d).unwrap_or_default()) {
+        let add_bos = get("add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let style = match inner
+            .get_decoder()
+            .map(|d| serde_json::to_string(d).unwrap_or_default())
+        {
             Some(s) if s.contains("ByteLevel") => PieceStyle::ByteLevel,
-            Some(s) if s.contains('\u{2581}') || s.contains("Metaspace") => PieceStyle::SentencePiece,
+            Some(s) if s.contains('\u{2581}') || s.contains("Metaspace") => {
+                PieceStyle::SentencePiece
+            }
             _ => PieceStyle::Plain,
         };
-        Self::assemble(inner, bos_id, eos_id, bos_str, eos_str, add_bos, config_chat_template(get("chat_template")), style)
+        Self::assemble(
+            inner,
+            bos_id,
+            eos_id,
+            bos_str,
+            eos_str,
+            add_bos,
+            config_chat_template(get("chat_template")),
+            style,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -254,7 +311,10 @@ impl Tokenizer {
     /// `add_bos_token` says so). Special tokens written in the text (e.g. `<|im_start|>`) are
     /// always parsed as special tokens.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.inner.encode(text, add_special).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, add_special)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         let mut ids = enc.get_ids().to_vec();
         if add_special && self.add_bos {
             if let Some(b) = self.bos_id {
@@ -269,9 +329,14 @@ impl Tokenizer {
     /// Decode ids to text; `skip_special` leaves out special (control) tokens.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(TokenizerError::BadId { id, vocab_size: self.vocab_size });
+            return Err(TokenizerError::BadId {
+                id,
+                vocab_size: self.vocab_size,
+            });
         }
-        self.inner.decode(ids, skip_special).map_err(|e| TokenizerError::Decode(e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| TokenizerError::Decode(e.to_string()))
     }
 
     /// Number of tokens, added tokens included.
@@ -291,9 +356,13 @@ impl Tokenizer {
 
     /// Whether the model prepends BOS when special tokens are added.
     pub fn add_bos(&self) -> bool {
-        self.add_bos || self.bos_id.is_some_and(|b| {
-            self.inner.encode("", true).map(|e| e.get_ids().first() == Some(&b)).unwrap_or(false)
-        })
+        self.add_bos
+            || self.bos_id.is_some_and(|b| {
+                self.inner
+                    .encode("", true)
+                    .map(|e| e.get_ids().first() == Some(&b))
+                    .unwrap_or(false)
+            })
     }
 
     /// End-of-generation tokens: EOS, EOT (`tokenizer.ggml.eot_token_id`), EOM, special tokens such
@@ -317,7 +386,10 @@ impl Tokenizer {
         }
         Some(match self.style {
             PieceStyle::ByteLevel => {
-                let bytes: Option<Vec<u8>> = piece.chars().map(|c| self.char_to_byte.get(&c).copied()).collect();
+                let bytes: Option<Vec<u8>> = piece
+                    .chars()
+                    .map(|c| self.char_to_byte.get(&c).copied())
+                    .collect();
                 match bytes {
                     Some(b) => String::from_utf8_lossy(&b).into_owned(),
                     None => piece,
@@ -366,13 +438,19 @@ impl Tokenizer {
     /// A [`ChatTemplate`] for this model's template, with its BOS and EOS strings.
     pub fn chat(&self) -> Option<Result<ChatTemplate, TokenizerError>> {
         let src = self.chat_template()?;
-        Some(ChatTemplate::new(src, self.bos_token_str().unwrap_or(""), self.eos_token_str().unwrap_or("")))
+        Some(ChatTemplate::new(
+            src,
+            self.bos_token_str().unwrap_or(""),
+            self.eos_token_str().unwrap_or(""),
+        ))
     }
 
     /// Serialize as a Hugging Face tokenizer.json string. Loading it back with
     /// [`Tokenizer::from_tokenizer_json_file`] gives the same ids.
     pub fn to_tokenizer_json(&self) -> Result<String, TokenizerError> {
-        self.inner.to_string(false).map_err(|e| TokenizerError::Serialize(e.to_string()))
+        self.inner
+            .to_string(false)
+            .map_err(|e| TokenizerError::Serialize(e.to_string()))
     }
 
     /// A tokenizer_config.json value (special tokens, `add_bos_token`, `chat_template`,
@@ -399,14 +477,32 @@ impl Tokenizer {
         cfg.insert("add_bos_token".into(), Value::Bool(self.add_bos()));
         cfg.insert("add_eos_token".into(), Value::Bool(false));
         cfg.insert("added_tokens_decoder".into(), Value::Object(decoder));
-        cfg.insert("bos_token".into(), self.bos_str.clone().map(Value::String).unwrap_or(Value::Null));
-        cfg.insert("eos_token".into(), self.eos_str.clone().map(Value::String).unwrap_or(Value::Null));
+        cfg.insert(
+            "bos_token".into(),
+            self.bos_str
+                .clone()
+                .map(Value::String)
+                .unwrap_or(Value::Null),
+        );
+        cfg.insert(
+            "eos_token".into(),
+            self.eos_str
+                .clone()
+                .map(Value::String)
+                .unwrap_or(Value::Null),
+        );
         if let Some(t) = &self.chat_template {
             cfg.insert("chat_template".into(), Value::String(t.clone()));
         }
         cfg.insert("clean_up_tokenization_spaces".into(), Value::Bool(false));
-        cfg.insert("model_max_length".into(), json!(1_000_000_000_000_000_000u64));
-        cfg.insert("tokenizer_class".into(), Value::String("PreTrainedTokenizerFast".into()));
+        cfg.insert(
+            "model_max_length".into(),
+            json!(1_000_000_000_000_000_000u64),
+        );
+        cfg.insert(
+            "tokenizer_class".into(),
+            Value::String("PreTrainedTokenizerFast".into()),
+        );
         Value::Object(cfg)
     }
 }
@@ -428,7 +524,13 @@ pub struct StreamDecoder<'a> {
 impl<'a> StreamDecoder<'a> {
     /// A decoder that shows special tokens as their text.
     pub fn new(tok: &'a Tokenizer) -> Self {
-        StreamDecoder { tok, ids: Vec::new(), prefix_offset: 0, read_offset: 0, skip_special: false }
+        StreamDecoder {
+            tok,
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+            skip_special: false,
+        }
     }
 
     /// Leave special (control) tokens out of the text.
@@ -446,7 +548,10 @@ impl<'a> StreamDecoder<'a> {
     /// Add one id; returns the text it completes (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
         if id as usize >= self.tok.vocab_size {
-            return Err(TokenizerError::BadId { id, vocab_size: self.tok.vocab_size });
+            return Err(TokenizerError::BadId {
+                id,
+                vocab_size: self.tok.vocab_size,
+            });
         }
         self.ids.push(id);
         let prefix = self.decode_from(self.prefix_offset, self.read_offset)?;
@@ -456,7 +561,9 @@ impl<'a> StreamDecoder<'a> {
                 rest.to_string()
             } else {
                 // The window's text changed shape (rare): emit what follows the common prefix.
-                let common = prefix.char_indices().zip(full.char_indices())
+                let common = prefix
+                    .char_indices()
+                    .zip(full.char_indices())
                     .find(|((_, a), (_, b))| a != b)
                     .map(|((i, _), _)| i)
                     .unwrap_or(prefix.len().min(full.len()));
@@ -472,8 +579,12 @@ impl<'a> StreamDecoder<'a> {
 
     /// Text still held back (an incomplete character at the end of the stream), lossily decoded.
     pub fn flush(&mut self) -> String {
-        let prefix = self.decode_from(self.prefix_offset, self.read_offset).unwrap_or_default();
-        let full = self.decode_from(self.prefix_offset, self.ids.len()).unwrap_or_default();
+        let prefix = self
+            .decode_from(self.prefix_offset, self.read_offset)
+            .unwrap_or_default();
+        let full = self
+            .decode_from(self.prefix_offset, self.ids.len())
+            .unwrap_or_default();
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
         match full.strip_prefix(prefix.as_str()) {
@@ -482,4 +593,3 @@ impl<'a> StreamDecoder<'a> {
         }
     }
 }
-

