@@ -32,7 +32,10 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let params = args.sampling.params()?;
     let model = load_model(&args.model)?;
     if model.tokenizer.chat_template().is_none() {
-        anyhow::bail!("{} has no chat template; use `verity run --raw` for plain completion", model.name());
+        anyhow::bail!(
+            "{} has no chat template; use `verity run --raw` for plain completion",
+            model.name()
+        );
     }
     let mut session = verity_engine::Session::new(model.clone(), args.model.ctx);
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -40,11 +43,20 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
         let flag = interrupted.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
     }
-    let start: Vec<ChatMessage> =
-        args.system.iter().map(|s| ChatMessage { role: "system".into(), content: s.clone() }).collect();
+    let start: Vec<ChatMessage> = args
+        .system
+        .iter()
+        .map(|s| ChatMessage {
+            role: "system".into(),
+            content: s.clone(),
+        })
+        .collect();
     let mut messages = start.clone();
     let mut editor = rustyline::DefaultEditor::new()?;
-    eprintln!("verity: chatting with {} (Ctrl-C stops an answer, Ctrl-D or /bye leaves, /clear forgets)", model.name());
+    eprintln!(
+        "verity: chatting with {} (Ctrl-C stops an answer, Ctrl-D or /bye leaves, /clear forgets)",
+        model.name()
+    );
     loop {
         let line = match editor.readline(">>> ") {
             Ok(l) => l,
@@ -63,7 +75,10 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
             _ => {}
         }
         let _ = editor.add_history_entry(line);
-        messages.push(ChatMessage { role: "user".into(), content: line.to_string() });
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: line.to_string(),
+        });
         let prompt = chat_prompt(&model, &messages)?;
         interrupted.store(false, Ordering::SeqCst);
         let stdout = std::io::stdout();
@@ -74,7 +89,10 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
         });
         println!();
         match result {
-            Ok(gen) => messages.push(ChatMessage { role: "assistant".into(), content: gen.text }),
+            Ok(gen) => messages.push(ChatMessage {
+                role: "assistant".into(),
+                content: gen.text,
+            }),
             Err(e) => {
                 eprintln!("verity: {e}");
                 messages.pop();

@@ -71,7 +71,12 @@ impl SamplingArgs {
             ..SamplingParams::default()
         };
         sampling.validate().map_err(anyhow::Error::msg)?;
-        Ok(GenerateParams { max_tokens: self.max_tokens, sampling, stop: self.stop.clone(), ignore_eos: false })
+        Ok(GenerateParams {
+            max_tokens: self.max_tokens,
+            sampling,
+            stop: self.stop.clone(),
+            ignore_eos: false,
+        })
     }
 }
 
@@ -86,10 +91,18 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
 /// Tokens for a conversation through the model's chat template.
 pub fn chat_prompt(model: &Model, messages: &[ChatMessage]) -> anyhow::Result<Vec<u32>> {
     let tok = &model.tokenizer;
-    let template = tok.chat_template().context("the model has no chat template; use --raw")?;
-    let t = verity_tokenizer::ChatTemplate::new(template, tok.bos_token_str().unwrap_or(""), tok.eos_token_str().unwrap_or(""))?;
+    let template = tok
+        .chat_template()
+        .context("the model has no chat template; use --raw")?;
+    let t = verity_tokenizer::ChatTemplate::new(
+        template,
+        tok.bos_token_str().unwrap_or(""),
+        tok.eos_token_str().unwrap_or(""),
+    )?;
     let text = t.render(messages, true)?;
     // Templates that write the BOS token themselves must not get a second one.
-    let has_bos = tok.bos_token_str().is_some_and(|b| !b.is_empty() && text.starts_with(b));
+    let has_bos = tok
+        .bos_token_str()
+        .is_some_and(|b| !b.is_empty() && text.starts_with(b));
     Ok(tok.encode(&text, !has_bos)?)
 }

@@ -48,20 +48,37 @@ pub struct ConvertArgs {
 }
 
 pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
-    let model = load_model(&ModelArgs { model: Some(args.input.clone()), ctx: 0, threads: 0 })?;
+    let model = load_model(&ModelArgs {
+        model: Some(args.input.clone()),
+        ctx: 0,
+        threads: 0,
+    })?;
     let out = &args.output;
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("{} already exists and is not empty; choose a new directory", out.display());
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{} already exists and is not empty; choose a new directory",
+            out.display()
+        );
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
-    let staging = tempfile::Builder::new().prefix(".verity-convert-").tempdir_in(parent)?;
+    let staging = tempfile::Builder::new()
+        .prefix(".verity-convert-")
+        .tempdir_in(parent)?;
     let n_tensors = write_hf(&model, staging.path(), args.dtype)?;
     if out.exists() {
         std::fs::remove_dir(out)?;
     }
     let staged = staging.keep();
-    std::fs::rename(&staged, out).with_context(|| format!("moving the result to {}", out.display()))?;
+    std::fs::rename(&staged, out)
+        .with_context(|| format!("moving the result to {}", out.display()))?;
     if args.json {
         let v = json!({ "input": model.path, "output": out, "format": "hf", "dtype": format!("{:?}", args.dtype).to_lowercase(), "tensors": n_tensors });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -99,15 +116,22 @@ fn write_hf(model: &Model, dir: &Path, dtype: Dtype) -> anyhow::Result<usize> {
         "eos_token_id": tok.eos_id(),
     });
     if hp.rope_freq_scale != 1.0 {
-        config["rope_scaling"] = json!({ "rope_type": "linear", "factor": 1.0 / hp.rope_freq_scale });
+        config["rope_scaling"] =
+            json!({ "rope_type": "linear", "factor": 1.0 / hp.rope_freq_scale });
     }
     if let Some(freqs) = &w.rope_freqs {
         config["rope_scaling"] = llama3_scaling_for(freqs, hp.head_dim, hp.rope_theta)?;
     }
     write_json(&dir.join("config.json"), &config)?;
-    write_json(&dir.join("generation_config.json"), &json!({ "bos_token_id": tok.bos_id(), "eos_token_id": tok.eos_id() }))?;
+    write_json(
+        &dir.join("generation_config.json"),
+        &json!({ "bos_token_id": tok.bos_id(), "eos_token_id": tok.eos_id() }),
+    )?;
     std::fs::write(dir.join("tokenizer.json"), tok.to_tokenizer_json()?)?;
-    write_json(&dir.join("tokenizer_config.json"), &tok.to_tokenizer_config())?;
+    write_json(
+        &dir.join("tokenizer_config.json"),
+        &tok.to_tokenizer_config(),
+    )?;
 
     // GGUF `llama` q/k rows are permuted for interleaved RoPE; HF expects the halves layout.
     let unpermute = hp.rope_style == RopeStyle::Interleaved;
@@ -119,7 +143,11 @@ fn write_hf(model: &Model, dir: &Path, dtype: Dtype) -> anyhow::Result<usize> {
         let (s, d) = matrix(o);
         tensors.push((GlobalTensor::Output.hf_name().into(), s, d));
     }
-    tensors.push((GlobalTensor::OutputNorm.hf_name().into(), vec![hp.n_embd], w.output_norm.clone()));
+    tensors.push((
+        GlobalTensor::OutputNorm.hf_name().into(),
+        vec![hp.n_embd],
+        w.output_norm.clone(),
+    ));
     for (l, layer) in w.layers.iter().enumerate() {
         let mut add_matrix = |kind: LayerTensor, t: &Tensor, heads: Option<usize>| {
             let (s, mut d) = matrix(t);
@@ -156,15 +184,27 @@ fn write_hf(model: &Model, dir: &Path, dtype: Dtype) -> anyhow::Result<usize> {
         .map(|(name, shape, data)| {
             let b: Vec<u8> = match dtype {
                 Dtype::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                Dtype::Bf16 => data.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+                Dtype::Bf16 => data
+                    .iter()
+                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                    .collect(),
             };
             (name, shape, b)
         })
         .collect();
-    let st_dtype = if dtype == Dtype::F32 { safetensors::Dtype::F32 } else { safetensors::Dtype::BF16 };
+    let st_dtype = if dtype == Dtype::F32 {
+        safetensors::Dtype::F32
+    } else {
+        safetensors::Dtype::BF16
+    };
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
-        .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)?)))
+        .map(|(n, s, b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)?,
+            ))
+        })
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     let n = views.len();
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -181,7 +221,8 @@ fn unpermute_rows(data: &[f32], heads: usize, head_rows: usize, cols: usize) -> 
             for j in 0..2 {
                 let src = h * head_rows + 2 * i + j;
                 let dst = h * head_rows + j * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -189,14 +230,28 @@ fn unpermute_rows(data: &[f32], heads: usize, head_rows: usize, cols: usize) -> 
 }
 
 /// config.json `rope_scaling` that reproduces GGUF's `rope_freqs` factors.
-fn llama3_scaling_for(freqs: &[f32], head_dim: usize, theta: f32) -> anyhow::Result<serde_json::Value> {
+fn llama3_scaling_for(
+    freqs: &[f32],
+    head_dim: usize,
+    theta: f32,
+) -> anyhow::Result<serde_json::Value> {
     let factor = freqs.iter().copied().fold(1.0f32, f32::max);
     for original in [8192.0f32, 4096.0, 2048.0, 16384.0, 32768.0] {
         for (low, high) in [(1.0f32, 4.0f32), (1.0, 2.0), (1.0, 8.0), (2.0, 4.0)] {
-            let s = verity_model::arch::Llama3RopeScaling { factor, low_freq_factor: low, high_freq_factor: high, original_context: original };
+            let s = verity_model::arch::Llama3RopeScaling {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_context: original,
+            };
             let f = s.freq_factors(head_dim, theta);
-            if f.iter().zip(freqs).all(|(a, b)| (a - b).abs() <= 1e-3 * b.abs().max(1.0)) {
-                return Ok(json!({ "rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high, "original_max_position_embeddings": original }));
+            if f.iter()
+                .zip(freqs)
+                .all(|(a, b)| (a - b).abs() <= 1e-3 * b.abs().max(1.0))
+            {
+                return Ok(
+                    json!({ "rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high, "original_max_position_embeddings": original }),
+                );
             }
         }
     }
@@ -204,7 +259,8 @@ fn llama3_scaling_for(freqs: &[f32], head_dim: usize, theta: f32) -> anyhow::Res
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n").with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -8,7 +8,11 @@ mod run;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "verity", version, about = "Run, tune, audit and verify open-weights models on your own machine.")]
+#[command(
+    name = "verity",
+    version,
+    about = "Run, tune, audit and verify open-weights models on your own machine."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +34,11 @@ fn main() {
     };
     if let Err(e) = result {
         // One line: the chain of causes, outermost first.
-        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        // One line, bounded: causes can quote text from a hostile file.
+        let msg: Vec<String> = e
+            .chain()
+            .map(|c| c.to_string().replace(|c: char| c.is_control(), " "))
+            .collect();
         eprintln!("verity: error: {}", msg.join(": "));
         std::process::exit(1);
     }

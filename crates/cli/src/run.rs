@@ -42,9 +42,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let prompt = if use_template {
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
-            messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+            messages.push(ChatMessage {
+                role: "system".into(),
+                content: s.clone(),
+            });
         }
-        messages.push(ChatMessage { role: "user".into(), content: args.prompt.clone() });
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: args.prompt.clone(),
+        });
         chat_prompt(&model, &messages)?
     } else {
         model.tokenizer.encode(&args.prompt, true)?
@@ -57,7 +63,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         if !json {
             let mut out = stdout.lock();
             // A closed pipe (e.g. `| head`) just ends the answer early.
-            return out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_ok();
+            return out
+                .write_all(text.as_bytes())
+                .and_then(|_| out.flush())
+                .is_ok();
         }
         true
     })?;

@@ -12,11 +12,17 @@ fn repo_root() -> PathBuf {
 fn assets_dir() -> PathBuf {
     std::env::var_os("VERITY_ASSETS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/verity/assets"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/verity/assets")
+        })
 }
 
 fn nrmse(ours: &[f32], reference: &[f32]) -> f64 {
-    let num: f64 = ours.iter().zip(reference).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum();
+    let num: f64 = ours
+        .iter()
+        .zip(reference)
+        .map(|(&a, &b)| ((a - b) as f64).powi(2))
+        .sum();
     let den: f64 = reference.iter().map(|&b| (b as f64).powi(2)).sum();
     (num / den).sqrt()
 }
@@ -24,13 +30,95 @@ fn nrmse(ours: &[f32], reference: &[f32]) -> f64 {
 /// The test strings of llama.cpp's vocabulary test files.
 fn vocab_test_strings() -> Vec<String> {
     let dir = assets_dir().join("vocab");
-    assert!(dir.exists(), "{} is missing: run scripts/fetch-vocab-vectors", dir.display());
+    assert!(
+        dir.exists(),
+        "{} is missing: run scripts/fetch-vocab-vectors",
+        dir.display()
+    );
     let mut out = Vec::new();
-    for name in ["ggml-vocab-llama-bpe.gguf.inp", "ggml-vocab-qwen2.gguf.inp", "ggml-vocab-gpt-2.gguf.inp"] {
+    for name in [
+        "ggml-vocab-llama-bpe.gguf.inp",
+        "ggml-vocab-qwen2.gguf.inp",
+        "ggml-vocab-gpt-2.gguf.inp",
+    ] {
         let text = std::fs::read_to_string(dir.join(name)).unwrap();
         out.extend(text.split("\n__ggml_vocab_test__\n").map(str::to_string));
     }
     out
+}
+
+/// Mean KL(p || q) of the softmaxes of two logit matrices, and top-1 agreement.
+fn kl_and_top1(p: &[f32], q: &[f32], n_vocab: usize) -> (f64, f64) {
+    let log_softmax = |l: &[f32]| {
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max + l.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        l.iter().map(|&v| v as f64 - lse).collect::<Vec<f64>>()
+    };
+    let argmax = |l: &[f32]| (0..l.len()).max_by(|&i, &j| l[i].total_cmp(&l[j])).unwrap();
+    let rows = p.len() / n_vocab;
+    let (mut kl, mut agree) = (0.0, 0);
+    for r in 0..rows {
+        let (pr, qr) = (
+            &p[r * n_vocab..(r + 1) * n_vocab],
+            &q[r * n_vocab..(r + 1) * n_vocab],
+        );
+        let (lp, lq) = (log_softmax(pr), log_softmax(qr));
+        kl += lp
+            .iter()
+            .zip(&lq)
+            .map(|(a, b)| a.exp() * (a - b))
+            .sum::<f64>();
+        agree += (argmax(pr) == argmax(qr)) as usize;
+    }
+    (kl / rows as f64, agree as f64 / rows as f64)
+}
+
+fn convert(input: &Path, out: &Path, dtype: &str) {
+    let status = Command::new(env!("CARGO_BIN_EXE_verity"))
+        .args(["convert", "--to", "hf", "--dtype", dtype])
+        .arg(input)
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "convert {}", input.display());
+}
+
+/// F32 GGUFs of each architecture (Llama 3 with rope_freqs and permuted q/k, Qwen2 with
+/// biases, Qwen3 with q/k norms): the HF directory gives the same logits (1e-4), and its
+/// BF16 variant within 2 %.
+#[test]
+fn f32_models_convert_exactly() {
+    let models = assets_dir().join("test-models");
+    let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 500).collect();
+    for arch in ["llama", "qwen2", "qwen3"] {
+        let gguf = models.join(format!("{arch}-tiny-F32.gguf"));
+        assert!(
+            gguf.exists(),
+            "{} is missing: run scripts/make-test-models",
+            gguf.display()
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let a = Arc::new(verity_model::load(&gguf).unwrap());
+        let la = verity_engine::Session::new(a.clone(), 64)
+            .eval_all(&tokens)
+            .unwrap();
+        for (dtype, limit) in [("f32", 1e-4), ("bf16", 0.02)] {
+            let out = tmp.path().join(dtype);
+            convert(&gguf, &out, dtype);
+            let b = Arc::new(verity_model::load(&out).unwrap());
+            // HF checkpoints rotate halves; the converter un-permuted llama's q/k rows for it.
+            assert_eq!(b.hparams.rope_style, verity_model::RopeStyle::NeoX);
+            let lb = verity_engine::Session::new(b, 64)
+                .eval_all(&tokens)
+                .unwrap();
+            let e = nrmse(&lb, &la);
+            eprintln!(
+                "{arch} F32 GGUF -> HF {dtype}: normalised RMS error {:.5}%",
+                e * 100.0
+            );
+            assert!(e <= limit, "{arch} {dtype}: normalised RMS error {e}");
+        }
+    }
 }
 
 #[test]
@@ -45,17 +133,31 @@ fn hf_directory_matches_its_gguf() {
         .status()
         .unwrap();
     assert!(status.success());
-    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"] {
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["model_type"], "llama");
     let tok_config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("tokenizer_config.json")).unwrap()).unwrap();
-    assert!(tok_config["chat_template"].as_str().is_some_and(|t| t.contains("<|im_start|>")));
+    assert!(tok_config["chat_template"]
+        .as_str()
+        .is_some_and(|t| t.contains("<|im_start|>")));
 
     // A second convert into the same place refuses to overwrite.
-    let again = Command::new(env!("CARGO_BIN_EXE_verity")).args(["convert", "--to", "hf"]).arg(&gguf).arg(&out).output().unwrap();
+    let again = Command::new(env!("CARGO_BIN_EXE_verity"))
+        .args(["convert", "--to", "hf"])
+        .arg(&gguf)
+        .arg(&out)
+        .output()
+        .unwrap();
     assert_eq!(again.status.code(), Some(1));
 
     let a = Arc::new(verity_model::load(&gguf).unwrap());
@@ -66,15 +168,37 @@ fn hf_directory_matches_its_gguf() {
     let tokens_a = a.tokenizer.encode(&text, true).unwrap();
     assert_eq!(tokens_a, b.tokenizer.encode(&text, true).unwrap());
     let tokens = &tokens_a[..256];
-    let la = verity_engine::Session::new(a.clone(), 512).eval_all(tokens).unwrap();
-    let lb = verity_engine::Session::new(b.clone(), 512).eval_all(tokens).unwrap();
+    let la = verity_engine::Session::new(a.clone(), 512)
+        .eval_all(tokens)
+        .unwrap();
+    let lb = verity_engine::Session::new(b.clone(), 512)
+        .eval_all(tokens)
+        .unwrap();
+    // The weights are identical (dequantized), but the GGUF path quantizes activations to
+    // Q8_1 as llama.cpp does and the F32 path does not. On SmolLM2 that alone moves logits
+    // by a few percent (the exact check is `f32_models_convert_exactly`), so compare the
+    // distributions too.
     let e = nrmse(&lb, &la);
-    eprintln!("HF F32 directory vs GGUF: normalised RMS error of logits {:.4}% over {} tokens", e * 100.0, tokens.len());
-    assert!(e <= 0.01, "normalised RMS error {e}");
+    let (kl, top1) = kl_and_top1(&la, &lb, a.hparams.n_vocab);
+    eprintln!(
+        "HF F32 directory vs its Q4_1 GGUF over {} tokens: normalised RMS error {:.2}%, mean KL {kl:.5}, top-1 agreement {:.1}%",
+        tokens.len(),
+        e * 100.0,
+        top1 * 100.0
+    );
+    assert!(e <= 0.05, "normalised RMS error {e}");
+    assert!(kl <= 0.01 && top1 >= 0.95, "KL {kl}, top-1 {top1}");
 
     let strings = vocab_test_strings();
     for s in &strings {
-        assert_eq!(a.tokenizer.encode(s, false).unwrap(), b.tokenizer.encode(s, false).unwrap(), "ids differ for {s:?}");
+        assert_eq!(
+            a.tokenizer.encode(s, false).unwrap(),
+            b.tokenizer.encode(s, false).unwrap(),
+            "ids differ for {s:?}"
+        );
     }
-    eprintln!("tokenizer.json gives identical ids on {} test strings", strings.len());
+    eprintln!(
+        "tokenizer.json gives identical ids on {} test strings",
+        strings.len()
+    );
 }

@@ -17,7 +17,11 @@ const MAX_BATCH: usize = 256;
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EngineError {
     #[error("the prompt and answer need {needed} tokens but the context holds {n_ctx}; shorten the prompt or raise --ctx (the model was trained for {n_ctx_train})")]
-    ContextFull { needed: usize, n_ctx: usize, n_ctx_train: usize },
+    ContextFull {
+        needed: usize,
+        n_ctx: usize,
+        n_ctx_train: usize,
+    },
     #[error("token id {id} is outside the vocabulary of {n_vocab} tokens")]
     BadToken { id: u32, n_vocab: usize },
     #[error("nothing to evaluate: the prompt is empty")]
@@ -62,7 +66,11 @@ impl Session {
     /// A session with room for `n_ctx` tokens (capped at the model's training context when 0).
     pub fn new(model: Arc<Model>, n_ctx: usize) -> Self {
         let hp = &model.hparams;
-        let n_ctx = if n_ctx == 0 { hp.n_ctx_train.min(4096) } else { n_ctx };
+        let n_ctx = if n_ctx == 0 {
+            hp.n_ctx_train.min(4096)
+        } else {
+            n_ctx
+        };
         let kv_len = n_ctx * hp.kv_dim();
         let kv = KvCache {
             k: (0..hp.n_layer).map(|_| vec![f16::ZERO; kv_len]).collect(),
@@ -75,7 +83,15 @@ impl Session {
             model.weights.rope_freqs.as_deref(),
             hp.rope_style == RopeStyle::NeoX,
         );
-        Session { model, n_ctx, n_past: 0, history: Vec::new(), kv, rope, scratch: Scratch::default() }
+        Session {
+            model,
+            n_ctx,
+            n_past: 0,
+            history: Vec::new(),
+            kv,
+            rope,
+            scratch: Scratch::default(),
+        }
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -104,7 +120,11 @@ impl Session {
 
     /// Length of the common prefix between the cache and `tokens`.
     pub fn common_prefix(&self, tokens: &[u32]) -> usize {
-        self.history.iter().zip(tokens).take_while(|(a, b)| a == b).count()
+        self.history
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
     }
 
     /// Evaluate `tokens` after the cached ones; returns the logits of the last token.
@@ -139,11 +159,23 @@ impl Session {
             });
         }
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= hp.n_vocab) {
-            return Err(EngineError::BadToken { id, n_vocab: hp.n_vocab });
+            return Err(EngineError::BadToken {
+                id,
+                n_vocab: hp.n_vocab,
+            });
         }
         for chunk in tokens.chunks(MAX_BATCH) {
             let last_chunk = std::ptr::eq(chunk.as_ptr_range().end, tokens.as_ptr_range().end);
-            self.forward_batch(chunk, if all_logits { chunk.len() } else if last_chunk { 1 } else { 0 });
+            self.forward_batch(
+                chunk,
+                if all_logits {
+                    chunk.len()
+                } else if last_chunk {
+                    1
+                } else {
+                    0
+                },
+            );
         }
         Ok(())
     }
@@ -179,12 +211,21 @@ impl Session {
         let p0 = self.n_past;
         for (l, layer) in w.layers.iter().enumerate() {
             for t in 0..n {
-                rms_norm(&s.x[t * d..(t + 1) * d], &layer.attn_norm, hp.rms_eps, &mut s.h[t * d..(t + 1) * d]);
+                rms_norm(
+                    &s.x[t * d..(t + 1) * d],
+                    &layer.attn_norm,
+                    hp.rms_eps,
+                    &mut s.h[t * d..(t + 1) * d],
+                );
             }
             matmul(&layer.wq.view(), &s.h, n, &mut s.q);
             matmul(&layer.wk.view(), &s.h, n, &mut s.k);
             matmul(&layer.wv.view(), &s.h, n, &mut s.v);
-            for (buf, bias, dim) in [(&mut s.q, &layer.bq, qd), (&mut s.k, &layer.bk, kvd), (&mut s.v, &layer.bv, kvd)] {
+            for (buf, bias, dim) in [
+                (&mut s.q, &layer.bq, qd),
+                (&mut s.k, &layer.bk, kvd),
+                (&mut s.v, &layer.bv, kvd),
+            ] {
                 if let Some(b) = bias {
                     for row in buf.chunks_exact_mut(dim) {
                         add_in_place(row, b);
@@ -206,13 +247,28 @@ impl Session {
             kc[p0 * kvd..(p0 + n) * kvd].convert_from_f32_slice(&s.k);
             vc[p0 * kvd..(p0 + n) * kvd].convert_from_f32_slice(&s.v);
 
-            attention(&s.q, kc, vc, &mut s.attn, n, p0, hp.n_head, hp.n_head_kv, hp.head_dim);
+            attention(
+                &s.q,
+                kc,
+                vc,
+                &mut s.attn,
+                n,
+                p0,
+                hp.n_head,
+                hp.n_head_kv,
+                hp.head_dim,
+            );
 
             matmul(&layer.wo.view(), &s.attn, n, &mut s.proj);
             add_in_place(&mut s.x, &s.proj);
 
             for t in 0..n {
-                rms_norm(&s.x[t * d..(t + 1) * d], &layer.ffn_norm, hp.rms_eps, &mut s.h[t * d..(t + 1) * d]);
+                rms_norm(
+                    &s.x[t * d..(t + 1) * d],
+                    &layer.ffn_norm,
+                    hp.rms_eps,
+                    &mut s.h[t * d..(t + 1) * d],
+                );
             }
             matmul(&layer.w_gate.view(), &s.h, n, &mut s.gate);
             matmul(&layer.w_up.view(), &s.h, n, &mut s.up);
@@ -229,9 +285,19 @@ impl Session {
             let first = n - n_logits;
             for t in first..n {
                 let o = (t - first) * d;
-                rms_norm(&s.x[t * d..(t + 1) * d], &w.output_norm, hp.rms_eps, &mut s.h[o..o + d]);
+                rms_norm(
+                    &s.x[t * d..(t + 1) * d],
+                    &w.output_norm,
+                    hp.rms_eps,
+                    &mut s.h[o..o + d],
+                );
             }
-            matmul(&w.output().view(), &s.h[..n_logits * d], n_logits, &mut s.logits);
+            matmul(
+                &w.output().view(),
+                &s.h[..n_logits * d],
+                n_logits,
+                &mut s.logits,
+            );
         }
     }
 }
@@ -269,7 +335,11 @@ fn attention(
             // ggml multiplies f16 K by Q rounded to f16, and f16 V by probabilities rounded
             // to f16; rounding the same way keeps logits close to llama.cpp's.
             qv.clear();
-            qv.extend(q[t * n_head * hd + h * hd..][..hd].iter().map(|&x| f16::from_f32(x).to_f32()));
+            qv.extend(
+                q[t * n_head * hd + h * hd..][..hd]
+                    .iter()
+                    .map(|&x| f16::from_f32(x).to_f32()),
+            );
             for (j, s) in scores.iter_mut().enumerate() {
                 kc[j * kvd + kvh * hd..][..hd].convert_to_f32_slice(row);
                 *s = dot(qv, row) * scale;

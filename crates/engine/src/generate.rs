@@ -19,7 +19,12 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams { max_tokens: 512, sampling: SamplingParams::default(), stop: Vec::new(), ignore_eos: false }
+        GenerateParams {
+            max_tokens: 512,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
     }
 }
 
@@ -93,12 +98,19 @@ pub fn generate(
     }
     if prompt.len() >= session.n_ctx() {
         let hp = &session.model().hparams;
-        return Err(EngineError::ContextFull { needed: prompt.len() + 1, n_ctx: session.n_ctx(), n_ctx_train: hp.n_ctx_train });
+        return Err(EngineError::ContextFull {
+            needed: prompt.len() + 1,
+            n_ctx: session.n_ctx(),
+            n_ctx_train: hp.n_ctx_train,
+        });
     }
     let model = session.model().clone();
     let tokenizer = &model.tokenizer;
     let mut sampler = Sampler::new(params.sampling.clone());
-    let mut timings = Timings { prompt_tokens: prompt.len(), ..Default::default() };
+    let mut timings = Timings {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
 
     let t0 = Instant::now();
     // Reuse the cached prefix; at least the last prompt token is recomputed for its logits.
@@ -158,7 +170,12 @@ pub fn generate(
     }
     timings.generated_tokens = out_tokens.len();
     timings.generation_ms = t1.elapsed().as_secs_f64() * 1e3;
-    Ok(Generation { tokens: out_tokens, text, finish_reason: finish, timings })
+    Ok(Generation {
+        tokens: out_tokens,
+        text,
+        finish_reason: finish,
+        timings,
+    })
 }
 
 /// Byte offset where the first stop string starts, searching from near `from`.

@@ -14,10 +14,14 @@ pub use sampling::{Sampler, SamplingParams};
 pub fn init_threads(n: usize) {
     let n = if n == 0 { default_threads() } else { n };
     // Fails only if the pool already exists, which is harmless.
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
 }
 
 /// Physical-core-sized default: all available cores.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

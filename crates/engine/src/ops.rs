@@ -63,9 +63,22 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(head_dim: usize, theta: f32, freq_scale: f32, factors: Option<&[f32]>, neox: bool) -> Self {
-        let factors = (0..head_dim / 2).map(|i| factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0)).collect();
-        Rope { step: theta.powf(-2.0 / head_dim as f32), freq_scale, factors, neox }
+    pub fn new(
+        head_dim: usize,
+        theta: f32,
+        freq_scale: f32,
+        factors: Option<&[f32]>,
+        neox: bool,
+    ) -> Self {
+        let factors = (0..head_dim / 2)
+            .map(|i| factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0))
+            .collect();
+        Rope {
+            step: theta.powf(-2.0 / head_dim as f32),
+            freq_scale,
+            factors,
+            neox,
+        }
     }
 
     /// Rotate every head of `x` (heads of `2 * factors.len()` values) for position `pos`.
@@ -83,7 +96,11 @@ impl Rope {
         }
         for head in x.chunks_exact_mut(half * 2) {
             for (i, &(sin, cos)) in angles.iter().enumerate().take(half) {
-                let (a, b) = if self.neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+                let (a, b) = if self.neox {
+                    (i, i + half)
+                } else {
+                    (2 * i, 2 * i + 1)
+                };
                 let (x0, x1) = (head[a], head[b]);
                 head[a] = x0 * cos - x1 * sin;
                 head[b] = x0 * sin + x1 * cos;

@@ -42,17 +42,30 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 
     /// A message for the first parameter out of its range.
     pub fn validate(&self) -> Result<(), String> {
-        let finite = [self.temperature, self.top_p, self.min_p, self.repeat_penalty, self.presence_penalty, self.frequency_penalty];
+        let finite = [
+            self.temperature,
+            self.top_p,
+            self.min_p,
+            self.repeat_penalty,
+            self.presence_penalty,
+            self.frequency_penalty,
+        ];
         if finite.iter().any(|v| !v.is_finite()) {
             return Err("sampling parameters must be finite numbers".into());
         }
         if self.temperature < 0.0 {
-            return Err(format!("temperature must be >= 0 (got {})", self.temperature));
+            return Err(format!(
+                "temperature must be >= 0 (got {})",
+                self.temperature
+            ));
         }
         if !(0.0..=1.0).contains(&self.top_p) || self.top_p == 0.0 {
             return Err(format!("top_p must be in (0, 1] (got {})", self.top_p));
@@ -61,7 +74,10 @@ impl SamplingParams {
             return Err(format!("min_p must be in [0, 1] (got {})", self.min_p));
         }
         if self.repeat_penalty <= 0.0 {
-            return Err(format!("repeat penalty must be > 0 (got {})", self.repeat_penalty));
+            return Err(format!(
+                "repeat penalty must be > 0 (got {})",
+                self.repeat_penalty
+            ));
         }
         Ok(())
     }
@@ -114,19 +130,30 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let seed = params.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
         });
-        Sampler { params, rng: Rng::new(seed), candidates: Vec::new(), counts: Default::default() }
+        Sampler {
+            params,
+            rng: Rng::new(seed),
+            candidates: Vec::new(),
+            counts: Default::default(),
+        }
     }
 
     /// Choose the next token from `logits`, given the tokens seen so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
         self.candidates.clear();
-        self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        self.candidates
+            .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
 
         let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
-        if !recent.is_empty() && (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) {
+        if !recent.is_empty()
+            && (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0)
+        {
             self.counts.clear();
             for &t in recent {
                 *self.counts.entry(t).or_default() += 1;
@@ -148,7 +175,8 @@ impl Sampler {
         }
 
         let c = &mut self.candidates;
-        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let by_logit_desc =
+            |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < c.len() {
             c.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
             c.truncate(p.top_k);
@@ -176,7 +204,10 @@ impl Sampler {
         }
         c.truncate(keep.max(1));
 
-        let weights: Vec<f64> = c.iter().map(|&(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
+        let weights: Vec<f64> = c
+            .iter()
+            .map(|&(_, l)| (((l - max) / p.temperature) as f64).exp())
+            .collect();
         let sum: f64 = weights.iter().sum();
         let mut r = self.rng.next_f64() * sum;
         for (w, &(id, _)) in weights.iter().zip(c.iter()) {
@@ -211,26 +242,44 @@ mod tests {
 
     #[test]
     fn repeat_penalty_moves_choice() {
-        let mut s = Sampler::new(SamplingParams { repeat_penalty: 2.0, ..SamplingParams::greedy() });
+        let mut s = Sampler::new(SamplingParams {
+            repeat_penalty: 2.0,
+            ..SamplingParams::greedy()
+        });
         assert_eq!(s.sample(&[0.1, 3.0, 2.0], &[1]), 2);
     }
 
     #[test]
     fn same_seed_same_draws() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
-        let params = SamplingParams { seed: Some(42), top_k: 0, top_p: 1.0, min_p: 0.0, temperature: 1.0, ..Default::default() };
+        let params = SamplingParams {
+            seed: Some(42),
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            temperature: 1.0,
+            ..Default::default()
+        };
         let draw = || {
             let mut s = Sampler::new(params.clone());
             (0..20).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
         };
         let a = draw();
         assert_eq!(a, draw());
-        assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 3, "draws should vary: {a:?}");
+        assert!(
+            a.iter().collect::<std::collections::HashSet<_>>().len() > 3,
+            "draws should vary: {a:?}"
+        );
     }
 
     #[test]
     fn top_k_one_is_greedy() {
-        let mut s = Sampler::new(SamplingParams { top_k: 1, temperature: 5.0, seed: Some(1), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            top_k: 1,
+            temperature: 5.0,
+            seed: Some(1),
+            ..Default::default()
+        });
         for _ in 0..10 {
             assert_eq!(s.sample(&[0.0, 1.0, 0.5], &[]), 1);
         }
@@ -238,7 +287,14 @@ mod tests {
 
     #[test]
     fn min_p_cuts_unlikely() {
-        let mut s = Sampler::new(SamplingParams { min_p: 0.5, top_k: 0, top_p: 1.0, temperature: 1.0, seed: Some(3), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            min_p: 0.5,
+            top_k: 0,
+            top_p: 1.0,
+            temperature: 1.0,
+            seed: Some(3),
+            ..Default::default()
+        });
         for _ in 0..50 {
             assert_ne!(s.sample(&[5.0, 0.0, 4.9], &[]), 1);
         }

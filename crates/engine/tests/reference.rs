@@ -13,27 +13,40 @@ fn repo_root() -> PathBuf {
 
 fn golden(name: &str) -> Value {
     let p = repo_root().join("tests/golden").join(name);
-    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
 }
 
 fn assets_dir() -> PathBuf {
-    std::env::var_os("VERITY_ASSETS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/verity/assets")
-    })
+    std::env::var_os("VERITY_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/verity/assets")
+        })
 }
 
 fn smollm2() -> Arc<verity_model::Model> {
-    let path = verity_store::resolve(None).expect("default model (fetched by the store on first use)");
+    let path =
+        verity_store::resolve(None).expect("default model (fetched by the store on first use)");
     Arc::new(verity_model::load(&path).expect("load SmolLM2"))
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    let lse = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     logits.iter().map(|&l| l as f64 - lse).collect()
 }
 
@@ -47,7 +60,14 @@ fn smollm2_logits_match_reference() {
     let tokens = ids(&g["tokens"]);
     assert!(tokens.len() >= 1000);
     let text = std::fs::read_to_string(repo_root().join("tests/golden/text.txt")).unwrap();
-    assert_eq!(model.tokenizer.encode(&text, g["add_bos"].as_bool().unwrap()).unwrap(), tokens, "tokenization of text.txt");
+    assert_eq!(
+        model
+            .tokenizer
+            .encode(&text, g["add_bos"].as_bool().unwrap())
+            .unwrap(),
+        tokens,
+        "tokenization of text.txt"
+    );
 
     let mut session = Session::new(model.clone(), 2048);
     let logits = session.eval_all(&tokens).unwrap();
@@ -57,7 +77,12 @@ fn smollm2_logits_match_reference() {
     for (t, pos) in positions.iter().enumerate() {
         let ours = log_softmax(&logits[t * n_vocab..(t + 1) * n_vocab]);
         let ref_ids = ids(&pos["ids"]);
-        let ref_lp: Vec<f64> = pos["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let ref_lp: Vec<f64> = pos["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         let mut kl = 0.0;
         let (mut p_rest, mut q_rest) = (1.0f64, 1.0f64);
         for (&id, &lp) in ref_ids.iter().zip(&ref_lp) {
@@ -70,7 +95,9 @@ fn smollm2_logits_match_reference() {
             kl += p_rest * (p_rest / q_rest.max(1e-12)).ln();
         }
         kl_sum += kl;
-        let our_top = (0..n_vocab).max_by(|&a, &b| ours[a].total_cmp(&ours[b])).unwrap();
+        let our_top = (0..n_vocab)
+            .max_by(|&a, &b| ours[a].total_cmp(&ours[b]))
+            .unwrap();
         if our_top as u32 == ref_ids[0] {
             agree += 1;
         } else {
@@ -91,7 +118,10 @@ fn smollm2_logits_match_reference() {
     // flipped roundings. So disagreement is allowed only where the reference's choice was
     // a near-tie, and the overall rate must stay at that level.
     assert!(top1 >= 0.95, "top-1 agreement {top1}");
-    assert!(worst_gap < NEAR_TIE, "top-1 differs where the reference's top-2 gap is {worst_gap}");
+    assert!(
+        worst_gap < NEAR_TIE,
+        "top-1 differs where the reference's top-2 gap is {worst_gap}"
+    );
 }
 
 /// Gap in logits (or log-probabilities) between the reference's two best tokens below which
@@ -106,14 +136,38 @@ fn smollm2_greedy_matches_reference() {
     let mut identical = 0;
     for case in golden("smollm2-greedy.json").as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();
-        let prompt_tokens = model.tokenizer.encode(prompt, case["add_bos"].as_bool().unwrap()).unwrap();
-        assert_eq!(prompt_tokens, ids(&case["prompt_tokens"]), "tokens of {prompt:?}");
+        let prompt_tokens = model
+            .tokenizer
+            .encode(prompt, case["add_bos"].as_bool().unwrap())
+            .unwrap();
+        assert_eq!(
+            prompt_tokens,
+            ids(&case["prompt_tokens"]),
+            "tokens of {prompt:?}"
+        );
         let expected = ids(&case["output_tokens"]);
-        let params = GenerateParams { max_tokens: 64, sampling: SamplingParams::greedy(), ..Default::default() };
+        let params = GenerateParams {
+            max_tokens: 64,
+            sampling: SamplingParams::greedy(),
+            ..Default::default()
+        };
         let gen = generate(&mut session, &prompt_tokens, &params, &mut |_| true).unwrap();
-        let margins: Vec<f64> = case["output_margins"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        let same = gen.tokens.iter().zip(&expected).take_while(|(a, b)| a == b).count();
-        eprintln!("{prompt:?}: {same} of {} greedy tokens identical", expected.len());
+        let margins: Vec<f64> = case["output_margins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let same = gen
+            .tokens
+            .iter()
+            .zip(&expected)
+            .take_while(|(a, b)| a == b)
+            .count();
+        eprintln!(
+            "{prompt:?}: {same} of {} greedy tokens identical",
+            expected.len()
+        );
         if same < expected.len() {
             // The paths may part only where llama.cpp itself was choosing between near-equals.
             assert!(
@@ -123,7 +177,10 @@ fn smollm2_greedy_matches_reference() {
                 gen.text,
                 case["output_text"]
             );
-            eprintln!("  (parts at a near-tie: reference top-2 gap {:.3})", margins[same]);
+            eprintln!(
+                "  (parts at a near-tie: reference top-2 gap {:.3})",
+                margins[same]
+            );
         } else {
             assert_eq!(gen.text, case["output_text"].as_str().unwrap());
         }
@@ -133,7 +190,11 @@ fn smollm2_greedy_matches_reference() {
 }
 
 fn nrmse(ours: &[f32], reference: &[f32]) -> f64 {
-    let num: f64 = ours.iter().zip(reference).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum();
+    let num: f64 = ours
+        .iter()
+        .zip(reference)
+        .map(|(&a, &b)| ((a - b) as f64).powi(2))
+        .sum();
     let den: f64 = reference.iter().map(|&b| (b as f64).powi(2)).sum();
     (num / den).sqrt()
 }
@@ -145,15 +206,25 @@ fn random_models_match_reference() {
     let dir = repo_root().join("tests/golden/random");
     let models = assets_dir().join("test-models");
     let mut checked = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     entries.sort();
-    for path in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
+    for path in entries
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+    {
         let g: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         if g.get("logits_file").is_none() {
             continue; // manifest.json
         }
         let file = models.join(g["model"].as_str().unwrap());
-        assert!(file.exists(), "{} is missing: run scripts/make-test-models", file.display());
+        assert!(
+            file.exists(),
+            "{} is missing: run scripts/make-test-models",
+            file.display()
+        );
         let model = Arc::new(verity_model::load(&file).unwrap_or_else(|e| panic!("{e}")));
         let tokens = ids(&g["tokens"]);
         let reference: Vec<f32> = std::fs::read(dir.join(g["logits_file"].as_str().unwrap()))
@@ -165,9 +236,21 @@ fn random_models_match_reference() {
         let ours = session.eval_all(&tokens).unwrap();
         assert_eq!(ours.len(), reference.len());
         let e = nrmse(&ours, &reference);
-        checked.push(format!("{}-{}: {:.4}%", g["arch"].as_str().unwrap(), g["type"].as_str().unwrap(), e * 100.0));
+        checked.push(format!(
+            "{}-{}: {:.4}%",
+            g["arch"].as_str().unwrap(),
+            g["type"].as_str().unwrap(),
+            e * 100.0
+        ));
         assert!(e <= 0.02, "{}: normalised RMS error {e}", path.display());
     }
-    eprintln!("normalised RMS error vs llama.cpp:\n  {}", checked.join("\n  "));
-    assert!(checked.len() >= 10, "expected the goldens of at least 10 models, found {}", checked.len());
+    eprintln!(
+        "normalised RMS error vs llama.cpp:\n  {}",
+        checked.join("\n  ")
+    );
+    assert!(
+        checked.len() >= 10,
+        "expected the goldens of at least 10 models, found {}",
+        checked.len()
+    );
 }

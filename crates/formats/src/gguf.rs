@@ -134,8 +134,10 @@ impl TensorInfo {
     /// The type, or an error naming the tensor and its unsupported type.
     pub fn supported_type(&self) -> Result<TensorType, FormatError> {
         self.ty.ok_or_else(|| FormatError::UnsupportedTensorType {
-            name: self.name.clone(),
-            ty: TensorType::from_ggml_id(self.ggml_type).err().unwrap_or_default(),
+            name: crate::printable(&self.name),
+            ty: TensorType::from_ggml_id(self.ggml_type)
+                .err()
+                .unwrap_or_default(),
         })
     }
 }
@@ -183,7 +185,10 @@ impl std::fmt::Debug for Gguf {
 impl Gguf {
     /// Memory-map and parse a file.
     pub fn open(path: &Path) -> Result<Self, FormatError> {
-        let io = |source| FormatError::Io { path: path.to_path_buf(), source };
+        let io = |source| FormatError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let bytes = if len == 0 {
@@ -218,7 +223,10 @@ impl Gguf {
         }
         if version != 2 && version != 3 {
             if version.swap_bytes() == 2 || version.swap_bytes() == 3 {
-                return Err(FormatError::invalid("GGUF byte order", "big-endian GGUF files are not supported"));
+                return Err(FormatError::invalid(
+                    "GGUF byte order",
+                    "big-endian GGUF files are not supported",
+                ));
             }
             return Err(FormatError::UnsupportedVersion(version));
         }
@@ -228,10 +236,19 @@ impl Gguf {
         // info at least 8 + 4 + 4 + 8. Anything more than the file can hold is a lie.
         let remaining = r.remaining() as u64;
         if n_kv > remaining / 12 {
-            return Err(FormatError::invalid("metadata count", format!("{n_kv} entries cannot fit in a {}-byte file", data.len())));
+            return Err(FormatError::invalid(
+                "metadata count",
+                format!("{n_kv} entries cannot fit in a {}-byte file", data.len()),
+            ));
         }
         if n_tensors > remaining / 24 {
-            return Err(FormatError::invalid("tensor count", format!("{n_tensors} tensors cannot fit in a {}-byte file", data.len())));
+            return Err(FormatError::invalid(
+                "tensor count",
+                format!(
+                    "{n_tensors} tensors cannot fit in a {}-byte file",
+                    data.len()
+                ),
+            ));
         }
 
         let mut metadata = Vec::with_capacity(n_kv as usize);
@@ -241,7 +258,10 @@ impl Gguf {
             let ty = r.u32("metadata value type")?;
             let value = r.value(ty, &key, 0)?;
             if meta_index.insert(key.clone(), i).is_some() {
-                return Err(FormatError::invalid("metadata", format!("duplicate key '{key}'")));
+                return Err(FormatError::invalid(
+                    "metadata",
+                    format!("duplicate key '{key}'"),
+                ));
             }
             metadata.push((key, value));
         }
@@ -250,7 +270,12 @@ impl Gguf {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
-                _ => return Err(FormatError::invalid("general.alignment", format!("{v:?} is not a power of two"))),
+                _ => {
+                    return Err(FormatError::invalid(
+                        "general.alignment",
+                        format!("{v:?} is not a power of two"),
+                    ))
+                }
             },
         };
 
@@ -259,7 +284,10 @@ impl Gguf {
         for i in 0..n_tensors as usize {
             let info = r.tensor_info()?;
             if tensor_index.insert(info.name.clone(), i).is_some() {
-                return Err(FormatError::invalid("tensor table", format!("duplicate tensor name '{}'", info.name)));
+                return Err(FormatError::invalid(
+                    "tensor table",
+                    format!("duplicate tensor name '{}'", info.name),
+                ));
             }
             tensors.push(info);
         }
@@ -271,17 +299,35 @@ impl Gguf {
             if t.offset % alignment != 0 {
                 return Err(FormatError::invalid(
                     format!("tensor '{}'", t.name),
-                    format!("offset {} is not a multiple of the alignment {alignment}", t.offset),
+                    format!(
+                        "offset {} is not a multiple of the alignment {alignment}",
+                        t.offset
+                    ),
                 ));
             }
             let size = t.size.unwrap_or(0) as u64;
             let end = t.offset.checked_add(size).unwrap_or(u64::MAX);
             if end > data_len {
-                return Err(FormatError::TensorOutOfBounds { name: t.name.clone(), start: t.offset, end, len: data_len });
+                return Err(FormatError::TensorOutOfBounds {
+                    name: crate::printable(&t.name),
+                    start: t.offset,
+                    end,
+                    len: data_len,
+                });
             }
         }
 
-        Ok(Gguf { version, metadata, tensors, alignment, data_offset, meta_index, tensor_index, bytes, path: None })
+        Ok(Gguf {
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+            meta_index,
+            tensor_index,
+            bytes,
+            path: None,
+        })
     }
 
     /// The file this was read from, if any.
@@ -329,16 +375,20 @@ impl Gguf {
 
     /// The bytes of a tensor (bounds were checked at parse time).
     pub fn tensor_data(&self, info: &TensorInfo) -> Result<&[u8], FormatError> {
-        let size = info.size.ok_or_else(|| FormatError::UnsupportedTensorType {
-            name: info.name.clone(),
-            ty: TensorType::from_ggml_id(info.ggml_type).err().unwrap_or_default(),
-        })?;
+        let size = info
+            .size
+            .ok_or_else(|| FormatError::UnsupportedTensorType {
+                name: crate::printable(&info.name),
+                ty: TensorType::from_ggml_id(info.ggml_type)
+                    .err()
+                    .unwrap_or_default(),
+            })?;
         let start = self.data_offset + info.offset;
         let end = start + size as u64;
         let file = self.bytes.as_slice();
         if end > file.len() as u64 {
             return Err(FormatError::TensorOutOfBounds {
-                name: info.name.clone(),
+                name: crate::printable(&info.name),
                 start: info.offset,
                 end: info.offset + size as u64,
                 len: (file.len() as u64).saturating_sub(self.data_offset),
@@ -412,12 +462,20 @@ impl<'a> Reader<'a> {
             7 => match self.array::<1>(key)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                b => return Err(FormatError::invalid(format!("metadata '{key}'"), format!("bool byte {b} is neither 0 nor 1"))),
+                b => {
+                    return Err(FormatError::invalid(
+                        format!("metadata '{key}'"),
+                        format!("bool byte {b} is neither 0 nor 1"),
+                    ))
+                }
             },
             8 => Value::Str(self.string(key)?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(FormatError::invalid(format!("metadata '{key}'"), "arrays nested too deeply"));
+                    return Err(FormatError::invalid(
+                        format!("metadata '{key}'"),
+                        "arrays nested too deeply",
+                    ));
                 }
                 let elem_ty = self.u32(key)?;
                 let count = self.u64(key)?;
@@ -427,12 +485,20 @@ impl<'a> Reader<'a> {
                     4 | 5 | 6 => 4,
                     8 | 10 | 11 | 12 => 8,
                     9 => 12,
-                    other => return Err(FormatError::invalid(format!("metadata '{key}'"), format!("unknown array element type {other}"))),
+                    other => {
+                        return Err(FormatError::invalid(
+                            format!("metadata '{key}'"),
+                            format!("unknown array element type {other}"),
+                        ))
+                    }
                 };
                 if count > (self.remaining() / min_size) as u64 {
                     return Err(FormatError::invalid(
                         format!("metadata '{key}'"),
-                        format!("array of {count} elements cannot fit in the {} bytes left", self.remaining()),
+                        format!(
+                            "array of {count} elements cannot fit in the {} bytes left",
+                            self.remaining()
+                        ),
                     ));
                 }
                 let mut items = Vec::with_capacity(count as usize);
@@ -444,7 +510,12 @@ impl<'a> Reader<'a> {
             10 => Value::U64(u64::from_le_bytes(self.array(key)?)),
             11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(key)?)),
-            other => return Err(FormatError::invalid(format!("metadata '{key}'"), format!("unknown value type {other}"))),
+            other => {
+                return Err(FormatError::invalid(
+                    format!("metadata '{key}'"),
+                    format!("unknown value type {other}"),
+                ))
+            }
         })
     }
 
@@ -452,19 +523,28 @@ impl<'a> Reader<'a> {
         let name = self.string("tensor name")?;
         let n_dims = self.u32("tensor dimension count")? as usize;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(FormatError::invalid(format!("tensor '{name}'"), format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+            return Err(FormatError::invalid(
+                format!("tensor '{name}'"),
+                format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)"),
+            ));
         }
         let mut shape = Vec::with_capacity(n_dims);
         let mut n_elements: u64 = 1;
         for _ in 0..n_dims {
             let d = self.u64("tensor dimension")?;
-            n_elements = n_elements.checked_mul(d).filter(|&n| n <= i64::MAX as u64).ok_or_else(|| {
-                FormatError::invalid(format!("tensor '{name}'"), "element count overflows")
-            })?;
+            n_elements = n_elements
+                .checked_mul(d)
+                .filter(|&n| n <= i64::MAX as u64)
+                .ok_or_else(|| {
+                    FormatError::invalid(format!("tensor '{name}'"), "element count overflows")
+                })?;
             shape.push(d);
         }
         if n_elements == 0 {
-            return Err(FormatError::invalid(format!("tensor '{name}'"), format!("empty shape {shape:?}")));
+            return Err(FormatError::invalid(
+                format!("tensor '{name}'"),
+                format!("empty shape {shape:?}"),
+            ));
         }
         let ggml_type = self.u32("tensor type")?;
         let offset = self.u64("tensor offset")?;
@@ -474,16 +554,32 @@ impl<'a> Reader<'a> {
                 let row = t.row_bytes(shape[0] as usize).ok_or_else(|| {
                     FormatError::invalid(
                         format!("tensor '{name}'"),
-                        format!("row length {} is not a multiple of the {t} block size {}", shape[0], t.block_size()),
+                        format!(
+                            "row length {} is not a multiple of the {t} block size {}",
+                            shape[0],
+                            t.block_size()
+                        ),
                     )
                 })?;
                 let rows = n_elements / shape[0];
-                Some((row as u64).checked_mul(rows).filter(|&s| s <= usize::MAX as u64).ok_or_else(|| {
-                    FormatError::invalid(format!("tensor '{name}'"), "size overflows")
-                })? as usize)
+                Some(
+                    (row as u64)
+                        .checked_mul(rows)
+                        .filter(|&s| s <= usize::MAX as u64)
+                        .ok_or_else(|| {
+                            FormatError::invalid(format!("tensor '{name}'"), "size overflows")
+                        })? as usize,
+                )
             }
             None => None,
         };
-        Ok(TensorInfo { name, shape: shape.into_iter().map(|d| d as usize).collect(), ggml_type, ty, offset, size })
+        Ok(TensorInfo {
+            name,
+            shape: shape.into_iter().map(|d| d as usize).collect(),
+            ggml_type,
+            ty,
+            offset,
+            size,
+        })
     }
 }

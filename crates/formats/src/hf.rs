@@ -40,19 +40,29 @@ pub struct HfDir {
 
 impl std::fmt::Debug for HfDir {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HfDir").field("dir", &self.dir).field("tensors", &self.tensors.len()).finish()
+        f.debug_struct("HfDir")
+            .field("dir", &self.dir)
+            .field("tensors", &self.tensors.len())
+            .finish()
     }
 }
 
 /// Read a JSON file with a size bound.
 pub fn read_json(path: &Path) -> Result<serde_json::Value, FormatError> {
-    let io = |source| FormatError::Io { path: path.to_path_buf(), source };
+    let io = |source| FormatError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let len = std::fs::metadata(path).map_err(io)?.len();
     if len > MAX_JSON_BYTES {
-        return Err(FormatError::invalid(path.display().to_string(), format!("{len} bytes is too large for a JSON side file")));
+        return Err(FormatError::invalid(
+            path.display().to_string(),
+            format!("{len} bytes is too large for a JSON side file"),
+        ));
     }
     let bytes = std::fs::read(path).map_err(io)?;
-    serde_json::from_slice(&bytes).map_err(|e| FormatError::invalid(path.display().to_string(), e.to_string()))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| FormatError::invalid(path.display().to_string(), e.to_string()))
 }
 
 fn read_optional_json(path: &Path) -> Result<Option<serde_json::Value>, FormatError> {
@@ -68,7 +78,10 @@ impl HfDir {
     pub fn open(dir: &Path) -> Result<Self, FormatError> {
         let config_path = dir.join("config.json");
         if !config_path.exists() {
-            return Err(FormatError::invalid(dir.display().to_string(), "no config.json: not a Hugging Face model directory"));
+            return Err(FormatError::invalid(
+                dir.display().to_string(),
+                "no config.json: not a Hugging Face model directory",
+            ));
         }
         let config = read_json(&config_path)?;
         let tokenizer_config = read_optional_json(&dir.join("tokenizer_config.json"))?;
@@ -77,14 +90,28 @@ impl HfDir {
         let index_path = dir.join("model.safetensors.index.json");
         let shards: Vec<PathBuf> = if index_path.exists() {
             let index = read_json(&index_path)?;
-            let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                FormatError::invalid(index_path.display().to_string(), "no \"weight_map\" object")
-            })?;
+            let map = index
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    FormatError::invalid(
+                        index_path.display().to_string(),
+                        "no \"weight_map\" object",
+                    )
+                })?;
             let mut names: Vec<String> = Vec::new();
             for v in map.values() {
-                let f = v.as_str().ok_or_else(|| FormatError::invalid(index_path.display().to_string(), "weight_map values must be file names"))?;
+                let f = v.as_str().ok_or_else(|| {
+                    FormatError::invalid(
+                        index_path.display().to_string(),
+                        "weight_map values must be file names",
+                    )
+                })?;
                 if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-                    return Err(FormatError::invalid(index_path.display().to_string(), format!("shard name '{f}' leaves the model directory")));
+                    return Err(FormatError::invalid(
+                        index_path.display().to_string(),
+                        format!("shard name '{f}' leaves the model directory"),
+                    ));
                 }
                 if !names.iter().any(|n| n == f) {
                     names.push(f.to_string());
@@ -95,24 +122,40 @@ impl HfDir {
         } else if dir.join("model.safetensors").exists() {
             vec![dir.join("model.safetensors")]
         } else {
-            for pickle in ["pytorch_model.bin", "model.bin", "model.pt", "consolidated.00.pth"] {
+            for pickle in [
+                "pytorch_model.bin",
+                "model.bin",
+                "model.pt",
+                "consolidated.00.pth",
+            ] {
                 let p = dir.join(pickle);
                 if p.exists() {
                     return Err(FormatError::Pickle { path: p });
                 }
             }
-            return Err(FormatError::invalid(dir.display().to_string(), "no model.safetensors or model.safetensors.index.json"));
+            return Err(FormatError::invalid(
+                dir.display().to_string(),
+                "no model.safetensors or model.safetensors.index.json",
+            ));
         };
 
         let mut maps = Vec::with_capacity(shards.len());
         let mut tensors = BTreeMap::new();
         for (shard, path) in shards.iter().enumerate() {
-            let io = |source| FormatError::Io { path: path.clone(), source };
+            let io = |source| FormatError::Io {
+                path: path.clone(),
+                source,
+            };
             let file = std::fs::File::open(path).map_err(io)?;
             // SAFETY: read-only map; see Gguf::open.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
-                .map_err(|e| FormatError::invalid(path.display().to_string(), format!("bad safetensors header: {e}")))?;
+            let (header_len, meta) =
+                safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| {
+                    FormatError::invalid(
+                        path.display().to_string(),
+                        format!("bad safetensors header: {e}"),
+                    )
+                })?;
             let base = 8 + header_len;
             let info: HashMap<String, &safetensors::tensor::TensorInfo> = meta.tensors();
             for (name, ti) in info {
@@ -120,24 +163,60 @@ impl HfDir {
                     safetensors::Dtype::F32 => TensorType::F32,
                     safetensors::Dtype::F16 => TensorType::F16,
                     safetensors::Dtype::BF16 => TensorType::BF16,
-                    other => return Err(FormatError::UnsupportedTensorType { name, ty: format!("{other:?} (safetensors)") }),
+                    other => {
+                        return Err(FormatError::UnsupportedTensorType {
+                            name,
+                            ty: format!("{other:?} (safetensors)"),
+                        })
+                    }
                 };
                 let (s, e) = ti.data_offsets;
                 let (start, end) = (base.checked_add(s), base.checked_add(e));
                 let (Some(start), Some(end)) = (start, end) else {
-                    return Err(FormatError::TensorOutOfBounds { name, start: s as u64, end: e as u64, len: map.len() as u64 });
+                    return Err(FormatError::TensorOutOfBounds {
+                        name,
+                        start: s as u64,
+                        end: e as u64,
+                        len: map.len() as u64,
+                    });
                 };
                 if end > map.len() || start > end {
-                    return Err(FormatError::TensorOutOfBounds { name, start: start as u64, end: end as u64, len: map.len() as u64 });
+                    return Err(FormatError::TensorOutOfBounds {
+                        name,
+                        start: start as u64,
+                        end: end as u64,
+                        len: map.len() as u64,
+                    });
                 }
                 if tensors.contains_key(&name) {
-                    return Err(FormatError::invalid(path.display().to_string(), format!("tensor '{name}' appears in two shards")));
+                    return Err(FormatError::invalid(
+                        path.display().to_string(),
+                        format!("tensor '{name}' appears in two shards"),
+                    ));
                 }
-                tensors.insert(name.clone(), SafeTensorInfo { name, shape: ti.shape.clone(), ty, shard, start, end });
+                tensors.insert(
+                    name.clone(),
+                    SafeTensorInfo {
+                        name,
+                        shape: ti.shape.clone(),
+                        ty,
+                        shard,
+                        start,
+                        end,
+                    },
+                );
             }
             maps.push(map);
         }
-        Ok(HfDir { dir: dir.to_path_buf(), config, tokenizer_config, generation_config, shards, tensors, maps })
+        Ok(HfDir {
+            dir: dir.to_path_buf(),
+            config,
+            tokenizer_config,
+            generation_config,
+            shards,
+            tensors,
+            maps,
+        })
     }
 
     pub fn tensor(&self, name: &str) -> Option<&SafeTensorInfo> {

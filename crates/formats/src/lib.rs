@@ -9,14 +9,23 @@ pub mod gguf;
 pub mod hf;
 mod tensor_type;
 
-pub use error::FormatError;
+pub use error::{printable, FormatError};
 pub use tensor_type::TensorType;
 
 /// Refuse formats that execute code when loaded (PyTorch pickles), with a pointer to safetensors.
 pub fn refuse_pickle(path: &std::path::Path) -> Result<(), FormatError> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    if matches!(ext.as_str(), "bin" | "pt" | "pth" | "ckpt" | "pkl" | "pickle") {
-        return Err(FormatError::Pickle { path: path.to_path_buf() });
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if matches!(
+        ext.as_str(),
+        "bin" | "pt" | "pth" | "ckpt" | "pkl" | "pickle"
+    ) {
+        return Err(FormatError::Pickle {
+            path: path.to_path_buf(),
+        });
     }
     Ok(())
 }

@@ -63,7 +63,8 @@ impl Arch {
     }
 
     /// Supported names, for error messages.
-    pub const SUPPORTED: &'static str = "llama (Llama 2/3.x, Mistral, SmolLM2), qwen2 (Qwen2/2.5), qwen3";
+    pub const SUPPORTED: &'static str =
+        "llama (Llama 2/3.x, Mistral, SmolLM2), qwen2 (Qwen2/2.5), qwen3";
 }
 
 /// How RoPE pairs the dimensions of a head.
@@ -139,29 +140,47 @@ const MAX_VOCAB: usize = 1 << 22;
 impl HParams {
     /// Read from GGUF metadata (`{arch}.*` keys).
     pub fn from_gguf(g: &Gguf) -> Result<Self, String> {
-        let arch_name = g.architecture().ok_or("no general.architecture in metadata")?;
-        let arch = Arch::from_gguf_name(arch_name)
-            .ok_or_else(|| format!("unsupported architecture '{arch_name}' (supported: {})", Arch::SUPPORTED))?;
+        let arch_name = g
+            .architecture()
+            .ok_or("no general.architecture in metadata")?;
+        let arch = Arch::from_gguf_name(arch_name).ok_or_else(|| {
+            format!(
+                "unsupported architecture '{arch_name}' (supported: {})",
+                Arch::SUPPORTED
+            )
+        })?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let req = |k: &str| -> Result<usize, String> {
-            let v = g.get_u64(&key(k)).ok_or_else(|| format!("missing or non-integer metadata {}", key(k)))?;
+            let v = g
+                .get_u64(&key(k))
+                .ok_or_else(|| format!("missing or non-integer metadata {}", key(k)))?;
             usize::try_from(v).map_err(|_| format!("{} = {v} is too large", key(k)))
         };
         let n_embd = req("embedding_length")?;
         let n_head = req("attention.head_count")?;
-        let n_head_kv = g.get_u64(&key("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_head);
+        let n_head_kv = g
+            .get_u64(&key("attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(n_head);
         let head_dim = match g.get_u64(&key("attention.key_length")) {
             Some(v) => v as usize,
             None if n_head > 0 => n_embd / n_head,
             None => 0,
         };
-        let token_embd_rows = g.tensor("token_embd.weight").and_then(|t| t.shape.get(1).copied());
+        let token_embd_rows = g
+            .tensor("token_embd.weight")
+            .and_then(|t| t.shape.get(1).copied());
         let n_vocab = match g.get_u64(&key("vocab_size")) {
             Some(v) => v as usize,
             None => token_embd_rows.ok_or("no vocab_size and no token_embd.weight")?,
         };
         let rope_freq_scale = match g.get_str(&key("rope.scaling.type")) {
-            Some("linear") => 1.0 / g.get_f64(&key("rope.scaling.factor")).unwrap_or(1.0).max(1e-6) as f32,
+            Some("linear") => {
+                1.0 / g
+                    .get_f64(&key("rope.scaling.factor"))
+                    .unwrap_or(1.0)
+                    .max(1e-6) as f32
+            }
             Some("none") | None => 1.0,
             // Llama 3 scaling arrives as the rope_freqs tensor; YaRN at these lengths is off by default.
             Some(_) => 1.0,
@@ -178,9 +197,15 @@ impl HParams {
             n_ctx_train: g.get_u64(&key("context_length")).unwrap_or(4096) as usize,
             rope_theta: g.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32,
             rope_freq_scale,
-            rope_style: if arch == Arch::Llama { RopeStyle::Interleaved } else { RopeStyle::NeoX },
+            rope_style: if arch == Arch::Llama {
+                RopeStyle::Interleaved
+            } else {
+                RopeStyle::NeoX
+            },
             llama3_rope: None,
-            rms_eps: g.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
+            rms_eps: g
+                .get_f64(&key("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5) as f32,
             tied_embeddings: g.tensor("output.weight").is_none(),
         };
         hp.validate()?;
@@ -189,27 +214,53 @@ impl HParams {
 
     /// Read from a Hugging Face `config.json`.
     pub fn from_hf_config(c: &Json) -> Result<Self, String> {
-        let model_type = c.get("model_type").and_then(Json::as_str).ok_or("config.json has no model_type")?;
-        let arch = Arch::from_hf_model_type(model_type)
-            .ok_or_else(|| format!("unsupported model_type '{model_type}' (supported: {})", Arch::SUPPORTED))?;
+        let model_type = c
+            .get("model_type")
+            .and_then(Json::as_str)
+            .ok_or("config.json has no model_type")?;
+        let arch = Arch::from_hf_model_type(model_type).ok_or_else(|| {
+            format!(
+                "unsupported model_type '{model_type}' (supported: {})",
+                Arch::SUPPORTED
+            )
+        })?;
         let int = |k: &str| c.get(k).and_then(Json::as_u64).map(|v| v as usize);
         let req = |k: &str| int(k).ok_or_else(|| format!("config.json: missing integer '{k}'"));
         let float = |k: &str| c.get(k).and_then(Json::as_f64);
         let n_embd = req("hidden_size")?;
         let n_head = req("num_attention_heads")?;
-        let llama3_rope = c.get("rope_scaling").filter(|r| !r.is_null()).and_then(|r| {
-            let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Json::as_str)?;
-            (kind == "llama3").then(|| Llama3RopeScaling {
-                factor: r.get("factor").and_then(Json::as_f64).unwrap_or(8.0) as f32,
-                low_freq_factor: r.get("low_freq_factor").and_then(Json::as_f64).unwrap_or(1.0) as f32,
-                high_freq_factor: r.get("high_freq_factor").and_then(Json::as_f64).unwrap_or(4.0) as f32,
-                original_context: r.get("original_max_position_embeddings").and_then(Json::as_f64).unwrap_or(8192.0)
-                    as f32,
-            })
-        });
+        let llama3_rope = c
+            .get("rope_scaling")
+            .filter(|r| !r.is_null())
+            .and_then(|r| {
+                let kind = r
+                    .get("rope_type")
+                    .or_else(|| r.get("type"))
+                    .and_then(Json::as_str)?;
+                (kind == "llama3").then(|| Llama3RopeScaling {
+                    factor: r.get("factor").and_then(Json::as_f64).unwrap_or(8.0) as f32,
+                    low_freq_factor: r
+                        .get("low_freq_factor")
+                        .and_then(Json::as_f64)
+                        .unwrap_or(1.0) as f32,
+                    high_freq_factor: r
+                        .get("high_freq_factor")
+                        .and_then(Json::as_f64)
+                        .unwrap_or(4.0) as f32,
+                    original_context: r
+                        .get("original_max_position_embeddings")
+                        .and_then(Json::as_f64)
+                        .unwrap_or(8192.0) as f32,
+                })
+            });
         let rope_freq_scale = c
             .get("rope_scaling")
-            .filter(|r| r.get("rope_type").or_else(|| r.get("type")).and_then(Json::as_str) == Some("linear"))
+            .filter(|r| {
+                r.get("rope_type")
+                    .or_else(|| r.get("type"))
+                    .and_then(Json::as_str)
+                    == Some("linear")
+            })
             .and_then(|r| r.get("factor").and_then(Json::as_f64))
             .map(|f| 1.0 / f.max(1e-6) as f32)
             .unwrap_or(1.0);
@@ -228,7 +279,10 @@ impl HParams {
             rope_style: RopeStyle::NeoX,
             llama3_rope,
             rms_eps: float("rms_norm_eps").unwrap_or(1e-6) as f32,
-            tied_embeddings: c.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
+            tied_embeddings: c
+                .get("tie_word_embeddings")
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
         };
         hp.validate()?;
         Ok(hp)
@@ -251,12 +305,20 @@ impl HParams {
         check("head dimension", self.head_dim, 512)?;
         check("vocabulary size", self.n_vocab, MAX_VOCAB)?;
         if self.n_head % self.n_head_kv != 0 {
-            return Err(format!("{} heads cannot be grouped over {} KV heads", self.n_head, self.n_head_kv));
+            return Err(format!(
+                "{} heads cannot be grouped over {} KV heads",
+                self.n_head, self.n_head_kv
+            ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(format!("head dimension {} is odd; RoPE needs pairs", self.head_dim));
+            return Err(format!(
+                "head dimension {} is odd; RoPE needs pairs",
+                self.head_dim
+            ));
         }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) || !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0)
+            || !(self.rms_eps.is_finite() && self.rms_eps >= 0.0)
+        {
             return Err("rope theta or RMS epsilon is not a positive number".into());
         }
         Ok(())
@@ -408,7 +470,12 @@ mod tests {
 
     #[test]
     fn llama3_factors_span_one_to_factor() {
-        let s = Llama3RopeScaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_context: 8192.0 };
+        let s = Llama3RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 8192.0,
+        };
         let f = s.freq_factors(128, 500000.0);
         assert_eq!(f.len(), 64);
         assert_eq!(f[0], 1.0);

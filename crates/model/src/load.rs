@@ -84,14 +84,20 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("path", &self.path).field("hparams", &self.hparams).finish()
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("hparams", &self.hparams)
+            .finish()
     }
 }
 
 impl Model {
     /// A short name for display: the file or directory name.
     pub fn name(&self) -> String {
-        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| self.path.display().to_string())
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.path.display().to_string())
     }
 
     /// Total bytes of weights.
@@ -109,9 +115,14 @@ impl Model {
 
 /// Load a GGUF file or a Hugging Face directory (or a `.safetensors` file inside one).
 pub fn load(path: &Path) -> Result<Model, LoadError> {
-    let err = |kind: LoadErrorKind| LoadError { path: path.to_path_buf(), kind };
+    let err = |kind: LoadErrorKind| LoadError {
+        path: path.to_path_buf(),
+        kind,
+    };
     if !path.exists() {
-        return Err(err(LoadErrorKind::Invalid("no such file or directory".into())));
+        return Err(err(LoadErrorKind::Invalid(
+            "no such file or directory".into(),
+        )));
     }
     verity_formats::refuse_pickle(path).map_err(|e| err(e.into()))?;
     if path.is_dir() {
@@ -119,7 +130,10 @@ pub fn load(path: &Path) -> Result<Model, LoadError> {
     }
     if path.extension().is_some_and(|e| e == "safetensors") {
         let dir = path.parent().unwrap_or(Path::new("."));
-        return load_hf(dir).map_err(|kind| LoadError { path: dir.to_path_buf(), kind });
+        return load_hf(dir).map_err(|kind| LoadError {
+            path: dir.to_path_buf(),
+            kind,
+        });
     }
     load_gguf(path).map_err(err)
 }
@@ -132,10 +146,16 @@ trait Source {
 
 impl Source for Arc<Gguf> {
     fn find(&self, name: &str) -> Result<Option<(TensorType, Vec<usize>, &[u8])>, LoadErrorKind> {
-        let Some(info) = self.tensor(name) else { return Ok(None) };
+        let Some(info) = self.tensor(name) else {
+            return Ok(None);
+        };
         let ty = info.supported_type()?;
         if matches!(ty, TensorType::Q8_1 | TensorType::Q8_K) {
-            return Err(FormatError::UnsupportedTensorType { name: name.into(), ty: ty.to_string() }.into());
+            return Err(FormatError::UnsupportedTensorType {
+                name: name.into(),
+                ty: ty.to_string(),
+            }
+            .into());
         }
         Ok(Some((ty, info.shape.clone(), self.tensor_data(info)?)))
     }
@@ -146,7 +166,9 @@ impl Source for Arc<Gguf> {
 
 impl Source for Arc<HfDir> {
     fn find(&self, name: &str) -> Result<Option<(TensorType, Vec<usize>, &[u8])>, LoadErrorKind> {
-        let Some(info) = self.tensor(name) else { return Ok(None) };
+        let Some(info) = self.tensor(name) else {
+            return Ok(None);
+        };
         let shape: Vec<usize> = info.shape.iter().rev().copied().collect();
         Ok(Some((info.ty, shape, self.tensor_data(info))))
     }
@@ -161,7 +183,15 @@ fn load_gguf(path: &Path) -> Result<Model, LoadErrorKind> {
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
     let weights = load_weights(&gguf, &hparams, |t| t.gguf_name(), |t, l| t.gguf_name(l))?;
     check_vocab(&hparams, &tokenizer)?;
-    Ok(Model { path: path.to_path_buf(), format: ModelFormat::Gguf, hparams, weights, tokenizer, gguf: Some(gguf), hf: None })
+    Ok(Model {
+        path: path.to_path_buf(),
+        format: ModelFormat::Gguf,
+        hparams,
+        weights,
+        tokenizer,
+        gguf: Some(gguf),
+        hf: None,
+    })
 }
 
 fn load_hf(dir: &Path) -> Result<Model, LoadErrorKind> {
@@ -173,7 +203,15 @@ fn load_hf(dir: &Path) -> Result<Model, LoadErrorKind> {
         weights.rope_freqs = Some(s.freq_factors(hparams.head_dim, hparams.rope_theta));
     }
     check_vocab(&hparams, &tokenizer)?;
-    Ok(Model { path: dir.to_path_buf(), format: ModelFormat::HfSafetensors, hparams, weights, tokenizer, gguf: None, hf: Some(hf) })
+    Ok(Model {
+        path: dir.to_path_buf(),
+        format: ModelFormat::HfSafetensors,
+        hparams,
+        weights,
+        tokenizer,
+        gguf: None,
+        hf: Some(hf),
+    })
 }
 
 fn check_vocab(hp: &HParams, tok: &Tokenizer) -> Result<(), LoadErrorKind> {
@@ -195,7 +233,9 @@ fn load_weights<S: Source>(
     layer_name: impl Fn(LayerTensor, usize) -> String,
 ) -> Result<Weights, LoadErrorKind> {
     let matrix = |name: &str, rows: usize, cols: usize| -> Result<Option<Tensor>, LoadErrorKind> {
-        let Some((ty, shape, bytes)) = src.find(name)? else { return Ok(None) };
+        let Some((ty, shape, bytes)) = src.find(name)? else {
+            return Ok(None);
+        };
         let (c, r) = (shape[0], shape.get(1).copied().unwrap_or(1));
         if c != cols || r != rows || shape.iter().skip(2).any(|&d| d != 1) {
             return Err(LoadErrorKind::Invalid(format!(
@@ -205,14 +245,27 @@ fn load_weights<S: Source>(
         Ok(Some(Tensor::mapped(ty, rows, cols, bytes, src.owner())))
     };
     let required = |name: &str, rows: usize, cols: usize| -> Result<Tensor, LoadErrorKind> {
-        matrix(name, rows, cols)?.ok_or_else(|| LoadErrorKind::Invalid(format!("missing tensor '{name}'")))
+        matrix(name, rows, cols)?
+            .ok_or_else(|| LoadErrorKind::Invalid(format!("missing tensor '{name}'")))
     };
 
-    let token_embd = required(global_name(GlobalTensor::TokenEmbedding), hp.n_vocab, hp.n_embd)?;
+    let token_embd = required(
+        global_name(GlobalTensor::TokenEmbedding),
+        hp.n_vocab,
+        hp.n_embd,
+    )?;
     let output_norm = required(global_name(GlobalTensor::OutputNorm), 1, hp.n_embd)?.to_f32();
-    let output = if hp.tied_embeddings { None } else { matrix(global_name(GlobalTensor::Output), hp.n_vocab, hp.n_embd)? };
+    let output = if hp.tied_embeddings {
+        None
+    } else {
+        matrix(global_name(GlobalTensor::Output), hp.n_vocab, hp.n_embd)?
+    };
     let rope_name = global_name(GlobalTensor::RopeFreqs);
-    let rope_freqs = if rope_name.is_empty() { None } else { matrix(rope_name, 1, hp.head_dim / 2)?.map(|t| t.to_f32()) };
+    let rope_freqs = if rope_name.is_empty() {
+        None
+    } else {
+        matrix(rope_name, 1, hp.head_dim / 2)?.map(|t| t.to_f32())
+    };
 
     let mut layers = Vec::with_capacity(hp.n_layer);
     for l in 0..hp.n_layer {
@@ -244,5 +297,11 @@ fn load_weights<S: Source>(
             w_down: get(LayerTensor::Down)?,
         });
     }
-    Ok(Weights { token_embd, layers, output_norm, output, rope_freqs })
+    Ok(Weights {
+        token_embd,
+        layers,
+        output_norm,
+        output,
+        rope_freqs,
+    })
 }

