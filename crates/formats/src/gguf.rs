@@ -306,7 +306,7 @@ impl Gguf {
                 ));
             }
             let size = t.size.unwrap_or(0) as u64;
-            let end = t.offset.checked_add(size).unwrap_or(u64::MAX);
+            let end = t.offset.saturating_add(size);
             if end > data_len {
                 return Err(FormatError::TensorOutOfBounds {
                     name: crate::printable(&t.name),
@@ -482,7 +482,7 @@ impl<'a> Reader<'a> {
                 let min_size = match elem_ty {
                     0 | 1 | 7 => 1,
                     2 | 3 => 2,
-                    4 | 5 | 6 => 4,
+                    4..=6 => 4,
                     8 | 10 | 11 | 12 => 8,
                     9 => 12,
                     other => {

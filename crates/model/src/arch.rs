@@ -271,7 +271,7 @@ impl HParams {
             n_ff: req("intermediate_size")?,
             n_head,
             n_head_kv: int("num_key_value_heads").unwrap_or(n_head),
-            head_dim: int("head_dim").unwrap_or(if n_head > 0 { n_embd / n_head } else { 0 }),
+            head_dim: int("head_dim").unwrap_or(n_embd.checked_div(n_head).unwrap_or(0)),
             n_vocab: req("vocab_size")?,
             n_ctx_train: int("max_position_embeddings").unwrap_or(4096),
             rope_theta: float("rope_theta").unwrap_or(10000.0) as f32,
@@ -304,21 +304,23 @@ impl HParams {
         // RoPE keeps one head's angles on the stack.
         check("head dimension", self.head_dim, 512)?;
         check("vocabulary size", self.n_vocab, MAX_VOCAB)?;
-        if self.n_head % self.n_head_kv != 0 {
+        if !self.n_head.is_multiple_of(self.n_head_kv) {
             return Err(format!(
                 "{} heads cannot be grouped over {} KV heads",
                 self.n_head, self.n_head_kv
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!(
                 "head dimension {} is odd; RoPE needs pairs",
                 self.head_dim
             ));
         }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0)
-            || !(self.rms_eps.is_finite() && self.rms_eps >= 0.0)
-        {
+        let valid = self.rope_theta.is_finite()
+            && self.rope_theta > 0.0
+            && self.rms_eps.is_finite()
+            && self.rms_eps >= 0.0;
+        if !valid {
             return Err("rope theta or RMS epsilon is not a positive number".into());
         }
         Ok(())

@@ -138,14 +138,17 @@ pub fn load(path: &Path) -> Result<Model, LoadError> {
     load_gguf(path).map_err(err)
 }
 
-/// Abstracts over where tensors come from: (type, ggml-order shape, bytes).
+/// A tensor as found in a file: type, shape in ggml order (row length first), bytes.
+type Found<'a> = Option<(TensorType, Vec<usize>, &'a [u8])>;
+
+/// Abstracts over where tensors come from.
 trait Source {
-    fn find(&self, name: &str) -> Result<Option<(TensorType, Vec<usize>, &[u8])>, LoadErrorKind>;
+    fn find(&self, name: &str) -> Result<Found<'_>, LoadErrorKind>;
     fn owner(&self) -> Arc<dyn Send + Sync>;
 }
 
 impl Source for Arc<Gguf> {
-    fn find(&self, name: &str) -> Result<Option<(TensorType, Vec<usize>, &[u8])>, LoadErrorKind> {
+    fn find(&self, name: &str) -> Result<Found<'_>, LoadErrorKind> {
         let Some(info) = self.tensor(name) else {
             return Ok(None);
         };
@@ -165,7 +168,7 @@ impl Source for Arc<Gguf> {
 }
 
 impl Source for Arc<HfDir> {
-    fn find(&self, name: &str) -> Result<Option<(TensorType, Vec<usize>, &[u8])>, LoadErrorKind> {
+    fn find(&self, name: &str) -> Result<Found<'_>, LoadErrorKind> {
         let Some(info) = self.tensor(name) else {
             return Ok(None);
         };
