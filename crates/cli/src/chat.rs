@@ -38,11 +38,6 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
         );
     }
     let mut session = verity_engine::Session::new(model.clone(), args.model.ctx);
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
-    }
     let start: Vec<ChatMessage> = args
         .system
         .iter()
@@ -53,6 +48,13 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
         .collect();
     let mut messages = start.clone();
     let mut editor = rustyline::DefaultEditor::new()?;
+    // After the editor: it installs a SIGINT handler of its own, which would swallow
+    // Ctrl-C during an answer. At the prompt the terminal is raw and Ctrl-C is a key.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
+    }
     eprintln!(
         "verity: chatting with {} (Ctrl-C stops an answer, Ctrl-D or /bye leaves, /clear forgets)",
         model.name()
