@@ -202,3 +202,62 @@ fn hf_directory_matches_its_gguf() {
         strings.len()
     );
 }
+
+/// A directory whose weights are split over shards with `model.safetensors.index.json`
+/// loads to the same model.
+#[test]
+fn sharded_safetensors_load() {
+    let gguf = assets_dir().join("test-models/qwen2-tiny-F32.gguf");
+    assert!(
+        gguf.exists(),
+        "{} is missing: run scripts/make-test-models",
+        gguf.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let single = tmp.path().join("single");
+    convert(&gguf, &single, "f32");
+
+    let sharded = tmp.path().join("sharded");
+    std::fs::create_dir(&sharded).unwrap();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(single.join(f), sharded.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(single.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, &sharded.join(&file)).unwrap();
+        for n in part {
+            weight_map.insert(n.clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+
+    let tokens: Vec<u32> = (0..12).map(|i| (i * 41 + 7) % 500).collect();
+    let a = Arc::new(verity_model::load(&single).unwrap());
+    let b = Arc::new(verity_model::load(&sharded).unwrap());
+    let la = verity_engine::Session::new(a, 32)
+        .eval_all(&tokens)
+        .unwrap();
+    let lb = verity_engine::Session::new(b, 32)
+        .eval_all(&tokens)
+        .unwrap();
+    assert_eq!(la, lb);
+}
