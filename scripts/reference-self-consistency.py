@@ -1,0 +1,59 @@
+"""How closely llama.cpp agrees with itself on SmolLM2 when only its attention path changes.
+
+Runs the reference twice over the golden inputs, flash attention off (how the goldens were
+made) and on, and prints the same figures that crates/engine/tests/reference.rs checks for
+verity: mean KL and top-1 agreement over tests/golden/text.txt, and how many of the 64
+greedy tokens of each golden prompt stay identical. This is the noise floor that any
+second implementation quantizing activations the way llama.cpp does will meet.
+
+    /work/shared/tools/ref-llamacpp python scripts/reference-self-consistency.py
+"""
+import json
+import os
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = os.environ.get("VERITY_MODEL_SMOLLM2", str(Path.home() / ".cache/verity/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+def load(flash_attn):
+    return llama_cpp.Llama(model_path=MODEL, logits_all=True, flash_attn=flash_attn, n_ctx=2048, n_threads=2, verbose=False)
+
+
+def log_softmax(x):
+    x = x.astype(np.float64)
+    m = x.max(axis=1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+
+
+def main():
+    tokens = json.load(open(ROOT / "tests/golden/smollm2-logits.json"))["tokens"]
+    greedy = json.load(open(ROOT / "tests/golden/smollm2-greedy.json"))
+    scores = {}
+    for fa in (False, True):
+        llm = load(fa)
+        llm.eval(tokens)
+        scores[fa] = np.array(llm.scores[: len(tokens)], dtype=np.float32)
+        if fa:
+            for case in greedy:
+                llm.reset()
+                llm.eval(case["prompt_tokens"])
+                same = 0
+                for expected in case["output_tokens"]:
+                    nxt = int(np.argmax(np.asarray(llm.scores[llm.n_tokens - 1])))
+                    if nxt != expected:
+                        break
+                    same += 1
+                    llm.eval([nxt])
+                print(f"greedy {case['prompt']!r}: {same} of {len(case['output_tokens'])} tokens identical")
+    p, q = log_softmax(scores[False]), log_softmax(scores[True])
+    kl = (np.exp(p) * (p - q)).sum(axis=1).mean()
+    top1 = (scores[False].argmax(1) == scores[True].argmax(1)).mean()
+    print(f"over {len(tokens)} tokens: mean KL {kl:.6f}, top-1 agreement {top1 * 100:.2f}%")
+
+
+if __name__ == "__main__":
+    main()
