@@ -28,14 +28,110 @@ pub enum EngineError {
     Empty,
 }
 
-/// Key and value history of every layer, stored as f16 (as llama.cpp does by default).
-struct KvCache {
+/// One sequence's key/value history for every layer, stored as f16 (as llama.cpp does
+/// by default), with the tokens it holds.
+pub struct KvCache {
+    n_ctx: usize,
+    kv_dim: usize,
     /// Per layer: [n_ctx][kv_dim].
     k: Vec<Vec<f16>>,
     v: Vec<Vec<f16>>,
+    /// Tokens whose keys/values are in the cache, in order.
+    history: Vec<u32>,
 }
 
-/// Reusable buffers for a batch of up to MAX_BATCH tokens.
+impl KvCache {
+    /// Room for `n_ctx` positions. Pages are committed only as positions fill.
+    pub fn new(model: &Model, n_ctx: usize) -> Self {
+        let hp = &model.hparams;
+        let len = n_ctx * hp.kv_dim();
+        KvCache {
+            n_ctx,
+            kv_dim: hp.kv_dim(),
+            k: (0..hp.n_layer).map(|_| vec![f16::ZERO; len]).collect(),
+            v: (0..hp.n_layer).map(|_| vec![f16::ZERO; len]).collect(),
+            history: Vec::new(),
+        }
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Positions filled.
+    pub fn len(&self) -> usize {
+        self.history.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.history.is_empty()
+    }
+
+    /// Tokens in the cache.
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// Forget everything after the first `n` positions (keeps a shared prefix).
+    pub fn truncate(&mut self, n: usize) {
+        self.history.truncate(n);
+    }
+
+    /// Length of the common prefix between the cache and `tokens`.
+    pub fn common_prefix(&self, tokens: &[u32]) -> usize {
+        self.history
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+
+    /// Replace this cache's contents with the first `n` positions of `other`.
+    pub fn copy_prefix_from(&mut self, other: &KvCache, n: usize) {
+        let n = n.min(other.len()).min(self.n_ctx);
+        let len = n * self.kv_dim;
+        for (dst, src) in self
+            .k
+            .iter_mut()
+            .zip(&other.k)
+            .chain(self.v.iter_mut().zip(&other.v))
+        {
+            dst[..len].copy_from_slice(&src[..len]);
+        }
+        self.history.clear();
+        self.history.extend_from_slice(&other.history[..n]);
+    }
+}
+
+/// Which logits a batch item wants back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None (a prompt chunk that is not the last).
+    None,
+    /// The last token's.
+    Last,
+    /// Every token's (scoring a text).
+    All,
+}
+
+impl Logits {
+    fn rows(self, n_tokens: usize) -> usize {
+        match self {
+            Logits::None => 0,
+            Logits::Last => 1,
+            Logits::All => n_tokens,
+        }
+    }
+}
+
+/// Tokens of one sequence to evaluate in a batched forward pass.
+pub struct BatchItem<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    pub logits: Logits,
+}
+
+/// Reusable buffers for one forward pass.
 #[derive(Default)]
 struct Scratch {
     x: Vec<f32>,
@@ -48,34 +144,24 @@ struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     logits: Vec<f32>,
+    /// For each row of the batch: (item index, position).
+    rows: Vec<(usize, usize)>,
+    /// Rows whose logits are wanted.
+    out_rows: Vec<usize>,
 }
 
-/// One sequence's state: a model, its KV cache and how many positions are filled.
-pub struct Session {
+/// Runs the network: the model, its RoPE tables and scratch buffers, shared by every
+/// sequence it evaluates. Rows of all sequences in a batch go through each weight
+/// matrix together; a row's result does not depend on what else is in the batch.
+pub struct Runner {
     model: Arc<Model>,
-    n_ctx: usize,
-    n_past: usize,
-    /// Tokens whose keys/values are in the cache, in order.
-    history: Vec<u32>,
-    kv: KvCache,
     rope: Rope,
     scratch: Scratch,
 }
 
-impl Session {
-    /// A session with room for `n_ctx` tokens (capped at the model's training context when 0).
-    pub fn new(model: Arc<Model>, n_ctx: usize) -> Self {
+impl Runner {
+    pub fn new(model: Arc<Model>) -> Self {
         let hp = &model.hparams;
-        let n_ctx = if n_ctx == 0 {
-            hp.n_ctx_train.min(4096)
-        } else {
-            n_ctx
-        };
-        let kv_len = n_ctx * hp.kv_dim();
-        let kv = KvCache {
-            k: (0..hp.n_layer).map(|_| vec![f16::ZERO; kv_len]).collect(),
-            v: (0..hp.n_layer).map(|_| vec![f16::ZERO; kv_len]).collect(),
-        };
         let rope = Rope::new(
             hp.head_dim,
             hp.rope_theta,
@@ -83,12 +169,8 @@ impl Session {
             model.weights.rope_freqs.as_deref(),
             hp.rope_style == RopeStyle::NeoX,
         );
-        Session {
+        Runner {
             model,
-            n_ctx,
-            n_past: 0,
-            history: Vec::new(),
-            kv,
             rope,
             scratch: Scratch::default(),
         }
@@ -98,97 +180,51 @@ impl Session {
         &self.model
     }
 
-    pub fn n_ctx(&self) -> usize {
-        self.n_ctx
-    }
-
-    /// Positions already in the cache.
-    pub fn n_past(&self) -> usize {
-        self.n_past
-    }
-
-    /// Tokens already in the cache.
-    pub fn history(&self) -> &[u32] {
-        &self.history
-    }
-
-    /// Forget everything after the first `n` positions (keeps a shared prefix).
-    pub fn truncate(&mut self, n: usize) {
-        self.n_past = self.n_past.min(n);
-        self.history.truncate(self.n_past);
-    }
-
-    /// Length of the common prefix between the cache and `tokens`.
-    pub fn common_prefix(&self, tokens: &[u32]) -> usize {
-        self.history
-            .iter()
-            .zip(tokens)
-            .take_while(|(a, b)| a == b)
-            .count()
-    }
-
-    /// Evaluate `tokens` after the cached ones; returns the logits of the last token.
-    pub fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], EngineError> {
-        self.eval_inner(tokens, false)?;
-        let v = self.model.hparams.n_vocab;
-        let n = self.scratch.logits.len();
-        Ok(&self.scratch.logits[n - v..])
-    }
-
-    /// Evaluate `tokens` and return the logits of every one of them (`tokens.len() * n_vocab`).
-    pub fn eval_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
-        let v = self.model.hparams.n_vocab;
-        let mut all = Vec::with_capacity(tokens.len() * v);
-        for chunk in tokens.chunks(MAX_BATCH) {
-            self.eval_inner(chunk, true)?;
-            all.extend_from_slice(&self.scratch.logits);
-        }
-        Ok(all)
-    }
-
-    fn eval_inner(&mut self, tokens: &[u32], all_logits: bool) -> Result<(), EngineError> {
-        if tokens.is_empty() {
-            return Err(EngineError::Empty);
-        }
+    /// Evaluate every item's tokens after what its cache holds, in one pass; returns the
+    /// requested logits, item by item, `n_vocab` per row.
+    pub fn forward(&mut self, items: &mut [BatchItem<'_>]) -> Result<&[f32], EngineError> {
         let hp = &self.model.hparams;
-        if self.n_past + tokens.len() > self.n_ctx {
-            return Err(EngineError::ContextFull {
-                needed: self.n_past + tokens.len(),
-                n_ctx: self.n_ctx,
-                n_ctx_train: hp.n_ctx_train,
-            });
+        for it in items.iter() {
+            if it.tokens.is_empty() {
+                return Err(EngineError::Empty);
+            }
+            if it.cache.len() + it.tokens.len() > it.cache.n_ctx {
+                return Err(EngineError::ContextFull {
+                    needed: it.cache.len() + it.tokens.len(),
+                    n_ctx: it.cache.n_ctx,
+                    n_ctx_train: hp.n_ctx_train,
+                });
+            }
+            if let Some(&id) = it.tokens.iter().find(|&&t| t as usize >= hp.n_vocab) {
+                return Err(EngineError::BadToken {
+                    id,
+                    n_vocab: hp.n_vocab,
+                });
+            }
         }
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= hp.n_vocab) {
-            return Err(EngineError::BadToken {
-                id,
-                n_vocab: hp.n_vocab,
-            });
-        }
-        for chunk in tokens.chunks(MAX_BATCH) {
-            let last_chunk = std::ptr::eq(chunk.as_ptr_range().end, tokens.as_ptr_range().end);
-            self.forward_batch(
-                chunk,
-                if all_logits {
-                    chunk.len()
-                } else if last_chunk {
-                    1
-                } else {
-                    0
-                },
-            );
-        }
-        Ok(())
+        self.forward_unchecked(items);
+        Ok(&self.scratch.logits)
     }
 
-    /// Run `tokens` through the network, filling the cache; leave the logits of the last
-    /// `n_logits` tokens in `scratch.logits`.
-    fn forward_batch(&mut self, tokens: &[u32], n_logits: usize) {
+    fn forward_unchecked(&mut self, items: &mut [BatchItem<'_>]) {
         let model = &*self.model;
         let hp = &model.hparams;
         let w = &model.weights;
-        let n = tokens.len();
-        let (d, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
         let s = &mut self.scratch;
+        s.rows.clear();
+        s.out_rows.clear();
+        for (i, it) in items.iter().enumerate() {
+            let p0 = it.cache.len();
+            let first_out = s.rows.len() + it.tokens.len() - it.logits.rows(it.tokens.len());
+            for t in 0..it.tokens.len() {
+                if s.rows.len() >= first_out {
+                    s.out_rows.push(s.rows.len());
+                }
+                s.rows.push((i, p0 + t));
+            }
+        }
+        let n = s.rows.len();
+        let (d, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
         for (buf, len) in [
             (&mut s.x, n * d),
             (&mut s.h, n * d),
@@ -204,18 +240,17 @@ impl Session {
         }
 
         let embd = w.token_embd.view();
-        for (t, &tok) in tokens.iter().enumerate() {
-            get_row(&embd, tok as usize, &mut s.x[t * d..(t + 1) * d]);
+        for (r, &tok) in items.iter().flat_map(|it| it.tokens.iter()).enumerate() {
+            get_row(&embd, tok as usize, &mut s.x[r * d..(r + 1) * d]);
         }
 
-        let p0 = self.n_past;
         for (l, layer) in w.layers.iter().enumerate() {
-            for t in 0..n {
+            for r in 0..n {
                 rms_norm(
-                    &s.x[t * d..(t + 1) * d],
+                    &s.x[r * d..(r + 1) * d],
                     &layer.attn_norm,
                     hp.rms_eps,
-                    &mut s.h[t * d..(t + 1) * d],
+                    &mut s.h[r * d..(r + 1) * d],
                 );
             }
             matmul(&layer.wq.view(), &s.h, n, &mut s.q);
@@ -239,21 +274,26 @@ impl Session {
                     }
                 }
             }
-            for t in 0..n {
-                self.rope.apply(&mut s.q[t * qd..(t + 1) * qd], p0 + t);
-                self.rope.apply(&mut s.k[t * kvd..(t + 1) * kvd], p0 + t);
+            for (r, &(_, pos)) in s.rows.iter().enumerate() {
+                self.rope.apply(&mut s.q[r * qd..(r + 1) * qd], pos);
+                self.rope.apply(&mut s.k[r * kvd..(r + 1) * kvd], pos);
             }
-            let (kc, vc) = (&mut self.kv.k[l], &mut self.kv.v[l]);
-            kc[p0 * kvd..(p0 + n) * kvd].convert_from_f32_slice(&s.k);
-            vc[p0 * kvd..(p0 + n) * kvd].convert_from_f32_slice(&s.v);
-
+            for (r, &(i, pos)) in s.rows.iter().enumerate() {
+                let cache = &mut *items[i].cache;
+                cache.k[l][pos * kvd..(pos + 1) * kvd]
+                    .convert_from_f32_slice(&s.k[r * kvd..(r + 1) * kvd]);
+                cache.v[l][pos * kvd..(pos + 1) * kvd]
+                    .convert_from_f32_slice(&s.v[r * kvd..(r + 1) * kvd]);
+            }
+            let caches: Vec<(&[f16], &[f16])> = items
+                .iter()
+                .map(|it| (&it.cache.k[l][..], &it.cache.v[l][..]))
+                .collect();
             attention(
                 &s.q,
-                kc,
-                vc,
+                &caches,
+                &s.rows,
                 &mut s.attn,
-                n,
-                p0,
                 hp.n_head,
                 hp.n_head_kv,
                 hp.head_dim,
@@ -262,12 +302,12 @@ impl Session {
             matmul(&layer.wo.view(), &s.attn, n, &mut s.proj);
             add_in_place(&mut s.x, &s.proj);
 
-            for t in 0..n {
+            for r in 0..n {
                 rms_norm(
-                    &s.x[t * d..(t + 1) * d],
+                    &s.x[r * d..(r + 1) * d],
                     &layer.ffn_norm,
                     hp.rms_eps,
-                    &mut s.h[t * d..(t + 1) * d],
+                    &mut s.h[r * d..(r + 1) * d],
                 );
             }
             matmul(&layer.w_gate.view(), &s.h, n, &mut s.gate);
@@ -277,28 +317,122 @@ impl Session {
             add_in_place(&mut s.x, &s.proj);
         }
 
-        self.n_past += n;
-        self.history.extend_from_slice(tokens);
+        for it in items.iter_mut() {
+            it.cache.history.extend_from_slice(it.tokens);
+        }
 
-        s.logits.resize(n_logits * hp.n_vocab, 0.0);
-        if n_logits > 0 {
-            let first = n - n_logits;
-            for t in first..n {
-                let o = (t - first) * d;
+        let n_out = s.out_rows.len();
+        s.logits.resize(n_out * hp.n_vocab, 0.0);
+        if n_out > 0 {
+            for (o, &r) in s.out_rows.iter().enumerate() {
                 rms_norm(
-                    &s.x[t * d..(t + 1) * d],
+                    &s.x[r * d..(r + 1) * d],
                     &w.output_norm,
                     hp.rms_eps,
-                    &mut s.h[o..o + d],
+                    &mut s.h[o * d..(o + 1) * d],
                 );
             }
-            matmul(
-                &w.output().view(),
-                &s.h[..n_logits * d],
-                n_logits,
-                &mut s.logits,
-            );
+            matmul(&w.output().view(), &s.h[..n_out * d], n_out, &mut s.logits);
         }
+    }
+}
+
+/// One sequence's state: a runner and the sequence's KV cache.
+pub struct Session {
+    runner: Runner,
+    cache: KvCache,
+}
+
+impl Session {
+    /// A session with room for `n_ctx` tokens (0: the model's training context, at most 4096).
+    pub fn new(model: Arc<Model>, n_ctx: usize) -> Self {
+        let n_ctx = if n_ctx == 0 {
+            model.hparams.n_ctx_train.min(4096)
+        } else {
+            n_ctx
+        };
+        let cache = KvCache::new(&model, n_ctx);
+        Session {
+            runner: Runner::new(model),
+            cache,
+        }
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        self.runner.model()
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.cache.n_ctx()
+    }
+
+    /// Positions already in the cache.
+    pub fn n_past(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Tokens already in the cache.
+    pub fn history(&self) -> &[u32] {
+        self.cache.history()
+    }
+
+    /// Forget everything after the first `n` positions (keeps a shared prefix).
+    pub fn truncate(&mut self, n: usize) {
+        self.cache.truncate(n);
+    }
+
+    /// Length of the common prefix between the cache and `tokens`.
+    pub fn common_prefix(&self, tokens: &[u32]) -> usize {
+        self.cache.common_prefix(tokens)
+    }
+
+    /// Fail before touching the cache if `n` more tokens do not fit.
+    fn check_room(&self, n: usize) -> Result<(), EngineError> {
+        if self.cache.len() + n > self.cache.n_ctx() {
+            return Err(EngineError::ContextFull {
+                needed: self.cache.len() + n,
+                n_ctx: self.cache.n_ctx(),
+                n_ctx_train: self.model().hparams.n_ctx_train,
+            });
+        }
+        Ok(())
+    }
+
+    /// Evaluate `tokens` after the cached ones; returns the logits of the last token.
+    pub fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], EngineError> {
+        if tokens.is_empty() {
+            return Err(EngineError::Empty);
+        }
+        self.check_room(tokens.len())?;
+        let chunks: Vec<&[u32]> = tokens.chunks(MAX_BATCH).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let logits = if i + 1 == chunks.len() {
+                Logits::Last
+            } else {
+                Logits::None
+            };
+            self.runner.forward(&mut [BatchItem {
+                cache: &mut self.cache,
+                tokens: chunk,
+                logits,
+            }])?;
+        }
+        Ok(&self.runner.scratch.logits)
+    }
+
+    /// Evaluate `tokens` and return the logits of every one of them (`tokens.len() * n_vocab`).
+    pub fn eval_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let v = self.model().hparams.n_vocab;
+        self.check_room(tokens.len())?;
+        let mut all = Vec::with_capacity(tokens.len() * v);
+        for chunk in tokens.chunks(MAX_BATCH) {
+            all.extend_from_slice(self.runner.forward(&mut [BatchItem {
+                cache: &mut self.cache,
+                tokens: chunk,
+                logits: Logits::All,
+            }])?);
+        }
+        Ok(all)
     }
 }
 
@@ -306,16 +440,13 @@ thread_local! {
     static ATTN_SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-/// Causal multi-head attention with grouped KV heads for `n` queries at positions
-/// `p0..p0+n`, over the cache's first `p0 + n` positions.
-#[allow(clippy::too_many_arguments)]
+/// Causal multi-head attention with grouped KV heads: each batch row attends to its own
+/// sequence's cache up to and including its position.
 fn attention(
     q: &[f32],
-    kc: &[f16],
-    vc: &[f16],
+    caches: &[(&[f16], &[f16])],
+    rows: &[(usize, usize)],
     out: &mut [f32],
-    n: usize,
-    p0: usize,
     n_head: usize,
     n_head_kv: usize,
     hd: usize,
@@ -323,11 +454,13 @@ fn attention(
     let kvd = n_head_kv * hd;
     let group = n_head / n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
-    debug_assert_eq!(out.len(), n * n_head * hd);
+    debug_assert_eq!(out.len(), rows.len() * n_head * hd);
     out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-        let (t, h) = (i / n_head, i % n_head);
+        let (r, h) = (i / n_head, i % n_head);
+        let (item, pos) = rows[r];
+        let (kc, vc) = caches[item];
         let kvh = h / group;
-        let n_keys = p0 + t + 1;
+        let n_keys = pos + 1;
         ATTN_SCRATCH.with(|cell| {
             let (scores, row, qv) = &mut *cell.borrow_mut();
             scores.resize(n_keys, 0.0);
@@ -336,7 +469,7 @@ fn attention(
             // to f16; rounding the same way keeps logits close to llama.cpp's.
             qv.clear();
             qv.extend(
-                q[t * n_head * hd + h * hd..][..hd]
+                q[r * n_head * hd + h * hd..][..hd]
                     .iter()
                     .map(|&x| f16::from_f32(x).to_f32()),
             );

@@ -6,7 +6,7 @@ mod generate;
 mod ops;
 mod sampling;
 
-pub use forward::{EngineError, Session};
+pub use forward::{BatchItem, EngineError, KvCache, Logits, Runner, Session};
 pub use generate::{generate, FinishReason, GenerateParams, Generation, Timings};
 pub use sampling::{Sampler, SamplingParams};
 
