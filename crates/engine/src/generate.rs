@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use verity_tokenizer::StreamDecoder;
+use verity_tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::{EngineError, Sampler, SamplingParams, Session};
 
@@ -123,9 +123,7 @@ pub fn generate(
     let t1 = Instant::now();
     let mut history: Vec<u32> = prompt.to_vec();
     let mut out_tokens = Vec::new();
-    let mut decoder = StreamDecoder::new(tokenizer);
-    let mut text = String::new();
-    let mut emitted = 0usize;
+    let mut text = TextStream::new(tokenizer, &params.stop);
     let mut finish = FinishReason::Length;
 
     while out_tokens.len() < params.max_tokens {
@@ -136,21 +134,14 @@ pub fn generate(
         }
         out_tokens.push(tok);
         history.push(tok);
-        text.push_str(&decoder.push(tok).unwrap_or_default());
-
-        if let Some(cut) = find_stop(&text, &params.stop, emitted) {
-            text.truncate(cut);
-            finish = FinishReason::Stop;
+        let (delta, stopped) = text.push(tok);
+        if !delta.is_empty() && !on_text(&delta) {
+            finish = FinishReason::Cancelled;
             break;
         }
-        let safe = safe_emit_len(&text, &params.stop);
-        if safe > emitted {
-            if !on_text(&text[emitted..safe]) {
-                emitted = safe;
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            emitted = safe;
+        if stopped {
+            finish = FinishReason::Stop;
+            break;
         }
         if out_tokens.len() >= params.max_tokens {
             break;
@@ -162,20 +153,80 @@ pub fn generate(
         logits.clear();
         logits.extend_from_slice(session.eval(&[tok])?);
     }
-    if finish != FinishReason::Stop || params.stop.is_empty() {
-        text.push_str(&decoder.flush());
-    }
-    if finish != FinishReason::Cancelled && text.len() > emitted {
-        on_text(&text[emitted..]);
+    if finish != FinishReason::Cancelled {
+        let rest = text.finish();
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
     }
     timings.generated_tokens = out_tokens.len();
     timings.generation_ms = t1.elapsed().as_secs_f64() * 1e3;
     Ok(Generation {
         tokens: out_tokens,
-        text,
+        text: text.into_text(),
         finish_reason: finish,
         timings,
     })
+}
+
+/// Generated text as it becomes final: decodes tokens incrementally, cuts at the first
+/// stop string, and holds back any tail that could still become one.
+pub struct TextStream<'a> {
+    decoder: StreamDecoder<'a>,
+    stops: &'a [String],
+    text: String,
+    emitted: usize,
+    stopped: bool,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tokenizer: &'a Tokenizer, stops: &'a [String]) -> Self {
+        TextStream {
+            decoder: StreamDecoder::new(tokenizer),
+            stops,
+            text: String::new(),
+            emitted: 0,
+            stopped: false,
+        }
+    }
+
+    /// Add a token; returns the text that became final, and whether a stop string ended it.
+    pub fn push(&mut self, token: u32) -> (String, bool) {
+        if self.stopped {
+            return (String::new(), true);
+        }
+        self.text
+            .push_str(&self.decoder.push(token).unwrap_or_default());
+        if let Some(cut) = find_stop(&self.text, self.stops, self.emitted) {
+            self.text.truncate(cut);
+            self.stopped = true;
+            return (self.take(self.text.len()), true);
+        }
+        let safe = safe_emit_len(&self.text, self.stops);
+        (self.take(safe), false)
+    }
+
+    /// The rest of the text when generation ends for another reason than a stop string.
+    pub fn finish(&mut self) -> String {
+        if !self.stopped {
+            self.text.push_str(&self.decoder.flush());
+        }
+        self.take(self.text.len())
+    }
+
+    /// All text so far (without any stop string).
+    pub fn into_text(self) -> String {
+        self.text
+    }
+
+    fn take(&mut self, upto: usize) -> String {
+        if upto <= self.emitted {
+            return String::new();
+        }
+        let s = self.text[self.emitted..upto].to_string();
+        self.emitted = upto;
+        s
+    }
 }
 
 /// Byte offset where the first stop string starts, searching from near `from`.

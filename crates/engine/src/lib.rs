@@ -7,7 +7,7 @@ mod ops;
 mod sampling;
 
 pub use forward::{BatchItem, EngineError, KvCache, Logits, Runner, Session};
-pub use generate::{generate, FinishReason, GenerateParams, Generation, Timings};
+pub use generate::{generate, FinishReason, GenerateParams, Generation, TextStream, Timings};
 pub use sampling::{Sampler, SamplingParams};
 
 /// Set the number of worker threads for all compute (call once, before any work).
