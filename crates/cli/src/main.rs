@@ -1,5 +1,6 @@
 //! `verity`: run, chat with, and convert open-weights models on your own machine.
 
+mod bench;
 mod chat;
 mod common;
 mod convert;
@@ -21,6 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(run::RunArgs),
+    Bench(bench::BenchArgs),
     Chat(chat::ChatArgs),
     Convert(convert::ConvertArgs),
 }
@@ -29,6 +31,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run::run(a),
+        Command::Bench(a) => bench::bench(a),
         Command::Chat(a) => chat::chat(a),
         Command::Convert(a) => convert::convert(a),
     };

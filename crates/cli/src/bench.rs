@@ -1,0 +1,248 @@
+//! `verity bench`: prompt-processing and generation speed, like llama-bench.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::json;
+use verity_engine::Session;
+use verity_model::Model;
+
+/// Measure speed: ppN (one N-token prompt in one batch, fresh context) and tgN (N tokens
+/// generated one at a time from an empty context), mean ± std of tokens/s over repetitions,
+/// as llama-bench reports them; plus peak resident memory, model load time and the
+/// machine's memory read bandwidth.
+///
+/// Examples:
+///   verity bench
+///   verity bench -m model.gguf -p 512 -n 128 -t 2 -r 3 --json
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct BenchArgs {
+    /// A GGUF file, a Hugging Face model directory, or a model name (default: the default model).
+    #[arg(short, long)]
+    pub model: Option<String>,
+    /// Prompt lengths to test, comma-separated (0 or empty: none).
+    #[arg(short = 'p', long, default_value = "128", value_delimiter = ',')]
+    pub n_prompt: Vec<usize>,
+    /// Generation lengths to test, comma-separated (0 or empty: none).
+    #[arg(short = 'n', long, default_value = "64", value_delimiter = ',')]
+    pub n_gen: Vec<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(short, long, default_value_t = 0)]
+    pub threads: usize,
+    /// Repetitions of each test.
+    #[arg(short, long, default_value_t = 5)]
+    pub reps: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Skip the memory bandwidth measurement.
+    #[arg(long)]
+    pub no_bandwidth: bool,
+}
+
+struct TestResult {
+    name: String,
+    n_prompt: usize,
+    n_gen: usize,
+    samples: Vec<f64>,
+}
+
+impl TestResult {
+    fn mean(&self) -> f64 {
+        self.samples.iter().sum::<f64>() / self.samples.len().max(1) as f64
+    }
+
+    fn std(&self) -> f64 {
+        let n = self.samples.len();
+        if n < 2 {
+            return 0.0;
+        }
+        let m = self.mean();
+        (self.samples.iter().map(|s| (s - m) * (s - m)).sum::<f64>() / (n - 1) as f64).sqrt()
+    }
+}
+
+/// Deterministic token ids spread over the vocabulary (llama-bench uses random ones).
+fn tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % n_vocab as u64) as u32
+        })
+        .collect()
+}
+
+fn run_pp(model: &Arc<Model>, n: usize, seed: u64) -> anyhow::Result<f64> {
+    let toks = tokens(n, model.hparams.n_vocab, seed);
+    let mut s = Session::new(model.clone(), n);
+    let t0 = Instant::now();
+    s.eval(&toks)?;
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+fn run_tg(model: &Arc<Model>, n: usize, seed: u64) -> anyhow::Result<f64> {
+    let toks = tokens(n, model.hparams.n_vocab, seed);
+    let mut s = Session::new(model.clone(), n);
+    let t0 = Instant::now();
+    for &t in &toks {
+        s.eval(&[t])?;
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Peak resident set size of this process in bytes (VmHWM), if the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Streaming read bandwidth in bytes/s: every worker thread sums its share of a buffer much
+/// larger than the caches; best of a few passes.
+fn memory_read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    const BYTES: usize = 512 << 20;
+    let buf: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = buf.len().div_ceil(threads);
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let s: u64 = buf
+            .par_chunks(chunk)
+            .map(|c| {
+                let mut acc = [0u64; 8];
+                for v in c.chunks_exact(8) {
+                    for k in 0..8 {
+                        acc[k] = acc[k].wrapping_add(v[k]);
+                    }
+                }
+                acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+            })
+            .reduce(|| 0, |a, b| a.wrapping_add(b));
+        std::hint::black_box(s);
+        best = best.max(BYTES as f64 / t0.elapsed().as_secs_f64());
+    }
+    best
+}
+
+fn gib(b: f64) -> f64 {
+    b / (1u64 << 30) as f64
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.reps > 0, "--reps must be at least 1");
+    verity_engine::init_threads(args.threads);
+    let threads = rayon::current_num_threads();
+    let path: PathBuf = verity_store::resolve(args.model.as_deref())?;
+    let t0 = Instant::now();
+    let model = Arc::new(verity_model::load(&path).context("loading the model")?);
+    let load_s = t0.elapsed().as_secs_f64();
+    let model_bytes = model.weight_bytes() as f64;
+    let simd = format!("{:?}", verity_kernels::simd_level()).to_lowercase();
+
+    let mut results = Vec::new();
+    for &n in args.n_prompt.iter().filter(|&&n| n > 0) {
+        run_pp(&model, n, 0)?; // warm-up, as llama-bench does
+        let samples = (0..args.reps)
+            .map(|r| run_pp(&model, n, r as u64 + 1))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        results.push(TestResult {
+            name: format!("pp{n}"),
+            n_prompt: n,
+            n_gen: 0,
+            samples,
+        });
+    }
+    for &n in args.n_gen.iter().filter(|&&n| n > 0) {
+        run_tg(&model, 1, 0)?; // warm-up
+        let samples = (0..args.reps)
+            .map(|r| run_tg(&model, n, r as u64 + 1))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        results.push(TestResult {
+            name: format!("tg{n}"),
+            n_prompt: 0,
+            n_gen: n,
+            samples,
+        });
+    }
+    let peak_rss = peak_rss_bytes();
+    let bw = if args.no_bandwidth {
+        None
+    } else {
+        Some(memory_read_bandwidth())
+    };
+    // Generation reads every weight once per token: bytes/token x tokens/s vs bandwidth.
+    let bw_use = |r: &TestResult| {
+        bw.filter(|_| r.n_gen > 0)
+            .map(|b| model_bytes * r.mean() / b)
+    };
+
+    if args.json {
+        let tests: Vec<_> = results
+            .iter()
+            .map(|r| {
+                json!({
+                    "test": r.name,
+                    "n_prompt": r.n_prompt,
+                    "n_gen": r.n_gen,
+                    "avg_ts": r.mean(),
+                    "stddev_ts": r.std(),
+                    "samples_ts": r.samples,
+                    "bandwidth_fraction": bw_use(r),
+                })
+            })
+            .collect();
+        let out = json!({
+            "model": model.name(),
+            "model_path": path.display().to_string(),
+            "model_bytes": model_bytes as u64,
+            "threads": threads,
+            "simd": simd,
+            "reps": args.reps,
+            "load_s": load_s,
+            "peak_rss_bytes": peak_rss,
+            "mem_read_bytes_per_s": bw,
+            "results": tests,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+
+    println!("| model | size | threads | simd | test | t/s | weight bytes/s vs read bandwidth |");
+    println!("|---|---:|---:|---|---:|---:|---:|");
+    for r in &results {
+        let frac = bw_use(r).map_or(String::new(), |f| format!("{:.0}%", 100.0 * f));
+        println!(
+            "| {} | {:.2} GiB | {} | {} | {} | {:.2} ± {:.2} | {} |",
+            model.name(),
+            gib(model_bytes),
+            threads,
+            simd,
+            r.name,
+            r.mean(),
+            r.std(),
+            frac
+        );
+    }
+    println!();
+    println!("load: {:.3} s", load_s);
+    if let Some(p) = peak_rss {
+        println!("peak RSS: {:.1} MiB", p as f64 / (1 << 20) as f64);
+    }
+    if let Some(b) = bw {
+        println!(
+            "memory read bandwidth: {:.1} GB/s ({threads} threads)",
+            b / 1e9
+        );
+    }
+    Ok(())
+}
