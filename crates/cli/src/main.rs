@@ -4,7 +4,11 @@ mod bench;
 mod chat;
 mod common;
 mod convert;
+mod diff;
+mod hash;
+mod inspect;
 mod run;
+mod sign;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +29,12 @@ enum Command {
     Bench(bench::BenchArgs),
     Chat(chat::ChatArgs),
     Convert(convert::ConvertArgs),
+    Inspect(inspect::InspectArgs),
+    Hash(hash::HashArgs),
+    Sign(sign::SignArgs),
+    Verify(sign::VerifyArgs),
+    Keygen(sign::KeygenArgs),
+    Diff(diff::DiffArgs),
 }
 
 fn main() {
@@ -34,6 +44,12 @@ fn main() {
         Command::Bench(a) => bench::bench(a),
         Command::Chat(a) => chat::chat(a),
         Command::Convert(a) => convert::convert(a),
+        Command::Inspect(a) => inspect::inspect(a),
+        Command::Hash(a) => hash::hash(a),
+        Command::Sign(a) => sign::sign(a),
+        Command::Verify(a) => sign::verify(a),
+        Command::Keygen(a) => sign::keygen(a),
+        Command::Diff(a) => diff::diff(a),
     };
     if let Err(e) = result {
         // One line: the chain of causes, outermost first.

@@ -1,0 +1,163 @@
+//! One view of the tensors of a model file, whatever its container: GGUF or a Hugging Face
+//! directory of safetensors. Used by inspect and diff, which look at every tensor, not only
+//! the ones an architecture runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use verity_formats::gguf::Gguf;
+use verity_formats::hf::HfDir;
+use verity_formats::TensorType;
+
+/// Where a model's tensors live.
+pub enum Container {
+    Gguf(Arc<Gguf>),
+    Hf(Arc<HfDir>),
+}
+
+/// One tensor as stored.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: String,
+    /// Dimensions in ggml order: `shape[0]` is the row length (contiguous).
+    pub shape: Vec<usize>,
+    /// The type, when verity knows it.
+    pub ty: Option<TensorType>,
+    /// Type name as stored (also for unknown ggml types).
+    pub type_name: String,
+    /// Byte offset in its file (absolute), and size in bytes (when the type is known).
+    pub offset: u64,
+    pub bytes: Option<usize>,
+    /// For Hugging Face directories: which shard file.
+    pub file: Option<String>,
+}
+
+impl Entry {
+    pub fn n_elements(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+
+    /// (rows, cols) of the tensor seen as a matrix: cols = row length.
+    pub fn rows_cols(&self) -> (usize, usize) {
+        let cols = self.shape.first().copied().unwrap_or(1).max(1);
+        (self.n_elements() as usize / cols, cols)
+    }
+}
+
+/// A model file (or directory) opened for auditing.
+pub struct ModelFile {
+    pub path: PathBuf,
+    pub container: Container,
+    pub tensors: Vec<Entry>,
+}
+
+impl ModelFile {
+    /// Open a GGUF file, a Hugging Face directory, or a `.safetensors` file inside one.
+    /// Pickle files are refused.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if !path.exists() {
+            bail!("{}: no such file or directory", path.display());
+        }
+        verity_formats::refuse_pickle(path)?;
+        let dir = if path.is_dir() {
+            Some(path.to_path_buf())
+        } else if path.extension().is_some_and(|e| e == "safetensors") {
+            Some(path.parent().unwrap_or(Path::new(".")).to_path_buf())
+        } else {
+            None
+        };
+        if let Some(dir) = dir {
+            let hf = Arc::new(HfDir::open(&dir).with_context(|| dir.display().to_string())?);
+            let tensors = hf
+                .tensors
+                .values()
+                .map(|t| Entry {
+                    name: t.name.clone(),
+                    shape: t.shape.iter().rev().copied().collect(),
+                    ty: Some(t.ty),
+                    type_name: t.ty.name().to_string(),
+                    offset: t.start as u64,
+                    bytes: Some(t.end - t.start),
+                    file: hf.shards[t.shard]
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned()),
+                })
+                .collect();
+            return Ok(ModelFile {
+                path: dir,
+                container: Container::Hf(hf),
+                tensors,
+            });
+        }
+        let g = Arc::new(Gguf::open(path).with_context(|| path.display().to_string())?);
+        let tensors = g
+            .tensors
+            .iter()
+            .map(|t| Entry {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                ty: t.ty,
+                type_name: match t.ty {
+                    Some(ty) => ty.name().to_string(),
+                    None => TensorType::from_ggml_id(t.ggml_type)
+                        .err()
+                        .unwrap_or_default(),
+                },
+                offset: g.data_offset + t.offset,
+                bytes: t.size,
+                file: None,
+            })
+            .collect();
+        Ok(ModelFile {
+            path: path.to_path_buf(),
+            container: Container::Gguf(g),
+            tensors,
+        })
+    }
+
+    pub fn gguf(&self) -> Option<&Gguf> {
+        match &self.container {
+            Container::Gguf(g) => Some(g),
+            Container::Hf(_) => None,
+        }
+    }
+
+    pub fn hf(&self) -> Option<&HfDir> {
+        match &self.container {
+            Container::Hf(h) => Some(h),
+            Container::Gguf(_) => None,
+        }
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&Entry> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The stored bytes of a tensor (`None` for types verity cannot size).
+    pub fn data(&self, e: &Entry) -> Option<&[u8]> {
+        match &self.container {
+            Container::Gguf(g) => {
+                let info = g.tensor(&e.name)?;
+                g.tensor_data(info).ok()
+            }
+            Container::Hf(h) => Some(h.tensor_data(h.tensor(&e.name)?)),
+        }
+    }
+
+    /// All values of a tensor as f32 (`None` for types verity cannot decode).
+    pub fn dequantize(&self, e: &Entry) -> Option<Vec<f32>> {
+        let ty = e.ty?;
+        let data = self.data(e)?;
+        let (rows, cols) = e.rows_cols();
+        let row_bytes = ty.row_bytes(cols)?;
+        if row_bytes.checked_mul(rows)? != data.len() {
+            return None;
+        }
+        let mut out = vec![0f32; rows * cols];
+        for (r, dst) in out.chunks_mut(cols).enumerate() {
+            verity_kernels::dequantize_row(ty, &data[r * row_bytes..(r + 1) * row_bytes], dst);
+        }
+        Some(out)
+    }
+}
