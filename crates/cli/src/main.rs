@@ -8,6 +8,7 @@ mod diff;
 mod hash;
 mod inspect;
 mod run;
+mod serve;
 mod sign;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,7 @@ enum Command {
     Run(run::RunArgs),
     Bench(bench::BenchArgs),
     Chat(chat::ChatArgs),
+    Serve(serve::ServeArgs),
     Convert(convert::ConvertArgs),
     Inspect(inspect::InspectArgs),
     Hash(hash::HashArgs),
@@ -43,6 +45,7 @@ fn main() {
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::bench(a),
         Command::Chat(a) => chat::chat(a),
+        Command::Serve(a) => serve::serve(a),
         Command::Convert(a) => convert::convert(a),
         Command::Inspect(a) => inspect::inspect(a),
         Command::Hash(a) => hash::hash(a),
@@ -52,7 +55,6 @@ fn main() {
         Command::Diff(a) => diff::diff(a),
     };
     if let Err(e) = result {
-        // One line: the chain of causes, outermost first.
         // One line, bounded: causes can quote text from a hostile file.
         let msg: Vec<String> = e
             .chain()

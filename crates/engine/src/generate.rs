@@ -123,7 +123,7 @@ pub fn generate(
     let t1 = Instant::now();
     let mut history: Vec<u32> = prompt.to_vec();
     let mut out_tokens = Vec::new();
-    let mut text = TextStream::new(tokenizer, &params.stop);
+    let mut text = TextStream::new(tokenizer, params.stop.clone());
     let mut finish = FinishReason::Length;
 
     while out_tokens.len() < params.max_tokens {
@@ -173,14 +173,14 @@ pub fn generate(
 /// stop string, and holds back any tail that could still become one.
 pub struct TextStream<'a> {
     decoder: StreamDecoder<'a>,
-    stops: &'a [String],
+    stops: Vec<String>,
     text: String,
     emitted: usize,
     stopped: bool,
 }
 
 impl<'a> TextStream<'a> {
-    pub fn new(tokenizer: &'a Tokenizer, stops: &'a [String]) -> Self {
+    pub fn new(tokenizer: &'a Tokenizer, stops: Vec<String>) -> Self {
         TextStream {
             decoder: StreamDecoder::new(tokenizer),
             stops,
@@ -197,12 +197,12 @@ impl<'a> TextStream<'a> {
         }
         self.text
             .push_str(&self.decoder.push(token).unwrap_or_default());
-        if let Some(cut) = find_stop(&self.text, self.stops, self.emitted) {
+        if let Some(cut) = find_stop(&self.text, &self.stops, self.emitted) {
             self.text.truncate(cut);
             self.stopped = true;
             return (self.take(self.text.len()), true);
         }
-        let safe = safe_emit_len(&self.text, self.stops);
+        let safe = safe_emit_len(&self.text, &self.stops);
         (self.take(safe), false)
     }
 

@@ -1,0 +1,168 @@
+//! `verity serve`: an OpenAI-compatible HTTP API over the engine.
+//!
+//! Handlers validate requests and turn them into scheduler jobs; the [`scheduler`] thread
+//! runs every job in one continuously batched loop and streams events back; handlers turn
+//! events into OpenAI's JSON or server-sent events.
+
+mod api;
+mod json_mode;
+mod metrics;
+mod routes;
+mod scheduler;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+pub use routes::router;
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Required bearer token, if any.
+    pub api_key: Option<String>,
+    /// Sequences decoded together (slots).
+    pub parallel: usize,
+    /// Context per slot, tokens.
+    pub n_ctx: usize,
+    /// Requests allowed to wait for a slot before new ones get 429.
+    pub max_queue: usize,
+    /// Largest request body, bytes.
+    pub max_body: usize,
+}
+
+/// What `/v1/models` reports about the loaded model.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub id: String,
+    /// Identity of the weights actually loaded (see `verity hash`).
+    pub digest: String,
+    pub metadata: serde_json::Value,
+}
+
+/// Shared by all handlers. The model arrives after startup; until then `/health` is 503.
+pub struct AppState {
+    pub config: ServerConfig,
+    pub loaded: OnceLock<Loaded>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub started: std::time::Instant,
+}
+
+pub struct Loaded {
+    pub model: Arc<verity_model::Model>,
+    pub info: ModelInfo,
+    scheduler: scheduler::Scheduler,
+}
+
+impl AppState {
+    pub fn new(config: ServerConfig) -> Arc<Self> {
+        Arc::new(AppState {
+            config,
+            loaded: OnceLock::new(),
+            metrics: Arc::new(metrics::Metrics::new()),
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// Install the loaded model and start the scheduler.
+    pub fn set_model(&self, model: Arc<verity_model::Model>, info: ModelInfo) {
+        let n_ctx = if self.config.n_ctx == 0 {
+            model.hparams.n_ctx_train.min(4096)
+        } else {
+            self.config.n_ctx
+        };
+        let scheduler = scheduler::Scheduler::start(
+            model.clone(),
+            self.config.parallel,
+            n_ctx,
+            self.config.max_queue,
+            self.metrics.clone(),
+        );
+        let _ = self.loaded.set(Loaded {
+            model,
+            info,
+            scheduler,
+        });
+    }
+
+    /// Stop taking new generation requests (for shutdown).
+    pub fn drain(&self) {
+        if let Some(l) = self.loaded.get() {
+            l.scheduler.drain();
+        }
+    }
+}
+
+/// Serve until SIGINT/SIGTERM; `load` runs on a blocking thread after the port is bound.
+pub async fn serve<F>(state: Arc<AppState>, load: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> anyhow::Result<(Arc<verity_model::Model>, ModelInfo)> + Send + 'static,
+{
+    let addr: SocketAddr = format!("{}:{}", state.config.host, state.config.port)
+        .parse()
+        .map_err(|e| anyhow::anyhow!("bad --host/--port: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    eprintln!(
+        "verity: listening on http://{local} (loading the model; /health answers 503 until ready)"
+    );
+
+    let loader_state = state.clone();
+    tokio::task::spawn_blocking(move || match load() {
+        Ok((model, info)) => {
+            let key = if loader_state.config.api_key.is_some() {
+                " -H \"Authorization: Bearer $KEY\""
+            } else {
+                ""
+            };
+            eprintln!(
+                "verity: ready, serving {} (digest {})",
+                info.id, info.digest
+            );
+            eprintln!(
+                "verity: try  curl http://{local}/v1/chat/completions{key} -H 'Content-Type: application/json' \\\n        -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
+            );
+            loader_state.set_model(model, info);
+        }
+        Err(e) => {
+            // Nothing can be served without the model.
+            eprintln!("verity: error: {e:#}");
+            std::process::exit(1);
+        }
+    });
+
+    let app = router(state.clone());
+    let shutdown_state = state.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            eprintln!("verity: shutting down: finishing running requests, refusing new ones");
+            shutdown_state.drain();
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("server error: {e}"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,557 @@
+//! The scheduler: one thread owns the model and a fixed set of slots (a KV cache each),
+//! and runs continuous batching — at every step the decode tokens of all generating
+//! slots and chunks of waiting prompts go through the network in one forward pass;
+//! requests join and leave between steps.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+use verity_engine::{BatchItem, KvCache, Logits, Runner, Sampler, SamplingParams, TextStream};
+use verity_model::Model;
+
+use crate::json_mode::JsonPrefix;
+use crate::metrics::Metrics;
+
+/// Rows (tokens) per forward pass: decode tokens first, then prompt chunks fill the rest.
+const STEP_TOKENS: usize = 512;
+
+/// What a request asks the scheduler to do.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// Log-probabilities of generated tokens, with this many alternatives (0..=20).
+    pub logprobs: Option<usize>,
+    /// Log-probabilities of the prompt's own tokens too (legacy completions `echo`).
+    pub prompt_logprobs: bool,
+    /// Constrain the output to one JSON value.
+    pub json_mode: bool,
+}
+
+/// One token with its log-probability and the most likely alternatives.
+#[derive(Clone, Debug)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// Log-probabilities of prompt tokens 1.. (token 0 has none).
+    PromptLogprobs(Vec<TokenLogprob>),
+    /// A generated token and the text that became final with it (may be empty).
+    Token {
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    Done {
+        finish_reason: &'static str,
+        prompt_tokens: usize,
+        cached_tokens: usize,
+        completion_tokens: usize,
+    },
+    Error(String),
+}
+
+pub struct Job {
+    pub spec: JobSpec,
+    pub events: UnboundedSender<Event>,
+    pub submitted: Instant,
+}
+
+/// The handle request handlers use.
+#[derive(Clone)]
+pub struct Scheduler {
+    tx: Sender<Job>,
+    queued: Arc<AtomicUsize>,
+    max_queue: usize,
+    pub n_ctx: usize,
+    draining: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+pub enum SubmitError {
+    QueueFull,
+    ShuttingDown,
+}
+
+impl Scheduler {
+    /// Start the scheduler thread.
+    pub fn start(
+        model: Arc<Model>,
+        parallel: usize,
+        n_ctx: usize,
+        max_queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let draining = Arc::new(AtomicBool::new(false));
+        let q = queued.clone();
+        std::thread::Builder::new()
+            .name("verity-scheduler".into())
+            .spawn(move || Worker::new(model, parallel, n_ctx, rx, q, metrics).run())
+            .expect("spawn scheduler thread");
+        Scheduler {
+            tx,
+            queued,
+            max_queue,
+            n_ctx,
+            draining,
+        }
+    }
+
+    /// Queue a job; fails at once when the queue is full.
+    pub fn submit(&self, spec: JobSpec, events: UnboundedSender<Event>) -> Result<(), SubmitError> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull);
+        }
+        self.tx
+            .send(Job {
+                spec,
+                events,
+                submitted: Instant::now(),
+            })
+            .map_err(|_| SubmitError::ShuttingDown)
+    }
+
+    /// Jobs waiting for a slot.
+    pub fn queue_depth(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Refuse new jobs from now on (running ones continue).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A job running in a slot.
+struct Active {
+    job: Job,
+    sampler: Sampler,
+    /// Prompt tokens already in the cache.
+    done: usize,
+    cached: usize,
+    generated: Vec<u32>,
+    /// Sampled but not yet evaluated.
+    pending: Option<u32>,
+    text: TextStream<'static>,
+    json: Option<JsonPrefix>,
+    first_token_at: Option<Instant>,
+    /// Logits of the last evaluated position, for the next sample.
+    logits: Vec<f32>,
+    prompt_logprobs: Vec<TokenLogprob>,
+    /// Keeps the tokenizer that `text` borrows alive; declared last so it drops last.
+    _model: Arc<Model>,
+}
+
+/// A 'static view of the model's tokenizer for a job's `TextStream`.
+///
+/// SAFETY: the returned reference points into the `Model` behind `model`, which does not
+/// move while any `Arc` to it exists; every `Active` that holds such a reference also
+/// holds an `Arc` (`_model`), declared after the borrowing field so it is dropped later.
+fn static_tokenizer(model: &Arc<Model>) -> &'static verity_tokenizer::Tokenizer {
+    unsafe { &*(&model.tokenizer as *const verity_tokenizer::Tokenizer) }
+}
+
+enum Next {
+    Continue,
+    Finish(&'static str),
+}
+
+struct Slot {
+    cache: KvCache,
+    active: Option<Active>,
+}
+
+struct Worker {
+    model: Arc<Model>,
+    runner: Runner,
+    slots: Vec<Slot>,
+    rx: Receiver<Job>,
+    waiting: VecDeque<Job>,
+    queued: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    fn new(
+        model: Arc<Model>,
+        parallel: usize,
+        n_ctx: usize,
+        rx: Receiver<Job>,
+        queued: Arc<AtomicUsize>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let slots = (0..parallel.max(1))
+            .map(|_| Slot {
+                cache: KvCache::new(&model, n_ctx),
+                active: None,
+            })
+            .collect();
+        Worker {
+            runner: Runner::new(model.clone()),
+            model,
+            slots,
+            rx,
+            waiting: VecDeque::new(),
+            queued,
+            metrics,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            // Block for work only when idle.
+            let idle = self.slots.iter().all(|s| s.active.is_none()) && self.waiting.is_empty();
+            if idle {
+                match self.rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            while let Ok(job) = self.rx.try_recv() {
+                self.waiting.push_back(job);
+            }
+            self.admit();
+            self.step();
+            self.metrics.active_slots.store(
+                self.slots.iter().filter(|s| s.active.is_some()).count(),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Move waiting jobs into free slots, choosing the slot whose cache shares the longest
+    /// prefix with the prompt.
+    fn admit(&mut self) {
+        while let Some(job) = self.waiting.front() {
+            if job.events.is_closed() {
+                self.waiting.pop_front();
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            let best = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.active.is_none())
+                .max_by_key(|(_, s)| s.cache.common_prefix(&job.spec.prompt));
+            let Some((i, _)) = best else { return };
+            let job = self.waiting.pop_front().expect("front exists");
+            let prompt = &job.spec.prompt;
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            let slot = &mut self.slots[i];
+            // Keep at least the last prompt token to recompute: its logits start generation.
+            // Prompt log-probabilities need every position's logits, so nothing is reused.
+            let reuse = if job.spec.prompt_logprobs {
+                0
+            } else {
+                slot.cache.common_prefix(prompt).min(prompt.len() - 1)
+            };
+            slot.cache.truncate(reuse);
+            self.metrics
+                .prompt_tokens
+                .fetch_add(prompt.len() as u64, Ordering::Relaxed);
+            self.metrics
+                .cached_tokens
+                .fetch_add(reuse as u64, Ordering::Relaxed);
+            slot.active = Some(Active {
+                sampler: Sampler::new(job.spec.sampling.clone()),
+                done: reuse,
+                cached: reuse,
+                generated: Vec::new(),
+                pending: None,
+                text: TextStream::new(static_tokenizer(&self.model), job.spec.stop.clone()),
+                json: job.spec.json_mode.then(JsonPrefix::default),
+                first_token_at: None,
+                logits: Vec::new(),
+                prompt_logprobs: Vec::new(),
+                _model: self.model.clone(),
+                job,
+            });
+        }
+    }
+
+    fn step(&mut self) {
+        // Plan: which slot contributes which tokens.
+        let mut plan: Vec<(usize, Vec<u32>, Logits)> = Vec::new();
+        let mut budget = STEP_TOKENS;
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(a) = &slot.active {
+                if let Some(tok) = a.pending {
+                    plan.push((i, vec![tok], Logits::Last));
+                    budget -= 1;
+                }
+            }
+        }
+        for (i, slot) in self.slots.iter().enumerate() {
+            if budget == 0 {
+                break;
+            }
+            if let Some(a) = &slot.active {
+                if a.pending.is_none() && a.done < a.job.spec.prompt.len() {
+                    let end = (a.done + budget).min(a.job.spec.prompt.len());
+                    let chunk = a.job.spec.prompt[a.done..end].to_vec();
+                    let last = end == a.job.spec.prompt.len();
+                    let logits = if a.job.spec.prompt_logprobs {
+                        Logits::All
+                    } else if last {
+                        Logits::Last
+                    } else {
+                        Logits::None
+                    };
+                    budget -= chunk.len();
+                    plan.push((i, chunk, logits));
+                }
+            }
+        }
+        if plan.is_empty() {
+            return;
+        }
+
+        // One forward pass over all of it.
+        let n_vocab = self.model.hparams.n_vocab;
+        let result = {
+            let mut caches: Vec<Option<&mut KvCache>> =
+                self.slots.iter_mut().map(|s| Some(&mut s.cache)).collect();
+            let mut items: Vec<BatchItem> = plan
+                .iter()
+                .map(|(i, toks, logits)| BatchItem {
+                    cache: caches[*i].take().expect("one item per slot"),
+                    tokens: toks,
+                    logits: *logits,
+                })
+                .collect();
+            self.runner.forward(&mut items).map(|l| l.to_vec())
+        };
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                for (i, _, _) in &plan {
+                    self.finish(*i, None, Some(e.to_string()));
+                }
+                return;
+            }
+        };
+
+        // Hand each slot its rows.
+        let mut row = 0;
+        for (i, toks, mode) in plan {
+            let rows = match mode {
+                Logits::None => 0,
+                Logits::Last => 1,
+                Logits::All => toks.len(),
+            };
+            let mine = &logits[row * n_vocab..(row + rows) * n_vocab];
+            row += rows;
+            self.after_forward(i, &toks, mode, mine);
+        }
+    }
+
+    /// Update a slot after its tokens went through the network.
+    fn after_forward(&mut self, i: usize, toks: &[u32], mode: Logits, logits: &[f32]) {
+        let n_vocab = self.model.hparams.n_vocab;
+        let a = self.slots[i]
+            .active
+            .as_mut()
+            .expect("planned slots are active");
+        if a.job.events.is_closed() {
+            self.finish(i, Some("cancelled"), None);
+            return;
+        }
+        if a.pending.take().is_none() {
+            // A prompt chunk.
+            if mode == Logits::All {
+                let prompt = &a.job.spec.prompt;
+                let top_n = a.job.spec.logprobs.unwrap_or(0);
+                for (r, row) in logits.chunks_exact(n_vocab).enumerate() {
+                    let next = a.done + r + 1;
+                    if next < prompt.len() {
+                        a.prompt_logprobs
+                            .push(token_logprob(row, prompt[next], top_n));
+                    }
+                }
+            }
+            a.done += toks.len();
+            if a.done < a.job.spec.prompt.len() {
+                return;
+            }
+            if a.job.spec.prompt_logprobs {
+                let lp = std::mem::take(&mut a.prompt_logprobs);
+                let _ = a.job.events.send(Event::PromptLogprobs(lp));
+            }
+        }
+        a.logits.clear();
+        a.logits
+            .extend_from_slice(&logits[logits.len() - n_vocab..]);
+        if a.generated.len() >= a.job.spec.max_tokens {
+            self.finish(i, Some("length"), None);
+            return;
+        }
+        self.sample_next(i);
+    }
+
+    fn sample_next(&mut self, i: usize) {
+        let next = self.sample_into(i);
+        if let Next::Finish(reason) = next {
+            self.finish(i, Some(reason), None);
+        }
+    }
+
+    /// Sample the slot's next token and report it; says whether the job goes on.
+    fn sample_into(&mut self, i: usize) -> Next {
+        let tokenizer = &self.model.tokenizer;
+        let slot = &mut self.slots[i];
+        let cache_len = slot.cache.len();
+        let n_ctx = slot.cache.n_ctx();
+        let a = slot.active.as_mut().expect("active");
+        if let Some(json) = &a.json {
+            if json.is_complete() {
+                return Next::Finish("stop");
+            }
+            mask_for_json(&mut a.logits, json, tokenizer);
+        }
+        // Penalties look at recent tokens only.
+        let spec = &a.job.spec;
+        let want = a.sampler.params.repeat_last_n;
+        let from_prompt = want
+            .saturating_sub(a.generated.len())
+            .min(spec.prompt.len());
+        let mut recent: Vec<u32> = spec.prompt[spec.prompt.len() - from_prompt..].to_vec();
+        recent.extend_from_slice(&a.generated[a.generated.len().saturating_sub(want)..]);
+        let tok = a.sampler.sample(&a.logits, &recent);
+        let logprob = spec.logprobs.map(|n| token_logprob(&a.logits, tok, n));
+        if a.first_token_at.is_none() {
+            a.first_token_at = Some(Instant::now());
+            self.metrics.observe_ttft(a.job.submitted.elapsed());
+        }
+        if tokenizer.is_end_of_generation(tok) && a.json.as_ref().is_none_or(|j| j.is_complete()) {
+            return Next::Finish("stop");
+        }
+        a.generated.push(tok);
+        self.metrics
+            .generated_tokens
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(json) = &mut a.json {
+            json.push_str(&tokenizer.decode(&[tok], false).unwrap_or_default());
+        }
+        let (text, stopped) = a.text.push(tok);
+        if a.job.events.send(Event::Token { text, logprob }).is_err() {
+            return Next::Finish("cancelled");
+        }
+        if stopped {
+            Next::Finish("stop")
+        } else if a.generated.len() >= a.job.spec.max_tokens || cache_len + 1 >= n_ctx {
+            Next::Finish("length")
+        } else {
+            a.pending = Some(tok);
+            Next::Continue
+        }
+    }
+
+    /// End the slot's job: flush text, report, free the slot (its cache stays for reuse).
+    fn finish(&mut self, i: usize, reason: Option<&'static str>, error: Option<String>) {
+        let slot = &mut self.slots[i];
+        let Some(mut a) = slot.active.take() else {
+            return;
+        };
+        if let Some(e) = error {
+            let _ = a.job.events.send(Event::Error(e));
+            slot.cache.truncate(0);
+        } else {
+            let rest = a.text.finish();
+            if !rest.is_empty() {
+                let _ = a.job.events.send(Event::Token {
+                    text: rest,
+                    logprob: None,
+                });
+            }
+            let _ = a.job.events.send(Event::Done {
+                finish_reason: reason.unwrap_or("stop"),
+                prompt_tokens: a.job.spec.prompt.len(),
+                cached_tokens: a.cached,
+                completion_tokens: a.generated.len(),
+            });
+        }
+        self.metrics.requests_done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Log-probability of `token` under `logits`, and the `top_n` most likely tokens.
+pub fn token_logprob(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max
+        + logits
+            .iter()
+            .map(|&l| ((l - max) as f64).exp())
+            .sum::<f64>()
+            .ln() as f32;
+    let mut top: Vec<(u32, f32)> = Vec::new();
+    if top_n > 0 {
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = top_n.min(idx.len());
+        idx.select_nth_unstable_by(k - 1, |&a, &b| {
+            logits[b as usize].total_cmp(&logits[a as usize])
+        });
+        idx.truncate(k);
+        idx.sort_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
+        top = idx
+            .into_iter()
+            .map(|t| (t, logits[t as usize] - lse))
+            .collect();
+    }
+    TokenLogprob {
+        token,
+        logprob: logits[token as usize] - lse,
+        top,
+    }
+}
+
+/// Set to -inf the logits of tokens that cannot continue a valid JSON value. Checks
+/// tokens from the most likely down and stops after enough valid ones, so a step costs a
+/// few hundred token checks rather than the whole vocabulary.
+fn mask_for_json(logits: &mut [f32], json: &JsonPrefix, tokenizer: &verity_tokenizer::Tokenizer) {
+    const KEEP: usize = 40;
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    let mut allowed = Vec::with_capacity(KEEP);
+    for &t in &order {
+        if allowed.len() >= KEEP {
+            break;
+        }
+        if tokenizer.is_end_of_generation(t) {
+            if json.is_complete() {
+                allowed.push(t);
+            }
+            continue;
+        }
+        let piece = tokenizer.decode(&[t], false).unwrap_or_default();
+        if !piece.is_empty() && json.accepts(&piece) {
+            allowed.push(t);
+        }
+    }
+    let keep: std::collections::HashSet<u32> = allowed.into_iter().collect();
+    for (t, l) in logits.iter_mut().enumerate() {
+        if !keep.contains(&(t as u32)) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+}
