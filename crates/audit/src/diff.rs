@@ -127,7 +127,13 @@ fn compare(a: &ModelFile, ea: &Entry, b: &ModelFile, eb: &Entry) -> TensorDiff {
         *o = (y - x) as f32;
     }
     let finite = dot.is_finite() && na.is_finite() && nb.is_finite();
-    d.relative_norm = Some(if na > 0.0 { (nd / na).sqrt() } else if nd > 0.0 { f64::INFINITY } else { 0.0 });
+    d.relative_norm = Some(if na > 0.0 {
+        (nd / na).sqrt()
+    } else if nd > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    });
     d.cosine = Some(if na > 0.0 && nb > 0.0 && finite {
         dot / (na.sqrt() * nb.sqrt())
     } else if na == nb {
@@ -198,7 +204,10 @@ pub fn diff(path_a: &Path, path_b: &Path) -> anyhow::Result<Diff> {
             wsum += t.params as f64;
             wcos += t.params as f64 * c;
         }
-        if matches!(t.status, Status::Identical | Status::Equivalent | Status::Changed | Status::Uncompared) {
+        if matches!(
+            t.status,
+            Status::Identical | Status::Equivalent | Status::Changed | Status::Uncompared
+        ) {
             shared += t.params;
         }
     }
@@ -211,7 +220,11 @@ pub fn diff(path_a: &Path, path_b: &Path) -> anyhow::Result<Diff> {
         reshaped: count(|s| matches!(s, Status::Reshaped)),
         uncompared: count(|s| matches!(s, Status::Uncompared)),
         weighted_cosine: (wsum > 0.0).then(|| wcos / wsum),
-        shared_fraction: if total_a > 0 { shared as f64 / total_a as f64 } else { 0.0 },
+        shared_fraction: if total_a > 0 {
+            shared as f64 / total_a as f64
+        } else {
+            0.0
+        },
     };
     let (verdict, explanation) = verdict(&summary, &tensors);
     Ok(Diff {
@@ -240,7 +253,10 @@ fn verdict(s: &Summary, tensors: &[TensorDiff]) -> (&'static str, String) {
         };
     }
     let Some(cos) = s.weighted_cosine else {
-        return ("inconclusive", "no tensor could be compared by value".into());
+        return (
+            "inconclusive",
+            "no tensor could be compared by value".into(),
+        );
     };
     let shared = format!(
         "{:.0}% of A's parameters are in tensors B shares by name and shape",
@@ -253,9 +269,15 @@ fn verdict(s: &Summary, tensors: &[TensorDiff]) -> (&'static str, String) {
         );
     }
     if cos >= DERIVED_COSINE {
-        let changed: Vec<&TensorDiff> = tensors.iter().filter(|t| matches!(t.status, Status::Changed)).collect();
+        let changed: Vec<&TensorDiff> = tensors
+            .iter()
+            .filter(|t| matches!(t.status, Status::Changed))
+            .collect();
         let ranks: Vec<&RankInfo> = changed.iter().filter_map(|t| t.rank.as_ref()).collect();
-        let low_rank: Vec<&&RankInfo> = ranks.iter().filter(|r| r.spikes > 0 && r.spikes <= r.max_rank / 4).collect();
+        let low_rank: Vec<&&RankInfo> = ranks
+            .iter()
+            .filter(|r| r.spikes > 0 && r.spikes <= r.max_rank / 4)
+            .collect();
         let mut why = format!(
             "B derives from A: {} of {n} tensors identical, {} changed; parameter-weighted cosine similarity {cos:.4}; {shared}",
             s.identical + s.equivalent,
@@ -276,7 +298,8 @@ fn verdict(s: &Summary, tensors: &[TensorDiff]) -> (&'static str, String) {
                 rel.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
                 let med = rel.get(rel.len() / 2).copied().unwrap_or(0.0);
                 let types_differ = changed.iter().any(|t| t.type_a != t.type_b);
-                why += &format!("; the changes are full-rank (median relative difference {med:.3})");
+                why +=
+                    &format!("; the changes are full-rank (median relative difference {med:.3})");
                 if types_differ {
                     why += ", with different tensor types: consistent with requantization";
                 } else {

@@ -138,7 +138,10 @@ pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// The files of a model (relative names and full paths) in canonical order, and its name.
-pub fn list_files(path: &Path, opts: &HashOptions) -> anyhow::Result<(String, Vec<(String, PathBuf)>)> {
+pub fn list_files(
+    path: &Path,
+    opts: &HashOptions,
+) -> anyhow::Result<(String, Vec<(String, PathBuf)>)> {
     let meta = std::fs::symlink_metadata(path).with_context(|| path.display().to_string())?;
     let model_name = path
         .canonicalize()
@@ -288,7 +291,10 @@ mod tests {
 
     #[test]
     fn hex_round_trip() {
-        assert_eq!(decode_hex(&hex(&[0, 1, 0xab, 0xff])).unwrap(), [0, 1, 0xab, 0xff]);
+        assert_eq!(
+            decode_hex(&hex(&[0, 1, 0xab, 0xff])).unwrap(),
+            [0, 1, 0xab, 0xff]
+        );
         assert!(decode_hex("abc").is_none());
         assert!(decode_hex("zz").is_none());
     }

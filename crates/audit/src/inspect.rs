@@ -324,7 +324,15 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
                 Ok(h) => Some(h),
                 Err(e) => {
                     findings.push(Finding {
-                        severity: if architecture.as_deref().and_then(Arch::from_gguf_name).is_some() { Severity::Error } else { Severity::Warning },
+                        severity: if architecture
+                            .as_deref()
+                            .and_then(Arch::from_gguf_name)
+                            .is_some()
+                        {
+                            Severity::Error
+                        } else {
+                            Severity::Warning
+                        },
                         kind: "metadata",
                         message: format!("hyperparameters: {e}"),
                         tensor: None,
@@ -339,13 +347,23 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
         (None, Some(h)) => {
             format = "safetensors".to_string();
             format_version = None;
-            architecture = h.config.get("model_type").and_then(Json::as_str).map(str::to_string);
+            architecture = h
+                .config
+                .get("model_type")
+                .and_then(Json::as_str)
+                .map(str::to_string);
             if let Some(o) = h.config.as_object() {
                 for (k, v) in o {
                     hyperparameters.insert(k.clone(), v.clone());
                 }
             }
-            for k in ["architectures", "model_type", "torch_dtype", "transformers_version", "_name_or_path"] {
+            for k in [
+                "architectures",
+                "model_type",
+                "torch_dtype",
+                "transformers_version",
+                "_name_or_path",
+            ] {
                 if let Some(v) = h.config.get(k) {
                     provenance.insert(format!("config.{k}"), v.clone());
                 }
@@ -364,7 +382,10 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
                 }
             };
             let tc = h.tokenizer_config.clone().unwrap_or(Json::Null);
-            chat_template = tc.get("chat_template").and_then(Json::as_str).map(str::to_string);
+            chat_template = tc
+                .get("chat_template")
+                .and_then(Json::as_str)
+                .map(str::to_string);
             tokenizer = json!({
                 "source": if h.tokenizer_json().is_some() { "tokenizer.json" } else { "none" },
                 "bos_token": tc.get("bos_token"),
@@ -372,7 +393,10 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
                 "tokenizer_class": tc.get("tokenizer_class"),
             });
             if let Some(dt) = h.config.get("torch_dtype").and_then(Json::as_str) {
-                let main = types.first().map(|t| t.ty.to_lowercase()).unwrap_or_default();
+                let main = types
+                    .first()
+                    .map(|t| t.ty.to_lowercase())
+                    .unwrap_or_default();
                 let want = match dt {
                     "float32" => "f32",
                     "float16" => "f16",
@@ -383,7 +407,10 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
                     findings.push(Finding {
                         severity: Severity::Info,
                         kind: "metadata",
-                        message: format!("config.json says torch_dtype {dt}, most weights are {}", main.to_uppercase()),
+                        message: format!(
+                            "config.json says torch_dtype {dt}, most weights are {}",
+                            main.to_uppercase()
+                        ),
                         tensor: None,
                     });
                 }
@@ -418,7 +445,10 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
             total_bytes: total_bytes + kv,
         }
     });
-    let chat_template_kind = chat_template.as_deref().and_then(template_kind).map(str::to_string);
+    let chat_template_kind = chat_template
+        .as_deref()
+        .and_then(template_kind)
+        .map(str::to_string);
     findings.sort_by(|a, b| b.severity.cmp(&a.severity));
 
     Ok(Report {
@@ -443,12 +473,18 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
     })
 }
 
-fn gguf_tokenizer(g: &verity_formats::gguf::Gguf, findings: &mut Vec<Finding>, mf: &ModelFile) -> Json {
+fn gguf_tokenizer(
+    g: &verity_formats::gguf::Gguf,
+    findings: &mut Vec<Finding>,
+    mf: &ModelFile,
+) -> Json {
     let tokens = g.get_array("tokenizer.ggml.tokens");
     let n = tokens.map_or(0, |t| t.len());
     let text = |id: Option<u64>| -> Json {
         match id {
-            Some(i) => json!({"id": i, "text": tokens.and_then(|t| t.get(i as usize)).and_then(Value::as_str)}),
+            Some(i) => {
+                json!({"id": i, "text": tokens.and_then(|t| t.get(i as usize)).and_then(Value::as_str)})
+            }
             None => Json::Null,
         }
     };
@@ -456,7 +492,9 @@ fn gguf_tokenizer(g: &verity_formats::gguf::Gguf, findings: &mut Vec<Finding>, m
         .get_array("tokenizer.ggml.token_type")
         .map_or(0, |t| t.iter().filter(|v| v.as_i64() == Some(3)).count());
     let mut special = serde_json::Map::new();
-    for k in ["bos", "eos", "eot", "eom", "unknown", "padding", "sep", "cls", "mask"] {
+    for k in [
+        "bos", "eos", "eot", "eom", "unknown", "padding", "sep", "cls", "mask",
+    ] {
         let key = format!("tokenizer.ggml.{k}_token_id");
         if let Some(id) = g.get_u64(&key) {
             if id as usize >= n {
@@ -476,7 +514,9 @@ fn gguf_tokenizer(g: &verity_formats::gguf::Gguf, findings: &mut Vec<Finding>, m
             findings.push(Finding {
                 severity: Severity::Error,
                 kind: "metadata",
-                message: format!("the tokenizer has {n} tokens but token_embd.weight has only {rows} rows"),
+                message: format!(
+                    "the tokenizer has {n} tokens but token_embd.weight has only {rows} rows"
+                ),
                 tensor: Some(e.name.clone()),
             });
         }
@@ -511,7 +551,12 @@ fn file_type_main(ft: u64) -> Option<&'static [&'static str]> {
     })
 }
 
-fn gguf_metadata_checks(g: &verity_formats::gguf::Gguf, mf: &ModelFile, total: u64, findings: &mut Vec<Finding>) {
+fn gguf_metadata_checks(
+    g: &verity_formats::gguf::Gguf,
+    mf: &ModelFile,
+    total: u64,
+    findings: &mut Vec<Finding>,
+) {
     if let Some(ft) = g.get_u64("general.file_type") {
         if let Some(want) = file_type_main(ft) {
             let present = mf
@@ -523,7 +568,10 @@ fn gguf_metadata_checks(g: &verity_formats::gguf::Gguf, mf: &ModelFile, total: u
                 findings.push(Finding {
                     severity: Severity::Warning,
                     kind: "metadata",
-                    message: format!("general.file_type {ft} says {} weights, but no matrix has that type", want[0]),
+                    message: format!(
+                        "general.file_type {ft} says {} weights, but no matrix has that type",
+                        want[0]
+                    ),
                     tensor: None,
                 });
             }
@@ -559,7 +607,10 @@ fn parse_size_label(s: &str) -> Option<f64> {
         "T" | "t" => 1e12,
         _ => return None,
     };
-    num.parse::<f64>().ok().filter(|v| *v > 0.0).map(|v| v * mult)
+    num.parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0)
+        .map(|v| v * mult)
 }
 
 /// 134515008 -> "134.5M".
@@ -599,7 +650,11 @@ fn expected(hp: &HParams, gguf_names: bool) -> Vec<(String, Vec<usize>, bool)> {
         }
     };
     let mut v = vec![
-        (g(GlobalTensor::TokenEmbedding), vec![hp.n_embd, hp.n_vocab], true),
+        (
+            g(GlobalTensor::TokenEmbedding),
+            vec![hp.n_embd, hp.n_vocab],
+            true,
+        ),
         (g(GlobalTensor::OutputNorm), vec![hp.n_embd], true),
         (g(GlobalTensor::Output), vec![hp.n_embd, hp.n_vocab], false),
     ];
@@ -611,7 +666,11 @@ fn expected(hp: &HParams, gguf_names: bool) -> Vec<(String, Vec<usize>, bool)> {
             if !t.present_in(hp.arch) {
                 continue;
             }
-            let name = if gguf_names { t.gguf_name(l) } else { t.hf_name(l) };
+            let name = if gguf_names {
+                t.gguf_name(l)
+            } else {
+                t.hf_name(l)
+            };
             let (r, c) = t.shape(hp);
             let shape = if r == 1 { vec![c] } else { vec![c, r] };
             v.push((name, shape, true));
@@ -671,11 +730,15 @@ fn check_tensors(mf: &ModelFile, hp: &HParams, findings: &mut Vec<Finding>) {
 /// Fields of a Hugging Face model card's YAML front matter (simple `key: value` and lists).
 fn model_card(dir: &Path, out: &mut BTreeMap<String, Json>) {
     let p = dir.join("README.md");
-    let Ok(meta) = std::fs::metadata(&p) else { return };
+    let Ok(meta) = std::fs::metadata(&p) else {
+        return;
+    };
     if meta.len() > 4 << 20 {
         return;
     }
-    let Ok(text) = std::fs::read_to_string(&p) else { return };
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return;
+    };
     let mut lines = text.lines();
     if lines.next().map(str::trim) != Some("---") {
         return;
@@ -697,7 +760,18 @@ fn model_card(dir: &Path, out: &mut BTreeMap<String, Json>) {
                 continue;
             }
             let (k, v) = (k.trim().to_string(), v.trim());
-            if matches!(k.as_str(), "license" | "base_model" | "datasets" | "language" | "library_name" | "pipeline_tag" | "tags" | "license_name" | "model_creator") {
+            if matches!(
+                k.as_str(),
+                "license"
+                    | "base_model"
+                    | "datasets"
+                    | "language"
+                    | "library_name"
+                    | "pipeline_tag"
+                    | "tags"
+                    | "license_name"
+                    | "model_creator"
+            ) {
                 if !v.is_empty() {
                     out.insert(format!("card.{k}"), json!(v));
                 }

@@ -10,7 +10,9 @@ use anyhow::{anyhow, bail, Context as _};
 use base64::Engine as _;
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::ecdsa::{DerSignature, Signature, SigningKey, VerifyingKey};
-use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use p256::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
@@ -41,7 +43,9 @@ fn public_pem(key: &VerifyingKey) -> anyhow::Result<String> {
 
 /// The key hint `model-signing` records: hex SHA-256 of the public key's PEM text.
 pub fn key_hint(key: &VerifyingKey) -> anyhow::Result<String> {
-    Ok(crate::hash::hex(&Sha256::digest(public_pem(key)?.as_bytes())))
+    Ok(crate::hash::hex(&Sha256::digest(
+        public_pem(key)?.as_bytes(),
+    )))
 }
 
 /// Read a P-256 private key: PKCS#8 ("PRIVATE KEY") or SEC1 ("EC PRIVATE KEY") PEM.
@@ -168,7 +172,12 @@ pub fn signature_ignore_path(model: &Path, sig: &Path) -> Option<String> {
 }
 
 /// Hash and sign a model; returns the manifest and the bundle JSON.
-pub fn sign_model(model: &Path, key: &SigningKey, sig_path: &Path, progress: &(dyn Fn(u64) + Sync)) -> anyhow::Result<(Manifest, String)> {
+pub fn sign_model(
+    model: &Path,
+    key: &SigningKey,
+    sig_path: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<(Manifest, String)> {
     let mut opts = HashOptions::default();
     if let Some(rel) = signature_ignore_path(model, sig_path) {
         opts.ignore_paths.push(rel);
@@ -188,7 +197,8 @@ pub struct Verified {
 
 /// Check a bundle's signature with `key` and return the manifest it signs.
 pub fn open_bundle(bundle_json: &[u8], key: &VerifyingKey) -> anyhow::Result<Manifest> {
-    let b: Value = serde_json::from_slice(bundle_json).map_err(|e| anyhow!("not a signature bundle (JSON: {e})"))?;
+    let b: Value = serde_json::from_slice(bundle_json)
+        .map_err(|e| anyhow!("not a signature bundle (JSON: {e})"))?;
     let media = b.get("mediaType").and_then(Value::as_str).unwrap_or("");
     if media != BUNDLE_MEDIA_TYPE {
         bail!("not an OMS v1.0 signature: bundle media type {media:?}, expected {BUNDLE_MEDIA_TYPE:?}");
@@ -201,9 +211,9 @@ pub fn open_bundle(bundle_json: &[u8], key: &VerifyingKey) -> anyhow::Result<Man
             bail!("the signature was made with a different key (key hint {hint} does not match the given public key)");
         }
     }
-    let env = b
-        .get("dsseEnvelope")
-        .ok_or_else(|| anyhow!("the bundle holds no DSSE envelope (only key-based signatures are supported)"))?;
+    let env = b.get("dsseEnvelope").ok_or_else(|| {
+        anyhow!("the bundle holds no DSSE envelope (only key-based signatures are supported)")
+    })?;
     let ptype = env.get("payloadType").and_then(Value::as_str).unwrap_or("");
     let b64 = base64::engine::general_purpose::STANDARD;
     let payload = b64
@@ -240,7 +250,8 @@ pub fn open_bundle(bundle_json: &[u8], key: &VerifyingKey) -> anyhow::Result<Man
 
 /// The manifest an (already authenticated) in-toto statement describes.
 pub fn parse_statement(payload: &[u8]) -> anyhow::Result<Manifest> {
-    let s: Value = serde_json::from_slice(payload).map_err(|e| anyhow!("the signed statement is not JSON: {e}"))?;
+    let s: Value = serde_json::from_slice(payload)
+        .map_err(|e| anyhow!("the signed statement is not JSON: {e}"))?;
     let t = s.get("_type").and_then(Value::as_str).unwrap_or("");
     if t != STATEMENT_TYPE {
         bail!("the signed payload is not an in-toto v1 statement ({t:?})");
@@ -249,17 +260,32 @@ pub fn parse_statement(payload: &[u8]) -> anyhow::Result<Manifest> {
     if pt != PREDICATE_TYPE {
         bail!("unsupported predicate type {pt:?} (verity reads {PREDICATE_TYPE})");
     }
-    let subjects = s.get("subject").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+    let subjects = s
+        .get("subject")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     let [subject] = subjects else {
-        bail!("the statement must have exactly one subject, has {}", subjects.len());
+        bail!(
+            "the statement must have exactly one subject, has {}",
+            subjects.len()
+        );
     };
-    let model_name = subject.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    let model_name = subject
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let root = subject
         .pointer("/digest/sha256")
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("the statement's subject has no sha256 digest"))?;
-    let pred = s.get("predicate").ok_or_else(|| anyhow!("the statement has no predicate"))?;
-    let ser = pred.get("serialization").ok_or_else(|| anyhow!("the predicate has no serialization"))?;
+    let pred = s
+        .get("predicate")
+        .ok_or_else(|| anyhow!("the statement has no predicate"))?;
+    let ser = pred
+        .get("serialization")
+        .ok_or_else(|| anyhow!("the predicate has no serialization"))?;
     let method = ser.get("method").and_then(Value::as_str).unwrap_or("");
     let hash_type = ser.get("hash_type").and_then(Value::as_str).unwrap_or("");
     if method != "files" || hash_type != "sha256" {
@@ -268,7 +294,11 @@ pub fn parse_statement(payload: &[u8]) -> anyhow::Result<Manifest> {
     let ignore_paths: Vec<String> = ser
         .get("ignore_paths")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let resources = pred
         .get("resources")
@@ -334,8 +364,16 @@ impl std::fmt::Display for Mismatch {
 
 pub fn compare(signed: &Manifest, actual: &Manifest) -> Mismatch {
     use std::collections::BTreeMap;
-    let s: BTreeMap<&str, &str> = signed.files.iter().map(|f| (f.name.as_str(), f.sha256.as_str())).collect();
-    let a: BTreeMap<&str, &str> = actual.files.iter().map(|f| (f.name.as_str(), f.sha256.as_str())).collect();
+    let s: BTreeMap<&str, &str> = signed
+        .files
+        .iter()
+        .map(|f| (f.name.as_str(), f.sha256.as_str()))
+        .collect();
+    let a: BTreeMap<&str, &str> = actual
+        .files
+        .iter()
+        .map(|f| (f.name.as_str(), f.sha256.as_str()))
+        .collect();
     let mut m = Mismatch::default();
     for (name, d) in &s {
         match a.get(name) {
@@ -344,7 +382,11 @@ pub fn compare(signed: &Manifest, actual: &Manifest) -> Mismatch {
             _ => {}
         }
     }
-    m.extra = a.keys().filter(|n| !s.contains_key(*n)).map(|n| n.to_string()).collect();
+    m.extra = a
+        .keys()
+        .filter(|n| !s.contains_key(*n))
+        .map(|n| n.to_string())
+        .collect();
     m
 }
 
@@ -367,7 +409,10 @@ pub fn verify_model(
     let actual = hash_model(model, &opts, progress)?;
     let mm = compare(&signed, &actual);
     if !mm.is_empty() {
-        bail!("{}: the model does not match its signature: {mm}", model.display());
+        bail!(
+            "{}: the model does not match its signature: {mm}",
+            model.display()
+        );
     }
     Ok(Verified {
         model_name: signed.model_name.clone(),

@@ -54,14 +54,22 @@ fn print_diff(d: &Diff, all: bool) {
             Status::Identical if !all => continue,
             Status::Identical => format!("  identical   {name}"),
             Status::Equivalent => format!("  same values {name} ({types})"),
-            Status::Added => format!("  added       {name} {:?} {types}", t.shape_b.clone().unwrap_or_default()),
-            Status::Removed => format!("  removed     {name} {:?} {types}", t.shape_a.clone().unwrap_or_default()),
+            Status::Added => format!(
+                "  added       {name} {:?} {types}",
+                t.shape_b.clone().unwrap_or_default()
+            ),
+            Status::Removed => format!(
+                "  removed     {name} {:?} {types}",
+                t.shape_a.clone().unwrap_or_default()
+            ),
             Status::Reshaped => format!(
                 "  reshaped    {name} {:?} -> {:?}",
                 t.shape_a.clone().unwrap_or_default(),
                 t.shape_b.clone().unwrap_or_default()
             ),
-            Status::Uncompared => format!("  differs     {name} (type {types} cannot be decoded; bytes differ)"),
+            Status::Uncompared => {
+                format!("  differs     {name} (type {types} cannot be decoded; bytes differ)")
+            }
             Status::Changed => {
                 let mut s = format!(
                     "  changed     {name:<32} {types:<10} rel.norm {:.4}  cosine {:.5}",

@@ -78,7 +78,11 @@ fn print_manifest(m: &Manifest, json: bool, secs: f64) -> anyhow::Result<()> {
     for f in &m.files {
         println!("{}  {}", f.sha256, verity_formats::printable(&f.name));
     }
-    println!("root {}  {}", m.root_digest(), verity_formats::printable(&m.model_name));
+    println!(
+        "root {}  {}",
+        m.root_digest(),
+        verity_formats::printable(&m.model_name)
+    );
     let mb = m.total_bytes() as f64 / 1e6;
     eprintln!(
         "{} file{}, {:.1} MB in {:.2} s ({:.0} MB/s)",

@@ -123,7 +123,9 @@ fn print_report(r: &Report, tensors: bool) {
         Some(t) => {
             println!(
                 "  chat template    {} ({} bytes)",
-                r.chat_template_kind.as_deref().unwrap_or("unrecognised family"),
+                r.chat_template_kind
+                    .as_deref()
+                    .unwrap_or("unrecognised family"),
                 t.len()
             );
             for line in t.lines().take(40) {

@@ -104,7 +104,8 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
         o.mode(0o600);
     }
     let mut f = o.open(path).with_context(|| path.display().to_string())?;
-    f.write_all(bytes).with_context(|| path.display().to_string())
+    f.write_all(bytes)
+        .with_context(|| path.display().to_string())
 }
 
 pub fn sign(args: SignArgs) -> anyhow::Result<()> {
