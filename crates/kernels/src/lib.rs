@@ -47,6 +47,8 @@ mod scalar;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod gemm;
 
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -369,6 +371,10 @@ fn activation_quantizer(ty: TensorType) -> Result<QuantFn, String> {
 /// Weight rows per cache block: a block is read once for all batch rows.
 const ROW_BLOCK: usize = 16;
 
+/// Smallest batch for the repacking AVX-512 VNNI matrix-matrix kernel.
+#[cfg(target_arch = "x86_64")]
+const GEMM_MIN_BATCH: usize = 4;
+
 /// `y[b * w.rows + r] = sum_k W[r][k] * x[b * w.cols + k]` for `b in 0..batch`,
 /// `r in 0..w.rows`.
 ///
@@ -443,6 +449,26 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
                     *yv = dot(wrow(r0 + i), &act, cols);
                 }
             });
+        return;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    if level == SimdLevel::Avx512
+        && batch >= GEMM_MIN_BATCH
+        && gemm::supported(w.ty)
+        && gemm::available()
+        && rows >= gemm::PR
+    {
+        // SAFETY: `available()` checked the CPU features.
+        unsafe {
+            gemm::matmul_panels(w.ty, w.data, wrb, rows, cols, &act, arb, batch, y);
+        }
+        let done = rows / gemm::PR * gemm::PR;
+        for (b, a) in act.chunks_exact(arb).enumerate() {
+            for r in done..rows {
+                y[b * rows + r] = dot(wrow(r), a, cols);
+            }
+        }
         return;
     }
 

@@ -49,6 +49,20 @@ fn min_max(x: &[f32]) -> (f32, f32) {
 
 // ---------------------------------------------------------------- activation quantizers
 
+/// Round to nearest, ties to even, for |x| <= 2^22 — what `round_ties_even` does, without
+/// the libm call (`rintf`) that baseline x86_64 code makes for it: adding and subtracting
+/// 1.5 * 2^23 leaves exactly the integer part rounded by the FPU's default mode. Larger
+/// magnitudes (and NaN) go through `round_ties_even`.
+#[inline(always)]
+pub(crate) fn round_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    if x.abs() <= 4_194_304.0 {
+        (x + MAGIC) - MAGIC
+    } else {
+        x.round_ties_even()
+    }
+}
+
 /// Q8_0 activation block, as ggml-cpu's x86 `quantize_row_q8_0`.
 pub fn act_q8_0(x: &[f32], out: &mut [u8]) {
     debug_assert_eq!(x.len() % QK, 0);
@@ -58,7 +72,7 @@ pub fn act_q8_0(x: &[f32], out: &mut [u8]) {
         let id = if m != 0.0 { 127.0 / m } else { 0.0 };
         ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
         for (o, &v) in ob[2..].iter_mut().zip(xb) {
-            *o = ((v * id).round_ties_even() as i32).clamp(-128, 127) as i8 as u8;
+            *o = (round_even(v * id) as i32).clamp(-128, 127) as i8 as u8;
         }
     }
 }
@@ -72,7 +86,7 @@ pub fn act_q8_1(x: &[f32], out: &mut [u8]) {
         let id = if m != 0.0 { 127.0 / m } else { 0.0 };
         let mut sum = 0i32;
         for (o, &v) in ob[4..].iter_mut().zip(xb) {
-            let q = ((v * id).round_ties_even() as i32).clamp(-128, 127);
+            let q = (round_even(v * id) as i32).clamp(-128, 127);
             sum += q;
             *o = q as i8 as u8;
         }
@@ -97,7 +111,7 @@ pub fn q8_k(x: &[f32], out: &mut [u8]) {
         let mut q = [0i8; QK_K];
         for (qv, &v) in q.iter_mut().zip(xb) {
             // ggml's nearest_int: round half to even for |v| < 2^22.
-            *qv = ((iscale * v).round_ties_even() as i32).clamp(-128, 127) as i8;
+            *qv = (round_even(iscale * v) as i32).clamp(-128, 127) as i8;
         }
         ob[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
         for (o, &v) in ob[Q8_K_QS..Q8_K_BSUMS].iter_mut().zip(&q) {

@@ -593,3 +593,36 @@ fn bench_matmul() {
         }
     }
 }
+
+#[test]
+fn batched_matmul_matches_scalar_bit_for_bit() {
+    // Batches big enough for the tiled matrix-matrix kernel (whole 16-row panels, a
+    // remainder of rows, and batch sizes that leave a remainder of activation rows).
+    let mut rng = Rng(2024);
+    for ty in WEIGHT_TYPES {
+        let cols = if ty.block_size() == 1 { 96 } else { 512 };
+        for (rows, batch) in [(70, 13), (32, 4), (48, 9)] {
+            let data = random_weights(&mut rng, ty, rows, cols);
+            let w = WeightView {
+                ty,
+                rows,
+                cols,
+                data: &data,
+            };
+            let x: Vec<f32> = (0..batch * cols).map(|_| rng.act()).collect();
+            let mut want = vec![0f32; batch * rows];
+            matmul_with(SimdLevel::Scalar, &w, &x, batch, &mut want);
+            for level in simd_levels() {
+                let mut got = vec![0f32; batch * rows];
+                matmul_with(level, &w, &x, batch, &mut got);
+                for i in 0..batch * rows {
+                    assert_eq!(
+                        want[i].to_bits(),
+                        got[i].to_bits(),
+                        "{ty} {level:?} rows {rows} batch {batch} index {i}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! Matrix-matrix product for batches (prompt processing) with AVX-512 VNNI.
+//!
+//! Weights are repacked, one panel of 16 rows at a time, into unsigned bytes laid out
+//! `[k / 4][row][k % 4]`, so that one `vpdpbusd` with a broadcast of 4 activation bytes
+//! advances 16 rows' exact integer dot products at once, with no horizontal reduction.
+//! A panel is unpacked once per call and reused for every activation row of the batch.
+//!
+//! The numerics are those of the scalar dot products, bit for bit: each (sub-)block's
+//! integer sum is exact (integer arithmetic in any order), the block's float term is
+//! computed with the same operations in the same order, and block terms go to the same
+//! four accumulators (`Acc4`: block `ib` to lane `ib % 4`, result `(a0 + a1) + (a2 + a3)`),
+//! here one 16-row vector per lane. So a row's result does not depend on the batch size or
+//! on which path computed it.
+
+use crate::blocks::*;
+use crate::TensorType;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+/// Rows per panel (one zmm of i32 / f32 lanes).
+pub const PR: usize = 16;
+/// Activation rows processed together against one panel.
+const C: usize = 4;
+
+/// Whether the CPU has what this module needs.
+pub fn available() -> bool {
+    use std::sync::OnceLock;
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
+    })
+}
+
+/// Weight types this module handles.
+pub fn supported(ty: TensorType) -> bool {
+    use TensorType::*;
+    matches!(ty, Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q5_K | Q6_K)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// 32-element blocks; `off` is subtracted from the unsigned quants (times sum(y)),
+    /// `min` adds `m * s` (Q4_1 / Q5_1 against Q8_1).
+    B32 { off: i32, min: bool },
+    /// Q4_K / Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins.
+    K4,
+    /// Q6_K: 16 groups of 16 with i8 scales; quants stored + 32.
+    K6,
+}
+
+fn kind(ty: TensorType) -> Kind {
+    use TensorType::*;
+    match ty {
+        Q8_0 => Kind::B32 {
+            off: 128,
+            min: false,
+        },
+        Q4_0 => Kind::B32 { off: 8, min: false },
+        Q5_0 => Kind::B32 {
+            off: 16,
+            min: false,
+        },
+        Q4_1 | Q5_1 => Kind::B32 { off: 0, min: true },
+        Q4_K | Q5_K => Kind::K4,
+        Q6_K => Kind::K6,
+        _ => unreachable!("gemm: unsupported type {ty}"),
+    }
+}
+
+/// One panel of up to 16 weight rows, unpacked.
+#[derive(Default)]
+struct Panel {
+    /// `[k / 4][16][4]` unsigned quants.
+    q: Vec<u8>,
+    /// Per block, 16 rows: the block scale `d` (f16 widened).
+    d: Vec<f32>,
+    /// Per block, 16 rows: the min `m` (B32 with min) or `dmin` (K4).
+    m: Vec<f32>,
+    /// K-quants, per block, per sub-block, 16 rows: integer scales.
+    sc: Vec<i32>,
+    /// K4: per block, per sub-block, 16 rows: integer mins.
+    mn: Vec<i32>,
+    /// K6: per block, per pair of groups, 16 rows: the two i8 scales as i16 pairs.
+    sc_pairs: Vec<i32>,
+}
+
+/// Per activation row, per block: what the float terms need.
+struct Act<'a> {
+    /// The quantized activations, `arb` bytes per row.
+    q: &'a [u8],
+    arb: usize,
+    /// Byte offset of the quants in a block, and block size in bytes / elements.
+    qoff: usize,
+    bbytes: usize,
+    belems: usize,
+    /// `[row][block]`: activation scale.
+    d: Vec<f32>,
+    /// `[row][block]`: B32 min term `s` (Q8_1).
+    s: Vec<f32>,
+    /// `[row][block]`: B32 offset correction `off * sum(y)`.
+    offsum: Vec<i32>,
+    /// K4: `[row][block][8]` sums of pairs of bsums; K6: `[row][block][8]` bsum pairs packed
+    /// as i16x2.
+    bs: Vec<i32>,
+}
+
+thread_local! {
+    static PANEL: RefCell<Panel> = RefCell::new(Panel::default());
+}
+
+/// `y[b * rows + r]` for the rows `0..rows / 16 * 16` (whole panels); the caller does the
+/// rest. `act` holds `batch` activation rows quantized to the vec-dot type, `arb` bytes each.
+///
+/// # Safety
+/// [`available`] must be true.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn matmul_panels(
+    ty: TensorType,
+    w: &[u8],
+    wrb: usize,
+    rows: usize,
+    cols: usize,
+    act: &[u8],
+    arb: usize,
+    batch: usize,
+    y: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let kind = kind(ty);
+    let a = prepare_act(kind, act, arb, batch, cols);
+    let npanels = rows / PR;
+    let yp = SyncPtr(y.as_mut_ptr());
+    let threads = rayon::current_num_threads().max(1);
+    // A few tasks per thread; each takes consecutive panels.
+    let per_task = npanels.div_ceil(threads * 2).max(1);
+    (0..npanels.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|t| {
+            let yp = &yp;
+            PANEL.with(|cell| {
+                let p = &mut *cell.borrow_mut();
+                for pi in t * per_task..((t + 1) * per_task).min(npanels) {
+                    let r0 = pi * PR;
+                    unpack_panel(ty, kind, &w[r0 * wrb..(r0 + PR) * wrb], wrb, cols, p);
+                    // SAFETY: each task writes only its own rows r0..r0+16 of every
+                    // batch row, and those ranges are disjoint between tasks.
+                    let mut b = 0;
+                    while b + C <= batch {
+                        run::<C>(kind, p, &a, b, cols, yp.0, rows, r0);
+                        b += C;
+                    }
+                    while b < batch {
+                        run::<1>(kind, p, &a, b, cols, yp.0, rows, r0);
+                        b += 1;
+                    }
+                }
+            });
+        });
+}
+
+struct SyncPtr(*mut f32);
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+
+fn prepare_act<'a>(kind: Kind, q: &'a [u8], arb: usize, batch: usize, cols: usize) -> Act<'a> {
+    let (qoff, bbytes, belems) = match kind {
+        Kind::B32 { min: false, .. } => (2, Q8_0_BYTES, QK),
+        Kind::B32 { min: true, .. } => (4, Q8_1_BYTES, QK),
+        Kind::K4 | Kind::K6 => (Q8_K_QS, Q8_K_BYTES, QK_K),
+    };
+    let nb = cols / belems;
+    let mut a = Act {
+        q,
+        arb,
+        qoff,
+        bbytes,
+        belems,
+        d: Vec::with_capacity(batch * nb),
+        s: Vec::new(),
+        offsum: Vec::new(),
+        bs: Vec::new(),
+    };
+    for b in 0..batch {
+        let row = &q[b * arb..(b + 1) * arb];
+        for ib in 0..nb {
+            let blk = &row[ib * bbytes..(ib + 1) * bbytes];
+            match kind {
+                Kind::B32 { off, min } => {
+                    a.d.push(rd_f16(blk, 0));
+                    if min {
+                        a.s.push(rd_f16(blk, 2));
+                    }
+                    if off != 0 {
+                        let s: i32 = blk[qoff..qoff + QK].iter().map(|&v| v as i8 as i32).sum();
+                        a.offsum.push(off * s);
+                    }
+                }
+                Kind::K4 => {
+                    a.d.push(rd_f32(blk, 0));
+                    for j in 0..8 {
+                        let s = rd_i16(blk, Q8_K_BSUMS + 4 * j) as i32
+                            + rd_i16(blk, Q8_K_BSUMS + 4 * j + 2) as i32;
+                        a.bs.push(s);
+                    }
+                }
+                Kind::K6 => {
+                    a.d.push(rd_f32(blk, 0));
+                    for j in 0..8 {
+                        let lo = rd_i16(blk, Q8_K_BSUMS + 4 * j) as u16 as u32;
+                        let hi = rd_i16(blk, Q8_K_BSUMS + 4 * j + 2) as u16 as u32;
+                        a.bs.push((lo | (hi << 16)) as i32);
+                    }
+                }
+            }
+        }
+    }
+    a
+}
+
+/// Unpack 16 weight rows into `p`.
+fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p: &mut Panel) {
+    use TensorType::*;
+    p.q.resize(cols * PR, 0);
+    let belems = if matches!(kind, Kind::B32 { .. }) {
+        QK
+    } else {
+        QK_K
+    };
+    let nb = cols / belems;
+    p.d.resize(nb * PR, 0.0);
+    p.m.resize(nb * PR, 0.0);
+    match kind {
+        Kind::K4 => {
+            p.sc.resize(nb * 8 * PR, 0);
+            p.mn.resize(nb * 8 * PR, 0);
+        }
+        Kind::K6 => {
+            p.sc.resize(nb * 16 * PR, 0);
+            p.sc_pairs.resize(nb * 8 * PR, 0);
+        }
+        Kind::B32 { .. } => {}
+    }
+    let mut tmp = [0u8; QK_K];
+    for r in 0..PR {
+        let row = &w[r * wrb..(r + 1) * wrb];
+        for ib in 0..nb {
+            let vals = &mut tmp[..belems];
+            match ty {
+                Q8_0 => {
+                    let x = &row[ib * Q8_0_BYTES..(ib + 1) * Q8_0_BYTES];
+                    p.d[ib * PR + r] = rd_f16(x, 0);
+                    for (v, &q) in vals.iter_mut().zip(&x[2..34]) {
+                        *v = q ^ 0x80;
+                    }
+                }
+                Q4_0 | Q4_1 => {
+                    let bytes = if ty == Q4_0 { Q4_0_BYTES } else { Q4_1_BYTES };
+                    let x = &row[ib * bytes..(ib + 1) * bytes];
+                    p.d[ib * PR + r] = rd_f16(x, 0);
+                    let qs = if ty == Q4_0 {
+                        &x[2..18]
+                    } else {
+                        p.m[ib * PR + r] = rd_f16(x, 2);
+                        &x[4..20]
+                    };
+                    for j in 0..16 {
+                        vals[j] = qs[j] & 0xF;
+                        vals[j + 16] = qs[j] >> 4;
+                    }
+                }
+                Q5_0 | Q5_1 => {
+                    let bytes = if ty == Q5_0 { Q5_0_BYTES } else { Q5_1_BYTES };
+                    let x = &row[ib * bytes..(ib + 1) * bytes];
+                    p.d[ib * PR + r] = rd_f16(x, 0);
+                    let (qh, qs) = if ty == Q5_0 {
+                        (rd_u32(x, 2), &x[6..22])
+                    } else {
+                        p.m[ib * PR + r] = rd_f16(x, 2);
+                        (rd_u32(x, 4), &x[8..24])
+                    };
+                    for j in 0..16 {
+                        vals[j] = (qs[j] & 0xF) | ((((qh >> j) & 1) as u8) << 4);
+                        vals[j + 16] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+                    }
+                }
+                Q4_K | Q5_K => {
+                    let bytes = if ty == Q4_K { Q4_K_BYTES } else { Q5_K_BYTES };
+                    let x = &row[ib * bytes..(ib + 1) * bytes];
+                    p.d[ib * PR + r] = rd_f16(x, 0);
+                    p.m[ib * PR + r] = rd_f16(x, 2);
+                    let (sc, mn) = scales_mins_k4(&x[4..16]);
+                    for j in 0..8 {
+                        p.sc[(ib * 8 + j) * PR + r] = sc[j] as i32;
+                        p.mn[(ib * 8 + j) * PR + r] = mn[j] as i32;
+                    }
+                    if ty == Q4_K {
+                        let qs = &x[16..144];
+                        for pp in 0..4 {
+                            for l in 0..32 {
+                                let q = qs[32 * pp + l];
+                                vals[64 * pp + l] = q & 0xF;
+                                vals[64 * pp + 32 + l] = q >> 4;
+                            }
+                        }
+                    } else {
+                        let qh = &x[16..48];
+                        let qs = &x[48..176];
+                        for pp in 0..4 {
+                            for l in 0..32 {
+                                let q = qs[32 * pp + l];
+                                let h0 = (qh[l] >> (2 * pp)) & 1;
+                                let h1 = (qh[l] >> (2 * pp + 1)) & 1;
+                                vals[64 * pp + l] = (q & 0xF) | (h0 << 4);
+                                vals[64 * pp + 32 + l] = (q >> 4) | (h1 << 4);
+                            }
+                        }
+                    }
+                }
+                Q6_K => {
+                    let x = &row[ib * Q6_K_BYTES..(ib + 1) * Q6_K_BYTES];
+                    p.d[ib * PR + r] = rd_f16(x, 208);
+                    for g in 0..16 {
+                        p.sc[(ib * 16 + g) * PR + r] = (x[192 + g] as i8) as i32;
+                    }
+                    for j in 0..8 {
+                        let lo = (x[192 + 2 * j] as i8) as i16 as u16 as u32;
+                        let hi = (x[192 + 2 * j + 1] as i8) as i16 as u16 as u32;
+                        p.sc_pairs[(ib * 8 + j) * PR + r] = (lo | (hi << 16)) as i32;
+                    }
+                    for h in 0..2 {
+                        let ql = &x[64 * h..64 * h + 64];
+                        let qh = &x[128 + 32 * h..128 + 32 * h + 32];
+                        for l in 0..32 {
+                            let e = 128 * h + l;
+                            vals[e] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                            vals[e + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                            vals[e + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                            vals[e + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                        }
+                    }
+                }
+                _ => unreachable!(),
+            }
+            // Scatter into [k / 4][16][4].
+            let k0 = ib * belems;
+            for (g, quad) in vals.chunks_exact(4).enumerate() {
+                let dst = ((k0 / 4 + g) * PR + r) * 4;
+                p.q[dst..dst + 4].copy_from_slice(quad);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn bcast4(p: *const u8) -> __m512i {
+    _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+}
+
+/// Exact dot products of 16 rows with `L` (multiple of 4) activation bytes at each of
+/// `a[c]`, for the panel quants starting at element `k0`: each weight vector is loaded once
+/// for all `N` activation rows.
+#[inline(always)]
+unsafe fn dotn<const N: usize, const L: usize>(
+    pq: *const u8,
+    k0: usize,
+    a: &[*const u8; N],
+) -> [__m512i; N] {
+    let mut s = [_mm512_setzero_si512(); N];
+    let mut k = 0;
+    while k < L {
+        let w = _mm512_loadu_si512(pq.add((k0 + k) * PR) as *const _);
+        for c in 0..N {
+            s[c] = _mm512_dpbusd_epi32(s[c], w, bcast4(a[c].add(k)));
+        }
+        k += 4;
+    }
+    s
+}
+
+/// Activation rows `b0..b0 + N` against panel `p`, rows `r0..r0 + 16` of `y`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn run<const N: usize>(
+    kind: Kind,
+    p: &Panel,
+    a: &Act,
+    b0: usize,
+    cols: usize,
+    y: *mut f32,
+    rows: usize,
+    r0: usize,
+) {
+    let nb = cols / a.belems;
+    let pq = p.q.as_ptr();
+    let mut acc = [[_mm512_setzero_ps(); 4]; N];
+    let ai = |c: usize, ib: usize| (b0 + c) * nb + ib;
+    let aptr = |ib: usize, add: usize| -> [*const u8; N] {
+        std::array::from_fn(|c| {
+            a.q.as_ptr()
+                .add((b0 + c) * a.arb + ib * a.bbytes + a.qoff + add)
+        })
+    };
+    match kind {
+        Kind::B32 { off, min } => {
+            for ib in 0..nb {
+                let dw = _mm512_loadu_ps(p.d.as_ptr().add(ib * PR));
+                let mw = _mm512_loadu_ps(p.m.as_ptr().add(ib * PR));
+                let lane = ib & 3;
+                let s = dotn::<N, QK>(pq, ib * QK, &aptr(ib, 0));
+                for c in 0..N {
+                    let mut s = s[c];
+                    if off != 0 {
+                        let o = *a.offsum.get_unchecked(ai(c, ib));
+                        s = _mm512_sub_epi32(s, _mm512_set1_epi32(o));
+                    }
+                    let dd = _mm512_mul_ps(dw, _mm512_set1_ps(*a.d.get_unchecked(ai(c, ib))));
+                    let mut v = _mm512_mul_ps(dd, _mm512_cvtepi32_ps(s));
+                    if min {
+                        let t = _mm512_mul_ps(mw, _mm512_set1_ps(*a.s.get_unchecked(ai(c, ib))));
+                        v = _mm512_add_ps(v, t);
+                    }
+                    acc[c][lane] = _mm512_add_ps(acc[c][lane], v);
+                }
+            }
+        }
+        Kind::K4 => {
+            for ib in 0..nb {
+                let dw = _mm512_loadu_ps(p.d.as_ptr().add(ib * PR));
+                let mw = _mm512_loadu_ps(p.m.as_ptr().add(ib * PR));
+                let lane = ib & 3;
+                let mut isum = [_mm512_setzero_si512(); N];
+                let mut summ = [_mm512_setzero_si512(); N];
+                for j in 0..8 {
+                    let s = dotn::<N, 32>(pq, ib * QK_K + 32 * j, &aptr(ib, 32 * j));
+                    let sc = _mm512_loadu_si512(p.sc.as_ptr().add((ib * 8 + j) * PR) as *const _);
+                    let mn = _mm512_loadu_si512(p.mn.as_ptr().add((ib * 8 + j) * PR) as *const _);
+                    for c in 0..N {
+                        isum[c] = _mm512_add_epi32(isum[c], _mm512_mullo_epi32(s[c], sc));
+                        let bs = _mm512_set1_epi32(*a.bs.get_unchecked(ai(c, ib) * 8 + j));
+                        summ[c] = _mm512_add_epi32(summ[c], _mm512_mullo_epi32(mn, bs));
+                    }
+                }
+                for c in 0..N {
+                    let yd = _mm512_set1_ps(*a.d.get_unchecked(ai(c, ib)));
+                    let v1 = _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(isum[c]));
+                    let v2 = _mm512_mul_ps(_mm512_mul_ps(mw, yd), _mm512_cvtepi32_ps(summ[c]));
+                    acc[c][lane] = _mm512_add_ps(acc[c][lane], _mm512_sub_ps(v1, v2));
+                }
+            }
+        }
+        Kind::K6 => {
+            for ib in 0..nb {
+                let dw = _mm512_loadu_ps(p.d.as_ptr().add(ib * PR));
+                let lane = ib & 3;
+                let mut isum = [_mm512_setzero_si512(); N];
+                for g in 0..16 {
+                    let s = dotn::<N, 16>(pq, ib * QK_K + 16 * g, &aptr(ib, 16 * g));
+                    let sc = _mm512_loadu_si512(p.sc.as_ptr().add((ib * 16 + g) * PR) as *const _);
+                    for c in 0..N {
+                        isum[c] = _mm512_add_epi32(isum[c], _mm512_mullo_epi32(s[c], sc));
+                    }
+                }
+                for c in 0..N {
+                    let mut corr = _mm512_setzero_si512();
+                    for j in 0..8 {
+                        let scp = _mm512_loadu_si512(
+                            p.sc_pairs.as_ptr().add((ib * 8 + j) * PR) as *const _
+                        );
+                        let bs = _mm512_set1_epi32(*a.bs.get_unchecked(ai(c, ib) * 8 + j));
+                        corr = _mm512_dpwssd_epi32(corr, scp, bs);
+                    }
+                    let is = _mm512_sub_epi32(isum[c], _mm512_slli_epi32(corr, 5));
+                    let yd = _mm512_set1_ps(*a.d.get_unchecked(ai(c, ib)));
+                    let v = _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(is));
+                    acc[c][lane] = _mm512_add_ps(acc[c][lane], v);
+                }
+            }
+        }
+    }
+    for (c, ac) in acc.iter().enumerate() {
+        let r = _mm512_add_ps(_mm512_add_ps(ac[0], ac[1]), _mm512_add_ps(ac[2], ac[3]));
+        _mm512_storeu_ps(y.add((b0 + c) * rows + r0), r);
+    }
+}
