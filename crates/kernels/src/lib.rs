@@ -40,6 +40,7 @@
 //! single dot product whose order does not depend on the batch size or on threading, so
 //! [`matmul`] is also batch-invariant and deterministic.
 
+pub mod attention;
 mod blocks;
 mod dequant;
 mod quant;

@@ -626,3 +626,107 @@ fn batched_matmul_matches_scalar_bit_for_bit() {
         }
     }
 }
+
+// ---------------------------------------------------------------- attention
+
+/// The engine's attention (crates/engine/src/forward.rs), verbatim in its numerics.
+#[allow(clippy::too_many_arguments)]
+fn engine_attention(
+    q: &[f32],
+    kc: &[half::f16],
+    vc: &[half::f16],
+    out: &mut [f32],
+    n: usize,
+    p0: usize,
+    n_head: usize,
+    n_head_kv: usize,
+    hd: usize,
+) {
+    use half::f16;
+    let kvd = n_head_kv * hd;
+    let group = n_head / n_head_kv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    for (i, o) in out.chunks_mut(hd).enumerate() {
+        let (t, h) = (i / n_head, i % n_head);
+        let kvh = h / group;
+        let n_keys = p0 + t + 1;
+        let qv: Vec<f32> = q[t * n_head * hd + h * hd..][..hd]
+            .iter()
+            .map(|&x| f16::from_f32(x).to_f32())
+            .collect();
+        let mut scores = vec![0f32; n_keys];
+        for (j, s) in scores.iter_mut().enumerate() {
+            let row: Vec<f32> = kc[j * kvd + kvh * hd..][..hd]
+                .iter()
+                .map(|x| x.to_f32())
+                .collect();
+            let mut acc = [0f32; 8];
+            let chunks = hd / 8;
+            for c in 0..chunks {
+                for k in 0..8 {
+                    acc[k] += qv[c * 8 + k] * row[c * 8 + k];
+                }
+            }
+            let mut d: f32 = acc.iter().sum();
+            for i in chunks * 8..hd {
+                d += qv[i] * row[i];
+            }
+            *s = d * scale;
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f64;
+        for v in scores.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v as f64;
+        }
+        let inv = (1.0 / sum) as f32;
+        for v in scores.iter_mut() {
+            *v *= inv;
+        }
+        o.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            let p = f16::from_f32(p).to_f32();
+            for (a, b) in o.iter_mut().zip(&vc[j * kvd + kvh * hd..][..hd]) {
+                *a += p * b.to_f32();
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_matches_engine_reference_bit_for_bit() {
+    use verity_kernels::attention::{attention_f16_with, AttnShape};
+    let mut rng = Rng(31);
+    for (n_head, n_head_kv, hd, p0, n) in [(8, 2, 64, 0, 5), (4, 4, 20, 7, 3), (6, 2, 128, 33, 1)] {
+        let kvd = n_head_kv * hd;
+        let ctx = p0 + n;
+        let k: Vec<half::f16> = (0..ctx * kvd)
+            .map(|_| half::f16::from_f32(rng.act()))
+            .collect();
+        let v: Vec<half::f16> = (0..ctx * kvd)
+            .map(|_| half::f16::from_f32(rng.act()))
+            .collect();
+        let q: Vec<f32> = (0..n * n_head * hd).map(|_| rng.act() * 3.0).collect();
+        let mut want = vec![0f32; n * n_head * hd];
+        engine_attention(&q, &k, &v, &mut want, n, p0, n_head, n_head_kv, hd);
+        let shape = AttnShape {
+            n_head,
+            n_head_kv,
+            head_dim: hd,
+        };
+        let mut levels = vec![SimdLevel::Scalar];
+        levels.extend(simd_levels());
+        for level in levels {
+            let mut got = vec![0f32; want.len()];
+            let scale = 1.0 / (hd as f32).sqrt();
+            attention_f16_with(level, &q, &k, &v, &mut got, n, p0, shape, scale);
+            for i in 0..want.len() {
+                assert_eq!(
+                    want[i].to_bits(),
+                    got[i].to_bits(),
+                    "{level:?} {n_head}/{n_head_kv}x{hd} at {i}"
+                );
+            }
+        }
+    }
+}
