@@ -305,6 +305,34 @@ unsafe fn dot_q5_1_k(w: &[u8], a: &[u8], n: usize) -> f32 {
 
 // ---------------------------------------------------------------- K-quants
 
+/// Scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K block's 12 packed scale bytes
+/// (ggml's `utmp` shuffle), equal to [`scales_mins_k4`].
+#[inline(always)]
+fn scales_mins_fast(q: &[u8]) -> [u32; 4] {
+    const KMASK1: u32 = 0x3f3f3f3f;
+    const KMASK2: u32 = 0x0f0f0f0f;
+    const KMASK3: u32 = 0x03030303;
+    let mut u = [rd_u32(q, 0), rd_u32(q, 4), rd_u32(q, 8), 0];
+    u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
+    let uaux = u[1] & KMASK1;
+    u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
+    u[2] = uaux;
+    u[0] &= KMASK1;
+    u
+}
+
+/// `sum_j mins[j] * (bsums[2j] + bsums[2j+1])` with the 8 mins as bytes (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn summins_simd(ys: *const u8, mins: __m128i) -> i32 {
+    let bs = _mm256_loadu_si256(ys.add(Q8_K_BSUMS) as *const __m256i);
+    let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    let prod = _mm_madd_epi16(_mm_cvtepu8_epi16(mins), pairs);
+    let s = _mm_add_epi32(prod, _mm_unpackhi_epi64(prod, prod));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    _mm_cvtsi128_si32(s)
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_k_k(w: &[u8], a: &[u8], n: usize) -> f32 {
     let mut acc = Acc4::default();
@@ -312,7 +340,9 @@ unsafe fn dot_q4_k_k(w: &[u8], a: &[u8], n: usize) -> f32 {
     for ib in 0..n / QK_K {
         let xs = &w[ib * Q4_K_BYTES..(ib + 1) * Q4_K_BYTES];
         let ys = &a[ib * Q8_K_BYTES..(ib + 1) * Q8_K_BYTES];
-        let (sc, mn) = scales_mins_k4(&xs[4..16]);
+        let u = scales_mins_fast(&xs[4..16]);
+        let sc: [u8; 8] = std::mem::transmute([u[0], u[1]]);
+        let mins = _mm_set_epi32(0, 0, u[3] as i32, u[2] as i32);
         let q4 = xs.as_ptr().add(16);
         let q8 = ys.as_ptr().add(Q8_K_QS);
         let mut sumi = _mm256_setzero_si256();
@@ -327,7 +357,7 @@ unsafe fn dot_q4_k_k(w: &[u8], a: &[u8], n: usize) -> f32 {
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
         }
         let isum = hsum_i32_8(sumi);
-        let summins = crate::scalar::k_summins(ys, &mn);
+        let summins = summins_simd(ys.as_ptr(), mins);
         let yd = f32_at(ys.as_ptr());
         let v = (f16_at(xs.as_ptr()) * yd) * isum as f32
             - (f16_at(xs.as_ptr().add(2)) * yd) * summins as f32;
@@ -428,10 +458,11 @@ unsafe fn dot_q6_k_k(w: &[u8], a: &[u8], n: usize) -> f32 {
             }
         }
         // The stored quants are value + 32: subtract 32 * sum_g scale_g * bsum_g.
-        let mut corr = 0i32;
-        for (g, &s) in sc.iter().enumerate() {
-            corr += (s as i8) as i32 * rd_i16(ys, Q8_K_BSUMS + 2 * g) as i32;
-        }
+        let corr = {
+            let s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr() as *const __m128i));
+            let bs = _mm256_loadu_si256(ys.as_ptr().add(Q8_K_BSUMS) as *const __m256i);
+            hsum_i32_8(_mm256_madd_epi16(s16, bs))
+        };
         let isum = hsum_i32_8(sumi) - 32 * corr;
         acc.add(
             ib,
