@@ -636,7 +636,7 @@ fn engine_attention(
     kc: &[half::f16],
     vc: &[half::f16],
     out: &mut [f32],
-    n: usize,
+    _n: usize,
     p0: usize,
     n_head: usize,
     n_head_kv: usize,
