@@ -125,6 +125,9 @@ pub struct Common {
     pub stop: Option<OneOrMany>,
     pub n: Option<i64>,
     pub logit_bias: Option<serde_json::Map<String, Value>>,
+    /// Extension (as llama-server): keep generating past end-of-generation tokens.
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -173,6 +176,7 @@ const COMMON_FIELDS: &[&str] = &[
     "metadata",
     "store",
     "service_tier",
+    "ignore_eos",
 ];
 pub const CHAT_FIELDS: &[&str] = &[
     "messages",

@@ -481,6 +481,7 @@ async fn chat(State(state): St, body: Result<Bytes, BytesRejection>) -> Result<R
             logprobs: top_logprobs,
             prompt_logprobs: false,
             json_mode,
+            ignore_eos: req.common.ignore_eos,
         };
         receivers.push(submit(l, spec)?);
     }
@@ -712,6 +713,7 @@ async fn completions(
                     logprobs,
                     prompt_logprobs: req.echo && logprobs.is_some(),
                     json_mode: false,
+                    ignore_eos: req.common.ignore_eos,
                 },
             )?);
         }

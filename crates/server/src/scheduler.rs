@@ -32,6 +32,8 @@ pub struct JobSpec {
     pub prompt_logprobs: bool,
     /// Constrain the output to one JSON value.
     pub json_mode: bool,
+    /// Keep going past end-of-generation tokens.
+    pub ignore_eos: bool,
 }
 
 /// One token with its log-probability and the most likely alternatives.
@@ -439,7 +441,10 @@ impl Worker {
             a.first_token_at = Some(Instant::now());
             self.metrics.observe_ttft(a.job.submitted.elapsed());
         }
-        if tokenizer.is_end_of_generation(tok) && a.json.as_ref().is_none_or(|j| j.is_complete()) {
+        if !spec.ignore_eos
+            && tokenizer.is_end_of_generation(tok)
+            && a.json.as_ref().is_none_or(|j| j.is_complete())
+        {
             return Next::Finish("stop");
         }
         a.generated.push(tok);
