@@ -301,7 +301,7 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
         0.0
     };
     let mut types: Vec<TypeMix> = types.into_values().collect();
-    types.sort_by(|a, b| b.params.cmp(&a.params));
+    types.sort_by_key(|t| std::cmp::Reverse(t.params));
 
     // Architecture and hyperparameters.
     let mut hyperparameters = BTreeMap::new();
@@ -449,7 +449,7 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
         .as_deref()
         .and_then(template_kind)
         .map(str::to_string);
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
 
     Ok(Report {
         path: mf.path.display().to_string(),

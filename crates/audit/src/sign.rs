@@ -9,7 +9,8 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context as _};
 use base64::Engine as _;
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
-use p256::ecdsa::{DerSignature, Signature, SigningKey, VerifyingKey};
+use p256::ecdsa::{DerSignature, Signature};
+pub use p256::ecdsa::{SigningKey, VerifyingKey};
 use p256::pkcs8::{
     DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
 };
@@ -74,17 +75,16 @@ pub fn read_private_key(path: &Path) -> anyhow::Result<SigningKey> {
 pub fn read_public_key(path: &Path) -> anyhow::Result<VerifyingKey> {
     let pem = read_small(path, 1 << 20)?;
     let pem = String::from_utf8(pem).map_err(|_| anyhow!("{}: not a PEM file", path.display()))?;
-    VerifyingKey::from_public_key_pem(&pem).map_err(|_| {
+    parse_public_key(&pem).with_context(|| path.display().to_string())
+}
+
+/// Parse a P-256 public key from SubjectPublicKeyInfo PEM text.
+pub fn parse_public_key(pem: &str) -> anyhow::Result<VerifyingKey> {
+    VerifyingKey::from_public_key_pem(pem).map_err(|_| {
         if pem.contains("PRIVATE KEY") {
-            anyhow!(
-                "{}: is a private key; verify with the public key (`verity keygen` writes both)",
-                path.display()
-            )
+            anyhow!("is a private key; verify with the public key (`verity keygen` writes both)")
         } else {
-            anyhow!(
-                "{}: not a P-256 (prime256v1) public key in PEM (SubjectPublicKeyInfo)",
-                path.display()
-            )
+            anyhow!("not a P-256 (prime256v1) public key in PEM (SubjectPublicKeyInfo)")
         }
     })
 }

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Seed corpora for the fuzz targets (fuzz/corpus/<target>/), small valid inputs of each format.
+
+    /work/shared/tools/ref-llamacpp python scripts/make-fuzz-seeds.py   (needs gguf-py + numpy)
+"""
+import json, os, struct, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+C = ROOT / "fuzz" / "corpus"
+try:
+    import gguf
+except ImportError:
+    src = subprocess.check_output([os.environ.get("REF_LLAMACPP", "/work/shared/tools/ref-llamacpp"), "src"], text=True).strip()
+    sys.path.insert(0, os.path.join(src, "vendor", "llama.cpp", "gguf-py"))
+    import gguf
+
+rng = np.random.default_rng(0)
+TOKENS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"] + [chr(c) for c in range(ord("a"), ord("a") + 12)] + ["ab", "abc"]
+
+
+def tiny_gguf(path, arch="llama", qtype=None):
+    w = gguf.GGUFWriter(str(path), arch)
+    n_embd, n_ff, n_vocab = 32, 64, len(TOKENS)
+    w.add_block_count(1); w.add_context_length(64); w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff); w.add_head_count(2); w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5); w.add_rope_freq_base(10000.0)
+    w.add_tokenizer_model("gpt2"); w.add_tokenizer_pre("default")
+    w.add_token_list(TOKENS); w.add_token_types([3, 3, 3, 3] + [1] * (n_vocab - 4))
+    w.add_token_merges(["a b", "ab c"]); w.add_bos_token_id(0); w.add_eos_token_id(1)
+    w.add_chat_template("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}")
+    t = lambda *s: rng.standard_normal(s).astype(np.float32) * 0.02
+    w.add_tensor("token_embd.weight", t(n_vocab, n_embd))
+    w.add_tensor("output_norm.weight", np.ones(n_embd, np.float32))
+    hd = n_embd // 2
+    for name, shape in [("attn_norm", (n_embd,)), ("ffn_norm", (n_embd,)), ("attn_q", (n_embd, n_embd)),
+                        ("attn_k", (hd, n_embd)), ("attn_v", (hd, n_embd)), ("attn_output", (n_embd, n_embd)),
+                        ("ffn_gate", (n_ff, n_embd)), ("ffn_up", (n_ff, n_embd)), ("ffn_down", (n_embd, n_ff))]:
+        data = np.ones(shape, np.float32) if len(shape) == 1 else t(*shape)
+        if qtype is not None and len(shape) == 2:
+            q = gguf.quants.quantize(data, qtype)
+            w.add_tensor(f"blk.0.{name}.weight", q, raw_dtype=qtype)
+        else:
+            w.add_tensor(f"blk.0.{name}.weight", data)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+
+
+for d in ["gguf", "hf_dir", "tokenizer_json", "chat_template", "oms_bundle"]:
+    (C / d).mkdir(parents=True, exist_ok=True)
+tiny_gguf(C / "gguf" / "tiny-f32.gguf")
+tiny_gguf(C / "gguf" / "tiny-q8_0.gguf", qtype=gguf.GGMLQuantizationType.Q8_0)
+tiny_gguf(C / "gguf" / "tiny-q4_0.gguf", qtype=gguf.GGMLQuantizationType.Q4_0)
+
+# hf_dir: config.json, 0xFF 0xFF, model.safetensors
+config = {"model_type": "llama", "hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1,
+          "intermediate_size": 16, "vocab_size": 4, "rms_norm_eps": 1e-5, "tie_word_embeddings": True}
+tensors = {"model.embed_tokens.weight": np.zeros((4, 8), np.float32), "model.norm.weight": np.ones(8, np.float16)}
+header, blob = {}, b""
+for k, v in tensors.items():
+    b = v.tobytes()
+    header[k] = {"dtype": "F32" if v.dtype == np.float32 else "F16", "shape": list(v.shape), "data_offsets": [len(blob), len(blob) + len(b)]}
+    blob += b
+h = json.dumps(header).encode()
+st = struct.pack("<Q", len(h)) + h + blob
+(C / "hf_dir" / "tiny").write_bytes(json.dumps(config).encode() + b"\xff\xff" + st)
+
+# tokenizer.json: a byte-level BPE with a few merges
+vocab = {t: i for i, t in enumerate(TOKENS)}
+tok = {"version": "1.0", "truncation": None, "padding": None,
+       "added_tokens": [{"id": 2, "content": "<|im_start|>", "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}],
+       "normalizer": None, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+       "post_processor": None, "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+       "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                 "fuse_unk": False, "byte_fallback": False, "vocab": vocab, "merges": ["a b", "ab c"]}}
+(C / "tokenizer_json" / "bpe").write_bytes(json.dumps(tok).encode())
+(C / "tokenizer_json" / "bpe-with-config").write_bytes(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}).encode() + b"\xff\xff" + json.dumps(tok).encode())
+
+templates = {
+    "chatml": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    "llama3": "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
+    "mistral": "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}",
+    "macros": "{% macro m(x) %}{{ x|upper }}{% endmacro %}{% set ns = namespace(n=0) %}{% for x in messages %}{% set ns.n = ns.n + 1 %}{{ m(x.content) }}{{ x.content.split(' ')|join(',') }}{% endfor %}{{ ns.n }}",
+}
+for k, v in templates.items():
+    (C / "chat_template" / k).write_text(v)
