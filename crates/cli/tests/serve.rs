@@ -351,3 +351,38 @@ fn sigterm_finishes_running_requests() {
     assert_eq!(v["usage"]["completion_tokens"], 48);
     assert_eq!(s.wait(), Some(0));
 }
+
+/// A prompt that shares a prefix with an earlier one reuses its cached keys and values.
+#[test]
+fn shared_prefixes_come_from_the_cache() {
+    let s = Server::start(&["--parallel", "2"]);
+    let system =
+        "You are a helpful assistant who answers questions about geography in one short sentence.";
+    let ask = |q: &str| {
+        let req = json!({
+            "messages": [{ "role": "system", "content": system }, { "role": "user", "content": q }],
+            "max_tokens": 4,
+            "temperature": 0,
+        });
+        let (status, body) = http(
+            s.port,
+            "POST",
+            "/v1/chat/completions",
+            Some(&req.to_string()),
+            &[],
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let first = ask("What is the capital of France?");
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let second = ask("What is the capital of Spain?");
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    let prompt = second["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        cached >= 20 && cached < prompt,
+        "cached {cached} of {prompt}"
+    );
+}
