@@ -228,11 +228,11 @@ impl Tokenizer {
             path: path.display().to_string(),
             msg: e.to_string(),
         })?;
-        let inner =
-            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Load {
-                path: path.display().to_string(),
-                msg: e.to_string(),
-            })?;
+        let load_error = |msg: String| TokenizerError::Load {
+            path: path.display().to_string(),
+            msg,
+        };
+        let inner = parse_tokenizer_json(&bytes).map_err(load_error)?;
         Ok(Self::from_hf_tokenizer(inner, tokenizer_config))
     }
 
@@ -590,6 +590,23 @@ impl<'a> StreamDecoder<'a> {
         match full.strip_prefix(prefix.as_str()) {
             Some(rest) => rest.to_string(),
             None => String::new(),
+        }
+    }
+}
+
+/// Parse tokenizer.json. The `tokenizers` crate panics on some malformed files (e.g. a
+/// decoder without its helper, found by fuzzing); a hostile file must give an error, so
+/// the parse runs under `catch_unwind` with the panic message kept off the terminal.
+fn parse_tokenizer_json(bytes: &[u8]) -> Result<tokenizers::Tokenizer, String> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes));
+    std::panic::set_hook(previous);
+    match result {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => {
+            Err("malformed tokenizer.json (the tokenizers library rejected its structure)".into())
         }
     }
 }

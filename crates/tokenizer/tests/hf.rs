@@ -76,3 +76,23 @@ fn qwen3_tokenizer_json() {
         "{out}"
     );
 }
+
+/// A tokenizer.json found by fuzzing that makes the `tokenizers` crate panic gives an error.
+#[test]
+fn malformed_tokenizer_json_is_an_error_not_a_panic() {
+    let case = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions/tokenizer_json-decoder-expect-panic");
+    let dir = tempfile_dir();
+    let path = dir.join("tokenizer.json");
+    std::fs::copy(&case, &path).unwrap();
+    let err = verity_tokenizer::Tokenizer::from_tokenizer_json_file(&path, None)
+        .err()
+        .expect("must be refused");
+    assert!(err.to_string().contains("tokenizer.json"), "{err}");
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("verity-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
