@@ -5,6 +5,7 @@ mod chat;
 mod common;
 mod convert;
 mod diff;
+mod eval;
 mod hash;
 mod inspect;
 mod run;
@@ -37,6 +38,7 @@ enum Command {
     Verify(sign::VerifyArgs),
     Keygen(sign::KeygenArgs),
     Diff(diff::DiffArgs),
+    Eval(eval::EvalArgs),
 }
 
 fn main() {
@@ -53,6 +55,7 @@ fn main() {
         Command::Verify(a) => sign::verify(a),
         Command::Keygen(a) => sign::keygen(a),
         Command::Diff(a) => diff::diff(a),
+        Command::Eval(a) => eval::eval(a),
     };
     if let Err(e) = result {
         // One line, bounded: causes can quote text from a hostile file.
