@@ -1,15 +1,14 @@
 //! The forward pass of a Llama-family decoder over a KV cache.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
+use verity_kernels::attention::{attention_f16, AttnShape};
 use verity_kernels::{get_row, matmul};
 use verity_model::{Model, RopeStyle};
 
-use crate::ops::{add_in_place, rms_norm, rms_norm_in_place, softmax, swiglu, Rope};
+use crate::ops::{add_in_place, rms_norm, rms_norm_in_place, swiglu, Rope};
 
 /// Tokens processed in one batch during prompt processing.
 const MAX_BATCH: usize = 256;
@@ -244,6 +243,12 @@ impl Runner {
             get_row(&embd, tok as usize, &mut s.x[r * d..(r + 1) * d]);
         }
 
+        let shape = AttnShape {
+            n_head: hp.n_head,
+            n_head_kv: hp.n_head_kv,
+            head_dim: hp.head_dim,
+        };
+        let scale = 1.0 / (hp.head_dim as f32).sqrt();
         for (l, layer) in w.layers.iter().enumerate() {
             for r in 0..n {
                 rms_norm(
@@ -285,19 +290,23 @@ impl Runner {
                 cache.v[l][pos * kvd..(pos + 1) * kvd]
                     .convert_from_f32_slice(&s.v[r * kvd..(r + 1) * kvd]);
             }
-            let caches: Vec<(&[f16], &[f16])> = items
-                .iter()
-                .map(|it| (&it.cache.k[l][..], &it.cache.v[l][..]))
-                .collect();
-            attention(
-                &s.q,
-                &caches,
-                &s.rows,
-                &mut s.attn,
-                hp.n_head,
-                hp.n_head_kv,
-                hp.head_dim,
-            );
+            // Each item's rows are contiguous; it attends to its own cache.
+            let mut r0 = 0;
+            for it in items.iter() {
+                let n_i = it.tokens.len();
+                let rows = r0 * qd..(r0 + n_i) * qd;
+                attention_f16(
+                    &s.q[rows.clone()],
+                    &it.cache.k[l],
+                    &it.cache.v[l],
+                    &mut s.attn[rows],
+                    n_i,
+                    it.cache.len(),
+                    shape,
+                    scale,
+                );
+                r0 += n_i;
+            }
 
             matmul(&layer.wo.view(), &s.attn, n, &mut s.proj);
             add_in_place(&mut s.x, &s.proj);
@@ -434,75 +443,4 @@ impl Session {
         }
         Ok(all)
     }
-}
-
-thread_local! {
-    static ATTN_SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
-}
-
-/// Causal multi-head attention with grouped KV heads: each batch row attends to its own
-/// sequence's cache up to and including its position.
-fn attention(
-    q: &[f32],
-    caches: &[(&[f16], &[f16])],
-    rows: &[(usize, usize)],
-    out: &mut [f32],
-    n_head: usize,
-    n_head_kv: usize,
-    hd: usize,
-) {
-    let kvd = n_head_kv * hd;
-    let group = n_head / n_head_kv;
-    let scale = 1.0 / (hd as f32).sqrt();
-    debug_assert_eq!(out.len(), rows.len() * n_head * hd);
-    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-        let (r, h) = (i / n_head, i % n_head);
-        let (item, pos) = rows[r];
-        let (kc, vc) = caches[item];
-        let kvh = h / group;
-        let n_keys = pos + 1;
-        ATTN_SCRATCH.with(|cell| {
-            let (scores, row, qv) = &mut *cell.borrow_mut();
-            scores.resize(n_keys, 0.0);
-            row.resize(hd, 0.0);
-            // ggml multiplies f16 K by Q rounded to f16, and f16 V by probabilities rounded
-            // to f16; rounding the same way keeps logits close to llama.cpp's.
-            qv.clear();
-            qv.extend(
-                q[r * n_head * hd + h * hd..][..hd]
-                    .iter()
-                    .map(|&x| f16::from_f32(x).to_f32()),
-            );
-            for (j, s) in scores.iter_mut().enumerate() {
-                kc[j * kvd + kvh * hd..][..hd].convert_to_f32_slice(row);
-                *s = dot(qv, row) * scale;
-            }
-            softmax(scores);
-            o.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                let p = f16::from_f32(p).to_f32();
-                vc[j * kvd + kvh * hd..][..hd].convert_to_f32_slice(row);
-                for (a, &b) in o.iter_mut().zip(row.iter()) {
-                    *a += p * b;
-                }
-            }
-        });
-    });
-}
-
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators let the compiler vectorise without reassociation flags.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for k in 0..8 {
-            acc[k] += a[c * 8 + k] * b[c * 8 + k];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
 }

@@ -38,20 +38,6 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// Softmax in place; the sum accumulates in f64 as ggml's does.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
-    }
-    let inv = (1.0 / sum) as f32;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
-}
-
 /// Rotary position embedding for one head size.
 pub struct Rope {
     /// Ratio between successive pairs' frequencies: theta^(-2/d).
@@ -132,13 +118,5 @@ mod tests {
             let n1: f32 = x.iter().map(|v| v * v).sum();
             assert!((n0 - n1).abs() < 1e-4);
         }
-    }
-
-    #[test]
-    fn softmax_sums_to_one() {
-        let mut x = vec![1.0, 2.0, 3.0, -1e9];
-        softmax(&mut x);
-        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert_eq!(x[3], 0.0);
     }
 }
