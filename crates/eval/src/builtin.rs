@@ -49,6 +49,20 @@ pub fn call(name: &str, doc: &Val) -> anyhow::Result<Val> {
 pub fn process_docs(name: &str, docs: Vec<Val>) -> anyhow::Result<Vec<Val>> {
     match name {
         "utils.process_docs" | "hellaswag" => docs.into_iter().map(hellaswag_doc).collect(),
+        // google/boolq rows (`answer: bool`) as super_glue's (`label: 0|1`), which
+        // lm-eval's boolq reads.
+        "boolq_label" => docs
+            .into_iter()
+            .map(|mut d| {
+                let label = match field(&d, "answer")? {
+                    Val::Bool(b) => *b as i64,
+                    Val::Int(i) => *i,
+                    _ => bail!("boolq answer is not a boolean"),
+                };
+                d.set("label", Val::Int(label));
+                Ok(d)
+            })
+            .collect(),
         // OLMo's LAMBADA requests (the OpenAI test set) back to lm-eval's `{"text": ...}`.
         "olmo_lambada" => docs
             .into_iter()
@@ -73,7 +87,7 @@ pub fn process_docs(name: &str, docs: Vec<Val>) -> anyhow::Result<Vec<Val>> {
                 ]))
             })
             .collect(),
-        other => bail!("unknown process_docs '{other}' (built in: utils.process_docs for hellaswag, olmo_lambada, olmo_gsm8k)"),
+        other => bail!("unknown process_docs '{other}' (built in: utils.process_docs for hellaswag, boolq_label, olmo_lambada, olmo_gsm8k)"),
     }
 }
 

