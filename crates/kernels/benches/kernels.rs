@@ -83,9 +83,13 @@ fn main() {
     for ty in [
         TensorType::Q4_1,
         TensorType::Q8_0,
+        TensorType::Q4_0,
+        TensorType::Q5_0,
+        TensorType::Q5_1,
         TensorType::Q4_K,
         TensorType::Q6_K,
         TensorType::F16,
+        TensorType::BF16,
     ] {
         let data = weights(&mut rng, ty, rows, cols);
         let w = WeightView {

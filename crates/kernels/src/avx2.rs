@@ -27,9 +27,6 @@ macro_rules! safe_wrapper {
     };
 }
 
-fn blocks32(bytes: usize) -> impl Fn(usize) -> usize {
-    move |n| n / QK * bytes
-}
 fn blocks256(bytes: usize) -> impl Fn(usize) -> usize {
     move |n| n / QK_K * bytes
 }
@@ -37,36 +34,6 @@ fn blocks256(bytes: usize) -> impl Fn(usize) -> usize {
 safe_wrapper!(dot_f32, dot_f32_k, |n| 4 * n, |n| 4 * n);
 safe_wrapper!(dot_f16, dot_f16_k, |n| 2 * n, |n| 2 * n);
 safe_wrapper!(dot_bf16, dot_bf16_k, |n| 2 * n, |n| 2 * n);
-safe_wrapper!(
-    dot_q8_0,
-    dot_q8_0_k,
-    blocks32(Q8_0_BYTES),
-    blocks32(Q8_0_BYTES)
-);
-safe_wrapper!(
-    dot_q4_0,
-    dot_q4_0_k,
-    blocks32(Q4_0_BYTES),
-    blocks32(Q8_0_BYTES)
-);
-safe_wrapper!(
-    dot_q4_1,
-    dot_q4_1_k,
-    blocks32(Q4_1_BYTES),
-    blocks32(Q8_1_BYTES)
-);
-safe_wrapper!(
-    dot_q5_0,
-    dot_q5_0_k,
-    blocks32(Q5_0_BYTES),
-    blocks32(Q8_0_BYTES)
-);
-safe_wrapper!(
-    dot_q5_1,
-    dot_q5_1_k,
-    blocks32(Q5_1_BYTES),
-    blocks32(Q8_1_BYTES)
-);
 safe_wrapper!(
     dot_q4_k,
     dot_q4_k_k,
@@ -144,15 +111,6 @@ unsafe fn bits_to_bytes_32(bits: u32) -> __m256i {
     _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
 }
 
-/// Exact dot of 32 signed bytes `x` by 32 signed bytes `y` (|y| <= 127), as 8 i32 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
-    let ax = _mm256_sign_epi8(x, x);
-    let sy = _mm256_sign_epi8(y, x);
-    _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
-}
-
 /// Exact dot of 32 unsigned bytes `x` (<= 63) by 32 signed bytes `y`, as 16 i16 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -220,87 +178,236 @@ float_dot!(dot_bf16_k, 2, load_bf16x8, |b, i| bf16_to_f32(
 ));
 
 // ---------------------------------------------------------------- 32-element blocks
+//
+// Four blocks at a time: their exact integer sums are reduced together into one vector of
+// four (`reduce4_i32`), their scales converted together, and the four float block terms
+// added to one 4-lane accumulator, which is `Acc4` (block `ib` to lane `ib % 4`) done in a
+// register. Leftover blocks go through the same lanes one at a time.
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q8_0_k(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut acc = Acc4::default();
-    for ib in 0..n / QK {
-        let x = w.as_ptr().add(ib * Q8_0_BYTES);
-        let y = a.as_ptr().add(ib * Q8_0_BYTES);
-        let isum = hsum_i32_8(dot_i8_i8(load(x.add(2)), load(y.add(2))));
-        acc.add(ib, (f16_at(x) * f16_at(y)) * isum as f32);
+/// Which 32-element block type a kernel reads.
+const T_Q8_0: u8 = 0;
+const T_Q4_0: u8 = 1;
+const T_Q4_1: u8 = 2;
+const T_Q5_0: u8 = 3;
+const T_Q5_1: u8 = 4;
+
+/// (weight block bytes, activation block bytes, whether the block has a min term).
+const fn b32_layout(t: u8) -> (usize, usize, bool) {
+    match t {
+        T_Q8_0 => (Q8_0_BYTES, Q8_0_BYTES, false),
+        T_Q4_0 => (Q4_0_BYTES, Q8_0_BYTES, false),
+        T_Q4_1 => (Q4_1_BYTES, Q8_1_BYTES, true),
+        T_Q5_0 => (Q5_0_BYTES, Q8_0_BYTES, false),
+        _ => (Q5_1_BYTES, Q8_1_BYTES, true),
     }
-    acc.finish()
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q4_0_k(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut acc = Acc4::default();
-    let eight = _mm256_set1_epi8(8);
-    for ib in 0..n / QK {
-        let x = w.as_ptr().add(ib * Q4_0_BYTES);
-        let y = a.as_ptr().add(ib * Q8_0_BYTES);
-        let qx = _mm256_sub_epi8(nibbles_32(x.add(2)), eight);
-        let isum = hsum_i32_8(dot_i8_i8(qx, load(y.add(2))));
-        acc.add(ib, (f16_at(x) * f16_at(y)) * isum as f32);
-    }
-    acc.finish()
+/// Four block sums, exact, from four vectors of eight partial sums each.
+#[inline(always)]
+unsafe fn reduce4_i32(v0: __m256i, v1: __m256i, v2: __m256i, v3: __m256i) -> __m128i {
+    let a = _mm256_hadd_epi32(v0, v1);
+    let b = _mm256_hadd_epi32(v2, v3);
+    let c = _mm256_hadd_epi32(a, b);
+    _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1))
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q4_1_k(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut acc = Acc4::default();
-    let ones = _mm256_set1_epi16(1);
-    for ib in 0..n / QK {
-        let x = w.as_ptr().add(ib * Q4_1_BYTES);
-        let y = a.as_ptr().add(ib * Q8_1_BYTES);
-        let qx = nibbles_32(x.add(4));
-        let p = _mm256_madd_epi16(dot_u8_i8_16(qx, load(y.add(4))), ones);
-        let isum = hsum_i32_8(p);
-        let v = (f16_at(x) * f16_at(y)) * isum as f32 + f16_at(x.add(2)) * f16_at(y.add(2));
-        acc.add(ib, v);
-    }
-    acc.finish()
+#[inline(always)]
+unsafe fn u16_at(p: *const u8) -> i16 {
+    std::ptr::read_unaligned(p as *const i16)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q5_0_k(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut acc = Acc4::default();
-    let hi_nib = _mm256_set1_epi8(0xF0u8 as i8);
-    for ib in 0..n / QK {
-        let x = w.as_ptr().add(ib * Q5_0_BYTES);
-        let y = a.as_ptr().add(ib * Q8_0_BYTES);
-        let qh = u32::from_le_bytes([*x.add(2), *x.add(3), *x.add(4), *x.add(5)]);
-        // value - 16: nibble when the 5th bit is set, nibble | 0xF0 (= nibble - 16) when not.
-        let bx = _mm256_or_si256(
-            nibbles_32(x.add(6)),
-            _mm256_andnot_si256(bits_to_bytes_32(qh), hi_nib),
-        );
-        let isum = hsum_i32_8(dot_i8_i8(bx, load(y.add(2))));
-        acc.add(ib, (f16_at(x) * f16_at(y)) * isum as f32);
-    }
-    acc.finish()
+/// The block scales `d` (f16 at offset 0) of four weight blocks, widened.
+#[inline(always)]
+unsafe fn f16_x4(x: [*const u8; 4]) -> __m128 {
+    let h = _mm_set_epi16(
+        0,
+        0,
+        0,
+        0,
+        u16_at(x[3]),
+        u16_at(x[2]),
+        u16_at(x[1]),
+        u16_at(x[0]),
+    );
+    _mm_cvtph_ps(h)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q5_1_k(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut acc = Acc4::default();
-    let bit4 = _mm256_set1_epi8(0x10);
-    let ones = _mm256_set1_epi16(1);
-    for ib in 0..n / QK {
-        let x = w.as_ptr().add(ib * Q5_1_BYTES);
-        let y = a.as_ptr().add(ib * Q8_1_BYTES);
-        let qh = u32::from_le_bytes([*x.add(4), *x.add(5), *x.add(6), *x.add(7)]);
-        let bx = _mm256_or_si256(
-            nibbles_32(x.add(8)),
-            _mm256_and_si256(bits_to_bytes_32(qh), bit4),
-        );
-        let p = _mm256_madd_epi16(dot_u8_i8_16(bx, load(y.add(4))), ones);
-        let isum = hsum_i32_8(p);
-        let v = (f16_at(x) * f16_at(y)) * isum as f32 + f16_at(x.add(2)) * f16_at(y.add(2));
-        acc.add(ib, v);
+/// The `(d, m)` f16 pairs (offset 0) of four weight blocks, widened: `[d0 m0 d1 m1 ...]`.
+#[inline(always)]
+unsafe fn f16_pairs_x4(x: [*const u8; 4]) -> __m256 {
+    let r = |p: *const u8| std::ptr::read_unaligned(p as *const i32);
+    _mm256_cvtph_ps(_mm_set_epi32(r(x[3]), r(x[2]), r(x[1]), r(x[0])))
+}
+
+/// `sum(u8 x * i8 y)` over 32 bytes as 8 i32 lanes (each pair of products fits in i16).
+#[inline(always)]
+unsafe fn dot_u8_i8<const VNNI: bool>(x: __m256i, y: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), x, y)
+    } else {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
     }
-    acc.finish()
+}
+
+/// Exact partial sums (8 lanes) of one block's integer dot product.
+#[inline(always)]
+unsafe fn b32_isum<const T: u8, const VNNI: bool>(x: *const u8, y: *const u8) -> __m256i {
+    match T {
+        T_Q8_0 => {
+            let (qx, qy) = (load(x.add(2)), load(y.add(2)));
+            dot_u8_i8::<VNNI>(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
+        }
+        T_Q4_0 => {
+            let qx = _mm256_sub_epi8(nibbles_32(x.add(2)), _mm256_set1_epi8(8));
+            let qy = load(y.add(2));
+            dot_u8_i8::<VNNI>(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
+        }
+        T_Q4_1 => dot_u8_i8::<VNNI>(nibbles_32(x.add(4)), load(y.add(4))),
+        T_Q5_0 => {
+            let qh = std::ptr::read_unaligned(x.add(2) as *const u32);
+            // value - 16: nibble when the 5th bit is set, nibble | 0xF0 (= nibble - 16) when not.
+            let qx = _mm256_or_si256(
+                nibbles_32(x.add(6)),
+                _mm256_andnot_si256(bits_to_bytes_32(qh), _mm256_set1_epi8(0xF0u8 as i8)),
+            );
+            let qy = load(y.add(2));
+            dot_u8_i8::<VNNI>(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
+        }
+        _ => {
+            let qh = std::ptr::read_unaligned(x.add(4) as *const u32);
+            let qx = _mm256_or_si256(
+                nibbles_32(x.add(8)),
+                _mm256_and_si256(bits_to_bytes_32(qh), _mm256_set1_epi8(0x10)),
+            );
+            dot_u8_i8::<VNNI>(qx, load(y.add(4)))
+        }
+    }
+}
+
+/// `ys`: the activation blocks' scales widened to f32, `[d]` per block (Q8_0) or `[d, s]`
+/// per block (Q8_1), as [`crate::act_scales`] writes them.
+#[inline(always)]
+unsafe fn dot_b32<const T: u8, const VNNI: bool>(w: &[u8], a: &[u8], ys: &[f32], n: usize) -> f32 {
+    let (wb, ab, min) = b32_layout(T);
+    let nb = n / QK;
+    let (wp, ap, sp) = (w.as_ptr(), a.as_ptr(), ys.as_ptr());
+    let mut acc = _mm_setzero_ps();
+    let mut ib = 0;
+    while ib + 4 <= nb {
+        let x: [*const u8; 4] = std::array::from_fn(|k| wp.add((ib + k) * wb));
+        let y: [*const u8; 4] = std::array::from_fn(|k| ap.add((ib + k) * ab));
+        let s = _mm_cvtepi32_ps(reduce4_i32(
+            b32_isum::<T, VNNI>(x[0], y[0]),
+            b32_isum::<T, VNNI>(x[1], y[1]),
+            b32_isum::<T, VNNI>(x[2], y[2]),
+            b32_isum::<T, VNNI>(x[3], y[3]),
+        ));
+        let v = if min {
+            // [dx*dy, mx*sy] for four blocks, then split into the two halves of the sum.
+            let p = _mm256_mul_ps(f16_pairs_x4(x), _mm256_loadu_ps(sp.add(2 * ib)));
+            let (lo, hi) = (_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
+            let dd = _mm_shuffle_ps(lo, hi, 0b10_00_10_00);
+            let ms = _mm_shuffle_ps(lo, hi, 0b11_01_11_01);
+            _mm_add_ps(_mm_mul_ps(dd, s), ms)
+        } else {
+            _mm_mul_ps(_mm_mul_ps(f16_x4(x), _mm_loadu_ps(sp.add(ib))), s)
+        };
+        acc = _mm_add_ps(acc, v);
+        ib += 4;
+    }
+    let mut lanes = [0f32; 4];
+    _mm_storeu_ps(lanes.as_mut_ptr(), acc);
+    while ib < nb {
+        let (x, y) = (wp.add(ib * wb), ap.add(ib * ab));
+        let isum = hsum_i32_8(b32_isum::<T, VNNI>(x, y));
+        let mut v = (f16_at(x) * f16_at(y)) * isum as f32;
+        if min {
+            v += f16_at(x.add(2)) * f16_at(y.add(2));
+        }
+        lanes[ib & 3] += v;
+        ib += 1;
+    }
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+}
+
+/// Checks the lengths of a 32-element-block dot product's inputs.
+#[inline(always)]
+fn check_b32<const T: u8>(w: &[u8], a: &[u8], ys: &[f32], n: usize) {
+    let (wb, ab, min) = b32_layout(T);
+    let nb = n / QK;
+    assert!(
+        w.len() >= nb * wb && a.len() >= nb * ab && ys.len() >= nb * (1 + min as usize),
+        "dot: input shorter than the row"
+    );
+}
+
+macro_rules! b32_wrapper {
+    ($name:ident, $t:expr, $vnni:expr, $feat:literal) => {
+        pub fn $name(w: &[u8], a: &[u8], ys: &[f32], n: usize) -> f32 {
+            #[target_feature(enable = $feat)]
+            unsafe fn k(w: &[u8], a: &[u8], ys: &[f32], n: usize) -> f32 {
+                dot_b32::<{ $t }, $vnni>(w, a, ys, n)
+            }
+            check_b32::<{ $t }>(w, a, ys, n);
+            // SAFETY: only handed out by `dot_kernel` after run-time detection of the
+            // features; lengths checked above.
+            unsafe { k(w, a, ys, n) }
+        }
+    };
+}
+
+b32_wrapper!(dot_q8_0, T_Q8_0, false, "avx2,fma,f16c");
+b32_wrapper!(dot_q4_0, T_Q4_0, false, "avx2,fma,f16c");
+b32_wrapper!(dot_q4_1, T_Q4_1, false, "avx2,fma,f16c");
+b32_wrapper!(dot_q5_0, T_Q5_0, false, "avx2,fma,f16c");
+b32_wrapper!(dot_q5_1, T_Q5_1, false, "avx2,fma,f16c");
+
+/// The same kernels with AVX-512 VNNI (`vpdpbusd` on ymm for the byte products).
+pub mod vnni {
+    use super::*;
+
+    /// Whether the CPU has AVX-512 VNNI with VL (on top of AVX2/FMA/F16C).
+    pub fn available() -> bool {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            crate::level_supported(crate::SimdLevel::Avx2)
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512vnni")
+        })
+    }
+
+    b32_wrapper!(
+        dot_q8_0,
+        T_Q8_0,
+        true,
+        "avx2,fma,f16c,avx512f,avx512vl,avx512vnni"
+    );
+    b32_wrapper!(
+        dot_q4_0,
+        T_Q4_0,
+        true,
+        "avx2,fma,f16c,avx512f,avx512vl,avx512vnni"
+    );
+    b32_wrapper!(
+        dot_q4_1,
+        T_Q4_1,
+        true,
+        "avx2,fma,f16c,avx512f,avx512vl,avx512vnni"
+    );
+    b32_wrapper!(
+        dot_q5_0,
+        T_Q5_0,
+        true,
+        "avx2,fma,f16c,avx512f,avx512vl,avx512vnni"
+    );
+    b32_wrapper!(
+        dot_q5_1,
+        T_Q5_1,
+        true,
+        "avx2,fma,f16c,avx512f,avx512vl,avx512vnni"
+    );
 }
 
 // ---------------------------------------------------------------- K-quants

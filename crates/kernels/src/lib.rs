@@ -206,41 +206,78 @@ pub fn matmul_supported(ty: TensorType) -> bool {
     !matches!(ty, TensorType::Q8_1 | TensorType::Q8_K)
 }
 
-type DotFn = fn(&[u8], &[u8], usize) -> f32;
+/// `dot(w, a, ys, n)`: one weight row `w` against one activation row `a` (in the vec-dot
+/// type), `n` elements; `ys` holds the activation row's block scales widened to f32
+/// ([`act_scales`]), which some SIMD kernels read instead of `a`'s f16 fields.
+type DotFn = fn(&[u8], &[u8], &[f32], usize) -> f32;
+
+/// A dot product that does not use the widened activation scales.
+macro_rules! plain {
+    ($f:path) => {
+        (|w: &[u8], a: &[u8], _ys: &[f32], n: usize| $f(w, a, n)) as DotFn
+    };
+}
+
+/// Block scales of an activation row of type `vdt`, widened to f32 and appended to `out`:
+/// Q8_0 `[d]` per block, Q8_1 `[d, s]` per block, nothing for the other types.
+fn act_scales(vdt: TensorType, a: &[u8], out: &mut Vec<f32>) {
+    use blocks::{rd_f16, Q8_0_BYTES, Q8_1_BYTES};
+    match vdt {
+        TensorType::Q8_0 => out.extend(a.chunks_exact(Q8_0_BYTES).map(|b| rd_f16(b, 0))),
+        TensorType::Q8_1 => {
+            for b in a.chunks_exact(Q8_1_BYTES) {
+                out.push(rd_f16(b, 0));
+                out.push(rd_f16(b, 2));
+            }
+        }
+        _ => {}
+    }
+}
 
 /// The dot-product kernel for weights of type `ty` at `level` (which must be supported).
 fn dot_kernel(ty: TensorType, level: SimdLevel) -> DotFn {
     use TensorType::*;
     #[cfg(target_arch = "x86_64")]
+    if level == SimdLevel::Avx512 && avx2::vnni::available() {
+        match ty {
+            Q8_0 => return avx2::vnni::dot_q8_0,
+            Q4_0 => return avx2::vnni::dot_q4_0,
+            Q4_1 => return avx2::vnni::dot_q4_1,
+            Q5_0 => return avx2::vnni::dot_q5_0,
+            Q5_1 => return avx2::vnni::dot_q5_1,
+            _ => {}
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     if matches!(level, SimdLevel::Avx2 | SimdLevel::Avx512) && level_supported(SimdLevel::Avx2) {
         return match ty {
-            F32 => avx2::dot_f32,
-            F16 => avx2::dot_f16,
-            BF16 => avx2::dot_bf16,
+            F32 => plain!(avx2::dot_f32),
+            F16 => plain!(avx2::dot_f16),
+            BF16 => plain!(avx2::dot_bf16),
             Q8_0 => avx2::dot_q8_0,
             Q4_0 => avx2::dot_q4_0,
             Q4_1 => avx2::dot_q4_1,
             Q5_0 => avx2::dot_q5_0,
             Q5_1 => avx2::dot_q5_1,
-            Q4_K => avx2::dot_q4_k,
-            Q5_K => avx2::dot_q5_k,
-            Q6_K => avx2::dot_q6_k,
+            Q4_K => plain!(avx2::dot_q4_k),
+            Q5_K => plain!(avx2::dot_q5_k),
+            Q6_K => plain!(avx2::dot_q6_k),
             Q8_1 | Q8_K => panic!("{ty} is an activation type, not a weight type for matmul"),
         };
     }
     let _ = level;
     match ty {
-        F32 => scalar::dot_f32,
-        F16 => scalar::dot_f16,
-        BF16 => scalar::dot_bf16,
-        Q8_0 => scalar::dot_q8_0,
-        Q4_0 => scalar::dot_q4_0,
-        Q4_1 => scalar::dot_q4_1,
-        Q5_0 => scalar::dot_q5_0,
-        Q5_1 => scalar::dot_q5_1,
-        Q4_K => scalar::dot_q4_k,
-        Q5_K => scalar::dot_q5_k,
-        Q6_K => scalar::dot_q6_k,
+        F32 => plain!(scalar::dot_f32),
+        F16 => plain!(scalar::dot_f16),
+        BF16 => plain!(scalar::dot_bf16),
+        Q8_0 => plain!(scalar::dot_q8_0),
+        Q4_0 => plain!(scalar::dot_q4_0),
+        Q4_1 => plain!(scalar::dot_q4_1),
+        Q5_0 => plain!(scalar::dot_q5_0),
+        Q5_1 => plain!(scalar::dot_q5_1),
+        Q4_K => plain!(scalar::dot_q4_k),
+        Q5_K => plain!(scalar::dot_q5_k),
+        Q6_K => plain!(scalar::dot_q6_k),
         Q8_1 | Q8_K => panic!("{ty} is an activation type, not a weight type for matmul"),
     }
 }
@@ -437,6 +474,12 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
     }
 
     let dot = dot_kernel(w.ty, level);
+    let mut scl = Vec::new();
+    for a in act.chunks_exact(arb) {
+        act_scales(vdt, a, &mut scl);
+    }
+    let sst = scl.len() / batch;
+    let scales = |b: usize| &scl[b * sst..(b + 1) * sst];
     let wrow = |r: usize| &w.data[r * wrb..(r + 1) * wrb];
     let threads = rayon::current_num_threads().max(1);
     let rows_per_task = rows.div_ceil(threads * 4).max(ROW_BLOCK);
@@ -447,7 +490,7 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
             .for_each(|(t, ys)| {
                 let r0 = t * rows_per_task;
                 for (i, yv) in ys.iter_mut().enumerate() {
-                    *yv = dot(wrow(r0 + i), &act, cols);
+                    *yv = dot(wrow(r0 + i), &act, &scl, cols);
                 }
             });
         return;
@@ -467,7 +510,7 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
         let done = rows / gemm::PR * gemm::PR;
         for (b, a) in act.chunks_exact(arb).enumerate() {
             for r in done..rows {
-                y[b * rows + r] = dot(wrow(r), a, cols);
+                y[b * rows + r] = dot(wrow(r), a, scales(b), cols);
             }
         }
         return;
@@ -484,7 +527,7 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
                 let re = (rb + ROW_BLOCK).min(nr);
                 for (b, a) in act.chunks_exact(arb).enumerate() {
                     for i in rb..re {
-                        ts[i * batch + b] = dot(wrow(r0 + i), a, cols);
+                        ts[i * batch + b] = dot(wrow(r0 + i), a, scales(b), cols);
                     }
                 }
             }
@@ -504,5 +547,7 @@ pub fn dot_with(level: SimdLevel, ty: TensorType, w: &[u8], x: &[f32]) -> f32 {
     quantize_activation_row(vec_dot_type(ty), x, &mut act).expect("quantize activations");
     let rb = ty.row_bytes(x.len()).expect("whole blocks");
     assert!(w.len() >= rb, "dot_with: weight row too short");
-    dot_kernel(ty, effective(level))(&w[..rb], &act, x.len())
+    let mut scl = Vec::new();
+    act_scales(vec_dot_type(ty), &act, &mut scl);
+    dot_kernel(ty, effective(level))(&w[..rb], &act, &scl, x.len())
 }
