@@ -1,0 +1,67 @@
+//! Parity with lm-evaluation-harness 0.4.13 (its own task definitions and metrics) scoring
+//! the same GGUF through the reference implementation (llama.cpp): the golden file is
+//! made by `scripts/lm-eval-parity.py` (see crates/eval/README.md).
+//!
+//! Checked: every prompt is byte-identical (lm-eval's prompt_hash); per-request
+//! loglikelihoods agree within the reference's own noise on this model (see README);
+//! aggregate acc / acc_norm agree within the bounds below.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use verity_eval::{evaluate, resolve_tasks, LocalBackend, Options};
+
+/// Mean absolute per-request loglikelihood difference allowed (nats).
+const MEAN_LL_TOL: f64 = 0.05;
+/// Aggregate acc / acc_norm difference allowed, in points (percent).
+const ACC_TOL_POINTS: f64 = 2.0;
+
+#[test]
+fn matches_lm_eval_with_the_reference() {
+    let golden: Value = serde_json::from_str(include_str!("data/lm-eval-golden.json")).unwrap();
+    let path = verity_store::resolve(None).expect("default model");
+    let model = Arc::new(verity_model::load(&path).expect("load"));
+    let quick = std::env::var("VERITY_PARITY_FULL").is_err();
+    let mut report = Vec::new();
+    for (task, g) in golden["tasks"].as_object().unwrap() {
+        let mut limit = g["limit"].as_u64().unwrap() as usize;
+        if quick {
+            limit = limit.min(150);
+        }
+        let (specs, _) = resolve_tasks(&[task.clone()]).unwrap();
+        let mut b = LocalBackend::new(model.clone(), path.clone(), None);
+        let opts = Options { limit: Some(limit), batch_size: 32, ..Options::default() };
+        let r = evaluate(&mut b, &specs, &[], &opts).unwrap();
+        let t = &r.tasks[0];
+        let docs = g["docs"].as_array().unwrap();
+        let (mut n, mut sum_abs, mut max_abs) = (0usize, 0.0f64, 0.0f64);
+        let (mut acc_v, mut acc_g, mut norm_v, mut norm_g) = (0.0, 0.0, 0.0, 0.0);
+        for (s, d) in t.samples.iter().zip(docs) {
+            assert_eq!(s.doc_id as u64, d["doc_id"].as_u64().unwrap());
+            assert_eq!(s.prompt_hash, d["prompt_hash"].as_str().unwrap(), "{task} doc {}: prompt differs from lm-eval's", s.doc_id);
+            let lls = d["lls"].as_array().unwrap();
+            assert_eq!(lls.len(), s.results.len(), "{task} doc {}: number of requests", s.doc_id);
+            for (r, l) in s.results.iter().zip(lls) {
+                let diff = (r.loglikelihood - l.as_f64().unwrap()).abs();
+                sum_abs += diff;
+                max_abs = max_abs.max(diff);
+                n += 1;
+            }
+            let m = |name: &str| s.metrics.iter().find(|(k, _, _)| k == name).map(|x| x.2);
+            acc_v += m("acc").unwrap_or(0.0);
+            acc_g += d["acc"].as_f64().unwrap_or(0.0);
+            norm_v += m("acc_norm").unwrap_or(0.0);
+            norm_g += d["acc_norm"].as_f64().unwrap_or(0.0);
+        }
+        let k = t.samples.len() as f64;
+        let mean = sum_abs / n as f64;
+        let (dacc, dnorm) = (100.0 * (acc_v - acc_g) / k, 100.0 * (norm_v - norm_g) / k);
+        report.push(format!(
+            "{task}: {} docs, {n} requests, mean |dll| {mean:.4}, max {max_abs:.4}, acc {:.2} vs {:.2} ({dacc:+.2} pts), acc_norm {:.2} vs {:.2} ({dnorm:+.2} pts)",
+            t.samples.len(), 100.0 * acc_v / k, 100.0 * acc_g / k, 100.0 * norm_v / k, 100.0 * norm_g / k
+        ));
+        assert!(mean < MEAN_LL_TOL, "{}", report.last().unwrap());
+        assert!(dacc.abs() <= ACC_TOL_POINTS && dnorm.abs() <= ACC_TOL_POINTS, "{}", report.last().unwrap());
+    }
+    eprintln!("{}", report.join("\n"));
+}
