@@ -167,7 +167,7 @@ fn worker(p: &'static Shared) {
         let mut spins = 0u32;
         while p.generation.load(SeqCst) == seen {
             spins += 1;
-            if spins % 64 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 let mut guard = p.lock.lock().unwrap_or_else(|e| e.into_inner());
                 p.sleeping.fetch_add(1, SeqCst);
                 while p.generation.load(SeqCst) == seen {
