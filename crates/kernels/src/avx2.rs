@@ -57,7 +57,7 @@ safe_wrapper!(
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_ps_8(s: __m256) -> f32 {
+pub(crate) unsafe fn hsum_ps_8(s: __m256) -> f32 {
     // Same order as `reduce32`'s tail: lo + hi, then lanes (0+2, 1+3), then 0 + 1.
     let t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
     let u = _mm_add_ps(t, _mm_movehl_ps(t, t));

@@ -50,6 +50,8 @@ mod scalar;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod gemm_f;
 
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -245,6 +247,15 @@ fn dot_kernel(ty: TensorType, level: SimdLevel) -> DotFn {
             Q4_1 => return avx2::vnni::dot_q4_1,
             Q5_0 => return avx2::vnni::dot_q5_0,
             Q5_1 => return avx2::vnni::dot_q5_1,
+            _ => {}
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if level == SimdLevel::Avx512 && gemm_f::available() {
+        match ty {
+            F16 => return plain!(gemm_f::dot_f16),
+            BF16 => return plain!(gemm_f::dot_bf16),
+            F32 => return plain!(gemm_f::dot_f32),
             _ => {}
         }
     }
@@ -513,6 +524,17 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
                 y[b * rows + r] = dot(wrow(r), a, scales(b), cols);
             }
         }
+        return;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    if level == SimdLevel::Avx512
+        && batch >= GEMM_MIN_BATCH
+        && gemm_f::supported(w.ty)
+        && gemm_f::available()
+    {
+        // SAFETY: `available()` checked the CPU features; `w.check()` the size.
+        unsafe { gemm_f::matmul(w.ty, w.data, rows, cols, &act, batch, y) };
         return;
     }
 
