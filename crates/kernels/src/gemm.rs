@@ -243,48 +243,18 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
         }
         Kind::B32 { .. } => {}
     }
-    let mut tmp = [0u8; QK_K];
     for r in 0..PR {
         let row = &w[r * wrb..(r + 1) * wrb];
         for ib in 0..nb {
-            let vals = &mut tmp[..belems];
             match ty {
-                Q8_0 => {
-                    let x = &row[ib * Q8_0_BYTES..(ib + 1) * Q8_0_BYTES];
-                    p.d[ib * PR + r] = rd_f16(x, 0);
-                    for (v, &q) in vals.iter_mut().zip(&x[2..34]) {
-                        *v = q ^ 0x80;
-                    }
-                }
-                Q4_0 | Q4_1 => {
-                    let bytes = if ty == Q4_0 { Q4_0_BYTES } else { Q4_1_BYTES };
+                Q8_0 => p.d[ib * PR + r] = rd_f16(&row[ib * Q8_0_BYTES..], 0),
+                Q4_0 => p.d[ib * PR + r] = rd_f16(&row[ib * Q4_0_BYTES..], 0),
+                Q5_0 => p.d[ib * PR + r] = rd_f16(&row[ib * Q5_0_BYTES..], 0),
+                Q4_1 | Q5_1 => {
+                    let bytes = if ty == Q4_1 { Q4_1_BYTES } else { Q5_1_BYTES };
                     let x = &row[ib * bytes..(ib + 1) * bytes];
                     p.d[ib * PR + r] = rd_f16(x, 0);
-                    let qs = if ty == Q4_0 {
-                        &x[2..18]
-                    } else {
-                        p.m[ib * PR + r] = rd_f16(x, 2);
-                        &x[4..20]
-                    };
-                    for j in 0..16 {
-                        vals[j] = qs[j] & 0xF;
-                        vals[j + 16] = qs[j] >> 4;
-                    }
-                }
-                Q5_0 | Q5_1 => {
-                    let bytes = if ty == Q5_0 { Q5_0_BYTES } else { Q5_1_BYTES };
-                    let x = &row[ib * bytes..(ib + 1) * bytes];
-                    p.d[ib * PR + r] = rd_f16(x, 0);
-                    let (qh, qs) = if ty == Q5_0 {
-                        (rd_u32(x, 2), &x[6..22])
-                    } else {
-                        p.m[ib * PR + r] = rd_f16(x, 2);
-                        (rd_u32(x, 4), &x[8..24])
-                    };
-                    for j in 0..16 {
-                        vals[j] = (qs[j] & 0xF) | ((((qh >> j) & 1) as u8) << 4);
-                        vals[j + 16] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-                    }
+                    p.m[ib * PR + r] = rd_f16(x, 2);
                 }
                 Q4_K | Q5_K => {
                     let bytes = if ty == Q4_K { Q4_K_BYTES } else { Q5_K_BYTES };
@@ -295,28 +265,6 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
                     for j in 0..8 {
                         p.sc[(ib * 8 + j) * PR + r] = sc[j] as i32;
                         p.mn[(ib * 8 + j) * PR + r] = mn[j] as i32;
-                    }
-                    if ty == Q4_K {
-                        let qs = &x[16..144];
-                        for pp in 0..4 {
-                            for l in 0..32 {
-                                let q = qs[32 * pp + l];
-                                vals[64 * pp + l] = q & 0xF;
-                                vals[64 * pp + 32 + l] = q >> 4;
-                            }
-                        }
-                    } else {
-                        let qh = &x[16..48];
-                        let qs = &x[48..176];
-                        for pp in 0..4 {
-                            for l in 0..32 {
-                                let q = qs[32 * pp + l];
-                                let h0 = (qh[l] >> (2 * pp)) & 1;
-                                let h1 = (qh[l] >> (2 * pp + 1)) & 1;
-                                vals[64 * pp + l] = (q & 0xF) | (h0 << 4);
-                                vals[64 * pp + 32 + l] = (q >> 4) | (h1 << 4);
-                            }
-                        }
                     }
                 }
                 Q6_K => {
@@ -330,26 +278,119 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
                         let hi = (x[192 + 2 * j + 1] as i8) as i16 as u16 as u32;
                         p.sc_pairs[(ib * 8 + j) * PR + r] = (lo | (hi << 16)) as i32;
                     }
-                    for h in 0..2 {
-                        let ql = &x[64 * h..64 * h + 64];
-                        let qh = &x[128 + 32 * h..128 + 32 * h + 32];
-                        for l in 0..32 {
-                            let e = 128 * h + l;
-                            vals[e] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
-                            vals[e + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
-                            vals[e + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-                            vals[e + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-                        }
-                    }
                 }
                 _ => unreachable!(),
             }
-            // Scatter into [k / 4][16][4].
-            let k0 = ib * belems;
-            for (g, quad) in vals.chunks_exact(4).enumerate() {
-                let dst = ((k0 / 4 + g) * PR + r) * 4;
-                p.q[dst..dst + 4].copy_from_slice(quad);
+        }
+    }
+    assert!(w.len() >= (PR - 1) * wrb + ty.row_bytes(cols).unwrap());
+    // SAFETY: `available()` was checked before any panel work; the weight rows were
+    // checked above and `p.q` holds `cols * PR` bytes.
+    unsafe { unpack_quants(ty, w.as_ptr(), wrb, cols, p.q.as_mut_ptr()) };
+}
+
+/// The unsigned quants of weight row `r`'s 32-element chunk `kc` (elements
+/// `32 kc .. 32 kc + 32`), as the panel stores them (see [`Kind`] for the offsets).
+#[inline(always)]
+unsafe fn chunk_vals(ty: TensorType, row: *const u8, kc: usize) -> __m256i {
+    use TensorType::*;
+    let m4 = _mm256_set1_epi8(0x0F);
+    let ld = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
+    let nib = |p: *const u8| {
+        let t = _mm_loadu_si128(p as *const __m128i);
+        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), m4)
+    };
+    // Byte j = 0x10 if bit j of `bits` is set.
+    let bit4 = |bits: u32| {
+        let m = _mm256_movm_epi8(bits);
+        _mm256_and_si256(m, _mm256_set1_epi8(0x10))
+    };
+    match ty {
+        Q8_0 => _mm256_xor_si256(
+            ld(row.add(kc * Q8_0_BYTES + 2)),
+            _mm256_set1_epi8(0x80u8 as i8),
+        ),
+        Q4_0 => nib(row.add(kc * Q4_0_BYTES + 2)),
+        Q4_1 => nib(row.add(kc * Q4_1_BYTES + 4)),
+        Q5_0 | Q5_1 => {
+            let (bytes, qh, qs) = if ty == Q5_0 {
+                (Q5_0_BYTES, 2, 6)
+            } else {
+                (Q5_1_BYTES, 4, 8)
+            };
+            let x = row.add(kc * bytes);
+            let h = std::ptr::read_unaligned(x.add(qh) as *const u32);
+            _mm256_or_si256(nib(x.add(qs)), bit4(h))
+        }
+        Q4_K | Q5_K => {
+            let (ib, j) = (kc / 8, kc % 8);
+            let bytes = if ty == Q4_K { Q4_K_BYTES } else { Q5_K_BYTES };
+            let x = row.add(ib * bytes);
+            let qs = if ty == Q4_K { x.add(16) } else { x.add(48) };
+            let q = ld(qs.add(32 * (j / 2)));
+            let q = if j % 2 == 0 {
+                q
+            } else {
+                _mm256_srli_epi16(q, 4)
+            };
+            let v = _mm256_and_si256(q, m4);
+            if ty == Q4_K {
+                v
+            } else {
+                let h = _mm256_srl_epi16(ld(x.add(16)), _mm_cvtsi32_si128(j as i32));
+                let h = _mm256_and_si256(h, _mm256_set1_epi8(1));
+                _mm256_or_si256(v, _mm256_slli_epi16(h, 4))
             }
+        }
+        _ => {
+            // Q6_K: chunk c = 4h + k of a block.
+            let (ib, c) = (kc / 8, kc % 8);
+            let (h, k) = (c / 4, c % 4);
+            let x = row.add(ib * Q6_K_BYTES);
+            let ql = ld(x.add(64 * h + 32 * (k % 2)));
+            let ql = if k < 2 { ql } else { _mm256_srli_epi16(ql, 4) };
+            let qh = _mm256_srl_epi16(ld(x.add(128 + 32 * h)), _mm_cvtsi32_si128(2 * k as i32));
+            let qh = _mm256_and_si256(qh, _mm256_set1_epi8(3));
+            _mm256_or_si256(_mm256_and_si256(ql, m4), _mm256_slli_epi16(qh, 4))
+        }
+    }
+}
+
+/// Unpack the quants of 16 rows into `[k / 4][16][4]`: per 32-element chunk, the 16 rows'
+/// 8 dwords are transposed (two 8x8 dword transposes side by side in zmm halves).
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+unsafe fn unpack_quants(ty: TensorType, w: *const u8, wrb: usize, cols: usize, q: *mut u8) {
+    let lo_idx = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+    let hi_idx = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+    for kc in 0..cols / 32 {
+        let z: [__m512i; 8] = std::array::from_fn(|i| {
+            let a = chunk_vals(ty, w.add(i * wrb), kc);
+            let b = chunk_vals(ty, w.add((i + 8) * wrb), kc);
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b)
+        });
+        let a: [__m512i; 4] =
+            std::array::from_fn(|i| _mm512_unpacklo_epi32(z[2 * i], z[2 * i + 1]));
+        let b: [__m512i; 4] =
+            std::array::from_fn(|i| _mm512_unpackhi_epi32(z[2 * i], z[2 * i + 1]));
+        // c[g]: rows 0..3 (and 8..11) of dword g (lane 0) and g + 4 (lane 1); d[g]: rows 4..7.
+        let c = [
+            _mm512_unpacklo_epi64(a[0], a[1]),
+            _mm512_unpackhi_epi64(a[0], a[1]),
+            _mm512_unpacklo_epi64(b[0], b[1]),
+            _mm512_unpackhi_epi64(b[0], b[1]),
+        ];
+        let d = [
+            _mm512_unpacklo_epi64(a[2], a[3]),
+            _mm512_unpackhi_epi64(a[2], a[3]),
+            _mm512_unpacklo_epi64(b[2], b[3]),
+            _mm512_unpackhi_epi64(b[2], b[3]),
+        ];
+        let out = q.add(kc * 32 * PR);
+        for g in 0..4 {
+            let o0 = _mm512_permutex2var_epi64(c[g], lo_idx, d[g]);
+            let o1 = _mm512_permutex2var_epi64(c[g], hi_idx, d[g]);
+            _mm512_storeu_si512(out.add(g * 64) as *mut _, o0);
+            _mm512_storeu_si512(out.add((g + 4) * 64) as *mut _, o1);
         }
     }
 }
