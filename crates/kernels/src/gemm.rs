@@ -81,7 +81,7 @@ struct Panel {
     m: Vec<f32>,
     /// K-quants, per block, per sub-block, 16 rows: integer scales.
     sc: Vec<i32>,
-    /// K4: per block, per sub-block, 16 rows: integer mins.
+    /// K4: per block, per pair of sub-blocks, 16 rows: the two mins as i16 pairs.
     mn: Vec<i32>,
     /// K6: per block, per pair of groups, 16 rows: the two i8 scales as i16 pairs.
     sc_pairs: Vec<i32>,
@@ -102,8 +102,8 @@ struct Act<'a> {
     s: Vec<f32>,
     /// `[row][block]`: B32 offset correction `off * sum(y)`.
     offsum: Vec<i32>,
-    /// K4: `[row][block][8]` sums of pairs of bsums; K6: `[row][block][8]` bsum pairs packed
-    /// as i16x2.
+    /// K4: `[row][block][4]` sums of pairs of bsums, two (sub-blocks 2j, 2j + 1) packed as
+    /// i16x2; K6: `[row][block][8]` bsum pairs packed as i16x2.
     bs: Vec<i32>,
 }
 
@@ -200,10 +200,14 @@ fn prepare_act<'a>(kind: Kind, q: &'a [u8], arb: usize, batch: usize, cols: usiz
                 }
                 Kind::K4 => {
                     a.d.push(rd_f32(blk, 0));
-                    for j in 0..8 {
-                        let s = rd_i16(blk, Q8_K_BSUMS + 4 * j) as i32
-                            + rd_i16(blk, Q8_K_BSUMS + 4 * j + 2) as i32;
-                        a.bs.push(s);
+                    // Sums of pairs of bsums (|s| <= 32 * 127, an i16), two per i32.
+                    let s = |j: usize| {
+                        (rd_i16(blk, Q8_K_BSUMS + 4 * j) as i32
+                            + rd_i16(blk, Q8_K_BSUMS + 4 * j + 2) as i32)
+                            as u16 as u32
+                    };
+                    for jp in 0..4 {
+                        a.bs.push((s(2 * jp) | (s(2 * jp + 1) << 16)) as i32);
                     }
                 }
                 Kind::K6 => {
@@ -235,7 +239,7 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
     match kind {
         Kind::K4 => {
             p.sc.resize(nb * 8 * PR, 0);
-            p.mn.resize(nb * 8 * PR, 0);
+            p.mn.resize(nb * 4 * PR, 0);
         }
         Kind::K6 => {
             p.sc.resize(nb * 16 * PR, 0);
@@ -262,9 +266,12 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
                     p.d[ib * PR + r] = rd_f16(x, 0);
                     p.m[ib * PR + r] = rd_f16(x, 2);
                     let (sc, mn) = scales_mins_k4(&x[4..16]);
-                    for j in 0..8 {
-                        p.sc[(ib * 8 + j) * PR + r] = sc[j] as i32;
-                        p.mn[(ib * 8 + j) * PR + r] = mn[j] as i32;
+                    for (j, &v) in sc.iter().enumerate() {
+                        p.sc[(ib * 8 + j) * PR + r] = v as i32;
+                    }
+                    for jp in 0..4 {
+                        p.mn[(ib * 4 + jp) * PR + r] =
+                            mn[2 * jp] as i32 | ((mn[2 * jp + 1] as i32) << 16);
                     }
                 }
                 Q6_K => {
@@ -473,15 +480,19 @@ unsafe fn run<const N: usize>(
                 let mw = _mm512_loadu_ps(p.m.as_ptr().add(ib * PR));
                 let lane = ib & 3;
                 let mut isum = [_mm512_setzero_si512(); N];
-                let mut summ = [_mm512_setzero_si512(); N];
                 for j in 0..8 {
                     let s = dotn::<N, 32>(pq, ib * QK_K + 32 * j, &aptr(ib, 32 * j));
                     let sc = _mm512_loadu_si512(p.sc.as_ptr().add((ib * 8 + j) * PR) as *const _);
-                    let mn = _mm512_loadu_si512(p.mn.as_ptr().add((ib * 8 + j) * PR) as *const _);
                     for c in 0..N {
                         isum[c] = _mm512_add_epi32(isum[c], _mm512_mullo_epi32(s[c], sc));
-                        let bs = _mm512_set1_epi32(*a.bs.get_unchecked(ai(c, ib) * 8 + j));
-                        summ[c] = _mm512_add_epi32(summ[c], _mm512_mullo_epi32(mn, bs));
+                    }
+                }
+                let mut summ = [_mm512_setzero_si512(); N];
+                for jp in 0..4 {
+                    let mn = _mm512_loadu_si512(p.mn.as_ptr().add((ib * 4 + jp) * PR) as *const _);
+                    for (c, sm) in summ.iter_mut().enumerate() {
+                        let bs = _mm512_set1_epi32(*a.bs.get_unchecked(ai(c, ib) * 4 + jp));
+                        *sm = _mm512_dpwssd_epi32(*sm, mn, bs);
                     }
                 }
                 for c in 0..N {
