@@ -101,11 +101,25 @@ pub fn act_q8_1(x: &[f32], out: &mut [u8]) {
 /// `-127 / max`.
 pub fn q8_k(x: &[f32], out: &mut [u8]) {
     debug_assert_eq!(x.len() % QK_K, 0);
+    #[cfg(target_arch = "x86_64")]
+    let simd = crate::simd_level() == crate::SimdLevel::Avx512 && q8k_x86::available();
     for (xb, ob) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(Q8_K_BYTES)) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available()` checked the CPU features; the block sizes are fixed.
+        if simd && unsafe { q8k_x86::block(xb, ob) } {
+            continue;
+        }
+        q8_k_block(xb, ob);
+    }
+}
+
+/// One Q8_K block, scalar reference.
+fn q8_k_block(xb: &[f32], ob: &mut [u8]) {
+    {
         let max = signed_max(xb);
         if max == 0.0 {
             ob.fill(0);
-            continue;
+            return;
         }
         let iscale = -127.0 / max;
         let mut q = [0i8; QK_K];
@@ -122,6 +136,77 @@ pub fn q8_k(x: &[f32], out: &mut [u8]) {
             let off = Q8_K_BSUMS + 2 * g;
             ob[off..off + 2].copy_from_slice(&(s as i16).to_le_bytes());
         }
+    }
+}
+
+/// Q8_K activation blocks with AVX-512, bit-identical to the scalar [`q8_k`]: the largest
+/// magnitude is order-independent, the first element reaching it is found with a compare
+/// mask, and `vrndscaleps` rounds half to even as `round_even` does in this range.
+#[cfg(target_arch = "x86_64")]
+mod q8k_x86 {
+    use crate::blocks::*;
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+        })
+    }
+
+    /// One block; returns false (writing nothing) if it holds a NaN, for the scalar code.
+    ///
+    /// # Safety
+    /// [`available`] must be true.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn block(xb: &[f32], ob: &mut [u8]) -> bool {
+        assert!(xb.len() == QK_K && ob.len() == Q8_K_BYTES);
+        let xp = xb.as_ptr();
+        let absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fff_ffff));
+        let mut m = _mm512_setzero_ps();
+        let mut nan = 0u16;
+        for c in 0..QK_K / 16 {
+            let v = _mm512_loadu_ps(xp.add(16 * c));
+            nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            m = _mm512_max_ps(_mm512_and_ps(v, absmask), m);
+        }
+        if nan != 0 {
+            return false;
+        }
+        let amax = _mm512_reduce_max_ps(m);
+        if amax == 0.0 {
+            ob.fill(0);
+            return true;
+        }
+        let am = _mm512_set1_ps(amax);
+        let mut first = 0;
+        for c in 0..QK_K / 16 {
+            let a = _mm512_and_ps(_mm512_loadu_ps(xp.add(16 * c)), absmask);
+            let k = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, am);
+            if k != 0 {
+                first = 16 * c + k.trailing_zeros() as usize;
+                break;
+            }
+        }
+        let iscale = -127.0 / xb[first];
+        let is = _mm512_set1_ps(iscale);
+        let op = ob.as_mut_ptr();
+        for c in 0..QK_K / 16 {
+            let v = _mm512_mul_ps(is, _mm512_loadu_ps(xp.add(16 * c)));
+            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            let q = _mm512_cvtps_epi32(r);
+            _mm_storeu_si128(
+                op.add(Q8_K_QS + 16 * c) as *mut __m128i,
+                _mm512_cvtsepi32_epi8(q),
+            );
+            let s = _mm512_reduce_add_epi32(q) as i16;
+            std::ptr::copy_nonoverlapping(s.to_le_bytes().as_ptr(), op.add(Q8_K_BSUMS + 2 * c), 2);
+        }
+        ob[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+        true
     }
 }
 
@@ -241,5 +326,56 @@ pub fn to_f16(x: &[f32], out: &mut [u8]) {
 pub fn to_bf16(x: &[f32], out: &mut [u8]) {
     for (o, &v) in out.chunks_exact_mut(2).zip(x) {
         o.copy_from_slice(&f32_to_bf16(v).to_le_bytes());
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_k_simd_matches_scalar() {
+        if !q8k_x86::available() {
+            return;
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for case in 0..400 {
+            let mut x: Vec<f32> = (0..QK_K)
+                .map(|_| ((rnd() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0)
+                .collect();
+            match case % 5 {
+                // Ties in magnitude with both signs: the first one must win.
+                1 => {
+                    x[7] = 9.0;
+                    x[100] = -9.0;
+                    x[3] = -9.0;
+                }
+                // Values landing on .5 after scaling by -127 / max.
+                2 => {
+                    x[0] = 127.0;
+                    for (i, v) in x.iter_mut().enumerate().skip(1) {
+                        *v = (i % 50) as f32 - 24.5;
+                    }
+                }
+                3 => x.iter_mut().for_each(|v| *v = 0.0),
+                4 => x[11] = f32::NAN,
+                _ => {}
+            }
+            let mut want = vec![0u8; Q8_K_BYTES];
+            q8_k_block(&x, &mut want);
+            let mut got = vec![0u8; Q8_K_BYTES];
+            // SAFETY: checked `available()`.
+            if unsafe { q8k_x86::block(&x, &mut got) } {
+                assert_eq!(got, want, "case {case}");
+            } else {
+                assert_eq!(case % 5, 4, "only NaN blocks fall back");
+            }
+        }
     }
 }
