@@ -130,6 +130,31 @@ pub fn for_each(n: usize, f: &(dyn Fn(usize) + Sync)) {
     }
 }
 
+/// Split `data` into chunks of `chunk` elements (the last may be shorter) and run
+/// `f(index, chunk)` on each in parallel.
+pub fn for_each_chunk_mut<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    let chunk = chunk.max(1);
+    let len = data.len();
+    let base = SendPtr(data.as_mut_ptr());
+    for_each(len.div_ceil(chunk), &|i| {
+        let start = i * chunk;
+        let end = (start + chunk).min(len);
+        let base = &base;
+        // SAFETY: chunk `i` is [start, end) of `data`, disjoint from every other chunk, and
+        // `for_each` runs each index exactly once while `data` is mutably borrowed here.
+        let part = unsafe { std::slice::from_raw_parts_mut(base.0.add(start), end - start) };
+        f(i, part);
+    });
+}
+
+struct SendPtr<T>(*mut T);
+// SAFETY: only used to hand out disjoint sub-slices of a `&mut [T]` with `T: Send`.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
 thread_local! {
     static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -219,6 +244,19 @@ mod tests {
             }
         }
         assert_eq!(total.load(SeqCst), 2000 * 6);
+    }
+
+    #[test]
+    fn chunks_cover_the_slice_once() {
+        let mut v = vec![0u32; 1003];
+        for_each_chunk_mut(&mut v, 100, &|i, c| {
+            for x in c.iter_mut() {
+                *x += i as u32 + 1;
+            }
+        });
+        for (j, x) in v.iter().enumerate() {
+            assert_eq!(*x, (j / 100) as u32 + 1);
+        }
     }
 
     #[test]
