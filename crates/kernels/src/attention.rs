@@ -95,6 +95,8 @@ pub fn attention_f16_with(
         let _ = level;
         false
     };
+    #[cfg(target_arch = "x86_64")]
+    let simd512 = crate::effective(level) == SimdLevel::Avx512 && x86::avx512_available();
     // One task per (query, KV head): `group` output heads, contiguous in `out`.
     out.par_chunks_mut(group * hd)
         .enumerate()
@@ -122,13 +124,21 @@ pub fn attention_f16_with(
                 scalar_scores(qv, k, kvd, kvh * hd, hd, n_keys, scale, scores);
                 for s in scores.chunks_exact_mut(n_keys) {
                     softmax(s);
+                    #[cfg(target_arch = "x86_64")]
+                    if simd {
+                        // SAFETY: as above.
+                        unsafe { x86::round_f16(s) };
+                        continue;
+                    }
                     for p in s.iter_mut() {
                         *p = f16::from_f32(*p).to_f32();
                     }
                 }
                 o.fill(0.0);
                 #[cfg(target_arch = "x86_64")]
-                if simd {
+                if simd512 && x86::weighted_sum_512(scores, v, kvd, kvh * hd, hd, n_keys, o) {
+                    // done
+                } else if simd {
                     // SAFETY: as above.
                     unsafe { x86::weighted_sum(scores, v, kvd, kvh * hd, hd, n_keys, o) };
                 } else {
@@ -222,6 +232,54 @@ mod x86 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
 
+    /// Round each value to f16 and back (round to nearest even, as `half` does).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn round_f16(x: &mut [f32]) {
+        let n8 = x.len() / 8 * 8;
+        let p = x.as_mut_ptr();
+        let mut i = 0;
+        while i < n8 {
+            let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(_mm256_loadu_ps(p.add(i)));
+            _mm256_storeu_ps(p.add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        for v in &mut x[n8..] {
+            *v = f16::from_f32(*v).to_f32();
+        }
+    }
+
+    /// `out[l]` lane `k` = `v[k]` lane `l`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+        let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+        let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+        let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+        let t4 = _mm256_unpacklo_ps(v[4], v[5]);
+        let t5 = _mm256_unpackhi_ps(v[4], v[5]);
+        let t6 = _mm256_unpacklo_ps(v[6], v[7]);
+        let t7 = _mm256_unpackhi_ps(v[6], v[7]);
+        let u0 = _mm256_shuffle_ps(t0, t2, 0x44);
+        let u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        let u2 = _mm256_shuffle_ps(t1, t3, 0x44);
+        let u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        let u4 = _mm256_shuffle_ps(t4, t6, 0x44);
+        let u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        let u6 = _mm256_shuffle_ps(t5, t7, 0x44);
+        let u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        [
+            _mm256_permute2f128_ps(u0, u4, 0x20),
+            _mm256_permute2f128_ps(u1, u5, 0x20),
+            _mm256_permute2f128_ps(u2, u6, 0x20),
+            _mm256_permute2f128_ps(u3, u7, 0x20),
+            _mm256_permute2f128_ps(u0, u4, 0x31),
+            _mm256_permute2f128_ps(u1, u5, 0x31),
+            _mm256_permute2f128_ps(u2, u6, 0x31),
+            _mm256_permute2f128_ps(u3, u7, 0x31),
+        ]
+    }
+
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn scores(
@@ -236,7 +294,43 @@ mod x86 {
     ) {
         let h8 = hd / 8 * 8;
         let group = qv.len() / hd;
-        for j in 0..n_keys {
+        // Blocks of 8 keys: each key's 8 lanes accumulated as below, then an 8x8 transpose
+        // so that summing lanes 0..7 in order runs on 8 keys at once.
+        let mut j0 = 0;
+        if hd.is_multiple_of(8) && hd <= 256 {
+            let init: f32 = std::iter::empty::<f32>().sum();
+            let mut kf = [0f32; 8 * 256];
+            while j0 + 8 <= n_keys {
+                for kk in 0..8 {
+                    let rp = k.as_ptr().add((j0 + kk) * kvd + off);
+                    for i in (0..hd).step_by(8) {
+                        _mm256_storeu_ps(kf.as_mut_ptr().add(kk * hd + i), load8(rp.add(i)));
+                    }
+                }
+                for g in 0..group {
+                    let qp = qv.as_ptr().add(g * hd);
+                    let mut acc = [_mm256_setzero_ps(); 8];
+                    let mut i = 0;
+                    while i < hd {
+                        let qi = _mm256_loadu_ps(qp.add(i));
+                        for (kk, a) in acc.iter_mut().enumerate() {
+                            let kv = _mm256_loadu_ps(kf.as_ptr().add(kk * hd + i));
+                            *a = _mm256_add_ps(*a, _mm256_mul_ps(qi, kv));
+                        }
+                        i += 8;
+                    }
+                    let t = transpose8(acc);
+                    let mut s = _mm256_set1_ps(init);
+                    for tl in t {
+                        s = _mm256_add_ps(s, tl);
+                    }
+                    let out = scores.as_mut_ptr().add(g * n_keys + j0);
+                    _mm256_storeu_ps(out, _mm256_mul_ps(s, _mm256_set1_ps(scale)));
+                }
+                j0 += 8;
+            }
+        }
+        for j in j0..n_keys {
             let row = &k[j * kvd + off..][..hd];
             let rp = row.as_ptr();
             for g in 0..group {
@@ -255,6 +349,85 @@ mod x86 {
                     s += qh[i] * row[i].to_f32();
                 }
                 *scores.get_unchecked_mut(g * n_keys + j) = s * scale;
+            }
+        }
+    }
+
+    pub fn avx512_available() -> bool {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            crate::level_supported(crate::SimdLevel::Avx2)
+                && std::is_x86_feature_detected!("avx512f")
+        })
+    }
+
+    /// [`weighted_sum`] with all `group` output heads in zmm registers over the keys, each V
+    /// row converted once for the group; the same `o += p * v` per element and key, in key
+    /// order. Returns false (doing nothing) for shapes it does not cover.
+    ///
+    /// Only call when [`avx512_available`].
+    pub fn weighted_sum_512(
+        p: &[f32],
+        v: &[f16],
+        kvd: usize,
+        off: usize,
+        hd: usize,
+        n_keys: usize,
+        o: &mut [f32],
+    ) -> bool {
+        let group = o.len() / hd;
+        assert!(p.len() >= group * n_keys && o.len() == group * hd);
+        assert!(n_keys == 0 || v.len() >= (n_keys - 1) * kvd + off + hd);
+        macro_rules! go {
+            ($($hc:literal, $g:literal);*) => {
+                match (hd, group) {
+                    $(
+                        (h, $g) if h == 16 * $hc => {
+                            // SAFETY: features checked by the caller; sizes checked above.
+                            unsafe { ws512::<$hc, $g>(p, v, kvd, off, n_keys, o) };
+                            true
+                        }
+                    )*
+                    _ => false,
+                }
+            };
+        }
+        go!(4, 1; 4, 2; 4, 3; 4, 4; 8, 1; 8, 2)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+    unsafe fn ws512<const HC: usize, const G: usize>(
+        p: &[f32],
+        v: &[f16],
+        kvd: usize,
+        off: usize,
+        n_keys: usize,
+        o: &mut [f32],
+    ) {
+        let hd = 16 * HC;
+        let mut acc = [[_mm512_setzero_ps(); HC]; G];
+        for (g, a) in acc.iter_mut().enumerate() {
+            for (c, a) in a.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(o.as_ptr().add(g * hd + 16 * c));
+            }
+        }
+        let vp = v.as_ptr().add(off);
+        for j in 0..n_keys {
+            let row = vp.add(j * kvd);
+            let vv: [__m512; HC] = std::array::from_fn(|c| {
+                _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * c) as *const __m256i))
+            });
+            for (g, a) in acc.iter_mut().enumerate() {
+                let pj = _mm512_set1_ps(*p.get_unchecked(g * n_keys + j));
+                for (c, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_add_ps(*a, _mm512_mul_ps(pj, vv[c]));
+                }
+            }
+        }
+        for (g, a) in acc.iter().enumerate() {
+            for (c, a) in a.iter().enumerate() {
+                _mm512_storeu_ps(o.as_mut_ptr().add(g * hd + 16 * c), *a);
             }
         }
     }

@@ -698,7 +698,12 @@ fn engine_attention(
 fn attention_matches_engine_reference_bit_for_bit() {
     use verity_kernels::attention::{attention_f16_with, AttnShape};
     let mut rng = Rng(31);
-    for (n_head, n_head_kv, hd, p0, n) in [(8, 2, 64, 0, 5), (4, 4, 20, 7, 3), (6, 2, 128, 33, 1)] {
+    for (n_head, n_head_kv, hd, p0, n) in [
+        (8, 2, 64, 0, 5),
+        (4, 4, 20, 7, 3),
+        (6, 2, 128, 33, 1),
+        (9, 3, 64, 21, 4),
+    ] {
         let kvd = n_head_kv * hd;
         let ctx = p0 + n;
         let k: Vec<half::f16> = (0..ctx * kvd)
