@@ -116,6 +116,30 @@ fn main() {
             );
         }
     }
+    // Small matrices, batch 1 (SmolLM2-135M: hidden 576, FFN 1536): per-call overhead.
+    for (rows, cols) in [(576usize, 576usize), (1536, 576), (576, 1536)] {
+        let ty = TensorType::Q4_1;
+        let name = format!("matmul_q4_1_b1_{rows}x{cols}");
+        if !want(&name) {
+            continue;
+        }
+        let data = weights(&mut rng, ty, rows, cols);
+        let w = WeightView {
+            ty,
+            rows,
+            cols,
+            data: &data,
+        };
+        let x: Vec<f32> = (0..cols).map(|_| rng.f32()).collect();
+        let mut y = vec![0f32; rows];
+        let t = best_of(2000, || matmul(&w, &x, 1, &mut y));
+        println!(
+            "| {name} | {rows}x{cols}, batch 1 | {:.2} us | {:.1} | {:.1} |",
+            t * 1e6,
+            2.0 * (rows * cols) as f64 / t / 1e9,
+            data.len() as f64 / t / 1e9
+        );
+    }
     // Attention: 32 query heads over 8 KV heads of 64, one query at position 511 (generation)
     // and 512 queries from 0 (a prompt).
     let shape = AttnShape {
