@@ -246,8 +246,17 @@ def main():
     if args.time:
         print(f"lm-eval + reference: {elapsed:.2f} s", file=sys.stderr)
         golden["seconds"] = elapsed
+    # Compact, one document per line (small diffs when regenerated).
     with open(args.out, "w") as f:
-        json.dump(golden, f, indent=1)
+        head = {k: v for k, v in golden.items() if k != "tasks"}
+        f.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"tasks":{\n')
+        items = list(golden["tasks"].items())
+        for i, (name, t) in enumerate(items):
+            meta = {k: v for k, v in t.items() if k != "docs"}
+            f.write(json.dumps(name) + ":" + json.dumps(meta, separators=(",", ":"))[:-1] + ',"docs":[\n')
+            f.write(",\n".join(json.dumps(x, separators=(",", ":")) for x in t["docs"]))
+            f.write("]}" + ("," if i < len(items) - 1 else "") + "\n")
+        f.write("}}\n")
 
 
 if __name__ == "__main__":
