@@ -32,7 +32,10 @@
 //!
 //! * Scalar: reference implementation of every dot product; always available.
 //! * AVX2 (+FMA, F16C): F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.
-//! * AVX-512: currently runs the AVX2 kernels.
+//! * AVX-512 (F/BW/VL): the AVX2 kernels, except: 32-element-block dots with `vpdpbusd`
+//!   (VNNI), float dots on zmm, a VNNI panel kernel for quantized batches (`gemm`), a
+//!   register-tiled kernel for F16/BF16/F32 batches (`gemm_f`), an AVX-512 Q8_K activation
+//!   quantizer, and zmm attention.
 //! * NEON: currently runs the scalar kernels.
 //!
 //! Every path computes each block's integer sum exactly and accumulates the float terms in
@@ -109,7 +112,7 @@ pub enum SimdLevel {
     Scalar,
     /// x86_64 with AVX2, FMA and F16C.
     Avx2,
-    /// x86_64 with AVX-512 F/BW/VL (plus AVX2, FMA, F16C). Runs the AVX2 kernels for now.
+    /// x86_64 with AVX-512 F/BW/VL (plus AVX2, FMA, F16C); VNNI used where present.
     Avx512,
     /// aarch64 with NEON. Runs the scalar kernels for now.
     Neon,
