@@ -18,8 +18,9 @@ use verity_eval::{evaluate, resolve_tasks, LocalBackend, Options};
 
 /// Mean absolute per-request loglikelihood difference allowed (nats).
 const MEAN_LL_TOL: f64 = 0.45;
-/// Aggregate acc / acc_norm difference allowed, in points (percent).
-const ACC_TOL_POINTS: f64 = 2.0;
+/// Aggregate acc / acc_norm difference allowed, in points (percent). The reference against
+/// itself differs by up to 2.7 points on 150 winogrande documents.
+const ACC_TOL_POINTS: f64 = 3.0;
 
 #[test]
 fn matches_lm_eval_with_the_reference() {
@@ -36,7 +37,11 @@ fn matches_lm_eval_with_the_reference() {
         }
         let (specs, _) = resolve_tasks(&[task.clone()]).unwrap();
         let mut b = LocalBackend::new(model.clone(), path.clone(), None);
-        let opts = Options { limit: Some(limit), batch_size: 32, ..Options::default() };
+        let opts = Options {
+            limit: Some(limit),
+            batch_size: 32,
+            ..Options::default()
+        };
         let r = evaluate(&mut b, &specs, &[], &opts).unwrap();
         let t = &r.tasks[0];
         let docs = g["docs"].as_array().unwrap();
@@ -44,9 +49,19 @@ fn matches_lm_eval_with_the_reference() {
         let (mut acc_v, mut acc_g, mut norm_v, mut norm_g) = (0.0, 0.0, 0.0, 0.0);
         for (s, d) in t.samples.iter().zip(docs) {
             assert_eq!(s.doc_id as u64, d["doc_id"].as_u64().unwrap());
-            assert_eq!(s.prompt_hash, d["prompt_hash"].as_str().unwrap(), "{task} doc {}: prompt differs from lm-eval's", s.doc_id);
+            assert_eq!(
+                s.prompt_hash,
+                d["prompt_hash"].as_str().unwrap(),
+                "{task} doc {}: prompt differs from lm-eval's",
+                s.doc_id
+            );
             let lls = d["lls"].as_array().unwrap();
-            assert_eq!(lls.len(), s.results.len(), "{task} doc {}: number of requests", s.doc_id);
+            assert_eq!(
+                lls.len(),
+                s.results.len(),
+                "{task} doc {}: number of requests",
+                s.doc_id
+            );
             for (r, l) in s.results.iter().zip(lls) {
                 let diff = (r.loglikelihood - l.as_f64().unwrap()).abs();
                 sum_abs += diff;
@@ -71,5 +86,9 @@ fn matches_lm_eval_with_the_reference() {
         }
     }
     eprintln!("{}", report.join("\n"));
-    assert!(failures.is_empty(), "outside the bounds:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "outside the bounds:\n{}",
+        failures.join("\n")
+    );
 }
