@@ -131,14 +131,26 @@ pub struct VerifyArgs {
 
 fn backend(src: &SourceArgs, recorded_model: Option<&str>) -> anyhow::Result<Box<dyn Backend>> {
     if let Some(url) = &src.endpoint {
-        let key = src.api_key.clone().or_else(|| std::env::var("OPENAI_API_KEY").ok());
-        return Ok(Box::new(EndpointBackend::connect(url, key, src.concurrency)?));
+        let key = src
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("OPENAI_API_KEY").ok());
+        return Ok(Box::new(EndpointBackend::connect(
+            url,
+            key,
+            src.concurrency,
+        )?));
     }
     verity_engine::init_threads(src.threads);
     let path = verity_store::resolve(src.model.as_deref().or(recorded_model))?;
-    let digest = verity_audit::hash::root_digest(&path).with_context(|| format!("hashing {}", path.display()))?;
+    let digest = verity_audit::hash::root_digest(&path)
+        .with_context(|| format!("hashing {}", path.display()))?;
     let model = verity_model::load(&path)?;
-    Ok(Box::new(LocalBackend::new(Arc::new(model), path, Some(digest))))
+    Ok(Box::new(LocalBackend::new(
+        Arc::new(model),
+        path,
+        Some(digest),
+    )))
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
@@ -168,11 +180,13 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let results = report.results_json(b.identity());
     if let Some(dir) = &a.output {
         let p = dir.join("results.json");
-        std::fs::write(&p, serde_json::to_string_pretty(&results)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(&p, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(r) = &a.receipt {
         let receipt = verity_eval::receipt::make(&report, b.identity());
-        std::fs::write(r, serde_json::to_string_pretty(&receipt)?).with_context(|| format!("writing {}", r.display()))?;
+        std::fs::write(r, serde_json::to_string_pretty(&receipt)?)
+            .with_context(|| format!("writing {}", r.display()))?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -181,7 +195,12 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         println!(
             "{} ({}), limit: {}, num_fewshot: {}, batch_size: {}, {:.1} s",
             id.name,
-            id.root_digest.as_deref().map_or("no root digest".to_string(), |d| format!("root digest {}", &d[..d.len().min(16)])),
+            id.root_digest
+                .as_deref()
+                .map_or("no root digest".to_string(), |d| format!(
+                    "root digest {}",
+                    &d[..d.len().min(16)]
+                )),
             a.limit.map_or("None".into(), |l| l.to_string()),
             a.num_fewshot.map_or("None".into(), |l| l.to_string()),
             a.batch_size,
@@ -196,8 +215,10 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 fn verify(v: VerifyArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&v.receipt).with_context(|| format!("reading {}", v.receipt.display()))?;
-    let receipt: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", v.receipt.display()))?;
+    let text = std::fs::read_to_string(&v.receipt)
+        .with_context(|| format!("reading {}", v.receipt.display()))?;
+    let receipt: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not JSON", v.receipt.display()))?;
     let recorded = receipt["model"]["path"].as_str().map(String::from);
     let mut src = v.source.clone();
     if src.endpoint.is_none() && src.model.is_none() {
@@ -211,7 +232,10 @@ fn verify(v: VerifyArgs) -> anyhow::Result<()> {
     if v.json {
         println!("{}", serde_json::to_string_pretty(&json!(result))?);
     } else if result.ok {
-        println!("MATCH: {} samples re-run, all identical to the receipt", result.samples_checked);
+        println!(
+            "MATCH: {} samples re-run, all identical to the receipt",
+            result.samples_checked
+        );
     } else {
         println!(
             "MISMATCH: {} of {} samples re-run differ",

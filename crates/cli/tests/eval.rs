@@ -16,7 +16,11 @@ fn verity(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn samples(dir: &Path, task: &str) -> Vec<Value> {
@@ -40,7 +44,10 @@ fn help_has_examples() {
     let o = verity(&["eval", "--help"]);
     assert!(o.status.success());
     let t = text(&o);
-    assert!(t.contains("Examples:") && t.contains("--tasks") && t.contains("--receipt"), "{t}");
+    assert!(
+        t.contains("Examples:") && t.contains("--tasks") && t.contains("--receipt"),
+        "{t}"
+    );
     let o = verity(&["eval", "verify", "--help"]);
     assert!(text(&o).contains("Examples:"));
 }
@@ -50,18 +57,43 @@ fn unknown_task_is_one_line_error() {
     let o = verity(&["eval", "--tasks", "no_such_task"]);
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains("unknown task 'no_such_task'") && e.trim().lines().count() == 1, "{e}");
+    assert!(
+        e.contains("unknown task 'no_such_task'") && e.trim().lines().count() == 1,
+        "{e}"
+    );
 }
 
 #[test]
 fn local_and_endpoint_give_identical_samples() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("local"), dir.path().join("endpoint"));
-    let o = verity(&["eval", "--tasks", "arc_easy,winogrande", "--limit", "12", "--quiet", "--output", a.to_str().unwrap(), "--threads", "2"]);
+    let o = verity(&[
+        "eval",
+        "--tasks",
+        "arc_easy,winogrande",
+        "--limit",
+        "12",
+        "--quiet",
+        "--output",
+        a.to_str().unwrap(),
+        "--threads",
+        "2",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let server = common::Server::start(&[]);
     let url = format!("http://127.0.0.1:{}", server.port);
-    let o = verity(&["eval", "--tasks", "arc_easy,winogrande", "--limit", "12", "--quiet", "--output", b.to_str().unwrap(), "--endpoint", &url]);
+    let o = verity(&[
+        "eval",
+        "--tasks",
+        "arc_easy,winogrande",
+        "--limit",
+        "12",
+        "--quiet",
+        "--output",
+        b.to_str().unwrap(),
+        "--endpoint",
+        &url,
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     for task in ["arc_easy", "winogrande"] {
         let (x, y) = (samples(&a, task), samples(&b, task));
@@ -71,10 +103,20 @@ fn local_and_endpoint_give_identical_samples() {
         }
     }
     // The endpoint's root digest is recorded.
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(b.join("results.json")).unwrap()).unwrap();
-    assert_eq!(r["config"]["model_root_digest"].as_str().map(str::len), Some(64), "{}", r["config"]);
-    let r2: Value = serde_json::from_str(&std::fs::read_to_string(a.join("results.json")).unwrap()).unwrap();
-    assert_eq!(r["config"]["model_root_digest"], r2["config"]["model_root_digest"]);
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("results.json")).unwrap()).unwrap();
+    assert_eq!(
+        r["config"]["model_root_digest"].as_str().map(str::len),
+        Some(64),
+        "{}",
+        r["config"]
+    );
+    let r2: Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("results.json")).unwrap()).unwrap();
+    assert_eq!(
+        r["config"]["model_root_digest"],
+        r2["config"]["model_root_digest"]
+    );
     assert_eq!(r["results"], r2["results"]);
 }
 
@@ -110,7 +152,16 @@ fn receipt_verifies_and_names_what_changed() {
     std::fs::write(d.join("task.yaml"), TASK).unwrap();
     let task = d.join("task.yaml");
     let receipt = d.join("r.json");
-    let o = verity(&["eval", "-m", model.to_str().unwrap(), "--tasks", task.to_str().unwrap(), "--receipt", receipt.to_str().unwrap(), "--quiet"]);
+    let o = verity(&[
+        "eval",
+        "-m",
+        model.to_str().unwrap(),
+        "--tasks",
+        task.to_str().unwrap(),
+        "--receipt",
+        receipt.to_str().unwrap(),
+        "--quiet",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&receipt).unwrap()).unwrap();
     assert_eq!(r["tasks"][0]["samples"].as_array().unwrap().len(), 4);
@@ -120,24 +171,50 @@ fn receipt_verifies_and_names_what_changed() {
     let o = verify();
     assert!(o.status.success(), "untouched: {}", text(&o));
     assert!(text(&o).contains("MATCH"));
-    let o = verity(&["eval", "verify", receipt.to_str().unwrap(), "--sample", "2", "--json", "--quiet"]);
+    let o = verity(&[
+        "eval",
+        "verify",
+        receipt.to_str().unwrap(),
+        "--sample",
+        "2",
+        "--json",
+        "--quiet",
+    ]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((v["ok"].as_bool(), v["samples_checked"].as_u64()), (Some(true), Some(2)), "{v}");
+    assert_eq!(
+        (v["ok"].as_bool(), v["samples_checked"].as_u64()),
+        (Some(true), Some(2)),
+        "{v}"
+    );
 
     // One dataset row.
-    std::fs::write(d.join("data.jsonl"), DATA.replace("Which planet is closest", "Which planet is nearest")).unwrap();
+    std::fs::write(
+        d.join("data.jsonl"),
+        DATA.replace("Which planet is closest", "Which planet is nearest"),
+    )
+    .unwrap();
     let o = verify();
     let t = text(&o);
     assert!(!o.status.success());
-    assert!(t.contains("dataset file") && t.contains("doc 3: dataset row changed"), "{t}");
+    assert!(
+        t.contains("dataset file") && t.contains("doc 3: dataset row changed"),
+        "{t}"
+    );
     std::fs::write(d.join("data.jsonl"), DATA).unwrap();
 
     // The prompt template.
-    std::fs::write(&task, TASK.replace("Question: {{question}}", "Q: {{question}}")).unwrap();
+    std::fs::write(
+        &task,
+        TASK.replace("Question: {{question}}", "Q: {{question}}"),
+    )
+    .unwrap();
     let o = verify();
     let t = text(&o);
     assert!(!o.status.success());
-    assert!(t.contains("task config changed (doc_to_text)") && t.contains("prompt changed"), "{t}");
+    assert!(
+        t.contains("task config changed (doc_to_text)") && t.contains("prompt changed"),
+        "{t}"
+    );
     std::fs::write(&task, TASK).unwrap();
 
     // One byte of the weights.
@@ -158,14 +235,34 @@ fn receipt_verifies_and_names_what_changed() {
 fn resume_reuses_finished_samples() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let args = ["eval", "--tasks", "hellaswag", "--limit", "10", "--batch-size", "4", "--quiet", "--json", "--output", out.to_str().unwrap()];
+    let args = [
+        "eval",
+        "--tasks",
+        "hellaswag",
+        "--limit",
+        "10",
+        "--batch-size",
+        "4",
+        "--quiet",
+        "--json",
+        "--output",
+        out.to_str().unwrap(),
+    ];
     let o = verity(&args);
     assert!(o.status.success(), "{}", text(&o));
     let full = samples(&out, "hellaswag");
     // An interruption: six samples written, the seventh cut short.
     let f = out.join("samples_hellaswag.jsonl");
-    let lines: Vec<String> = std::fs::read_to_string(&f).unwrap().lines().map(String::from).collect();
-    std::fs::write(&f, format!("{}\n{}", lines[..6].join("\n"), &lines[6][..40])).unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(&f)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    std::fs::write(
+        &f,
+        format!("{}\n{}", lines[..6].join("\n"), &lines[6][..40]),
+    )
+    .unwrap();
     let mut resumed_args = args.to_vec();
     resumed_args.push("--resume");
     let o = verity(&resumed_args);

@@ -175,7 +175,9 @@ pub struct Field {
 fn parse_field(t: Table<'_>) -> Result<Field, ArrowError> {
     let name = t.string(0)?.unwrap_or_default();
     if t.table(4)?.is_some() {
-        return err(format!("column '{name}' is dictionary-encoded (not supported)"));
+        return err(format!(
+            "column '{name}' is dictionary-encoded (not supported)"
+        ));
     }
     let type_id = t.u8_or(2, 0)?;
     let ty = t.table(3)?;
@@ -237,7 +239,11 @@ fn parse_field(t: Table<'_>) -> Result<Field, ArrowError> {
             large: true,
             item: one_child(children)?,
         },
-        other => return err(format!("column '{name}' has Arrow type {other} (not supported)")),
+        other => {
+            return err(format!(
+                "column '{name}' has Arrow type {other} (not supported)"
+            ))
+        }
     };
     Ok(Field { name, dtype })
 }
@@ -373,7 +379,11 @@ fn read_batch(
     for f in fields {
         let col = read_array(&f.dtype, &mut cur)?;
         if col.len() != length {
-            return err(format!("column '{}' has {} rows, batch has {length}", f.name, col.len()));
+            return err(format!(
+                "column '{}' has {} rows, batch has {length}",
+                f.name,
+                col.len()
+            ));
         }
         columns.push(col);
     }
@@ -515,7 +525,12 @@ fn read_array(dtype: &DType, cur: &mut Cursor<'_>) -> Result<Vec<Val>, ArrowErro
                     if !valid(validity, nulls, i) {
                         return Val::Null;
                     }
-                    Val::List(child[offs[i]..offs[i + 1]].iter_mut().map(std::mem::take).collect())
+                    Val::List(
+                        child[offs[i]..offs[i + 1]]
+                            .iter_mut()
+                            .map(std::mem::take)
+                            .collect(),
+                    )
                 })
                 .collect()
         }
@@ -530,7 +545,12 @@ fn read_array(dtype: &DType, cur: &mut Cursor<'_>) -> Result<Vec<Val>, ArrowErro
                     if !valid(validity, nulls, i) {
                         return Val::Null;
                     }
-                    Val::List(child[i * size..(i + 1) * size].iter_mut().map(std::mem::take).collect())
+                    Val::List(
+                        child[i * size..(i + 1) * size]
+                            .iter_mut()
+                            .map(std::mem::take)
+                            .collect(),
+                    )
                 })
                 .collect()
         }

@@ -68,7 +68,12 @@ pub trait Backend: Send {
     /// a context). Results in the same shape.
     fn loglikelihood(&mut self, groups: &[Vec<LlRequest>]) -> anyhow::Result<Vec<Vec<LlResult>>>;
     /// Greedy generation until a stop string, end of generation or `max_tokens`.
-    fn generate(&mut self, prompt: &[u32], until: &[String], max_tokens: usize) -> anyhow::Result<String>;
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        until: &[String],
+        max_tokens: usize,
+    ) -> anyhow::Result<String>;
 }
 
 /// `logits[token] - logsumexp(logits)`, exactly as `verity serve` computes echo
@@ -85,7 +90,13 @@ pub fn token_logprob(logits: &[f32], token: u32) -> (f32, bool) {
     let argmax = logits
         .iter()
         .enumerate()
-        .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
+        .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
         .0;
     (logits[token as usize] - lse, argmax == token as usize)
 }
@@ -154,7 +165,12 @@ impl Backend for LocalBackend {
                 prefix.push(0);
                 continue;
             }
-            let first: Vec<u32> = g[0].context.iter().chain(&g[0].continuation).copied().collect();
+            let first: Vec<u32> = g[0]
+                .context
+                .iter()
+                .chain(&g[0].continuation)
+                .copied()
+                .collect();
             let mut p = g.iter().map(|r| r.context.len()).min().unwrap_or(0);
             for r in &g[1..] {
                 let lcp = r
@@ -206,7 +222,8 @@ impl Backend for LocalBackend {
             }
             // Pass 2: each request's remaining tokens on a copy of its group's prefix,
             // in chunks that bound the logits held at once.
-            let mut out: Vec<Vec<LlResult>> = groups.iter().map(|g| Vec::with_capacity(g.len())).collect();
+            let mut out: Vec<Vec<LlResult>> =
+                groups.iter().map(|g| Vec::with_capacity(g.len())).collect();
             let all: Vec<(usize, usize)> = groups
                 .iter()
                 .enumerate()
@@ -261,7 +278,7 @@ impl Backend for LocalBackend {
                     let p = prefix[gi];
                     let mut lps = Vec::with_capacity(r.continuation.len());
                     let mut greedy = true;
-                    for t in r.context.len()..s.len() {
+                    for (t, &token) in s.iter().enumerate().skip(r.context.len()) {
                         // Logits at position t-1 predict token t.
                         let row: &[f32] = if t - 1 == p - 1 {
                             &last_logits[gi]
@@ -269,7 +286,7 @@ impl Backend for LocalBackend {
                             let k = row0 + (t - 1 - p);
                             &logits[k * n_vocab..(k + 1) * n_vocab]
                         };
-                        let (lp, is_max) = token_logprob(row, s[t]);
+                        let (lp, is_max) = token_logprob(row, token);
                         lps.push(lp);
                         greedy &= is_max;
                     }
@@ -282,9 +299,15 @@ impl Backend for LocalBackend {
         }
     }
 
-    fn generate(&mut self, prompt: &[u32], until: &[String], max_tokens: usize) -> anyhow::Result<String> {
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        until: &[String],
+        max_tokens: usize,
+    ) -> anyhow::Result<String> {
         let model = self.model().clone();
-        let n_ctx = (prompt.len() + max_tokens + 1).min(model.hparams.n_ctx_train.max(prompt.len() + 1));
+        let n_ctx =
+            (prompt.len() + max_tokens + 1).min(model.hparams.n_ctx_train.max(prompt.len() + 1));
         let mut session = Session::new(model, n_ctx);
         let params = GenerateParams {
             max_tokens,
@@ -350,7 +373,14 @@ impl EndpointBackend {
 
     /// One HTTP call with retries (connection errors, 429 and 5xx) and exponential backoff.
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        call_with_retries(&self.agent, &self.base, self.api_key.as_deref(), method, path, body)
+        call_with_retries(
+            &self.agent,
+            &self.base,
+            self.api_key.as_deref(),
+            method,
+            path,
+            body,
+        )
     }
 }
 
@@ -391,13 +421,20 @@ fn call_with_retries(
                 let status = r.status().as_u16();
                 let text = r.body_mut().read_to_string().unwrap_or_default();
                 if status == 429 || status >= 500 {
-                    last = format!("{url}: HTTP {status}: {}", text.chars().take(200).collect::<String>());
+                    last = format!(
+                        "{url}: HTTP {status}: {}",
+                        text.chars().take(200).collect::<String>()
+                    );
                     continue;
                 }
                 if status != 200 {
-                    bail!("{url}: HTTP {status}: {}", text.chars().take(300).collect::<String>());
+                    bail!(
+                        "{url}: HTTP {status}: {}",
+                        text.chars().take(300).collect::<String>()
+                    );
                 }
-                return serde_json::from_str(&text).with_context(|| format!("{url}: response is not JSON"));
+                return serde_json::from_str(&text)
+                    .with_context(|| format!("{url}: response is not JSON"));
             }
             Err(e) => last = format!("{url}: {e}"),
         }
@@ -411,12 +448,20 @@ impl Backend for EndpointBackend {
     }
 
     fn tokenize(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        let v = self.call("POST", "/tokenize", Some(&json!({"content": text, "add_special": false})))?;
+        let v = self.call(
+            "POST",
+            "/tokenize",
+            Some(&json!({"content": text, "add_special": false})),
+        )?;
         v["tokens"]
             .as_array()
             .context("/tokenize returned no tokens")?
             .iter()
-            .map(|t| t.as_u64().map(|t| t as u32).context("bad token id from /tokenize"))
+            .map(|t| {
+                t.as_u64()
+                    .map(|t| t as u32)
+                    .context("bad token id from /tokenize")
+            })
             .collect()
     }
 
@@ -433,7 +478,12 @@ impl Backend for EndpointBackend {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let results: Vec<std::sync::Mutex<Option<anyhow::Result<Vec<LlResult>>>>> =
             groups.iter().map(|_| std::sync::Mutex::new(None)).collect();
-        let (agent, base, key, model) = (&self.agent, self.base.as_str(), self.api_key.as_deref(), self.model_id.as_str());
+        let (agent, base, key, model) = (
+            &self.agent,
+            self.base.as_str(),
+            self.api_key.as_deref(),
+            self.model_id.as_str(),
+        );
         std::thread::scope(|s| {
             for _ in 0..self.concurrency.min(groups.len().max(1)) {
                 s.spawn(|| loop {
@@ -448,11 +498,20 @@ impl Backend for EndpointBackend {
         });
         results
             .into_iter()
-            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(|| Err(anyhow!("request not run"))))
+            .map(|m| {
+                m.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(|| Err(anyhow!("request not run")))
+            })
             .collect()
     }
 
-    fn generate(&mut self, prompt: &[u32], until: &[String], max_tokens: usize) -> anyhow::Result<String> {
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        until: &[String],
+        max_tokens: usize,
+    ) -> anyhow::Result<String> {
         let mut body = json!({
             "model": self.model_id, "prompt": prompt, "max_tokens": max_tokens,
             "temperature": 0.0,
@@ -462,7 +521,10 @@ impl Backend for EndpointBackend {
             body["stop"] = json!(until.iter().take(4).collect::<Vec<_>>());
         }
         let v = self.call("POST", "/v1/completions", Some(&body))?;
-        let mut text = v["choices"][0]["text"].as_str().context("completion without text")?.to_string();
+        let mut text = v["choices"][0]["text"]
+            .as_str()
+            .context("completion without text")?
+            .to_string();
         for u in until {
             if let Some(i) = text.find(u.as_str()) {
                 text.truncate(i);
@@ -490,9 +552,15 @@ fn score_group(
             "max_tokens": 0, "temperature": 0.0,
         });
         let v = call_with_retries(agent, base, key, "POST", "/v1/completions", Some(&body))?;
-        let choices = v["choices"].as_array().context("completion without choices")?;
+        let choices = v["choices"]
+            .as_array()
+            .context("completion without choices")?;
         if choices.len() != chunk.len() {
-            bail!("endpoint returned {} choices for {} prompts", choices.len(), chunk.len());
+            bail!(
+                "endpoint returned {} choices for {} prompts",
+                choices.len(),
+                chunk.len()
+            );
         }
         let mut by_index: Vec<Option<&Value>> = vec![None; chunk.len()];
         for (k, c) in choices.iter().enumerate() {
@@ -504,23 +572,37 @@ fn score_group(
         for (r, c) in chunk.iter().zip(by_index) {
             let c = c.context("missing choice")?;
             let lp = &c["logprobs"];
-            let tokens = lp["tokens"].as_array().context("no echoed tokens (does the endpoint support echo with logprobs?)")?;
-            let tlp = lp["token_logprobs"].as_array().context("no token_logprobs")?;
+            let tokens = lp["tokens"]
+                .as_array()
+                .context("no echoed tokens (does the endpoint support echo with logprobs?)")?;
+            let tlp = lp["token_logprobs"]
+                .as_array()
+                .context("no token_logprobs")?;
             let top = lp["top_logprobs"].as_array().context("no top_logprobs")?;
             let n = r.context.len() + r.continuation.len();
             if tokens.len() < n || tlp.len() < n {
-                bail!("endpoint echoed {} tokens for a {n}-token prompt", tokens.len());
+                bail!(
+                    "endpoint echoed {} tokens for a {n}-token prompt",
+                    tokens.len()
+                );
             }
             let mut lps = Vec::with_capacity(r.continuation.len());
             let mut greedy = true;
             for t in r.context.len()..n {
-                let x = tlp[t].as_f64().context("null logprob for a continuation token")?;
+                let x = tlp[t]
+                    .as_f64()
+                    .context("null logprob for a continuation token")?;
                 lps.push(x as f32);
                 let tok = tokens[t].as_str().unwrap_or_default();
-                let best = top
-                    .get(t)
-                    .and_then(|m| m.as_object())
-                    .and_then(|m| m.iter().max_by(|a, b| a.1.as_f64().unwrap_or(f64::NEG_INFINITY).total_cmp(&b.1.as_f64().unwrap_or(f64::NEG_INFINITY))).map(|(k, _)| k.clone()));
+                let best = top.get(t).and_then(|m| m.as_object()).and_then(|m| {
+                    m.iter()
+                        .max_by(|a, b| {
+                            a.1.as_f64()
+                                .unwrap_or(f64::NEG_INFINITY)
+                                .total_cmp(&b.1.as_f64().unwrap_or(f64::NEG_INFINITY))
+                        })
+                        .map(|(k, _)| k.clone())
+                });
                 greedy &= best.as_deref() == Some(tok);
             }
             out.push(LlResult::from_tokens(lps, greedy));

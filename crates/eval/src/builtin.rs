@@ -8,7 +8,8 @@ use anyhow::{anyhow, bail, Context as _};
 use crate::value::Val;
 
 fn field<'a>(doc: &'a Val, k: &str) -> anyhow::Result<&'a Val> {
-    doc.get(k).ok_or_else(|| anyhow!("document has no field '{k}'"))
+    doc.get(k)
+        .ok_or_else(|| anyhow!("document has no field '{k}'"))
 }
 
 fn str_field<'a>(doc: &'a Val, k: &str) -> anyhow::Result<&'a str> {
@@ -110,7 +111,11 @@ fn hellaswag_doc(mut doc: Val) -> anyhow::Result<Val> {
     let choices = match field(&doc, "endings")? {
         Val::List(l) => l
             .iter()
-            .map(|e| Ok(Val::Str(hellaswag_preprocess(e.as_str().context("ending is not a string")?))))
+            .map(|e| {
+                Ok(Val::Str(hellaswag_preprocess(
+                    e.as_str().context("ending is not a string")?,
+                )))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?,
         _ => bail!("hellaswag endings is not a list"),
     };
@@ -134,7 +139,10 @@ pub fn py_strip(s: &str) -> &str {
 pub fn py_capitalize(s: &str) -> String {
     let mut chars = s.chars();
     match chars.next() {
-        Some(c) => c.to_uppercase().chain(chars.flat_map(char::to_lowercase)).collect(),
+        Some(c) => c
+            .to_uppercase()
+            .chain(chars.flat_map(char::to_lowercase))
+            .collect(),
         None => String::new(),
     }
 }
@@ -147,7 +155,9 @@ mod tests {
     fn hellaswag_matches_python() {
         // utils.preprocess("  Roof shingle removal: [header] A man is sitting [title] on a roof.  ")
         assert_eq!(
-            hellaswag_preprocess("  Roof shingle removal: [header] A man is sitting [title] on a roof.  "),
+            hellaswag_preprocess(
+                "  Roof shingle removal: [header] A man is sitting [title] on a roof.  "
+            ),
             "Roof shingle removal: A man is sitting. on a roof."
         );
         assert_eq!(py_capitalize("then, the man"), "Then, the man");

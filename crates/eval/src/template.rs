@@ -28,7 +28,10 @@ fn methods(state: &State, value: &Value, method: &str, args: &[Value]) -> Result
                     return Ok(Value::from(i));
                 }
             }
-            return Err(Error::new(ErrorKind::InvalidOperation, format!("{what} is not in list")));
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("{what} is not in list"),
+            ));
         }
     }
     minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
@@ -56,7 +59,8 @@ pub fn eval_expr(expr: &str, doc: &Val) -> anyhow::Result<Val> {
 fn single_expr(s: &str) -> Option<&str> {
     let t = s.trim();
     let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
-    (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%")).then_some(inner.trim())
+    (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%"))
+        .then_some(inner.trim())
 }
 
 /// A `doc_to_*` specification from a task config.
@@ -81,7 +85,11 @@ impl Spec {
             },
             serde_json::Value::Array(a) => Spec::List(
                 a.iter()
-                    .map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string()))
+                    .map(|x| {
+                        x.as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| x.to_string())
+                    })
                     .collect(),
             ),
             serde_json::Value::Number(n) if n.is_i64() => Spec::Int(n.as_i64().unwrap_or(0)),
@@ -173,7 +181,12 @@ mod tests {
         assert_eq!(t, Val::Str("Question: Q?\nAnswer:".into()));
         let c = choices(&Spec::Str("{{choices.text}}".into()), &d).unwrap();
         assert_eq!(c, vec!["a", "b"]);
-        let g = target(&Spec::Str("{{choices.label.index(answerKey)}}".into()), &d, true).unwrap();
+        let g = target(
+            &Spec::Str("{{choices.label.index(answerKey)}}".into()),
+            &d,
+            true,
+        )
+        .unwrap();
         assert_eq!(g, Val::Int(1));
     }
 

@@ -68,9 +68,11 @@ impl Val {
             },
             serde_json::Value::String(s) => Val::Str(s.clone()),
             serde_json::Value::Array(a) => Val::List(a.iter().map(Val::from_json).collect()),
-            serde_json::Value::Object(o) => {
-                Val::Map(o.iter().map(|(k, v)| (k.clone(), Val::from_json(v))).collect())
-            }
+            serde_json::Value::Object(o) => Val::Map(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), Val::from_json(v)))
+                    .collect(),
+            ),
         }
     }
 

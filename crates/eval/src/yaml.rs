@@ -9,22 +9,48 @@ use crate::run::TaskSpec;
 use crate::task::TaskConfig;
 
 const SUPPORTED: &[&str] = &[
-    "task", "dataset_path", "dataset_name", "data_files", "dataset_kwargs", "training_split", "validation_split",
-    "test_split", "fewshot_split", "output_type", "process_docs", "doc_to_text", "doc_to_target", "doc_to_choice",
-    "description", "target_delimiter", "fewshot_delimiter", "num_fewshot", "fewshot_config", "metric_list",
-    "generation_kwargs", "filter_list", "metadata", "tag", "include", "should_decontaminate",
-    "doc_to_decontamination_query", "repeats", "task_alias",
+    "task",
+    "dataset_path",
+    "dataset_name",
+    "data_files",
+    "dataset_kwargs",
+    "training_split",
+    "validation_split",
+    "test_split",
+    "fewshot_split",
+    "output_type",
+    "process_docs",
+    "doc_to_text",
+    "doc_to_target",
+    "doc_to_choice",
+    "description",
+    "target_delimiter",
+    "fewshot_delimiter",
+    "num_fewshot",
+    "fewshot_config",
+    "metric_list",
+    "generation_kwargs",
+    "filter_list",
+    "metadata",
+    "tag",
+    "include",
+    "should_decontaminate",
+    "doc_to_decontamination_query",
+    "repeats",
+    "task_alias",
 ];
 
 fn parse(path: &Path, depth: usize) -> anyhow::Result<serde_json::Map<String, Value>> {
     if depth > 4 {
         bail!("{}: includes nest too deep", path.display());
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     // `!function module.name` is a YAML tag; keep it as a string for the built-in table.
     let re = regex::Regex::new(r"(:\s*)!function\s+([A-Za-z0-9_.]+)").expect("valid regex");
     let text = re.replace_all(&text, "$1\"!function $2\"");
-    let v: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("{}: not valid YAML", path.display()))?;
+    let v: Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{}: not valid YAML", path.display()))?;
     let Value::Object(mut m) = v else {
         bail!("{}: a task file is a mapping", path.display());
     };
@@ -51,17 +77,27 @@ pub fn load_task_file(path: &Path) -> anyhow::Result<TaskSpec> {
             m.insert("data_files".into(), df.clone());
         }
     }
-    for k in ["should_decontaminate", "doc_to_decontamination_query", "repeats", "task_alias"] {
+    for k in [
+        "should_decontaminate",
+        "doc_to_decontamination_query",
+        "repeats",
+        "task_alias",
+    ] {
         m.remove(k);
     }
     if let Some(Value::Array(tags)) = m.get("tag").cloned() {
         m.insert("tag".into(), tags.first().cloned().unwrap_or(Value::Null));
     }
-    m.entry("output_type").or_insert_with(|| "generate_until".into());
-    let cfg: TaskConfig = serde_json::from_value(Value::Object(m)).with_context(|| format!("{}: bad task definition", path.display()))?;
+    m.entry("output_type")
+        .or_insert_with(|| "generate_until".into());
+    let cfg: TaskConfig = serde_json::from_value(Value::Object(m))
+        .with_context(|| format!("{}: bad task definition", path.display()))?;
     Ok(TaskSpec {
         config: cfg,
-        base: path.parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into()),
+        base: path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| ".".into()),
         source: path.display().to_string(),
     })
 }

@@ -35,7 +35,7 @@ fn matches_lm_eval_with_the_reference() {
         if quick {
             limit = limit.min(150);
         }
-        let (specs, _) = resolve_tasks(&[task.clone()]).unwrap();
+        let (specs, _) = resolve_tasks(std::slice::from_ref(task)).unwrap();
         let mut b = LocalBackend::new(model.clone(), path.clone(), None);
         let opts = Options {
             limit: Some(limit),
