@@ -108,27 +108,27 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Streaming read bandwidth in bytes/s: every worker thread sums its share of a buffer much
 /// larger than the caches; best of a few passes.
 fn memory_read_bandwidth() -> f64 {
-    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
     const BYTES: usize = 512 << 20;
     let buf: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
-    let threads = rayon::current_num_threads().max(1);
+    let threads = verity_pool::num_threads().max(1);
     let chunk = buf.len().div_ceil(threads);
     let mut best = 0f64;
     for _ in 0..5 {
+        let total = AtomicU64::new(0);
         let t0 = Instant::now();
-        let s: u64 = buf
-            .par_chunks(chunk)
-            .map(|c| {
-                let mut acc = [0u64; 8];
-                for v in c.chunks_exact(8) {
-                    for k in 0..8 {
-                        acc[k] = acc[k].wrapping_add(v[k]);
-                    }
+        verity_pool::for_each(buf.len().div_ceil(chunk), &|t| {
+            let c = &buf[t * chunk..((t + 1) * chunk).min(buf.len())];
+            let mut acc = [0u64; 8];
+            for v in c.chunks_exact(8) {
+                for k in 0..8 {
+                    acc[k] = acc[k].wrapping_add(v[k]);
                 }
-                acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
-            })
-            .reduce(|| 0, |a, b| a.wrapping_add(b));
-        std::hint::black_box(s);
+            }
+            let s = acc.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+            total.fetch_add(s, Ordering::Relaxed);
+        });
+        std::hint::black_box(total.load(Ordering::Relaxed));
         best = best.max(BYTES as f64 / t0.elapsed().as_secs_f64());
     }
     best
@@ -141,7 +141,7 @@ fn gib(b: f64) -> f64 {
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.reps > 0, "--reps must be at least 1");
     verity_engine::init_threads(args.threads);
-    let threads = rayon::current_num_threads();
+    let threads = verity_pool::num_threads();
     let path: PathBuf = verity_store::resolve(args.model.as_deref())?;
     let t0 = Instant::now();
     let model = Arc::new(verity_model::load(&path).context("loading the model")?);

@@ -13,10 +13,8 @@ pub use sampling::{Sampler, SamplingParams};
 /// Set the number of worker threads for all compute (call once, before any work).
 pub fn init_threads(n: usize) {
     let n = if n == 0 { default_threads() } else { n };
-    // Fails only if the pool already exists, which is harmless.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global();
+    // The first call wins; later calls keep the pool that exists.
+    verity_pool::init(n);
 }
 
 /// Physical-core-sized default: all available cores.

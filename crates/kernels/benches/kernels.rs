@@ -74,7 +74,7 @@ fn main() {
     println!(
         "simd: {:?}, threads: {}",
         simd_level(),
-        rayon::current_num_threads()
+        verity_pool::num_threads()
     );
     println!("| kernel | shape | time | GFLOP/s | weight GB/s |");
     println!("|---|---|---:|---:|---:|");

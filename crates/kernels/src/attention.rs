@@ -14,7 +14,6 @@
 //! scratch that grows to the longest context seen.
 
 use half::f16;
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 use crate::SimdLevel;
@@ -41,7 +40,7 @@ thread_local! {
 /// * `k`, `v`: the cache, `[position][n_head_kv * head_dim]` f16, at least `p0 + n` rows;
 /// * `out`: `n * n_head * head_dim` f32.
 ///
-/// `scale` is usually `1 / sqrt(head_dim)`. Runs on rayon's global pool.
+/// `scale` is usually `1 / sqrt(head_dim)`. Runs on the `verity_pool` workers.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_f16(
     q: &[f32],
@@ -98,56 +97,54 @@ pub fn attention_f16_with(
     #[cfg(target_arch = "x86_64")]
     let simd512 = crate::effective(level) == SimdLevel::Avx512 && x86::avx512_available();
     // One task per (query, KV head): `group` output heads, contiguous in `out`.
-    out.par_chunks_mut(group * hd)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let (t, kvh) = (i / n_head_kv, i % n_head_kv);
-            let n_keys = p0 + t + 1;
-            let qs = &q[t * qd + kvh * group * hd..][..group * hd];
-            SCORES.with(|cell| {
-                let sc = &mut *cell.borrow_mut();
-                sc.resize(group * n_keys + group * hd, 0.0);
-                let (scores, qv) = sc.split_at_mut(group * n_keys);
-                for (d, &s) in qv.iter_mut().zip(qs) {
-                    *d = f16::from_f32(s).to_f32();
+    verity_pool::for_each_chunk_mut(out, group * hd, &|i, o| {
+        let (t, kvh) = (i / n_head_kv, i % n_head_kv);
+        let n_keys = p0 + t + 1;
+        let qs = &q[t * qd + kvh * group * hd..][..group * hd];
+        SCORES.with(|cell| {
+            let sc = &mut *cell.borrow_mut();
+            sc.resize(group * n_keys + group * hd, 0.0);
+            let (scores, qv) = sc.split_at_mut(group * n_keys);
+            for (d, &s) in qv.iter_mut().zip(qs) {
+                *d = f16::from_f32(s).to_f32();
+            }
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: `simd` is only true after run-time detection of avx2+fma+f16c.
+                unsafe {
+                    x86::scores(qv, k, kvd, kvh * hd, hd, n_keys, scale, scores);
                 }
+            } else {
+                scalar_scores(qv, k, kvd, kvh * hd, hd, n_keys, scale, scores);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            scalar_scores(qv, k, kvd, kvh * hd, hd, n_keys, scale, scores);
+            for s in scores.chunks_exact_mut(n_keys) {
+                softmax(s);
                 #[cfg(target_arch = "x86_64")]
                 if simd {
-                    // SAFETY: `simd` is only true after run-time detection of avx2+fma+f16c.
-                    unsafe {
-                        x86::scores(qv, k, kvd, kvh * hd, hd, n_keys, scale, scores);
-                    }
-                } else {
-                    scalar_scores(qv, k, kvd, kvh * hd, hd, n_keys, scale, scores);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                scalar_scores(qv, k, kvd, kvh * hd, hd, n_keys, scale, scores);
-                for s in scores.chunks_exact_mut(n_keys) {
-                    softmax(s);
-                    #[cfg(target_arch = "x86_64")]
-                    if simd {
-                        // SAFETY: as above.
-                        unsafe { x86::round_f16(s) };
-                        continue;
-                    }
-                    for p in s.iter_mut() {
-                        *p = f16::from_f32(*p).to_f32();
-                    }
-                }
-                o.fill(0.0);
-                #[cfg(target_arch = "x86_64")]
-                if simd512 && x86::weighted_sum_512(scores, v, kvd, kvh * hd, hd, n_keys, o) {
-                    // done
-                } else if simd {
                     // SAFETY: as above.
-                    unsafe { x86::weighted_sum(scores, v, kvd, kvh * hd, hd, n_keys, o) };
-                } else {
-                    scalar_weighted_sum(scores, v, kvd, kvh * hd, hd, n_keys, o);
+                    unsafe { x86::round_f16(s) };
+                    continue;
                 }
-                #[cfg(not(target_arch = "x86_64"))]
+                for p in s.iter_mut() {
+                    *p = f16::from_f32(*p).to_f32();
+                }
+            }
+            o.fill(0.0);
+            #[cfg(target_arch = "x86_64")]
+            if simd512 && x86::weighted_sum_512(scores, v, kvd, kvh * hd, hd, n_keys, o) {
+                // done
+            } else if simd {
+                // SAFETY: as above.
+                unsafe { x86::weighted_sum(scores, v, kvd, kvh * hd, hd, n_keys, o) };
+            } else {
                 scalar_weighted_sum(scores, v, kvd, kvh * hd, hd, n_keys, o);
-            });
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            scalar_weighted_sum(scores, v, kvd, kvh * hd, hd, n_keys, o);
         });
+    });
 }
 
 /// Softmax in place with an f64 sum (the engine's `ops::softmax`).

@@ -128,37 +128,34 @@ pub unsafe fn matmul_panels(
     batch: usize,
     y: &mut [f32],
 ) {
-    use rayon::prelude::*;
     let kind = kind(ty);
     let a = prepare_act(kind, act, arb, batch, cols);
     let npanels = rows / PR;
     let yp = SyncPtr(y.as_mut_ptr());
-    let threads = rayon::current_num_threads().max(1);
+    let threads = verity_pool::num_threads().max(1);
     // A few tasks per thread; each takes consecutive panels.
     let per_task = npanels.div_ceil(threads * 2).max(1);
-    (0..npanels.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|t| {
-            let yp = &yp;
-            PANEL.with(|cell| {
-                let p = &mut *cell.borrow_mut();
-                for pi in t * per_task..((t + 1) * per_task).min(npanels) {
-                    let r0 = pi * PR;
-                    unpack_panel(ty, kind, &w[r0 * wrb..(r0 + PR) * wrb], wrb, cols, p);
-                    // SAFETY: each task writes only its own rows r0..r0+16 of every
-                    // batch row, and those ranges are disjoint between tasks.
-                    let mut b = 0;
-                    while b + C <= batch {
-                        run::<C>(kind, p, &a, b, cols, yp.0, rows, r0);
-                        b += C;
-                    }
-                    while b < batch {
-                        run::<1>(kind, p, &a, b, cols, yp.0, rows, r0);
-                        b += 1;
-                    }
+    verity_pool::for_each(npanels.div_ceil(per_task), &|t| {
+        let yp = &yp;
+        PANEL.with(|cell| {
+            let p = &mut *cell.borrow_mut();
+            for pi in t * per_task..((t + 1) * per_task).min(npanels) {
+                let r0 = pi * PR;
+                unpack_panel(ty, kind, &w[r0 * wrb..(r0 + PR) * wrb], wrb, cols, p);
+                // SAFETY: each task writes only its own rows r0..r0+16 of every
+                // batch row, and those ranges are disjoint between tasks.
+                let mut b = 0;
+                while b + C <= batch {
+                    run::<C>(kind, p, &a, b, cols, yp.0, rows, r0);
+                    b += C;
                 }
-            });
+                while b < batch {
+                    run::<1>(kind, p, &a, b, cols, yp.0, rows, r0);
+                    b += 1;
+                }
+            }
         });
+    });
 }
 
 struct SyncPtr(*mut f32);

@@ -61,12 +61,12 @@ pub unsafe fn matmul(
     batch: usize,
     y: &mut [f32],
 ) {
-    use rayon::prelude::*;
     // Widen the activations to f32 once.
     let mut xf = vec![0f32; batch * cols];
-    xf.par_chunks_mut(cols)
-        .enumerate()
-        .for_each(|(b, xr)| crate::dequantize_row(ty, &act[b * ty.row_bytes(cols).unwrap()..], xr));
+    let arb = ty.row_bytes(cols).unwrap();
+    verity_pool::for_each_chunk_mut(&mut xf, cols, &|b, xr| {
+        crate::dequantize_row(ty, &act[b * arb..], xr)
+    });
     let esz = match ty {
         TensorType::F32 => 4,
         _ => 2,
@@ -77,7 +77,7 @@ pub unsafe fn matmul(
     let ntask = rows.div_ceil(blk);
     let yp = SyncPtr(y.as_mut_ptr());
     let xf = &xf;
-    (0..ntask).into_par_iter().for_each(|t| {
+    verity_pool::for_each(ntask, &|t| {
         let yp = &yp;
         let (r0, r1) = (t * blk, ((t + 1) * blk).min(rows));
         // SAFETY: features checked by the caller; each task writes only its rows.

@@ -56,7 +56,6 @@ mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod gemm_f;
 
-use rayon::prelude::*;
 use std::sync::OnceLock;
 pub use verity_formats::TensorType;
 
@@ -431,7 +430,7 @@ const GEMM_MIN_BATCH: usize = 4;
 /// `r in 0..w.rows`.
 ///
 /// The activations are first quantized to [`vec_dot_type`]`(w.ty)` (once per call), then
-/// rows are processed in parallel on rayon's global pool, in blocks of weight rows that
+/// rows are processed in parallel on the `verity_pool` workers, in blocks of weight rows that
 /// are each read once for the whole batch. The result for a given (row, batch item) does
 /// not depend on `batch`, on the thread count, or on the SIMD level.
 ///
@@ -478,9 +477,9 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
         return;
     }
     if batch >= 4 {
-        act.par_chunks_mut(arb)
-            .zip(x.par_chunks(cols))
-            .for_each(|(a, xr)| quantize(xr, a));
+        verity_pool::for_each_chunk_mut(&mut act, arb, &|b, a| {
+            quantize(&x[b * cols..(b + 1) * cols], a)
+        });
     } else {
         act.chunks_mut(arb)
             .zip(x.chunks(cols))
@@ -495,18 +494,16 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
     let sst = scl.len() / batch;
     let scales = |b: usize| &scl[b * sst..(b + 1) * sst];
     let wrow = |r: usize| &w.data[r * wrb..(r + 1) * wrb];
-    let threads = rayon::current_num_threads().max(1);
+    let threads = verity_pool::num_threads().max(1);
     let rows_per_task = rows.div_ceil(threads * 4).max(ROW_BLOCK);
 
     if batch == 1 {
-        y.par_chunks_mut(rows_per_task)
-            .enumerate()
-            .for_each(|(t, ys)| {
-                let r0 = t * rows_per_task;
-                for (i, yv) in ys.iter_mut().enumerate() {
-                    *yv = dot(wrow(r0 + i), &act, &scl, cols);
-                }
-            });
+        verity_pool::for_each_chunk_mut(y, rows_per_task, &|t, ys| {
+            let r0 = t * rows_per_task;
+            for (i, yv) in ys.iter_mut().enumerate() {
+                *yv = dot(wrow(r0 + i), &act, &scl, cols);
+            }
+        });
         return;
     }
 
@@ -543,25 +540,23 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
 
     // Row-major [rows][batch] scratch so each task owns a contiguous chunk.
     let mut tmp = vec![0f32; rows * batch];
-    tmp.par_chunks_mut(rows_per_task * batch)
-        .enumerate()
-        .for_each(|(t, ts)| {
-            let r0 = t * rows_per_task;
-            let nr = ts.len() / batch;
-            for rb in (0..nr).step_by(ROW_BLOCK) {
-                let re = (rb + ROW_BLOCK).min(nr);
-                for (b, a) in act.chunks_exact(arb).enumerate() {
-                    for i in rb..re {
-                        ts[i * batch + b] = dot(wrow(r0 + i), a, scales(b), cols);
-                    }
+    verity_pool::for_each_chunk_mut(&mut tmp, rows_per_task * batch, &|t, ts| {
+        let r0 = t * rows_per_task;
+        let nr = ts.len() / batch;
+        for rb in (0..nr).step_by(ROW_BLOCK) {
+            let re = (rb + ROW_BLOCK).min(nr);
+            for (b, a) in act.chunks_exact(arb).enumerate() {
+                for i in rb..re {
+                    ts[i * batch + b] = dot(wrow(r0 + i), a, scales(b), cols);
                 }
             }
-        });
-    y.par_chunks_mut(rows).enumerate().for_each(|(b, yb)| {
+        }
+    });
+    for (b, yb) in y.chunks_mut(rows).enumerate() {
         for (r, yv) in yb.iter_mut().enumerate() {
             *yv = tmp[r * batch + b];
         }
-    });
+    }
 }
 
 /// Dot product of one weight row (`w`, type `ty`, `n` elements) with an f32 vector,
