@@ -15,6 +15,15 @@ Run it with the client venv's python (which has lm_eval) and the reference build
 (the script re-executes itself with the right interpreter and environment). Writes per-request
 loglikelihoods (rounded to 1e-6), greedy flags, per-document acc/acc_norm and the aggregate
 metrics lm-eval reports.
+
+Task YAML files (lm-eval's format, loaded by lm-eval's own TaskManager; data_files resolved
+against the YAML's directory, as verity does) run with --task-yaml; for loglikelihood_rolling
+tasks (word/byte perplexity, bits per byte) the LM splits documents with lm-eval's own
+utils.get_rolling_token_windows / make_disjoint_window at --max-length, as HFLM does, and the
+golden holds every token's log-probability:
+
+    scripts/lm-eval-parity.py --task-yaml crates/eval/tests/data/lambada_rolling.yaml \
+        --max-length 2048 --out crates/eval/tests/data/lm-eval-rolling-golden.json
 """
 
 import argparse
@@ -114,7 +123,7 @@ def overrides(task):
     raise SystemExit(f"no local data mapping for {task}")
 
 
-def make_lm(model_path, n_ctx, threads, record, flash_attn=False):
+def make_lm(model_path, n_ctx, threads, record, flash_attn=False, max_length=2048):
     import numpy as np
     import llama_cpp
     from lm_eval.api.model import TemplateLM
@@ -158,18 +167,26 @@ def make_lm(model_path, n_ctx, threads, record, flash_attn=False):
             self.prev = list(toks)
             return self.llm.scores
 
+        @property
+        def max_length(self):
+            return max_length
+
+        def _token_lps(self, ctx, cont):
+            toks = list(ctx) + list(cont)
+            scores = self._score(toks)
+            lps, greedy = [], True
+            for i, t in enumerate(cont):
+                row = np.asarray(scores[len(ctx) + i - 1], dtype=np.float64)
+                m = row.max()
+                lse = m + math.log(np.exp(row - m).sum())
+                lps.append(float(row[t] - lse))
+                greedy = greedy and int(row.argmax()) == t
+            return lps, greedy
+
         def _loglikelihood_tokens(self, requests, disable_tqdm=False, **kwargs):
             out = []
             for cache_key, ctx, cont in requests:
-                toks = list(ctx) + list(cont)
-                scores = self._score(toks)
-                lps, greedy = [], True
-                for i, t in enumerate(cont):
-                    row = np.asarray(scores[len(ctx) + i - 1], dtype=np.float64)
-                    m = row.max()
-                    lse = m + math.log(np.exp(row - m).sum())
-                    lps.append(float(row[t] - lse))
-                    greedy = greedy and int(row.argmax()) == t
+                lps, greedy = self._token_lps(ctx, cont)
                 ll = float(sum(lps))
                 record.append({"context": cache_key[0] if cache_key else None, "ll": ll, "greedy": greedy, "n_ctx": len(ctx), "n_cont": len(cont)})
                 out.append((ll, greedy))
@@ -177,7 +194,26 @@ def make_lm(model_path, n_ctx, threads, record, flash_attn=False):
             return out
 
         def loglikelihood_rolling(self, requests, disable_tqdm=False):
-            raise NotImplementedError
+            """HFLM.loglikelihood_rolling: the document's tokens (no BOS) in disjoint windows
+            of at most max_length (lm-eval's own utils), prefix_token_id first; the
+            document's loglikelihood is the sum of its windows'."""
+            from lm_eval import utils
+
+            out = []
+            for (string,) in [req.args for req in requests]:
+                windows = list(map(utils.make_disjoint_window, utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1)))
+                lls, token_lps = [], []
+                for ctx, cont in windows:
+                    lps, _ = self._token_lps(ctx, cont)
+                    lls.append(float(sum(lps)))
+                    token_lps.extend(lps)
+                total = sum(lls)
+                record.append({"context": string, "ll": total, "windows": len(windows), "token_lps": token_lps})
+                out.append(total)
+                self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
+            return out
 
         def generate_until(self, requests, disable_tqdm=False):
             raise NotImplementedError
@@ -195,6 +231,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--flash-attn", action="store_true", help="reference with flash attention (its own noise floor)")
     ap.add_argument("--time", action="store_true", help="print the wall time of the lm-eval run")
+    ap.add_argument("--task-yaml", action="append", default=[], help="an lm-eval task YAML file (repeatable); its data_files relative to the file")
+    ap.add_argument("--max-length", type=int, default=2048, help="the LM's max_length (rolling windows)")
     args = ap.parse_args()
     ref_site = os.environ.get("REF_SITE")
     if ref_site:
@@ -202,22 +240,39 @@ def main():
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    if args.tasks:
+    yamls = {}
+    for y in args.task_yaml:
+        import yaml as pyyaml
+
+        with open(y) as f:
+            yamls[pyyaml.safe_load(f)["task"]] = os.path.abspath(y)
+    if args.tasks or yamls:
         plan = {}
-        for t in args.tasks.split(","):
+        for t in (args.tasks.split(",") if args.tasks else []) + list(yamls):
             name, _, n = t.partition(":")
             plan[name] = int(n) if n else (args.limit or DEFAULT.get(name, 100))
     else:
         plan = {k: (args.limit or v) for k, v in DEFAULT.items()}
     record = []
-    lm = make_lm(args.model, 2048, args.threads, record, args.flash_attn)
-    tm = TaskManager()
-    golden = {"model": os.path.basename(args.model), "lm_eval": "0.4.13", "tasks": {}}
+    lm = make_lm(args.model, max(2048, args.max_length + 1), args.threads, record, args.flash_attn, args.max_length)
+    tm = TaskManager(include_path=sorted({os.path.dirname(y) for y in yamls.values()}) or None)
+    golden = {"model": os.path.basename(args.model), "lm_eval": "0.4.13", "max_length": args.max_length, "tasks": {}}
     t0 = time.time()
     for task, limit in plan.items():
         # lm-eval's registered task (its YAML), with only the data source overridden.
         entry = tm._entry(task)
-        task_obj = tm._factory.build(entry, overrides={"task": task, **overrides(task)}, registry=tm._index)
+        if task in yamls:
+            # lm-eval resolves data_files against the working directory; verity against the
+            # YAML's. Same file either way.
+            import yaml as pyyaml
+
+            with open(yamls[task]) as f:
+                files = pyyaml.safe_load(f)["dataset_kwargs"]["data_files"]
+            base = os.path.dirname(yamls[task])
+            over = {"dataset_kwargs": {"data_files": {k: os.path.join(base, v) for k, v in files.items()}}}
+        else:
+            over = overrides(task)
+        task_obj = tm._factory.build(entry, overrides={"task": task, **over}, registry=tm._index)
         record.clear()
         res = lm_eval.simple_evaluate(
             model=lm, tasks=[task_obj], task_manager=tm, limit=limit, log_samples=True,
@@ -225,10 +280,33 @@ def main():
         )
         samples = sorted(res["samples"][task], key=lambda s: s["doc_id"])
         r = res["results"][task]
+        metrics = {k: v for k, v in r.items() if k != "alias" and not isinstance(v, str)}
+        if task_obj.OUTPUT_TYPE == "loglikelihood_rolling":
+            by_text = {x["context"]: x for x in record}
+            golden["tasks"][task] = {
+                "limit": limit,
+                "n": len(samples),
+                "output_type": "loglikelihood_rolling",
+                "metrics": metrics,
+                "docs": [
+                    {
+                        "doc_id": s["doc_id"],
+                        "ll": round(float(s["filtered_resps"][0]), 6),
+                        "word_perplexity": s["word_perplexity"],
+                        "byte_perplexity": s["byte_perplexity"],
+                        "windows": by_text[s["arguments"][0][0]]["windows"],
+                        "token_lps": [round(x, 6) for x in by_text[s["arguments"][0][0]]["token_lps"]],
+                        "prompt_hash": s.get("prompt_hash"),
+                    }
+                    for s in samples
+                ],
+            }
+            print(f"{task}: n={len(samples)} " + " ".join(f"{k}={v:.6f}" for k, v in metrics.items()), file=sys.stderr)
+            continue
         golden["tasks"][task] = {
             "limit": limit,
             "n": len(samples),
-            "metrics": {k: v for k, v in r.items() if k != "alias" and not isinstance(v, str)},
+            "metrics": metrics,
             "docs": [
                 {
                     "doc_id": s["doc_id"],

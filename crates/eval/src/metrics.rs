@@ -147,6 +147,52 @@ pub fn perplexity(lls: &[f64]) -> f64 {
     (-lls.iter().sum::<f64>() / lls.len() as f64).exp()
 }
 
+/// The count a `loglikelihood_rolling` metric is weighted by (lm-eval's `process_results`):
+/// words for `word_perplexity`, UTF-8 bytes for `byte_perplexity` and `bits_per_byte`;
+/// `None` for other metrics.
+pub fn rolling_weight(metric: &str, target: &str) -> Option<usize> {
+    match metric {
+        "word_perplexity" => Some(crate::rolling::count_words(target)),
+        "byte_perplexity" | "bits_per_byte" => Some(crate::rolling::count_bytes(target)),
+        _ => None,
+    }
+}
+
+/// The aggregation lm-eval registers for a metric.
+pub fn default_aggregation(metric: &str) -> &'static str {
+    match metric {
+        "perplexity" => "perplexity",
+        "word_perplexity" | "byte_perplexity" => "weighted_perplexity",
+        "bits_per_byte" => "bits_per_byte",
+        _ => "mean",
+    }
+}
+
+/// Whether lm-eval registers a metric as higher-is-better.
+pub fn default_higher_is_better(metric: &str) -> bool {
+    !matches!(
+        metric,
+        "perplexity" | "word_perplexity" | "byte_perplexity" | "bits_per_byte"
+    )
+}
+
+/// lm-eval's `weighted_mean`: `sum(a) / sum(b)` over (value, weight) pairs, summed in order.
+pub fn weighted_mean(items: &[(f64, f64)]) -> f64 {
+    let a: f64 = items.iter().map(|x| x.0).sum();
+    let b: f64 = items.iter().map(|x| x.1).sum();
+    a / b
+}
+
+/// lm-eval's `weighted_perplexity` aggregation: `exp(-weighted_mean)`.
+pub fn weighted_perplexity(items: &[(f64, f64)]) -> f64 {
+    (-weighted_mean(items)).exp()
+}
+
+/// lm-eval's `bits_per_byte` aggregation: `-weighted_mean / ln 2`.
+pub fn bits_per_byte(items: &[(f64, f64)]) -> f64 {
+    -weighted_mean(items) / std::f64::consts::LN_2
+}
+
 /// lm-eval's `pooled_sample_stderr`.
 pub fn pooled_stderr(stderrs: &[f64], sizes: &[usize]) -> Option<f64> {
     let total: usize = sizes.iter().sum();
@@ -227,6 +273,24 @@ mod tests {
             ],
         };
         assert_eq!(exact_match("$18.", "Janet...\n#### 18", &m).unwrap(), 1.0);
+    }
+
+    #[test]
+    fn rolling_aggregations() {
+        // Two documents: ll -10 over 4 words / 20 bytes, ll -6 over 2 words / 12 bytes.
+        let words = [(-10.0, 4.0), (-6.0, 2.0)];
+        let bytes = [(-10.0, 20.0), (-6.0, 12.0)];
+        assert!((weighted_perplexity(&words) - (16.0f64 / 6.0).exp()).abs() < 1e-12);
+        assert!((weighted_perplexity(&bytes) - 0.5f64.exp()).abs() < 1e-12);
+        assert!((bits_per_byte(&bytes) - 0.5 / 2f64.ln()).abs() < 1e-12);
+        assert_eq!(rolling_weight("word_perplexity", " a b"), Some(3));
+        assert_eq!(rolling_weight("bits_per_byte", "é"), Some(2));
+        assert_eq!(rolling_weight("acc", "x"), None);
+        assert_eq!(
+            default_aggregation("byte_perplexity"),
+            "weighted_perplexity"
+        );
+        assert!(!default_higher_is_better("bits_per_byte"));
     }
 
     #[test]

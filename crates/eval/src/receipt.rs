@@ -83,6 +83,8 @@ pub fn make(report: &Report, model: &ModelIdentity) -> Value {
             "limit": report.options.limit,
             "num_fewshot": report.options.num_fewshot,
             "fewshot_seed": report.options.fewshot_seed,
+            "max_length": report.options.max_length,
+            "prefix_token_id": report.options.prefix_token_id,
             "chat_template_applied": false,
         },
         "engine": engine(),
@@ -242,6 +244,9 @@ pub fn verify(
         resume: false,
         progress,
         only_docs: Some(only.clone()),
+        // Older receipts lack these: the backend's defaults then.
+        max_length: settings["max_length"].as_u64().map(|x| x as usize),
+        prefix_token_id: settings["prefix_token_id"].as_u64().map(|x| x as u32),
     };
     let report = run::evaluate(backend, &specs, &[], &opts)?;
     let mut checked = 0;

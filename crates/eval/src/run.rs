@@ -13,6 +13,7 @@ use crate::backend::{Backend, LlRequest, LlResult};
 use crate::hash::{chain, sha256_hex};
 use crate::metrics;
 use crate::pyrandom::PyRandom;
+use crate::rolling;
 use crate::task::{self, TaskConfig};
 use crate::template;
 use crate::value::{py_json_pretty, Val};
@@ -119,6 +120,13 @@ pub struct Options {
     pub progress: bool,
     /// Only these document ids, per task (receipt verification of a sample).
     pub only_docs: Option<BTreeMap<String, BTreeSet<usize>>>,
+    /// Longest sequence a `loglikelihood_rolling` window gives the model (lm-eval's
+    /// `max_length`); `None`: the backend's (the model's trained context). `evaluate`
+    /// records the value it used in the report.
+    pub max_length: Option<usize>,
+    /// Token before an empty context and at the start of rolling documents (lm-eval's
+    /// `prefix_token_id`); `None`: the backend's (BOS, else EOS). Recorded like `max_length`.
+    pub prefix_token_id: Option<u32>,
 }
 
 impl Default for Options {
@@ -132,6 +140,8 @@ impl Default for Options {
             resume: false,
             progress: false,
             only_docs: None,
+            max_length: None,
+            prefix_token_id: None,
         }
     }
 }
@@ -148,6 +158,9 @@ pub struct Sample {
     pub results: Vec<LlResult>,
     /// Generated text (generation tasks).
     pub generation: Option<String>,
+    /// A `loglikelihood_rolling` document: one result, every token of the document (its
+    /// windows' log-probabilities in order); `greedy` is not tracked (lm-eval drops it).
+    pub rolling: bool,
     /// Filtered responses per filter name (generation tasks).
     pub filtered: Vec<(String, String)>,
     /// (metric, filter) -> value.
@@ -165,7 +178,7 @@ impl Sample {
             .iter()
             .enumerate()
             .map(|(i, (c, t))| {
-                let v = if self.generation.is_some() {
+                let v = if self.generation.is_some() || self.rolling {
                     json!({"arg_0": c})
                 } else {
                     json!({"arg_0": c, "arg_1": t})
@@ -174,6 +187,18 @@ impl Sample {
             })
             .collect();
         let (resps, filtered) = match &self.generation {
+            None if self.rolling => (
+                json!(self
+                    .results
+                    .iter()
+                    .map(|r| json!([r.loglikelihood]))
+                    .collect::<Vec<_>>()),
+                json!(self
+                    .results
+                    .iter()
+                    .map(|r| r.loglikelihood)
+                    .collect::<Vec<_>>()),
+            ),
             Some(g) => (
                 json!([[g]]),
                 json!(self
@@ -214,7 +239,11 @@ impl Sample {
             } else {
                 format!("{m},{f}")
             };
-            v[key] = json!(x);
+            // lm-eval's rolling metrics are (loglikelihood, words or bytes) pairs.
+            v[key] = match metrics::rolling_weight(m, &self.target.to_text()) {
+                Some(w) if self.rolling => json!([x, w]),
+                _ => json!(x),
+            };
         }
         if self.generation.is_none() {
             v["token_logprobs"] = json!(self
@@ -266,6 +295,7 @@ impl Sample {
             ));
         }
         let generation = v["resps"].get(0)?.get(0)?.as_str().map(String::from);
+        let rolling = generation.is_none() && args.get("gen_args_0")?.get("arg_1").is_none();
         let mut results = Vec::new();
         if generation.is_none() {
             let tl = v["token_logprobs"].as_array()?;
@@ -275,7 +305,11 @@ impl Sample {
                     .iter()
                     .map(|x| x.as_f64().map(|x| x as f32))
                     .collect::<Option<_>>()?;
-                let greedy = r.get(0)?.get(1)?.as_bool()?;
+                let greedy = if rolling {
+                    false
+                } else {
+                    r.get(0)?.get(1)?.as_bool()?
+                };
                 results.push(LlResult {
                     loglikelihood: lps.iter().map(|&x| x as f64).sum(),
                     token_logprobs: lps,
@@ -290,6 +324,7 @@ impl Sample {
             arguments,
             results,
             generation,
+            rolling,
             filtered: Vec::new(),
             metrics: Vec::new(),
             doc_hash: v["doc_hash"].as_str()?.to_string(),
@@ -347,6 +382,7 @@ struct Prepared {
     gold: Vec<usize>,
     arguments: Vec<(String, String)>,
     generation: bool,
+    rolling: bool,
 }
 
 fn few_shot_turn(cfg: &TaskConfig, doc: &Val) -> anyhow::Result<String> {
@@ -463,8 +499,11 @@ fn prepare(
             },
             "loglikelihood" => (vec![(format!("{prefix}{}", text.to_text()), target.to_text())], Vec::new(), false),
             "generate_until" => (vec![(format!("{prefix}{}", text.to_text()), String::new())], Vec::new(), true),
-            other => bail!("task {}: output_type '{other}' is not supported (multiple_choice, loglikelihood, generate_until)", cfg.task),
+            // lm-eval's construct_requests: the document's target is the whole request.
+            "loglikelihood_rolling" => (vec![(target.to_text(), String::new())], Vec::new(), false),
+            other => bail!("task {}: output_type '{other}' is not supported (multiple_choice, loglikelihood, loglikelihood_rolling, generate_until)", cfg.task),
         };
+        let rolling = cfg.output_type == "loglikelihood_rolling";
         if !generation && arguments.is_empty() {
             bail!("task {} doc {doc_id}: no choices", cfg.task);
         }
@@ -476,6 +515,7 @@ fn prepare(
             gold,
             arguments,
             generation,
+            rolling,
         });
     }
     Ok((out, n_original, num_fewshot, files))
@@ -484,10 +524,18 @@ fn prepare(
 /// lm-eval's `_encode_pair`: trailing whitespace of the context moves to the
 /// continuation; the continuation's tokens are those of context+continuation after the
 /// context's.
-fn encode_pair(b: &dyn Backend, context: &str, continuation: &str) -> anyhow::Result<LlRequest> {
+fn encode_pair(
+    b: &dyn Backend,
+    prefix: Option<u32>,
+    context: &str,
+    continuation: &str,
+) -> anyhow::Result<LlRequest> {
     if context.is_empty() {
         return Ok(LlRequest {
-            context: vec![b.prefix_token()?],
+            context: vec![match prefix {
+                Some(p) => p,
+                None => b.prefix_token()?,
+            }],
             continuation: b.tokenize(continuation)?,
         });
     }
@@ -522,6 +570,15 @@ fn sample_metrics(
                 m.into_iter().map(|(k, v)| (k, "none".into(), v)).collect(),
                 Vec::new(),
             ))
+        }
+        "loglikelihood_rolling" => {
+            let r = &results[0];
+            let out = names
+                .iter()
+                .filter(|m| metrics::rolling_weight(m, "").is_some())
+                .map(|m| (m.clone(), "none".to_string(), r.loglikelihood))
+                .collect();
+            Ok((out, Vec::new()))
         }
         "loglikelihood" => {
             let r = &results[0];
@@ -584,21 +641,30 @@ fn aggregate(cfg: &TaskConfig, samples: &[Sample]) -> Vec<Aggregate> {
                 })
                 .collect();
             let spec = cfg.metric_list.iter().find(|s| s.metric == m);
-            let agg = spec.and_then(|s| s.aggregation.clone()).unwrap_or_else(|| {
-                if m == "perplexity" {
-                    "perplexity".into()
-                } else {
-                    "mean".into()
-                }
-            });
+            let agg = spec
+                .and_then(|s| s.aggregation.clone())
+                .unwrap_or_else(|| metrics::default_aggregation(&m).into());
             let higher = spec
                 .and_then(|s| s.higher_is_better)
-                .unwrap_or(m != "perplexity");
-            let (value, stderr) = if agg == "perplexity" {
+                .unwrap_or(metrics::default_higher_is_better(&m));
+            // Rolling metrics: (loglikelihood, words or bytes of the target) per document.
+            let weighted = || -> Vec<(f64, f64)> {
+                samples
+                    .iter()
+                    .filter_map(|s| {
+                        let x = s.metrics.iter().find(|(a, b, _)| *a == m && *b == f)?.2;
+                        let w = metrics::rolling_weight(&m, &s.target.to_text())?;
+                        Some((x, w as f64))
+                    })
+                    .collect()
+            };
+            let (value, stderr) = match agg.as_str() {
                 // lm-eval bootstraps this stderr; verity reports none rather than a random one.
-                (metrics::perplexity(&xs), None)
-            } else {
-                metrics::mean_stderr(&xs)
+                "perplexity" => (metrics::perplexity(&xs), None),
+                // lm-eval has no stderr for these ("N/A").
+                "weighted_perplexity" => (metrics::weighted_perplexity(&weighted()), None),
+                "bits_per_byte" => (metrics::bits_per_byte(&weighted()), None),
+                _ => metrics::mean_stderr(&xs),
             };
             Aggregate {
                 metric: m,
@@ -637,6 +703,18 @@ pub fn evaluate(
     if let Some(dir) = &opts.output {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // The settings actually used, recorded (receipts re-run with them).
+    let mut opts = opts.clone();
+    if opts.max_length.is_none() {
+        opts.max_length = Some(backend.max_length());
+    }
+    if opts.prefix_token_id.is_none() {
+        opts.prefix_token_id = backend.prefix_token().ok();
+    }
+    if opts.max_length == Some(0) {
+        bail!("max_length must be at least 1");
+    }
+    let opts = &opts;
     let mut tasks = Vec::new();
     for spec in specs {
         tasks.push(run_task(backend, spec, opts)?);
@@ -765,6 +843,7 @@ fn run_task(
             arguments: p.arguments.clone(),
             results,
             generation,
+            rolling: p.rolling,
             filtered,
             metrics: m,
             doc_hash: sha256_hex(py_json_pretty(&p.doc).as_bytes()),
@@ -818,13 +897,44 @@ fn run_task(
                 let s = finish(p, Vec::new(), Some(text))?;
                 emit(s, &mut samples)?;
             }
+        } else if todo[0].rolling {
+            // lm-eval's HFLM.loglikelihood_rolling: the document's tokens, no BOS, split
+            // into disjoint windows of at most max_length; the document's loglikelihood is
+            // the sum over its windows.
+            let prefix = match opts.prefix_token_id {
+                Some(p) => p,
+                None => backend.prefix_token()?,
+            };
+            let max_length = opts.max_length.unwrap_or_else(|| backend.max_length());
+            let mut windows = Vec::new();
+            let mut counts = Vec::with_capacity(todo.len());
+            for p in &todo {
+                let tokens = backend.tokenize(&p.arguments[0].0)?;
+                let w = rolling::windows(&tokens, prefix, max_length);
+                counts.push(w.len());
+                windows.extend(w);
+            }
+            let results = backend.loglikelihood_rolling(&windows)?;
+            if results.len() != windows.len() {
+                bail!(
+                    "backend returned {} results for {} windows",
+                    results.len(),
+                    windows.len()
+                );
+            }
+            let mut it = results.into_iter();
+            for (p, n) in todo.iter().zip(counts) {
+                let lps: Vec<f32> = it.by_ref().take(n).flat_map(|r| r.token_logprobs).collect();
+                let s = finish(p, vec![LlResult::from_tokens(lps, false)], None)?;
+                emit(s, &mut samples)?;
+            }
         } else {
             let groups: Vec<Vec<LlRequest>> = todo
                 .iter()
                 .map(|p| {
                     p.arguments
                         .iter()
-                        .map(|(c, t)| encode_pair(&*backend, c, t))
+                        .map(|(c, t)| encode_pair(&*backend, opts.prefix_token_id, c, t))
                         .collect()
                 })
                 .collect::<anyhow::Result<_>>()?;
@@ -922,6 +1032,8 @@ impl Report {
                 "model_root_digest": model.root_digest,
                 "batch_size": self.options.batch_size,
                 "limit": self.options.limit,
+                "max_length": self.options.max_length,
+                "prefix_token_id": self.options.prefix_token_id,
                 "bootstrap_iters": 0,
                 "fewshot_seed": self.options.fewshot_seed,
             },
