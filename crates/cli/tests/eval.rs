@@ -269,3 +269,123 @@ fn resume_reuses_finished_samples() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(samples(&out, "hellaswag"), full);
 }
+
+const ROLLING_DATA: &str = r#"{"text": "The quick brown fox jumps over the lazy dog. It was a sunny day, and the dog did not mind at all; it simply rolled over and went back to sleep."}
+{"text": "Café au lait, naïve résumé — déjà vu. Über straße: 東京 is a city with many trains."}
+{"text": "Short one."}
+"#;
+
+const ROLLING_TASK: &str = "task: tiny_rolling
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: rolling.jsonl
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: \"\"
+doc_to_target: text
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+";
+
+/// A loglikelihood_rolling task split into windows (--max-length 16): the local engine and
+/// `verity serve` give identical samples and results; the receipt verifies.
+#[test]
+fn rolling_local_endpoint_and_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("rolling.jsonl"), ROLLING_DATA).unwrap();
+    let task = d.join("rolling.yaml");
+    std::fs::write(&task, ROLLING_TASK).unwrap();
+    let (a, b) = (d.join("local"), d.join("endpoint"));
+    let receipt = d.join("r.json");
+    let o = verity(&[
+        "eval",
+        "--tasks",
+        task.to_str().unwrap(),
+        "--max-length",
+        "16",
+        "--quiet",
+        "--output",
+        a.to_str().unwrap(),
+        "--receipt",
+        receipt.to_str().unwrap(),
+        "--threads",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("word_perplexity") && t.contains("bits_per_byte") && t.contains("N/A"),
+        "{t}"
+    );
+    let server = common::Server::start(&[]);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    // The server adds no BOS of its own for this model: the prefix token must be named.
+    let o = verity(&[
+        "eval",
+        "--tasks",
+        task.to_str().unwrap(),
+        "--max-length",
+        "16",
+        "--quiet",
+        "--endpoint",
+        &url,
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--prefix-token-id"), "{}", text(&o));
+    let o = verity(&[
+        "eval",
+        "--tasks",
+        task.to_str().unwrap(),
+        "--max-length",
+        "16",
+        "--prefix-token-id",
+        "1",
+        "--quiet",
+        "--output",
+        b.to_str().unwrap(),
+        "--endpoint",
+        &url,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (x, y) = (samples(&a, "tiny_rolling"), samples(&b, "tiny_rolling"));
+    assert_eq!(x.len(), 3);
+    for (s, t) in x.iter().zip(&y) {
+        assert_eq!(essence(s), essence(t), "doc {}", s["doc_id"]);
+        let ll = s["resps"][0][0].as_f64().unwrap();
+        assert_eq!(s["word_perplexity"][0].as_f64(), Some(ll));
+        assert!(s["token_logprobs"][0].as_array().unwrap().len() > 1);
+    }
+    // The first document has more than 16 tokens: windows were used.
+    assert!(x[0]["token_logprobs"][0].as_array().unwrap().len() > 16);
+    let res = |p: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join("results.json")).unwrap()).unwrap()
+    };
+    let (ra, rb) = (res(&a), res(&b));
+    assert_eq!(ra["results"], rb["results"]);
+    assert_eq!(ra["config"]["max_length"], 16);
+    assert_eq!(
+        ra["results"]["tiny_rolling"]["word_perplexity_stderr,none"],
+        "N/A"
+    );
+    // The receipt re-runs with the recorded max_length and prefix token.
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&receipt).unwrap()).unwrap();
+    assert_eq!(r["settings"]["max_length"], 16);
+    assert_eq!(r["settings"]["prefix_token_id"], 1);
+    let o = verity(&["eval", "verify", receipt.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("MATCH"));
+    // Same receipt, scored by the endpoint: still a match.
+    let o = verity(&[
+        "eval",
+        "verify",
+        receipt.to_str().unwrap(),
+        "--endpoint",
+        &url,
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}

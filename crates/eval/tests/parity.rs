@@ -92,3 +92,106 @@ fn matches_lm_eval_with_the_reference() {
         failures.join("\n")
     );
 }
+
+/// Rolling loglikelihood: mean absolute per-token difference allowed (nats), and relative
+/// difference of word perplexity, byte perplexity and bits per byte.
+const MEAN_TOKEN_TOL: f64 = 0.1;
+const ROLLING_REL_TOL: f64 = 0.01;
+
+/// `loglikelihood_rolling` against lm-eval 0.4.13 (its ConfigurableTask, metrics and
+/// aggregations; windows from its own `get_rolling_token_windows`) with the reference LM,
+/// on the task YAMLs in tests/data (LAMBADA passages; the `_long` documents are 300-340
+/// tokens, split into 3 windows each at the golden's max_length of 128). Golden:
+/// `scripts/lm-eval-parity.py --task-yaml ... --max-length 128` (crates/eval/README.md).
+#[test]
+fn rolling_matches_lm_eval_with_the_reference() {
+    let golden: Value =
+        serde_json::from_str(include_str!("data/lm-eval-rolling-golden.json")).unwrap();
+    let max_length = golden["max_length"].as_u64().unwrap() as usize;
+    let path = verity_store::resolve(None).expect("default model");
+    let model = Arc::new(verity_model::load(&path).expect("load"));
+    let bos = model.tokenizer.bos_id().unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let mut report = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    for (task, g) in golden["tasks"].as_object().unwrap() {
+        let yaml = dir.join(format!("{task}.yaml")).display().to_string();
+        let (specs, _) = resolve_tasks(&[yaml]).unwrap();
+        let mut b = LocalBackend::new(model.clone(), path.clone(), None);
+        let opts = Options {
+            max_length: Some(max_length),
+            ..Options::default()
+        };
+        let r = evaluate(&mut b, &specs, &[], &opts).unwrap();
+        let t = &r.tasks[0];
+        let docs = g["docs"].as_array().unwrap();
+        assert_eq!(t.samples.len(), docs.len());
+        let (mut n_tok, mut sum_tok, mut max_tok) = (0usize, 0.0f64, 0.0f64);
+        let (mut sum_doc, mut max_doc, mut n_windows) = (0.0f64, 0.0f64, 0usize);
+        for (s, d) in t.samples.iter().zip(docs) {
+            let id = s.doc_id;
+            assert_eq!(s.doc_id as u64, d["doc_id"].as_u64().unwrap());
+            assert_eq!(
+                s.prompt_hash,
+                d["prompt_hash"].as_str().unwrap(),
+                "{task} doc {id}: request differs from lm-eval's"
+            );
+            // lm-eval's word and byte counts.
+            let j = s.to_json(&[]);
+            assert_eq!(
+                j["word_perplexity"][1], d["word_perplexity"][1],
+                "{task} doc {id}"
+            );
+            assert_eq!(
+                j["byte_perplexity"][1], d["byte_perplexity"][1],
+                "{task} doc {id}"
+            );
+            // Same tokens, same windows.
+            let text = s.arguments[0].0.clone();
+            let tokens = model.tokenizer.encode(&text, false).unwrap();
+            let w = verity_eval::rolling::windows(&tokens, bos, max_length).len();
+            assert_eq!(
+                w as u64,
+                d["windows"].as_u64().unwrap(),
+                "{task} doc {id}: windows"
+            );
+            n_windows += w;
+            let ours = &s.results[0].token_logprobs;
+            let theirs = d["token_lps"].as_array().unwrap();
+            assert_eq!(ours.len(), theirs.len(), "{task} doc {id}: scored tokens");
+            for (a, b) in ours.iter().zip(theirs) {
+                let diff = (*a as f64 - b.as_f64().unwrap()).abs();
+                sum_tok += diff;
+                max_tok = max_tok.max(diff);
+                n_tok += 1;
+            }
+            let dd = (s.results[0].loglikelihood - d["ll"].as_f64().unwrap()).abs();
+            sum_doc += dd;
+            max_doc = max_doc.max(dd);
+        }
+        let mean_tok = sum_tok / n_tok as f64;
+        let mut line = format!(
+            "{task}: {} docs, {n_windows} windows, {n_tok} tokens; per token mean |dlp| {mean_tok:.4}, max {max_tok:.4}; per doc mean |dll| {:.4}, max {max_doc:.4}",
+            t.samples.len(),
+            sum_doc / t.samples.len() as f64,
+        );
+        let mut bad = mean_tok >= MEAN_TOKEN_TOL;
+        for m in ["word_perplexity", "byte_perplexity", "bits_per_byte"] {
+            let ours = t.aggregates.iter().find(|a| a.metric == m).unwrap().value;
+            let theirs = g["metrics"][format!("{m},none")].as_f64().unwrap();
+            let rel = (ours - theirs) / theirs;
+            line += &format!("; {m} {ours:.4} vs {theirs:.4} ({:+.3}%)", 100.0 * rel);
+            bad |= rel.abs() > ROLLING_REL_TOL;
+        }
+        if bad {
+            failures.push(line.clone());
+        }
+        report.push(line);
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "outside the bounds:\n{}",
+        failures.join("\n")
+    );
+}
