@@ -22,8 +22,12 @@ tasks (word/byte perplexity, bits per byte) the LM splits documents with lm-eval
 utils.get_rolling_token_windows / make_disjoint_window at --max-length, as HFLM does, and the
 golden holds every token's log-probability:
 
-    scripts/lm-eval-parity.py --task-yaml crates/eval/tests/data/lambada_rolling.yaml \
-        --max-length 2048 --out crates/eval/tests/data/lm-eval-rolling-golden.json
+    scripts/lm-eval-parity.py --tasks wikitext --task-yaml crates/eval/tests/data/lambada_rolling.yaml \
+        --task-yaml crates/eval/tests/data/lambada_rolling_long.yaml --max-length 128 \
+        --out crates/eval/tests/data/lm-eval-rolling-golden.json
+
+(`wikitext` is lm-eval's registered task, read from the handwritten WikiText-format pages in
+crates/eval/tests/data/wikitext_style.jsonl.)
 """
 
 import argparse
@@ -110,6 +114,17 @@ def overrides(task):
 
         o["process_docs"] = process_docs
         return o
+    if task == "wikitext":
+        # lm-eval's registered wikitext task (its detokenizer and process_results) on the
+        # handwritten WikiText-format pages verity's tests/data/wikitext.yaml reads.
+        return {
+            "dataset_path": "json",
+            "dataset_name": None,
+            "dataset_kwargs": {"data_files": {"test": os.path.join(ROOT, "crates/eval/tests/data/wikitext_style.jsonl")}},
+            "training_split": None,
+            "validation_split": None,
+            "test_split": "test",
+        }
     if task.startswith("mmlu_"):
         subject = task[len("mmlu_"):]
         base = f"hails/mmlu_no_train/{subject}"
@@ -255,7 +270,15 @@ def main():
         plan = {k: (args.limit or v) for k, v in DEFAULT.items()}
     record = []
     lm = make_lm(args.model, max(2048, args.max_length + 1), args.threads, record, args.flash_attn, args.max_length)
-    tm = TaskManager(include_path=sorted({os.path.dirname(y) for y in yamls.values()}) or None)
+    # Only the named YAML files (not their neighbours) are added to lm-eval's task index.
+    include = None
+    if yamls:
+        import tempfile
+
+        include = tempfile.mkdtemp(prefix="lm-eval-yaml-")
+        for y in yamls.values():
+            os.symlink(y, os.path.join(include, os.path.basename(y)))
+    tm = TaskManager(include_path=include)
     golden = {"model": os.path.basename(args.model), "lm_eval": "0.4.13", "max_length": args.max_length, "tasks": {}}
     t0 = time.time()
     for task, limit in plan.items():

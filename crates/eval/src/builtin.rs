@@ -42,8 +42,70 @@ pub fn call(name: &str, doc: &Val) -> anyhow::Result<Val> {
                     .collect(),
             ))
         }
-        other => bail!("unknown function '{other}' (built in: preprocess_winogrande.doc_to_text, preprocess_winogrande.doc_to_target, preprocess_winogrande.doc_to_choice)"),
+        // lm_eval/tasks/wikitext/preprocess_wikitext.py
+        "preprocess_wikitext.wikitext_detokenizer" => {
+            Ok(Val::Str(wikitext_detokenizer(str_field(doc, "page")?)))
+        }
+        other => bail!("unknown function '{other}' (built in: preprocess_winogrande.doc_to_text, preprocess_winogrande.doc_to_target, preprocess_winogrande.doc_to_choice, preprocess_wikitext.wikitext_detokenizer)"),
     }
+}
+
+/// lm-eval's `wikitext_detokenizer`, step for step (Python's `\s` spelled out: Unicode
+/// whitespace plus U+001C..U+001F).
+pub fn wikitext_detokenizer(page: &str) -> String {
+    static RES: OnceLock<Vec<(regex::Regex, &'static str)>> = OnceLock::new();
+    const WS: &str = r"[\s\x1c-\x1f]";
+    let res = RES.get_or_init(|| {
+        [
+            (r"\(WS*([^\)]*?)WS*\)", "(${1})"),
+            (r"\[WS*([^\]]*?)WS*\]", "[${1}]"),
+            (r"\{WS*([^}]*?)WS*\}", "{${1}}"),
+            (r#""WS*([^"]*?)WS*""#, "\"${1}\""),
+            (r"'WS*([^']*?)WS*'", "'${1}'"),
+        ]
+        .iter()
+        .map(|(p, r)| {
+            (
+                regex::Regex::new(&p.replace("WS", WS)).expect("valid regex"),
+                *r,
+            )
+        })
+        .collect()
+    });
+    let mut s = page.replace("s '", "s'");
+    // re.sub(r"/' [0-9]/", r"/'[0-9]/", string): a literal replacement.
+    static SLASH: OnceLock<regex::Regex> = OnceLock::new();
+    let slash = SLASH.get_or_init(|| regex::Regex::new(r"/' [0-9]/").expect("valid regex"));
+    s = slash.replace_all(&s, "/'[0-9]/").into_owned();
+    for (a, b) in [
+        (" @-@ ", "-"),
+        (" @,@ ", ","),
+        (" @.@ ", "."),
+        (" : ", ": "),
+        (" ; ", "; "),
+        (" . ", ". "),
+        (" ! ", "! "),
+        (" ? ", "? "),
+        (" , ", ", "),
+    ] {
+        s = s.replace(a, b);
+    }
+    for (re, rep) in res {
+        s = re.replace_all(&s, *rep).into_owned();
+    }
+    for (a, b) in [
+        ("= = = =", "===="),
+        ("= = =", "==="),
+        ("= =", "=="),
+        (" \u{b0} ", "\u{b0}"),
+        (" \n", "\n"),
+        ("\n ", "\n"),
+        (" N ", " 1 "),
+        (" 's", "'s"),
+    ] {
+        s = s.replace(a, b);
+    }
+    s
 }
 
 /// `process_docs` functions.
@@ -150,6 +212,18 @@ pub fn py_capitalize(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Expected outputs printed by lm-eval 0.4.13's `preprocess_wikitext.wikitext_detokenizer`.
+    #[test]
+    fn wikitext_detokenizer_matches_python() {
+        let cases: Vec<(String, String)> = serde_json::from_str(
+            r#"[[" = Valkyria Chronicles III = \n \n Senjō no Valkyria 3 : Unrecorded Chronicles ( Japanese : 戦場のヴァルキュリア3 , lit . Valkyria of the Battlefield 3 ) , commonly referred to as Valkyria Chronicles III outside Japan , is a tactical role @-@ playing video game developed by Sega and Media.Vision for the PlayStation Portable . Released in January 2011 in Japan , it is the third game in the Valkyria series . \n", " = Valkyria Chronicles III =\n\nSenjō no Valkyria 3: Unrecorded Chronicles (Japanese: 戦場のヴァルキュリア3, lit. Valkyria of the Battlefield 3), commonly referred to as Valkyria Chronicles III outside Japan, is a tactical role-playing video game developed by Sega and Media.Vision for the PlayStation Portable. Released in January 2011 in Japan, it is the third game in the Valkyria series.\n"], [" = = Gameplay = = \n The game 's 1 @,@ 000 players scored 3 @.@ 5 points ; \" quoted text \" and ' single ' ( a ( nested ) b ) [ x ] { y } 30 ° C , N / A ! Why ? the players ' ball /' 5/ \n = = = = Deep = = = = \n", " == Gameplay ==\nThe game's 1,000 players scored 3.5 points; \"quoted text\" and' single '(a ( nested) b ) [x] {y} 30°C, 1 / A! Why? the players' ball /'[0-9]/\n==== Deep ====\n"], ["no changes here", "no changes here"]]"#,
+        )
+        .unwrap();
+        for (page, want) in cases {
+            assert_eq!(wikitext_detokenizer(&page), want);
+        }
+    }
 
     #[test]
     fn hellaswag_matches_python() {

@@ -147,15 +147,23 @@ pub fn perplexity(lls: &[f64]) -> f64 {
     (-lls.iter().sum::<f64>() / lls.len() as f64).exp()
 }
 
-/// The count a `loglikelihood_rolling` metric is weighted by (lm-eval's `process_results`):
-/// words for `word_perplexity`, UTF-8 bytes for `byte_perplexity` and `bits_per_byte`;
-/// `None` for other metrics.
-pub fn rolling_weight(metric: &str, target: &str) -> Option<usize> {
+/// The count a `loglikelihood_rolling` metric is weighted by (lm-eval's `process_results`),
+/// given the document's (words, bytes): words for `word_perplexity`, UTF-8 bytes for
+/// `byte_perplexity` and `bits_per_byte`; `None` for other metrics.
+pub fn rolling_weight(metric: &str, (words, bytes): (usize, usize)) -> Option<usize> {
     match metric {
-        "word_perplexity" => Some(crate::rolling::count_words(target)),
-        "byte_perplexity" | "bits_per_byte" => Some(crate::rolling::count_bytes(target)),
+        "word_perplexity" => Some(words),
+        "byte_perplexity" | "bits_per_byte" => Some(bytes),
         _ => None,
     }
+}
+
+/// lm-eval's (words, bytes) of a text: `Task.count_words`, `Task.count_bytes`.
+pub fn rolling_counts(text: &str) -> (usize, usize) {
+    (
+        crate::rolling::count_words(text),
+        crate::rolling::count_bytes(text),
+    )
 }
 
 /// The aggregation lm-eval registers for a metric.
@@ -283,9 +291,16 @@ mod tests {
         assert!((weighted_perplexity(&words) - (16.0f64 / 6.0).exp()).abs() < 1e-12);
         assert!((weighted_perplexity(&bytes) - 0.5f64.exp()).abs() < 1e-12);
         assert!((bits_per_byte(&bytes) - 0.5 / 2f64.ln()).abs() < 1e-12);
-        assert_eq!(rolling_weight("word_perplexity", " a b"), Some(3));
-        assert_eq!(rolling_weight("bits_per_byte", "é"), Some(2));
-        assert_eq!(rolling_weight("acc", "x"), None);
+        assert_eq!(rolling_counts(" a b"), (3, 4));
+        assert_eq!(
+            rolling_weight("word_perplexity", rolling_counts(" a b")),
+            Some(3)
+        );
+        assert_eq!(
+            rolling_weight("bits_per_byte", rolling_counts("é")),
+            Some(2)
+        );
+        assert_eq!(rolling_weight("acc", (1, 1)), None);
         assert_eq!(
             default_aggregation("byte_perplexity"),
             "weighted_perplexity"

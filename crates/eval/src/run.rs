@@ -161,6 +161,9 @@ pub struct Sample {
     /// A `loglikelihood_rolling` document: one result, every token of the document (its
     /// windows' log-probabilities in order); `greedy` is not tracked (lm-eval drops it).
     pub rolling: bool,
+    /// Rolling documents: the (words, bytes) the metrics are weighted by (lm-eval's
+    /// `process_results`: of the target, or of `page` for wikitext's).
+    pub counts: Option<(usize, usize)>,
     /// Filtered responses per filter name (generation tasks).
     pub filtered: Vec<(String, String)>,
     /// (metric, filter) -> value.
@@ -240,9 +243,9 @@ impl Sample {
                 format!("{m},{f}")
             };
             // lm-eval's rolling metrics are (loglikelihood, words or bytes) pairs.
-            v[key] = match metrics::rolling_weight(m, &self.target.to_text()) {
-                Some(w) if self.rolling => json!([x, w]),
-                _ => json!(x),
+            v[key] = match self.counts.and_then(|c| metrics::rolling_weight(m, c)) {
+                Some(w) => json!([x, w]),
+                None => json!(x),
             };
         }
         if self.generation.is_none() {
@@ -325,6 +328,7 @@ impl Sample {
             results,
             generation,
             rolling,
+            counts: None,
             filtered: Vec::new(),
             metrics: Vec::new(),
             doc_hash: v["doc_hash"].as_str()?.to_string(),
@@ -383,6 +387,7 @@ struct Prepared {
     arguments: Vec<(String, String)>,
     generation: bool,
     rolling: bool,
+    counts: Option<(usize, usize)>,
 }
 
 fn few_shot_turn(cfg: &TaskConfig, doc: &Val) -> anyhow::Result<String> {
@@ -504,6 +509,27 @@ fn prepare(
             other => bail!("task {}: output_type '{other}' is not supported (multiple_choice, loglikelihood, loglikelihood_rolling, generate_until)", cfg.task),
         };
         let rolling = cfg.output_type == "loglikelihood_rolling";
+        let counts = if rolling {
+            Some(match cfg.process_results.as_deref().map(|f| f.trim_start_matches("!function ").trim()) {
+                None => metrics::rolling_counts(&target.to_text()),
+                // lm_eval/tasks/wikitext/preprocess_wikitext.py: words and bytes of the
+                // original page, before detokenization.
+                Some("preprocess_wikitext.process_results") => {
+                    let page = doc.get("page").and_then(Val::as_str).with_context(|| {
+                        format!("task {} doc {doc_id}: no string field 'page'", cfg.task)
+                    })?;
+                    metrics::rolling_counts(page)
+                }
+                Some(other) => bail!("task {}: process_results '{other}' is not built in (preprocess_wikitext.process_results)", cfg.task),
+            })
+        } else if cfg.process_results.is_some() {
+            bail!(
+                "task {}: process_results is read for loglikelihood_rolling tasks only",
+                cfg.task
+            );
+        } else {
+            None
+        };
         if !generation && arguments.is_empty() {
             bail!("task {} doc {doc_id}: no choices", cfg.task);
         }
@@ -516,6 +542,7 @@ fn prepare(
             arguments,
             generation,
             rolling,
+            counts,
         });
     }
     Ok((out, n_original, num_fewshot, files))
@@ -575,7 +602,7 @@ fn sample_metrics(
             let r = &results[0];
             let out = names
                 .iter()
-                .filter(|m| metrics::rolling_weight(m, "").is_some())
+                .filter(|m| metrics::rolling_weight(m, (0, 0)).is_some())
                 .map(|m| (m.clone(), "none".to_string(), r.loglikelihood))
                 .collect();
             Ok((out, Vec::new()))
@@ -653,7 +680,7 @@ fn aggregate(cfg: &TaskConfig, samples: &[Sample]) -> Vec<Aggregate> {
                     .iter()
                     .filter_map(|s| {
                         let x = s.metrics.iter().find(|(a, b, _)| *a == m && *b == f)?.2;
-                        let w = metrics::rolling_weight(&m, &s.target.to_text())?;
+                        let w = metrics::rolling_weight(&m, s.counts?)?;
                         Some((x, w as f64))
                     })
                     .collect()
@@ -844,6 +871,7 @@ fn run_task(
             results,
             generation,
             rolling: p.rolling,
+            counts: p.counts,
             filtered,
             metrics: m,
             doc_hash: sha256_hex(py_json_pretty(&p.doc).as_bytes()),
@@ -914,7 +942,9 @@ fn run_task(
                 counts.push(w.len());
                 windows.extend(w);
             }
-            let results = backend.loglikelihood_rolling(&windows)?;
+            let results = backend.loglikelihood_rolling(&windows).with_context(|| {
+                format!("scoring rolling windows of up to {max_length} tokens (--max-length)")
+            })?;
             if results.len() != windows.len() {
                 bail!(
                     "backend returned {} results for {} windows",

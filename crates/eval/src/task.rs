@@ -69,6 +69,9 @@ pub struct TaskConfig {
     pub output_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_docs: Option<String>,
+    /// Built-in `process_results` (only wikitext's, for loglikelihood_rolling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_results: Option<String>,
     pub doc_to_text: Value,
     pub doc_to_target: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]

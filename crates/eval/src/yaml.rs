@@ -20,6 +20,7 @@ const SUPPORTED: &[&str] = &[
     "fewshot_split",
     "output_type",
     "process_docs",
+    "process_results",
     "doc_to_text",
     "doc_to_target",
     "doc_to_choice",
