@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 use serde_json::json;
-use verity_engine::Session;
+use verity_engine::{BatchItem, KvCache, Logits, Runner, Session};
 use verity_model::Model;
 
 /// Measure speed: ppN (one N-token prompt in one batch, fresh context) and tgN (N tokens
@@ -15,9 +15,14 @@ use verity_model::Model;
 /// as llama-bench reports them; plus peak resident memory, model load time and the
 /// machine's memory read bandwidth.
 ///
+/// With `--parallel B` (B > 1), tgN also runs as B sequences decoded together, one token
+/// each per forward pass, as a server's continuous batching does; reported as `tgN xB`
+/// with the aggregate tokens/s of all B sequences.
+///
 /// Examples:
 ///   verity bench
 ///   verity bench -m model.gguf -p 512 -n 128 -t 2 -r 3 --json
+///   verity bench -p 0 -n 64 --parallel 1,8
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct BenchArgs {
@@ -36,6 +41,9 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short, long, default_value_t = 5)]
     pub reps: usize,
+    /// Sequences decoded together for the tgN tests, comma-separated (1: one at a time).
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    pub parallel: Vec<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -48,6 +56,8 @@ struct TestResult {
     name: String,
     n_prompt: usize,
     n_gen: usize,
+    /// Sequences decoded together (1 for pp and plain tg).
+    parallel: usize,
     samples: Vec<f64>,
 }
 
@@ -95,6 +105,30 @@ fn run_tg(model: &Arc<Model>, n: usize, seed: u64) -> anyhow::Result<f64> {
         s.eval(&[t])?;
     }
     Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// `n` tokens for each of `b` sequences, one token per sequence per forward pass;
+/// aggregate tokens/s.
+fn run_tg_parallel(model: &Arc<Model>, n: usize, b: usize, seed: u64) -> anyhow::Result<f64> {
+    let toks: Vec<Vec<u32>> = (0..b)
+        .map(|i| tokens(n, model.hparams.n_vocab, seed * 1000 + i as u64))
+        .collect();
+    let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(model, n)).collect();
+    let mut runner = Runner::new(model.clone());
+    let t0 = Instant::now();
+    for step in 0..n {
+        let mut items: Vec<BatchItem> = caches
+            .iter_mut()
+            .zip(&toks)
+            .map(|(cache, t)| BatchItem {
+                cache,
+                tokens: &t[step..step + 1],
+                logits: Logits::Last,
+            })
+            .collect();
+        runner.forward(&mut items)?;
+    }
+    Ok((n * b) as f64 / t0.elapsed().as_secs_f64())
 }
 
 /// Peak resident set size of this process in bytes (VmHWM), if the OS reports it.
@@ -159,20 +193,35 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             name: format!("pp{n}"),
             n_prompt: n,
             n_gen: 0,
+            parallel: 1,
             samples,
         });
     }
     for &n in args.n_gen.iter().filter(|&&n| n > 0) {
-        run_tg(&model, 1, 0)?; // warm-up
-        let samples = (0..args.reps)
-            .map(|r| run_tg(&model, n, r as u64 + 1))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        results.push(TestResult {
-            name: format!("tg{n}"),
-            n_prompt: 0,
-            n_gen: n,
-            samples,
-        });
+        for &b in args.parallel.iter().filter(|&&b| b > 0) {
+            let samples = if b == 1 {
+                run_tg(&model, 1, 0)?; // warm-up
+                (0..args.reps)
+                    .map(|r| run_tg(&model, n, r as u64 + 1))
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            } else {
+                run_tg_parallel(&model, 1, b, 0)?; // warm-up
+                (0..args.reps)
+                    .map(|r| run_tg_parallel(&model, n, b, r as u64 + 1))
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            };
+            results.push(TestResult {
+                name: if b == 1 {
+                    format!("tg{n}")
+                } else {
+                    format!("tg{n} x{b}")
+                },
+                n_prompt: 0,
+                n_gen: n,
+                parallel: b,
+                samples,
+            });
+        }
     }
     let peak_rss = peak_rss_bytes();
     let bw = if args.no_bandwidth {
@@ -182,7 +231,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     // Generation reads every weight once per token: bytes/token x tokens/s vs bandwidth.
     let bw_use = |r: &TestResult| {
-        bw.filter(|_| r.n_gen > 0)
+        bw.filter(|_| r.n_gen > 0 && r.parallel == 1)
             .map(|b| model_bytes * r.mean() / b)
     };
 
@@ -194,6 +243,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     "test": r.name,
                     "n_prompt": r.n_prompt,
                     "n_gen": r.n_gen,
+                    "parallel": r.parallel,
                     "avg_ts": r.mean(),
                     "stddev_ts": r.std(),
                     "samples_ts": r.samples,

@@ -249,37 +249,42 @@ unsafe fn dot_u8_i8<const VNNI: bool>(x: __m256i, y: __m256i) -> __m256i {
     }
 }
 
-/// Exact partial sums (8 lanes) of one block's integer dot product.
+/// A weight block's 32 quants as bytes, ready for [`b32_dot`]: signed values for the
+/// types without a min (Q8_0, Q4_0, Q5_0), unsigned ones for Q4_1 / Q5_1. Unpacked once
+/// and shared by every activation row it meets.
 #[inline(always)]
-unsafe fn b32_isum<const T: u8, const VNNI: bool>(x: *const u8, y: *const u8) -> __m256i {
+unsafe fn b32_unpack<const T: u8>(x: *const u8) -> __m256i {
     match T {
-        T_Q8_0 => {
-            let (qx, qy) = (load(x.add(2)), load(y.add(2)));
-            dot_u8_i8::<VNNI>(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
-        }
-        T_Q4_0 => {
-            let qx = _mm256_sub_epi8(nibbles_32(x.add(2)), _mm256_set1_epi8(8));
-            let qy = load(y.add(2));
-            dot_u8_i8::<VNNI>(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
-        }
-        T_Q4_1 => dot_u8_i8::<VNNI>(nibbles_32(x.add(4)), load(y.add(4))),
+        T_Q8_0 => load(x.add(2)),
+        T_Q4_0 => _mm256_sub_epi8(nibbles_32(x.add(2)), _mm256_set1_epi8(8)),
+        T_Q4_1 => nibbles_32(x.add(4)),
         T_Q5_0 => {
             let qh = std::ptr::read_unaligned(x.add(2) as *const u32);
             // value - 16: nibble when the 5th bit is set, nibble | 0xF0 (= nibble - 16) when not.
-            let qx = _mm256_or_si256(
+            _mm256_or_si256(
                 nibbles_32(x.add(6)),
                 _mm256_andnot_si256(bits_to_bytes_32(qh), _mm256_set1_epi8(0xF0u8 as i8)),
-            );
-            let qy = load(y.add(2));
-            dot_u8_i8::<VNNI>(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
+            )
         }
         _ => {
             let qh = std::ptr::read_unaligned(x.add(4) as *const u32);
-            let qx = _mm256_or_si256(
+            _mm256_or_si256(
                 nibbles_32(x.add(8)),
                 _mm256_and_si256(bits_to_bytes_32(qh), _mm256_set1_epi8(0x10)),
-            );
-            dot_u8_i8::<VNNI>(qx, load(y.add(4)))
+            )
+        }
+    }
+}
+
+/// Exact partial sums (8 lanes) of one block's integer dot product, from the unpacked
+/// weight quants `qx` and the activation block at `y`.
+#[inline(always)]
+unsafe fn b32_dot<const T: u8, const VNNI: bool>(qx: __m256i, y: *const u8) -> __m256i {
+    match T {
+        T_Q4_1 | T_Q5_1 => dot_u8_i8::<VNNI>(qx, load(y.add(4))),
+        _ => {
+            let qy = load(y.add(2));
+            dot_u8_i8::<VNNI>(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
         }
     }
 }
@@ -288,46 +293,69 @@ unsafe fn b32_isum<const T: u8, const VNNI: bool>(x: *const u8, y: *const u8) ->
 /// per block (Q8_1), as [`crate::act_scales`] writes them.
 #[inline(always)]
 unsafe fn dot_b32<const T: u8, const VNNI: bool>(w: &[u8], a: &[u8], ys: &[f32], n: usize) -> f32 {
+    dot_b32_n::<T, VNNI, 1>(w.as_ptr(), [a.as_ptr()], [ys.as_ptr()], n)[0]
+}
+
+/// One weight row against `N` activation rows: each weight block is unpacked once for all
+/// of them. Every activation row's result is computed with exactly the operations, in the
+/// order, of the one-row product (`N = 1`), so it does not depend on `N`.
+#[inline(always)]
+unsafe fn dot_b32_n<const T: u8, const VNNI: bool, const N: usize>(
+    wp: *const u8,
+    ap: [*const u8; N],
+    sp: [*const f32; N],
+    n: usize,
+) -> [f32; N] {
     let (wb, ab, min) = b32_layout(T);
     let nb = n / QK;
-    let (wp, ap, sp) = (w.as_ptr(), a.as_ptr(), ys.as_ptr());
-    let mut acc = _mm_setzero_ps();
+    let mut acc = [_mm_setzero_ps(); N];
     let mut ib = 0;
     while ib + 4 <= nb {
         let x: [*const u8; 4] = std::array::from_fn(|k| wp.add((ib + k) * wb));
-        let y: [*const u8; 4] = std::array::from_fn(|k| ap.add((ib + k) * ab));
-        let s = _mm_cvtepi32_ps(reduce4_i32(
-            b32_isum::<T, VNNI>(x[0], y[0]),
-            b32_isum::<T, VNNI>(x[1], y[1]),
-            b32_isum::<T, VNNI>(x[2], y[2]),
-            b32_isum::<T, VNNI>(x[3], y[3]),
-        ));
-        let v = if min {
-            // [dx*dy, mx*sy] for four blocks, then split into the two halves of the sum.
-            let p = _mm256_mul_ps(f16_pairs_x4(x), _mm256_loadu_ps(sp.add(2 * ib)));
-            let (lo, hi) = (_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
-            let dd = _mm_shuffle_ps(lo, hi, 0b10_00_10_00);
-            let ms = _mm_shuffle_ps(lo, hi, 0b11_01_11_01);
-            _mm_add_ps(_mm_mul_ps(dd, s), ms)
+        let qx: [__m256i; 4] = std::array::from_fn(|k| b32_unpack::<T>(x[k]));
+        let (pairs, dx) = if min {
+            (f16_pairs_x4(x), _mm_setzero_ps())
         } else {
-            _mm_mul_ps(_mm_mul_ps(f16_x4(x), _mm_loadu_ps(sp.add(ib))), s)
+            (_mm256_setzero_ps(), f16_x4(x))
         };
-        acc = _mm_add_ps(acc, v);
+        for j in 0..N {
+            let y: [*const u8; 4] = std::array::from_fn(|k| ap[j].add((ib + k) * ab));
+            let s = _mm_cvtepi32_ps(reduce4_i32(
+                b32_dot::<T, VNNI>(qx[0], y[0]),
+                b32_dot::<T, VNNI>(qx[1], y[1]),
+                b32_dot::<T, VNNI>(qx[2], y[2]),
+                b32_dot::<T, VNNI>(qx[3], y[3]),
+            ));
+            let v = if min {
+                // [dx*dy, mx*sy] for four blocks, then split into the two halves of the sum.
+                let p = _mm256_mul_ps(pairs, _mm256_loadu_ps(sp[j].add(2 * ib)));
+                let (lo, hi) = (_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
+                let dd = _mm_shuffle_ps(lo, hi, 0b10_00_10_00);
+                let ms = _mm_shuffle_ps(lo, hi, 0b11_01_11_01);
+                _mm_add_ps(_mm_mul_ps(dd, s), ms)
+            } else {
+                _mm_mul_ps(_mm_mul_ps(dx, _mm_loadu_ps(sp[j].add(ib))), s)
+            };
+            acc[j] = _mm_add_ps(acc[j], v);
+        }
         ib += 4;
     }
-    let mut lanes = [0f32; 4];
-    _mm_storeu_ps(lanes.as_mut_ptr(), acc);
-    while ib < nb {
-        let (x, y) = (wp.add(ib * wb), ap.add(ib * ab));
-        let isum = hsum_i32_8(b32_isum::<T, VNNI>(x, y));
-        let mut v = (f16_at(x) * f16_at(y)) * isum as f32;
-        if min {
-            v += f16_at(x.add(2)) * f16_at(y.add(2));
+    let mut out = [0f32; N];
+    for j in 0..N {
+        let mut lanes = [0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), acc[j]);
+        for ib in ib..nb {
+            let (x, y) = (wp.add(ib * wb), ap[j].add(ib * ab));
+            let isum = hsum_i32_8(b32_dot::<T, VNNI>(b32_unpack::<T>(x), y));
+            let mut v = (f16_at(x) * f16_at(y)) * isum as f32;
+            if min {
+                v += f16_at(x.add(2)) * f16_at(y.add(2));
+            }
+            lanes[ib & 3] += v;
         }
-        lanes[ib & 3] += v;
-        ib += 1;
+        out[j] = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
     }
-    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+    out
 }
 
 /// Checks the lengths of a 32-element-block dot product's inputs.
@@ -342,7 +370,7 @@ fn check_b32<const T: u8>(w: &[u8], a: &[u8], ys: &[f32], n: usize) {
 }
 
 macro_rules! b32_wrapper {
-    ($name:ident, $t:expr, $vnni:expr, $feat:literal) => {
+    ($name:ident, $name4:ident, $t:expr, $vnni:expr, $feat:literal) => {
         pub fn $name(w: &[u8], a: &[u8], ys: &[f32], n: usize) -> f32 {
             #[target_feature(enable = $feat)]
             unsafe fn k(w: &[u8], a: &[u8], ys: &[f32], n: usize) -> f32 {
@@ -353,14 +381,32 @@ macro_rules! b32_wrapper {
             // features; lengths checked above.
             unsafe { k(w, a, ys, n) }
         }
+
+        /// One weight row against four activation rows, each bit-identical to the one-row dot.
+        pub fn $name4(w: &[u8], a: [&[u8]; 4], ys: [&[f32]; 4], n: usize) -> [f32; 4] {
+            #[target_feature(enable = $feat)]
+            unsafe fn k(w: &[u8], a: [&[u8]; 4], ys: [&[f32]; 4], n: usize) -> [f32; 4] {
+                dot_b32_n::<{ $t }, $vnni, 4>(
+                    w.as_ptr(),
+                    a.map(|r| r.as_ptr()),
+                    ys.map(|r| r.as_ptr()),
+                    n,
+                )
+            }
+            for j in 0..4 {
+                check_b32::<{ $t }>(w, a[j], ys[j], n);
+            }
+            // SAFETY: as for the one-row product.
+            unsafe { k(w, a, ys, n) }
+        }
     };
 }
 
-b32_wrapper!(dot_q8_0, T_Q8_0, false, "avx2,fma,f16c");
-b32_wrapper!(dot_q4_0, T_Q4_0, false, "avx2,fma,f16c");
-b32_wrapper!(dot_q4_1, T_Q4_1, false, "avx2,fma,f16c");
-b32_wrapper!(dot_q5_0, T_Q5_0, false, "avx2,fma,f16c");
-b32_wrapper!(dot_q5_1, T_Q5_1, false, "avx2,fma,f16c");
+b32_wrapper!(dot_q8_0, dot4_q8_0, T_Q8_0, false, "avx2,fma,f16c");
+b32_wrapper!(dot_q4_0, dot4_q4_0, T_Q4_0, false, "avx2,fma,f16c");
+b32_wrapper!(dot_q4_1, dot4_q4_1, T_Q4_1, false, "avx2,fma,f16c");
+b32_wrapper!(dot_q5_0, dot4_q5_0, T_Q5_0, false, "avx2,fma,f16c");
+b32_wrapper!(dot_q5_1, dot4_q5_1, T_Q5_1, false, "avx2,fma,f16c");
 
 /// The same kernels with AVX-512 VNNI (`vpdpbusd` on ymm for the byte products).
 pub mod vnni {
@@ -380,30 +426,35 @@ pub mod vnni {
 
     b32_wrapper!(
         dot_q8_0,
+        dot4_q8_0,
         T_Q8_0,
         true,
         "avx2,fma,f16c,avx512f,avx512vl,avx512vnni"
     );
     b32_wrapper!(
         dot_q4_0,
+        dot4_q4_0,
         T_Q4_0,
         true,
         "avx2,fma,f16c,avx512f,avx512vl,avx512vnni"
     );
     b32_wrapper!(
         dot_q4_1,
+        dot4_q4_1,
         T_Q4_1,
         true,
         "avx2,fma,f16c,avx512f,avx512vl,avx512vnni"
     );
     b32_wrapper!(
         dot_q5_0,
+        dot4_q5_0,
         T_Q5_0,
         true,
         "avx2,fma,f16c,avx512f,avx512vl,avx512vnni"
     );
     b32_wrapper!(
         dot_q5_1,
+        dot4_q5_1,
         T_Q5_1,
         true,
         "avx2,fma,f16c,avx512f,avx512vl,avx512vnni"

@@ -19,6 +19,8 @@ use std::cell::RefCell;
 
 /// Rows per panel (one zmm of i32 / f32 lanes).
 pub const PR: usize = 16;
+/// How many panels ahead of the one being computed its weights are prefetched.
+const PREFETCH_PANELS: usize = 1;
 /// Activation rows processed together against one panel.
 const C: usize = 4;
 
@@ -85,6 +87,9 @@ struct Panel {
     mn: Vec<i32>,
     /// K6: per block, per pair of groups, 16 rows: the two i8 scales as i16 pairs.
     sc_pairs: Vec<i32>,
+    /// B32: the raw f16 bits of `d` and `m`, gathered before widening them all at once.
+    d16: Vec<u16>,
+    m16: Vec<u16>,
 }
 
 /// Per activation row, per block: what the float terms need.
@@ -142,6 +147,17 @@ pub unsafe fn matmul_panels(
             for pi in t * per_task..((t + 1) * per_task).min(npanels) {
                 let r0 = pi * PR;
                 unpack_panel(ty, kind, &w[r0 * wrb..(r0 + PR) * wrb], wrb, cols, p);
+                // Start fetching the next panel's weights while this one computes: the
+                // panel walk alone does not keep enough loads in flight.
+                if pi + PREFETCH_PANELS < npanels {
+                    let r1 = r0 + PREFETCH_PANELS * PR;
+                    let next = w[r1 * wrb..(r1 + PR) * wrb].as_ptr();
+                    let mut off = 0;
+                    while off < PR * wrb {
+                        _mm_prefetch::<_MM_HINT_T0>(next.add(off) as *const i8);
+                        off += 64;
+                    }
+                }
                 // SAFETY: each task writes only its own rows r0..r0+16 of every
                 // batch row, and those ranges are disjoint between tasks.
                 let mut b = 0;
@@ -244,6 +260,38 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
         }
         Kind::B32 { .. } => {}
     }
+    assert!(w.len() >= (PR - 1) * wrb + ty.row_bytes(cols).unwrap());
+    if let Kind::B32 { min, .. } = kind {
+        // Gather the f16 bits (cheap loads), then widen them 16 at a time: per-value
+        // conversion was most of the cost of a panel.
+        let bytes = match ty {
+            Q8_0 => Q8_0_BYTES,
+            Q4_0 => Q4_0_BYTES,
+            Q5_0 => Q5_0_BYTES,
+            Q4_1 => Q4_1_BYTES,
+            _ => Q5_1_BYTES,
+        };
+        p.d16.resize(nb * PR, 0);
+        p.m16.resize(nb * PR, 0);
+        for r in 0..PR {
+            let row = &w[r * wrb..r * wrb + nb * bytes];
+            for (ib, x) in row.chunks_exact(bytes).enumerate() {
+                p.d16[ib * PR + r] = u16::from_le_bytes([x[0], x[1]]);
+                if min {
+                    p.m16[ib * PR + r] = u16::from_le_bytes([x[2], x[3]]);
+                }
+            }
+        }
+        // SAFETY: `available()` was checked before any panel work.
+        unsafe {
+            widen_f16(&p.d16, &mut p.d);
+            if min {
+                widen_f16(&p.m16, &mut p.m);
+            }
+            unpack_quants(ty, w.as_ptr(), wrb, cols, p.q.as_mut_ptr());
+        }
+        return;
+    }
     for r in 0..PR {
         let row = &w[r * wrb..(r + 1) * wrb];
         for ib in 0..nb {
@@ -291,6 +339,16 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
     // SAFETY: `available()` was checked before any panel work; the weight rows were
     // checked above and `p.q` holds `cols * PR` bytes.
     unsafe { unpack_quants(ty, w.as_ptr(), wrb, cols, p.q.as_mut_ptr()) };
+}
+
+/// `dst[i] = src[i]` widened from f16 bits (same length; a multiple of 16).
+#[target_feature(enable = "avx2,f16c,avx512f")]
+unsafe fn widen_f16(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    for (s, d) in src.chunks_exact(PR).zip(dst.chunks_exact_mut(PR)) {
+        let h = _mm256_loadu_si256(s.as_ptr() as *const __m256i);
+        _mm512_storeu_ps(d.as_mut_ptr(), _mm512_cvtph_ps(h));
+    }
 }
 
 /// The unsigned quants of weight row `r`'s 32-element chunk `kc` (elements
@@ -364,18 +422,52 @@ unsafe fn chunk_vals(ty: TensorType, row: *const u8, kc: usize) -> __m256i {
 /// 8 dwords are transposed (two 8x8 dword transposes side by side in zmm halves).
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
 unsafe fn unpack_quants(ty: TensorType, w: *const u8, wrb: usize, cols: usize, q: *mut u8) {
+    use TensorType::*;
+    // One copy per type, so the per-chunk type dispatch folds away.
+    match ty {
+        Q8_0 => unpack_quants_t::<0>(w, wrb, cols, q),
+        Q4_0 => unpack_quants_t::<1>(w, wrb, cols, q),
+        Q4_1 => unpack_quants_t::<2>(w, wrb, cols, q),
+        Q5_0 => unpack_quants_t::<3>(w, wrb, cols, q),
+        Q5_1 => unpack_quants_t::<4>(w, wrb, cols, q),
+        Q4_K => unpack_quants_t::<5>(w, wrb, cols, q),
+        Q5_K => unpack_quants_t::<6>(w, wrb, cols, q),
+        _ => unpack_quants_t::<7>(w, wrb, cols, q),
+    }
+}
+
+/// The types [`unpack_quants_t`] is instantiated for, by index.
+const PANEL_TYPES: [TensorType; 8] = [
+    TensorType::Q8_0,
+    TensorType::Q4_0,
+    TensorType::Q4_1,
+    TensorType::Q5_0,
+    TensorType::Q5_1,
+    TensorType::Q4_K,
+    TensorType::Q5_K,
+    TensorType::Q6_K,
+];
+
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+unsafe fn unpack_quants_t<const T: usize>(w: *const u8, wrb: usize, cols: usize, q: *mut u8) {
+    let ty = PANEL_TYPES[T];
     let lo_idx = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
     let hi_idx = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
     for kc in 0..cols / 32 {
-        let z: [__m512i; 8] = std::array::from_fn(|i| {
+        // Plain loops, not closures: a closure would not inherit the target features.
+        let mut z = [_mm512_setzero_si512(); 8];
+        for (i, zi) in z.iter_mut().enumerate() {
             let a = chunk_vals(ty, w.add(i * wrb), kc);
             let b = chunk_vals(ty, w.add((i + 8) * wrb), kc);
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b)
-        });
-        let a: [__m512i; 4] =
-            std::array::from_fn(|i| _mm512_unpacklo_epi32(z[2 * i], z[2 * i + 1]));
-        let b: [__m512i; 4] =
-            std::array::from_fn(|i| _mm512_unpackhi_epi32(z[2 * i], z[2 * i + 1]));
+            *zi = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
+        }
+        let mut a = [_mm512_setzero_si512(); 4];
+        let mut b = [_mm512_setzero_si512(); 4];
+        for i in 0..4 {
+            a[i] = _mm512_unpacklo_epi32(z[2 * i], z[2 * i + 1]);
+            b[i] = _mm512_unpackhi_epi32(z[2 * i], z[2 * i + 1]);
+        }
         // c[g]: rows 0..3 (and 8..11) of dword g (lane 0) and g + 4 (lane 1); d[g]: rows 4..7.
         let c = [
             _mm512_unpacklo_epi64(a[0], a[1]),

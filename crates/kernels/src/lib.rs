@@ -239,6 +239,39 @@ fn act_scales(vdt: TensorType, a: &[u8], out: &mut Vec<f32>) {
 }
 
 /// The dot-product kernel for weights of type `ty` at `level` (which must be supported).
+/// One weight row against four activation rows (see [`dot4_kernel`]).
+type Dot4Fn = fn(&[u8], [&[u8]; 4], [&[f32]; 4], usize) -> [f32; 4];
+
+/// A kernel that unpacks each weight block once for four activation rows, for the types
+/// and levels that have one; each of its four results equals [`dot_kernel`]'s, bit for bit.
+fn dot4_kernel(ty: TensorType, level: SimdLevel) -> Option<Dot4Fn> {
+    use TensorType::*;
+    #[cfg(target_arch = "x86_64")]
+    if level == SimdLevel::Avx512 && avx2::vnni::available() {
+        match ty {
+            Q8_0 => return Some(avx2::vnni::dot4_q8_0),
+            Q4_0 => return Some(avx2::vnni::dot4_q4_0),
+            Q4_1 => return Some(avx2::vnni::dot4_q4_1),
+            Q5_0 => return Some(avx2::vnni::dot4_q5_0),
+            Q5_1 => return Some(avx2::vnni::dot4_q5_1),
+            _ => {}
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if matches!(level, SimdLevel::Avx2 | SimdLevel::Avx512) && level_supported(SimdLevel::Avx2) {
+        return match ty {
+            Q8_0 => Some(avx2::dot4_q8_0),
+            Q4_0 => Some(avx2::dot4_q4_0),
+            Q4_1 => Some(avx2::dot4_q4_1),
+            Q5_0 => Some(avx2::dot4_q5_0),
+            Q5_1 => Some(avx2::dot4_q5_1),
+            _ => None,
+        };
+    }
+    let _ = (ty, level);
+    None
+}
+
 fn dot_kernel(ty: TensorType, level: SimdLevel) -> DotFn {
     use TensorType::*;
     #[cfg(target_arch = "x86_64")]
@@ -487,6 +520,7 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
     }
 
     let dot = dot_kernel(w.ty, level);
+    let dot4 = dot4_kernel(w.ty, level);
     let mut scl = Vec::new();
     for a in act.chunks_exact(arb) {
         act_scales(vdt, a, &mut scl);
@@ -545,7 +579,20 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
         let nr = ts.len() / batch;
         for rb in (0..nr).step_by(ROW_BLOCK) {
             let re = (rb + ROW_BLOCK).min(nr);
-            for (b, a) in act.chunks_exact(arb).enumerate() {
+            let mut b = 0;
+            if let Some(dot4) = dot4 {
+                while b + 4 <= batch {
+                    let a: [&[u8]; 4] = std::array::from_fn(|j| &act[(b + j) * arb..][..arb]);
+                    let sc: [&[f32]; 4] = std::array::from_fn(|j| scales(b + j));
+                    for i in rb..re {
+                        let v = dot4(wrow(r0 + i), a, sc, cols);
+                        ts[i * batch + b..][..4].copy_from_slice(&v);
+                    }
+                    b += 4;
+                }
+            }
+            for b in b..batch {
+                let a = &act[b * arb..][..arb];
                 for i in rb..re {
                     ts[i * batch + b] = dot(wrow(r0 + i), a, scales(b), cols);
                 }

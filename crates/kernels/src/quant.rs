@@ -66,30 +66,53 @@ pub(crate) fn round_even(x: f32) -> f32 {
 /// Q8_0 activation block, as ggml-cpu's x86 `quantize_row_q8_0`.
 pub fn act_q8_0(x: &[f32], out: &mut [u8]) {
     debug_assert_eq!(x.len() % QK, 0);
+    #[cfg(target_arch = "x86_64")]
+    let simd = crate::simd_level() == crate::SimdLevel::Avx512 && q8k_x86::available();
     for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
-        let m = amax(xb);
-        let d = m / 127.0;
-        let id = if m != 0.0 { 127.0 / m } else { 0.0 };
-        ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
-        for (o, &v) in ob[2..].iter_mut().zip(xb) {
-            *o = (round_even(v * id) as i32).clamp(-128, 127) as i8 as u8;
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available()` checked the CPU features; the block sizes are fixed.
+        if simd {
+            if let Some((d, _)) = unsafe { q8k_x86::block32(xb, &mut ob[2..]) } {
+                ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+                continue;
+            }
         }
+        let (d, _) = act_b32_block(xb, &mut ob[2..]);
+        ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
     }
+}
+
+/// The quants of one 32-element activation block (Q8_0 / Q8_1), written to `q`; returns
+/// `(d, sum of quants)`.
+fn act_b32_block(xb: &[f32], q: &mut [u8]) -> (f32, i32) {
+    let m = amax(xb);
+    let d = m / 127.0;
+    let id = if m != 0.0 { 127.0 / m } else { 0.0 };
+    let mut sum = 0i32;
+    for (o, &v) in q.iter_mut().zip(xb) {
+        let v = (round_even(v * id) as i32).clamp(-128, 127);
+        sum += v;
+        *o = v as i8 as u8;
+    }
+    (d, sum)
 }
 
 /// Q8_1 activation block, as ggml-cpu's x86 `quantize_row_q8_1` (`s = d * sum(q)`).
 pub fn act_q8_1(x: &[f32], out: &mut [u8]) {
     debug_assert_eq!(x.len() % QK, 0);
+    #[cfg(target_arch = "x86_64")]
+    let simd = crate::simd_level() == crate::SimdLevel::Avx512 && q8k_x86::available();
     for (xb, ob) in x.chunks_exact(QK).zip(out.chunks_exact_mut(Q8_1_BYTES)) {
-        let m = amax(xb);
-        let d = m / 127.0;
-        let id = if m != 0.0 { 127.0 / m } else { 0.0 };
-        let mut sum = 0i32;
-        for (o, &v) in ob[4..].iter_mut().zip(xb) {
-            let q = (round_even(v * id) as i32).clamp(-128, 127);
-            sum += q;
-            *o = q as i8 as u8;
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available()` checked the CPU features; the block sizes are fixed.
+        if simd {
+            if let Some((d, sum)) = unsafe { q8k_x86::block32(xb, &mut ob[4..]) } {
+                ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+                ob[2..4].copy_from_slice(&f32_to_f16(d * sum as f32).to_le_bytes());
+                continue;
+            }
         }
+        let (d, sum) = act_b32_block(xb, &mut ob[4..]);
         ob[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
         ob[2..4].copy_from_slice(&f32_to_f16(d * sum as f32).to_le_bytes());
     }
@@ -155,6 +178,49 @@ mod q8k_x86 {
                 && std::is_x86_feature_detected!("avx512bw")
                 && std::is_x86_feature_detected!("avx512vl")
         })
+    }
+
+    /// One 32-element block of the Q8_0 / Q8_1 activation quantizers: writes the 32 quants
+    /// to `q` and returns `(d, sum of quants)`, bit-identical to the scalar code (same
+    /// products, `vrndscaleps` rounds half to even as `round_even` does, same clamp).
+    /// Returns `None` (writing nothing) if the block holds a NaN or an infinity, for the
+    /// scalar code.
+    ///
+    /// # Safety
+    /// [`available`] must be true.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn block32(xb: &[f32], q: &mut [u8]) -> Option<(f32, i32)> {
+        assert!(xb.len() == QK && q.len() >= QK);
+        let absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fff_ffff));
+        let inf = _mm512_set1_ps(f32::INFINITY);
+        let v = [
+            _mm512_loadu_ps(xb.as_ptr()),
+            _mm512_loadu_ps(xb.as_ptr().add(16)),
+        ];
+        let a = v.map(|v| _mm512_and_ps(v, absmask));
+        // Not less than infinity, or unordered: an infinity or a NaN.
+        if _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(a[0], inf)
+            | _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(a[1], inf)
+            != 0
+        {
+            return None;
+        }
+        let m = _mm512_reduce_max_ps(_mm512_max_ps(a[0], a[1]));
+        let d = m / 127.0;
+        let id = _mm512_set1_ps(if m != 0.0 { 127.0 / m } else { 0.0 });
+        let (lo, hi) = (_mm512_set1_epi32(-128), _mm512_set1_epi32(127));
+        let qi = v.map(|v| {
+            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(v, id),
+            );
+            _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(r), hi), lo)
+        });
+        _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtsepi32_epi8(qi[0]));
+        _mm_storeu_si128(
+            q.as_mut_ptr().add(16) as *mut __m128i,
+            _mm512_cvtsepi32_epi8(qi[1]),
+        );
+        Some((d, _mm512_reduce_add_epi32(_mm512_add_epi32(qi[0], qi[1]))))
     }
 
     /// One block; returns false (writing nothing) if it holds a NaN, for the scalar code.
@@ -375,6 +441,74 @@ mod tests {
                 assert_eq!(got, want, "case {case}");
             } else {
                 assert_eq!(case % 5, 4, "only NaN blocks fall back");
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod simd_tests {
+    use super::*;
+
+    #[test]
+    fn simd_activation_blocks_match_scalar_bit_for_bit() {
+        if !q8k_x86::available() {
+            return;
+        }
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let specials = [
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            2.5,
+            127.0,
+            -127.0,
+            1e-30,
+            3e38,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE / 4.0,
+        ];
+        for case in 0..4000 {
+            let xb: Vec<f32> = (0..QK)
+                .map(|i| {
+                    let r = next();
+                    match case % 4 {
+                        0 => (r as i32 as f32) / 1e9,
+                        // Halves and small integers: rounding ties.
+                        1 => ((r % 512) as f32 - 256.0) * 0.5,
+                        2 if i % 7 == 0 => specials[(r % specials.len() as u64) as usize],
+                        _ => {
+                            f32::from_bits(r as u32 & 0x7f7f_ffff)
+                                * if r >> 63 == 1 { -1.0 } else { 1.0 }
+                        }
+                    }
+                })
+                .collect();
+            let mut want = [0u8; QK];
+            let (wd, ws) = act_b32_block(&xb, &mut want);
+            let mut got = [0u8; QK];
+            // SAFETY: `available()` checked above.
+            if let Some((gd, gs)) = unsafe { q8k_x86::block32(&xb, &mut got) } {
+                assert_eq!(
+                    (wd.to_bits(), ws, want),
+                    (gd.to_bits(), gs, got),
+                    "case {case}: {xb:?}"
+                );
+            } else {
+                assert!(
+                    xb.iter().any(|v| !v.is_finite()),
+                    "case {case}: fell back on finite input"
+                );
             }
         }
     }
