@@ -262,33 +262,31 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
     }
     assert!(w.len() >= (PR - 1) * wrb + ty.row_bytes(cols).unwrap());
     if let Kind::B32 { min, .. } = kind {
-        // Gather the f16 bits (cheap loads), then widen them 16 at a time: per-value
-        // conversion was most of the cost of a panel.
-        let bytes = match ty {
-            Q8_0 => Q8_0_BYTES,
-            Q4_0 => Q4_0_BYTES,
-            Q5_0 => Q5_0_BYTES,
-            Q4_1 => Q4_1_BYTES,
-            _ => Q5_1_BYTES,
-        };
+        // The f16 scale bits are gathered while the quants are unpacked (one pass over
+        // the weights), then widened 16 at a time.
         p.d16.resize(nb * PR, 0);
         p.m16.resize(nb * PR, 0);
-        for r in 0..PR {
-            let row = &w[r * wrb..r * wrb + nb * bytes];
-            for (ib, x) in row.chunks_exact(bytes).enumerate() {
-                p.d16[ib * PR + r] = u16::from_le_bytes([x[0], x[1]]);
-                if min {
-                    p.m16[ib * PR + r] = u16::from_le_bytes([x[2], x[3]]);
-                }
-            }
-        }
-        // SAFETY: `available()` was checked before any panel work.
+        // SAFETY: `available()` was checked before any panel work; the rows were checked
+        // above, `p.q` holds `cols * PR` bytes and `d16` / `m16` `nb * PR` entries.
         unsafe {
+            let m16 = if min {
+                p.m16.as_mut_ptr()
+            } else {
+                std::ptr::null_mut()
+            };
+            unpack_quants(
+                ty,
+                w.as_ptr(),
+                wrb,
+                cols,
+                p.q.as_mut_ptr(),
+                p.d16.as_mut_ptr(),
+                m16,
+            );
             widen_f16(&p.d16, &mut p.d);
             if min {
                 widen_f16(&p.m16, &mut p.m);
             }
-            unpack_quants(ty, w.as_ptr(), wrb, cols, p.q.as_mut_ptr());
         }
         return;
     }
@@ -338,7 +336,17 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
     assert!(w.len() >= (PR - 1) * wrb + ty.row_bytes(cols).unwrap());
     // SAFETY: `available()` was checked before any panel work; the weight rows were
     // checked above and `p.q` holds `cols * PR` bytes.
-    unsafe { unpack_quants(ty, w.as_ptr(), wrb, cols, p.q.as_mut_ptr()) };
+    unsafe {
+        unpack_quants(
+            ty,
+            w.as_ptr(),
+            wrb,
+            cols,
+            p.q.as_mut_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
 }
 
 /// `dst[i] = src[i]` widened from f16 bits (same length; a multiple of 16).
@@ -421,18 +429,29 @@ unsafe fn chunk_vals(ty: TensorType, row: *const u8, kc: usize) -> __m256i {
 /// Unpack the quants of 16 rows into `[k / 4][16][4]`: per 32-element chunk, the 16 rows'
 /// 8 dwords are transposed (two 8x8 dword transposes side by side in zmm halves).
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
-unsafe fn unpack_quants(ty: TensorType, w: *const u8, wrb: usize, cols: usize, q: *mut u8) {
+///
+/// For the 32-element block types, the f16 bits of each block's `d` (offset 0) go to
+/// `d16[block * 16 + row]` and, when `m16` is not null, those of `m` (offset 2) to `m16`.
+unsafe fn unpack_quants(
+    ty: TensorType,
+    w: *const u8,
+    wrb: usize,
+    cols: usize,
+    q: *mut u8,
+    d16: *mut u16,
+    m16: *mut u16,
+) {
     use TensorType::*;
     // One copy per type, so the per-chunk type dispatch folds away.
     match ty {
-        Q8_0 => unpack_quants_t::<0>(w, wrb, cols, q),
-        Q4_0 => unpack_quants_t::<1>(w, wrb, cols, q),
-        Q4_1 => unpack_quants_t::<2>(w, wrb, cols, q),
-        Q5_0 => unpack_quants_t::<3>(w, wrb, cols, q),
-        Q5_1 => unpack_quants_t::<4>(w, wrb, cols, q),
-        Q4_K => unpack_quants_t::<5>(w, wrb, cols, q),
-        Q5_K => unpack_quants_t::<6>(w, wrb, cols, q),
-        _ => unpack_quants_t::<7>(w, wrb, cols, q),
+        Q8_0 => unpack_quants_t::<0>(w, wrb, cols, q, d16, m16),
+        Q4_0 => unpack_quants_t::<1>(w, wrb, cols, q, d16, m16),
+        Q4_1 => unpack_quants_t::<2>(w, wrb, cols, q, d16, m16),
+        Q5_0 => unpack_quants_t::<3>(w, wrb, cols, q, d16, m16),
+        Q5_1 => unpack_quants_t::<4>(w, wrb, cols, q, d16, m16),
+        Q4_K => unpack_quants_t::<5>(w, wrb, cols, q, d16, m16),
+        Q5_K => unpack_quants_t::<6>(w, wrb, cols, q, d16, m16),
+        _ => unpack_quants_t::<7>(w, wrb, cols, q, d16, m16),
     }
 }
 
@@ -450,8 +469,24 @@ const PANEL_TYPES: [TensorType; 8] = [
 
 #[inline]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
-unsafe fn unpack_quants_t<const T: usize>(w: *const u8, wrb: usize, cols: usize, q: *mut u8) {
+unsafe fn unpack_quants_t<const T: usize>(
+    w: *const u8,
+    wrb: usize,
+    cols: usize,
+    q: *mut u8,
+    d16: *mut u16,
+    m16: *mut u16,
+) {
     let ty = PANEL_TYPES[T];
+    // Bytes per 32-element block, for the types whose scales are gathered here.
+    let block_bytes = match ty {
+        TensorType::Q8_0 => Q8_0_BYTES,
+        TensorType::Q4_0 => Q4_0_BYTES,
+        TensorType::Q4_1 => Q4_1_BYTES,
+        TensorType::Q5_0 => Q5_0_BYTES,
+        TensorType::Q5_1 => Q5_1_BYTES,
+        _ => 0,
+    };
     let lo_idx = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
     let hi_idx = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
     for kc in 0..cols / 32 {
@@ -461,6 +496,15 @@ unsafe fn unpack_quants_t<const T: usize>(w: *const u8, wrb: usize, cols: usize,
             let a = chunk_vals(ty, w.add(i * wrb), kc);
             let b = chunk_vals(ty, w.add((i + 8) * wrb), kc);
             *zi = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
+        }
+        if block_bytes > 0 && !d16.is_null() {
+            for r in 0..PR {
+                let x = w.add(r * wrb + kc * block_bytes);
+                *d16.add(kc * PR + r) = std::ptr::read_unaligned(x as *const u16);
+                if !m16.is_null() {
+                    *m16.add(kc * PR + r) = std::ptr::read_unaligned(x.add(2) as *const u16);
+                }
+            }
         }
         let mut a = [_mm512_setzero_si512(); 4];
         let mut b = [_mm512_setzero_si512(); 4];
