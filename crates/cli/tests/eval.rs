@@ -371,6 +371,25 @@ fn rolling_local_endpoint_and_receipt() {
         ra["results"]["tiny_rolling"]["word_perplexity_stderr,none"],
         "N/A"
     );
+    // --resume reuses a rolling sample only if it was cut at the same max_length.
+    let o = verity(&[
+        "eval",
+        "--tasks",
+        task.to_str().unwrap(),
+        "--max-length",
+        "8",
+        "--quiet",
+        "--output",
+        a.to_str().unwrap(),
+        "--resume",
+        "--threads",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let z = samples(&a, "tiny_rolling");
+    assert_eq!(x[0]["max_length"], 16);
+    assert_eq!(z[0]["max_length"], 8);
+    assert_ne!(z[0]["token_logprobs"], x[0]["token_logprobs"]);
     // The receipt re-runs with the recorded max_length and prefix token.
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&receipt).unwrap()).unwrap();
     assert_eq!(r["settings"]["max_length"], 16);

@@ -122,6 +122,8 @@ const MAX_PASS_TOKENS: usize = 2048;
 const MAX_KV_TOKENS: usize = 32768;
 /// lm-eval's `max_length` for API models when the endpoint does not report one.
 const DEFAULT_ENDPOINT_MAX_LENGTH: usize = 2048;
+/// Rolling windows sent in one `/v1/completions` request.
+const ENDPOINT_WINDOWS_PER_REQUEST: usize = 4;
 
 pub struct LocalBackend {
     runner: Runner,
@@ -633,6 +635,16 @@ impl Backend for EndpointBackend {
 
     fn max_length(&self) -> usize {
         self.max_length
+    }
+
+    fn loglikelihood_rolling(&mut self, windows: &[LlRequest]) -> anyhow::Result<Vec<LlResult>> {
+        // A few windows per HTTP request (independent prompts), `concurrency` requests in
+        // flight.
+        let groups: Vec<Vec<LlRequest>> = windows
+            .chunks(ENDPOINT_WINDOWS_PER_REQUEST)
+            .map(<[LlRequest]>::to_vec)
+            .collect();
+        Ok(self.loglikelihood(&groups)?.into_iter().flatten().collect())
     }
 
     fn loglikelihood(&mut self, groups: &[Vec<LlRequest>]) -> anyhow::Result<Vec<Vec<LlResult>>> {

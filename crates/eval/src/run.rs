@@ -164,6 +164,9 @@ pub struct Sample {
     /// Rolling documents: the (words, bytes) the metrics are weighted by (lm-eval's
     /// `process_results`: of the target, or of `page` for wikitext's).
     pub counts: Option<(usize, usize)>,
+    /// Rolling documents: the max_length their windows were cut at (resume reuses a sample
+    /// only with the same).
+    pub max_length: Option<usize>,
     /// Filtered responses per filter name (generation tasks).
     pub filtered: Vec<(String, String)>,
     /// (metric, filter) -> value.
@@ -248,6 +251,9 @@ impl Sample {
                 None => json!(x),
             };
         }
+        if self.rolling {
+            v["max_length"] = json!(self.max_length);
+        }
         if self.generation.is_none() {
             v["token_logprobs"] = json!(self
                 .results
@@ -329,6 +335,7 @@ impl Sample {
             generation,
             rolling,
             counts: None,
+            max_length: v["max_length"].as_u64().map(|x| x as usize),
             filtered: Vec::new(),
             metrics: Vec::new(),
             doc_hash: v["doc_hash"].as_str()?.to_string(),
@@ -872,6 +879,7 @@ fn run_task(
             generation,
             rolling: p.rolling,
             counts: p.counts,
+            max_length: if p.rolling { opts.max_length } else { None },
             filtered,
             metrics: m,
             doc_hash: sha256_hex(py_json_pretty(&p.doc).as_bytes()),
@@ -895,6 +903,7 @@ fn run_task(
                 s.doc_hash == sha256_hex(py_json_pretty(&p.doc).as_bytes())
                     && s.prompt_hash == sha256_hex(p.arguments[0].0.as_bytes())
                     && s.arguments == p.arguments
+                    && (!p.rolling || s.max_length == opts.max_length)
             });
             match reuse {
                 Some(s) => {
