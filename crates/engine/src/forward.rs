@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use verity_kernels::attention::{attention_f16, AttnShape};
+use verity_kernels::attention::{attention_f16_seqs, AttnSeq, AttnShape};
 use verity_kernels::{get_row, matmul};
 use verity_model::{Model, RopeStyle};
 
@@ -290,23 +290,26 @@ impl Runner {
                 cache.v[l][pos * kvd..(pos + 1) * kvd]
                     .convert_from_f32_slice(&s.v[r * kvd..(r + 1) * kvd]);
             }
-            // Each item's rows are contiguous; it attends to its own cache.
-            let mut r0 = 0;
+            // Each item's rows are contiguous; it attends to its own cache. All items go
+            // through one call, so a batch of one-token decodes is one parallel region.
+            let mut seqs = Vec::with_capacity(items.len());
+            let (mut q_rest, mut out_rest) = (&s.q[..], &mut s.attn[..]);
             for it in items.iter() {
                 let n_i = it.tokens.len();
-                let rows = r0 * qd..(r0 + n_i) * qd;
-                attention_f16(
-                    &s.q[rows.clone()],
-                    &it.cache.k[l],
-                    &it.cache.v[l],
-                    &mut s.attn[rows],
-                    n_i,
-                    it.cache.len(),
-                    shape,
-                    scale,
-                );
-                r0 += n_i;
+                let (q_i, q_tail) = q_rest.split_at(n_i * qd);
+                let (out_i, out_tail) = std::mem::take(&mut out_rest).split_at_mut(n_i * qd);
+                (q_rest, out_rest) = (q_tail, out_tail);
+                seqs.push(AttnSeq {
+                    q: q_i,
+                    k: &it.cache.k[l],
+                    v: &it.cache.v[l],
+                    out: out_i,
+                    n: n_i,
+                    p0: it.cache.len(),
+                });
             }
+            attention_f16_seqs(&mut seqs, shape, scale);
+            drop(seqs);
 
             matmul(&layer.wo.view(), &s.attn, n, &mut s.proj);
             add_in_place(&mut s.x, &s.proj);

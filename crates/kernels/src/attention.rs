@@ -69,6 +69,48 @@ pub fn attention_f16_with(
     shape: AttnShape,
     scale: f32,
 ) {
+    attention_f16_seqs_with(
+        level,
+        &mut [AttnSeq {
+            q,
+            k,
+            v,
+            out,
+            n,
+            p0,
+        }],
+        shape,
+        scale,
+    )
+}
+
+/// One sequence's part of a batched attention call: its queries, its own cache and where
+/// its output goes (the arguments of [`attention_f16`]).
+pub struct AttnSeq<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f16],
+    pub v: &'a [f16],
+    pub out: &'a mut [f32],
+    /// Queries, at positions `p0..p0 + n`.
+    pub n: usize,
+    pub p0: usize,
+}
+
+/// [`attention_f16`] for several sequences, each over its own cache, in one parallel
+/// region (so a batch of one-token decodes keeps every thread busy). Each sequence's
+/// result is exactly what [`attention_f16`] gives it alone.
+pub fn attention_f16_seqs(seqs: &mut [AttnSeq<'_>], shape: AttnShape, scale: f32) {
+    attention_f16_seqs_with(crate::simd_level(), seqs, shape, scale)
+}
+
+/// [`attention_f16_seqs`] at an explicit SIMD level.
+#[doc(hidden)]
+pub fn attention_f16_seqs_with(
+    level: SimdLevel,
+    seqs: &mut [AttnSeq<'_>],
+    shape: AttnShape,
+    scale: f32,
+) {
     let AttnShape {
         n_head,
         n_head_kv,
@@ -81,12 +123,15 @@ pub fn attention_f16_with(
     let group = n_head / n_head_kv;
     let kvd = n_head_kv * hd;
     let qd = n_head * hd;
-    assert_eq!(q.len(), n * qd, "attention: q has the wrong size");
-    assert_eq!(out.len(), n * qd, "attention: out has the wrong size");
-    assert!(
-        k.len() >= (p0 + n) * kvd && v.len() >= (p0 + n) * kvd,
-        "attention: the cache holds fewer than p0 + n positions"
-    );
+    for s in seqs.iter() {
+        let (n, p0) = (s.n, s.p0);
+        assert_eq!(s.q.len(), n * qd, "attention: q has the wrong size");
+        assert_eq!(s.out.len(), n * qd, "attention: out has the wrong size");
+        assert!(
+            s.k.len() >= (p0 + n) * kvd && s.v.len() >= (p0 + n) * kvd,
+            "attention: the cache holds fewer than p0 + n positions"
+        );
+    }
     #[cfg(target_arch = "x86_64")]
     let simd = matches!(crate::effective(level), SimdLevel::Avx2 | SimdLevel::Avx512);
     #[cfg(not(target_arch = "x86_64"))]
@@ -96,17 +141,42 @@ pub fn attention_f16_with(
     };
     #[cfg(target_arch = "x86_64")]
     let simd512 = crate::effective(level) == SimdLevel::Avx512 && x86::avx512_available();
-    // One task per (query, KV head): `group` output heads, contiguous in `out`.
-    verity_pool::for_each_chunk_mut(out, group * hd, &|i, o| {
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd512 = false;
+
+    // One task per (sequence, query, KV head): `group` output heads, contiguous in `out`.
+    // `first[s]` is sequence s's first task.
+    let mut first = Vec::with_capacity(seqs.len() + 1);
+    let mut total = 0;
+    for s in seqs.iter() {
+        first.push(total);
+        total += s.n * n_head_kv;
+    }
+    first.push(total);
+    let outs: Vec<OutPtr> = seqs
+        .iter_mut()
+        .map(|s| OutPtr(s.out.as_mut_ptr()))
+        .collect();
+    let seqs = &*seqs;
+    verity_pool::for_each(total, &|task| {
+        let si = first.partition_point(|&f| f <= task) - 1;
+        let s = &seqs[si];
+        let i = task - first[si];
+        // SAFETY: task `i` of sequence `si` owns `out[i * group * hd..][..group * hd]`,
+        // disjoint from every other task's, and the sequences' `out`s are distinct
+        // `&mut` slices that outlive this call.
+        let o =
+            unsafe { std::slice::from_raw_parts_mut(outs[si].0.add(i * group * hd), group * hd) };
         let (t, kvh) = (i / n_head_kv, i % n_head_kv);
-        let n_keys = p0 + t + 1;
-        let qs = &q[t * qd + kvh * group * hd..][..group * hd];
+        let n_keys = s.p0 + t + 1;
+        let qs = &s.q[t * qd + kvh * group * hd..][..group * hd];
+        let (k, v) = (s.k, s.v);
         SCORES.with(|cell| {
             let sc = &mut *cell.borrow_mut();
             sc.resize(group * n_keys + group * hd, 0.0);
             let (scores, qv) = sc.split_at_mut(group * n_keys);
-            for (d, &s) in qv.iter_mut().zip(qs) {
-                *d = f16::from_f32(s).to_f32();
+            for (d, &x) in qv.iter_mut().zip(qs) {
+                *d = f16::from_f32(x).to_f32();
             }
             #[cfg(target_arch = "x86_64")]
             if simd {
@@ -119,15 +189,15 @@ pub fn attention_f16_with(
             }
             #[cfg(not(target_arch = "x86_64"))]
             scalar_scores(qv, k, kvd, kvh * hd, hd, n_keys, scale, scores);
-            for s in scores.chunks_exact_mut(n_keys) {
-                softmax(s);
+            for row in scores.chunks_exact_mut(n_keys) {
+                softmax(row);
                 #[cfg(target_arch = "x86_64")]
                 if simd {
                     // SAFETY: as above.
-                    unsafe { x86::round_f16(s) };
+                    unsafe { x86::round_f16(row) };
                     continue;
                 }
-                for p in s.iter_mut() {
+                for p in row.iter_mut() {
                     *p = f16::from_f32(*p).to_f32();
                 }
             }
@@ -142,10 +212,19 @@ pub fn attention_f16_with(
                 scalar_weighted_sum(scores, v, kvd, kvh * hd, hd, n_keys, o);
             }
             #[cfg(not(target_arch = "x86_64"))]
-            scalar_weighted_sum(scores, v, kvd, kvh * hd, hd, n_keys, o);
+            {
+                let _ = simd512;
+                scalar_weighted_sum(scores, v, kvd, kvh * hd, hd, n_keys, o);
+            }
         });
     });
 }
+
+/// A sequence's output pointer, shared with the tasks that write disjoint parts of it.
+struct OutPtr(*mut f32);
+// SAFETY: only used to hand out disjoint sub-slices of distinct `&mut [f32]`.
+unsafe impl Sync for OutPtr {}
+unsafe impl Send for OutPtr {}
 
 /// Softmax in place with an f64 sum (the engine's `ops::softmax`).
 fn softmax(x: &mut [f32]) {

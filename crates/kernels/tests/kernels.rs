@@ -736,3 +736,65 @@ fn attention_matches_engine_reference_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn attention_over_several_sequences_equals_each_alone() {
+    use verity_kernels::attention::{
+        attention_f16_seqs_with, attention_f16_with, AttnSeq, AttnShape,
+    };
+    let mut rng = Rng(77);
+    let shape = AttnShape {
+        n_head: 9,
+        n_head_kv: 3,
+        head_dim: 64,
+    };
+    let (qd, kvd) = (9 * 64, 3 * 64);
+    let scale = 0.125;
+    // (p0, n): one-token decodes at different depths and a prompt chunk, as a server batch.
+    let parts = [(0, 1), (17, 1), (5, 6), (40, 1), (0, 3)];
+    let caches: Vec<(Vec<half::f16>, Vec<half::f16>)> = parts
+        .iter()
+        .map(|&(p0, n)| {
+            let mut kv = || -> Vec<half::f16> {
+                (0..(p0 + n) * kvd)
+                    .map(|_| half::f16::from_f32(rng.act()))
+                    .collect()
+            };
+            (kv(), kv())
+        })
+        .collect();
+    let qs: Vec<Vec<f32>> = parts
+        .iter()
+        .map(|&(_, n)| (0..n * qd).map(|_| rng.act() * 3.0).collect())
+        .collect();
+    let mut levels = vec![SimdLevel::Scalar];
+    levels.extend(simd_levels());
+    for level in levels {
+        let mut outs: Vec<Vec<f32>> = parts.iter().map(|&(_, n)| vec![0f32; n * qd]).collect();
+        let mut seqs: Vec<AttnSeq> = outs
+            .iter_mut()
+            .zip(&parts)
+            .zip(qs.iter().zip(&caches))
+            .map(|((out, &(p0, n)), (q, (k, v)))| AttnSeq {
+                q,
+                k,
+                v,
+                out,
+                n,
+                p0,
+            })
+            .collect();
+        attention_f16_seqs_with(level, &mut seqs, shape, scale);
+        drop(seqs);
+        for (s, &(p0, n)) in parts.iter().enumerate() {
+            let mut alone = vec![0f32; n * qd];
+            let (k, v) = &caches[s];
+            attention_f16_with(level, &qs[s], k, v, &mut alone, n, p0, shape, scale);
+            let same = alone
+                .iter()
+                .zip(&outs[s])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{level:?}: sequence {s} differs when batched");
+        }
+    }
+}
