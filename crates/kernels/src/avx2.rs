@@ -6,7 +6,7 @@
 //! slice lengths before touching memory through raw pointers.
 //!
 //! Integer block sums are computed exactly; the float accumulation follows the order of
-//! the scalar path ([`Acc4`] / [`reduce32`]), so both give bit-identical results.
+//! the scalar path ([`Acc4`] / [`reduce16`]), so both give bit-identical results.
 
 use crate::blocks::*;
 use std::arch::x86_64::*;
@@ -58,7 +58,7 @@ safe_wrapper!(
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn hsum_ps_8(s: __m256) -> f32 {
-    // Same order as `reduce32`'s tail: lo + hi, then lanes (0+2, 1+3), then 0 + 1.
+    // Same order as `reduce16`'s tail: lo + hi, then lanes (0+2, 1+3), then 0 + 1.
     let t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
     let u = _mm_add_ps(t, _mm_movehl_ps(t, t));
     let v = _mm_add_ss(u, _mm_shuffle_ps(u, u, 1));
@@ -131,19 +131,20 @@ macro_rules! float_dot {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $name(w: &[u8], a: &[u8], n: usize) -> f32 {
             let (wp, ap) = (w.as_ptr(), a.as_ptr());
-            let n32 = n / 32 * 32;
-            let mut acc = [_mm256_setzero_ps(); 4];
+            // 16 lanes in two accumulators, as `reduce16` expects.
+            let n16 = n / 16 * 16;
+            let mut acc = [_mm256_setzero_ps(); 2];
             let mut i = 0;
-            while i < n32 {
+            while i < n16 {
                 for (k, acck) in acc.iter_mut().enumerate() {
                     let off = (i + 8 * k) * $elem;
                     *acck = _mm256_fmadd_ps($load(wp.add(off)), $load(ap.add(off)), *acck);
                 }
-                i += 32;
+                i += 16;
             }
-            let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let s = _mm256_add_ps(acc[0], acc[1]);
             let mut tail = 0f32;
-            for i in n32..n {
+            for i in n16..n {
                 let f: fn(&[u8], usize) -> f32 = $scalar;
                 tail = f(w, i).mul_add(f(a, i), tail);
             }

@@ -132,13 +132,13 @@ impl Acc4 {
     }
 }
 
-/// Horizontal reduction of 32 float lanes in the order the AVX2 float dot products use:
-/// four 8-lane accumulators added pairwise, then 8 → 4 → 2 → 1.
+/// Horizontal reduction of 16 float lanes in the order every float dot product uses
+/// (AVX-512: one zmm; AVX2: two ymm): lanes `j` and `8 + j` added, then 8 → 4 → 2 → 1.
 #[inline(always)]
-pub fn reduce32(acc: &[f32; 32]) -> f32 {
+pub fn reduce16(acc: &[f32; 16]) -> f32 {
     let mut s = [0f32; 8];
     for j in 0..8 {
-        s[j] = (acc[j] + acc[8 + j]) + (acc[16 + j] + acc[24 + j]);
+        s[j] = acc[j] + acc[8 + j];
     }
     let t = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
     let u0 = t[0] + t[2];

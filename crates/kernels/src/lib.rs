@@ -531,6 +531,17 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
     let threads = verity_pool::num_threads().max(1);
     let rows_per_task = rows.div_ceil(threads * 4).max(ROW_BLOCK);
 
+    #[cfg(target_arch = "x86_64")]
+    if level == SimdLevel::Avx512
+        && batch > 1
+        && gemm_f::supported(w.ty)
+        && gemm_f::available()
+    {
+        // SAFETY: `available()` checked the CPU features; `w.check()` the size.
+        unsafe { gemm_f::matmul(w.ty, w.data, rows, cols, &act, batch, y) };
+        return;
+    }
+
     if batch == 1 {
         verity_pool::for_each_chunk_mut(y, rows_per_task, &|t, ys| {
             let r0 = t * rows_per_task;
@@ -561,16 +572,6 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
         return;
     }
 
-    #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx512
-        && batch >= GEMM_MIN_BATCH
-        && gemm_f::supported(w.ty)
-        && gemm_f::available()
-    {
-        // SAFETY: `available()` checked the CPU features; `w.check()` the size.
-        unsafe { gemm_f::matmul(w.ty, w.data, rows, cols, &act, batch, y) };
-        return;
-    }
 
     // Row-major [rows][batch] scratch so each task owns a contiguous chunk.
     let mut tmp = vec![0f32; rows * batch];

@@ -3,8 +3,8 @@
 //!
 //! For the quantized types the per-block integer sums are exact, and the float terms are
 //! accumulated with [`Acc4`] in the same order the SIMD paths use, so scalar and SIMD
-//! results are bit-identical. The float types emulate the SIMD paths' 32-lane FMA
-//! accumulation ([`reduce32`]) for the same reason.
+//! results are bit-identical. The float types emulate the SIMD paths' 16-lane FMA
+//! accumulation ([`reduce16`]) for the same reason.
 
 use crate::blocks::*;
 
@@ -12,18 +12,18 @@ use crate::blocks::*;
 
 #[inline(always)]
 fn dot_lanes(n: usize, w: impl Fn(usize) -> f32, x: impl Fn(usize) -> f32) -> f32 {
-    let n32 = n / 32 * 32;
-    let mut acc = [0f32; 32];
-    for i in (0..n32).step_by(32) {
+    let n16 = n / 16 * 16;
+    let mut acc = [0f32; 16];
+    for i in (0..n16).step_by(16) {
         for (l, a) in acc.iter_mut().enumerate() {
             *a = w(i + l).mul_add(x(i + l), *a);
         }
     }
     let mut tail = 0f32;
-    for i in n32..n {
+    for i in n16..n {
         tail = w(i).mul_add(x(i), tail);
     }
-    reduce32(&acc) + tail
+    reduce16(&acc) + tail
 }
 
 pub fn dot_f32(w: &[u8], a: &[u8], n: usize) -> f32 {
