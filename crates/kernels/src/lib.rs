@@ -532,11 +532,7 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
     let rows_per_task = rows.div_ceil(threads * 4).max(ROW_BLOCK);
 
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx512
-        && batch > 1
-        && gemm_f::supported(w.ty)
-        && gemm_f::available()
-    {
+    if level == SimdLevel::Avx512 && batch > 1 && gemm_f::supported(w.ty) && gemm_f::available() {
         // SAFETY: `available()` checked the CPU features; `w.check()` the size.
         unsafe { gemm_f::matmul(w.ty, w.data, rows, cols, &act, batch, y) };
         return;
@@ -571,7 +567,6 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
         }
         return;
     }
-
 
     // Row-major [rows][batch] scratch so each task owns a contiguous chunk.
     let mut tmp = vec![0f32; rows * batch];
