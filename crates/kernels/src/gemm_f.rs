@@ -6,7 +6,7 @@
 //! in one zmm register and does the same multiply-adds in the same order, so results are
 //! bit-identical to the per-row dot products, whatever the batch size.
 //!
-//! Activations (already rounded to the vec-dot type) are widened to f32 once per call.
+//! Activations (already rounded to the vec-dot type, the weight type) are widened as loaded.
 //! Register tile: 4 weight rows x 6 activation rows (24 accumulators); each weight vector
 //! is converted once per 6 activation rows, each activation vector loaded once per 4
 //! weight rows. (One accumulator per pair, not two, is what makes a tile this size fit in
@@ -66,12 +66,6 @@ pub unsafe fn matmul(
     batch: usize,
     y: &mut [f32],
 ) {
-    // Widen the activations to f32 once.
-    let mut xf = vec![0f32; batch * cols];
-    let arb = ty.row_bytes(cols).unwrap();
-    verity_pool::for_each_chunk_mut(&mut xf, cols, &|b, xr| {
-        crate::dequantize_row(ty, &act[b * arb..], xr)
-    });
     let esz = match ty {
         TensorType::F32 => 4,
         _ => 2,
@@ -81,16 +75,15 @@ pub unsafe fn matmul(
     let blk = ((256 << 10) / wrb.max(1)).clamp(RT, 48) / RT * RT;
     let ntask = rows.div_ceil(blk);
     let yp = SyncPtr(y.as_mut_ptr());
-    let xf = &xf;
     verity_pool::for_each(ntask, &|t| {
         let yp = &yp;
         let (r0, r1) = (t * blk, ((t + 1) * blk).min(rows));
         // SAFETY: features checked by the caller; each task writes only its rows.
         unsafe {
             match ty {
-                TensorType::F16 => block::<W_F16>(w, wrb, r0, r1, cols, xf, batch, yp.0, rows),
-                TensorType::BF16 => block::<W_BF16>(w, wrb, r0, r1, cols, xf, batch, yp.0, rows),
-                _ => block::<W_F32>(w, wrb, r0, r1, cols, xf, batch, yp.0, rows),
+                TensorType::F16 => block::<W_F16>(w, wrb, r0, r1, cols, act, batch, yp.0, rows),
+                TensorType::BF16 => block::<W_BF16>(w, wrb, r0, r1, cols, act, batch, yp.0, rows),
+                _ => block::<W_F32>(w, wrb, r0, r1, cols, act, batch, yp.0, rows),
             }
         }
     });
@@ -104,7 +97,7 @@ unsafe fn block<const W: u8>(
     r0: usize,
     r1: usize,
     cols: usize,
-    xf: &[f32],
+    act: &[u8],
     batch: usize,
     y: *mut f32,
     rows: usize,
@@ -116,30 +109,30 @@ unsafe fn block<const W: u8>(
         while r < r1 {
             let nr = (r1 - r).min(RT);
             match (nr, nb) {
-                (4, 6) => tile::<W, 4, 6>(w, wrb, r, cols, xf, b, y, rows),
-                (4, 5) => tile::<W, 4, 5>(w, wrb, r, cols, xf, b, y, rows),
-                (4, 4) => tile::<W, 4, 4>(w, wrb, r, cols, xf, b, y, rows),
-                (4, 3) => tile::<W, 4, 3>(w, wrb, r, cols, xf, b, y, rows),
-                (4, 2) => tile::<W, 4, 2>(w, wrb, r, cols, xf, b, y, rows),
-                (4, _) => tile::<W, 4, 1>(w, wrb, r, cols, xf, b, y, rows),
-                (3, 6) => tile::<W, 3, 6>(w, wrb, r, cols, xf, b, y, rows),
-                (3, 5) => tile::<W, 3, 5>(w, wrb, r, cols, xf, b, y, rows),
-                (3, 4) => tile::<W, 3, 4>(w, wrb, r, cols, xf, b, y, rows),
-                (3, 3) => tile::<W, 3, 3>(w, wrb, r, cols, xf, b, y, rows),
-                (3, 2) => tile::<W, 3, 2>(w, wrb, r, cols, xf, b, y, rows),
-                (3, _) => tile::<W, 3, 1>(w, wrb, r, cols, xf, b, y, rows),
-                (2, 6) => tile::<W, 2, 6>(w, wrb, r, cols, xf, b, y, rows),
-                (2, 5) => tile::<W, 2, 5>(w, wrb, r, cols, xf, b, y, rows),
-                (2, 4) => tile::<W, 2, 4>(w, wrb, r, cols, xf, b, y, rows),
-                (2, 3) => tile::<W, 2, 3>(w, wrb, r, cols, xf, b, y, rows),
-                (2, 2) => tile::<W, 2, 2>(w, wrb, r, cols, xf, b, y, rows),
-                (2, _) => tile::<W, 2, 1>(w, wrb, r, cols, xf, b, y, rows),
-                (_, 6) => tile::<W, 1, 6>(w, wrb, r, cols, xf, b, y, rows),
-                (_, 5) => tile::<W, 1, 5>(w, wrb, r, cols, xf, b, y, rows),
-                (_, 4) => tile::<W, 1, 4>(w, wrb, r, cols, xf, b, y, rows),
-                (_, 3) => tile::<W, 1, 3>(w, wrb, r, cols, xf, b, y, rows),
-                (_, 2) => tile::<W, 1, 2>(w, wrb, r, cols, xf, b, y, rows),
-                (_, _) => tile::<W, 1, 1>(w, wrb, r, cols, xf, b, y, rows),
+                (4, 6) => tile::<W, 4, 6>(w, wrb, r, cols, act, b, y, rows),
+                (4, 5) => tile::<W, 4, 5>(w, wrb, r, cols, act, b, y, rows),
+                (4, 4) => tile::<W, 4, 4>(w, wrb, r, cols, act, b, y, rows),
+                (4, 3) => tile::<W, 4, 3>(w, wrb, r, cols, act, b, y, rows),
+                (4, 2) => tile::<W, 4, 2>(w, wrb, r, cols, act, b, y, rows),
+                (4, _) => tile::<W, 4, 1>(w, wrb, r, cols, act, b, y, rows),
+                (3, 6) => tile::<W, 3, 6>(w, wrb, r, cols, act, b, y, rows),
+                (3, 5) => tile::<W, 3, 5>(w, wrb, r, cols, act, b, y, rows),
+                (3, 4) => tile::<W, 3, 4>(w, wrb, r, cols, act, b, y, rows),
+                (3, 3) => tile::<W, 3, 3>(w, wrb, r, cols, act, b, y, rows),
+                (3, 2) => tile::<W, 3, 2>(w, wrb, r, cols, act, b, y, rows),
+                (3, _) => tile::<W, 3, 1>(w, wrb, r, cols, act, b, y, rows),
+                (2, 6) => tile::<W, 2, 6>(w, wrb, r, cols, act, b, y, rows),
+                (2, 5) => tile::<W, 2, 5>(w, wrb, r, cols, act, b, y, rows),
+                (2, 4) => tile::<W, 2, 4>(w, wrb, r, cols, act, b, y, rows),
+                (2, 3) => tile::<W, 2, 3>(w, wrb, r, cols, act, b, y, rows),
+                (2, 2) => tile::<W, 2, 2>(w, wrb, r, cols, act, b, y, rows),
+                (2, _) => tile::<W, 2, 1>(w, wrb, r, cols, act, b, y, rows),
+                (_, 6) => tile::<W, 1, 6>(w, wrb, r, cols, act, b, y, rows),
+                (_, 5) => tile::<W, 1, 5>(w, wrb, r, cols, act, b, y, rows),
+                (_, 4) => tile::<W, 1, 4>(w, wrb, r, cols, act, b, y, rows),
+                (_, 3) => tile::<W, 1, 3>(w, wrb, r, cols, act, b, y, rows),
+                (_, 2) => tile::<W, 1, 2>(w, wrb, r, cols, act, b, y, rows),
+                (_, _) => tile::<W, 1, 1>(w, wrb, r, cols, act, b, y, rows),
             }
             r += nr;
         }
@@ -179,14 +172,16 @@ unsafe fn tile<const W: u8, const NR: usize, const NB: usize>(
     wrb: usize,
     r: usize,
     cols: usize,
-    xf: &[f32],
+    act: &[u8],
     b: usize,
     y: *mut f32,
     rows: usize,
 ) {
     let esz = if W == W_F32 { 4 } else { 2 };
     let wp: [*const u8; NR] = std::array::from_fn(|i| w.as_ptr().add((r + i) * wrb));
-    let xp: [*const f32; NB] = std::array::from_fn(|j| xf.as_ptr().add((b + j) * cols));
+    // The activations are in the weight type (its vec-dot type) and widened as loaded:
+    // half the bytes of f32 rows to bring in from L2 for every row tile.
+    let xp: [*const u8; NB] = std::array::from_fn(|j| act.as_ptr().add((b + j) * wrb));
     let mut acc = [[_mm512_setzero_ps(); NB]; NR];
     let n16 = cols / 16 * 16;
     let mut k = 0;
@@ -196,7 +191,7 @@ unsafe fn tile<const W: u8, const NR: usize, const NB: usize>(
             wv[i] = load_w::<W>(wp[i].add(k * esz));
         }
         for j in 0..NB {
-            let x = _mm512_loadu_ps(xp[j].add(k));
+            let x = load_w::<W>(xp[j].add(k * esz));
             for i in 0..NR {
                 acc[i][j] = _mm512_fmadd_ps(wv[i], x, acc[i][j]);
             }
@@ -207,7 +202,7 @@ unsafe fn tile<const W: u8, const NR: usize, const NB: usize>(
         for j in 0..NB {
             let mut tail = 0f32;
             for kk in n16..cols {
-                tail = w_scalar::<W>(wp[i], kk).mul_add(*xp[j].add(kk), tail);
+                tail = w_scalar::<W>(wp[i], kk).mul_add(w_scalar::<W>(xp[j], kk), tail);
             }
             *y.add((b + j) * rows + r + i) = reduce_zmm(acc[i][j]) + tail;
         }
