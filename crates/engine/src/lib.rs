@@ -8,7 +8,7 @@ mod sampling;
 
 pub use forward::{BatchItem, EngineError, KvCache, Logits, Runner, Session};
 pub use generate::{generate, FinishReason, GenerateParams, Generation, TextStream, Timings};
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{log_sum_exp, Sampler, SamplingParams};
 
 /// Set the number of worker threads for all compute (call once, before any work).
 pub fn init_threads(n: usize) {

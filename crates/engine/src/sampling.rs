@@ -220,6 +220,18 @@ impl Sampler {
     }
 }
 
+/// `ln(sum(exp(logits)))`, computed stably (shift by the maximum, sum in f64): the
+/// normaliser of every log-probability verity reports, shared by the server and the
+/// evaluator so that both give the same numbers for the same logits.
+pub fn log_sum_exp(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + logits
+        .iter()
+        .map(|&l| ((l - max) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32
+}
+
 fn argmax(c: &[(u32, f32)]) -> u32 {
     let mut best = (0u32, f32::NEG_INFINITY);
     for &(id, l) in c {

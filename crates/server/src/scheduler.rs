@@ -498,13 +498,7 @@ impl Worker {
 
 /// Log-probability of `token` under `logits`, and the `top_n` most likely tokens.
 pub fn token_logprob(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max
-        + logits
-            .iter()
-            .map(|&l| ((l - max) as f64).exp())
-            .sum::<f64>()
-            .ln() as f32;
+    let lse = verity_engine::log_sum_exp(logits);
     let mut top: Vec<(u32, f32)> = Vec::new();
     if top_n > 0 {
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
