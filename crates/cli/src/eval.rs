@@ -102,12 +102,12 @@ pub struct EvalRunArgs {
     pub json: bool,
     /// Longest sequence a loglikelihood_rolling window gives the model; longer documents
     /// are split into windows as lm-eval splits them (default: the model's trained context,
-    /// or for --endpoint the n_ctx_train it reports, else 2048).
+    /// or for --endpoint the context it reports per request, else 2048).
     #[arg(long)]
     pub max_length: Option<usize>,
     /// Token put before an empty context and at the start of a rolling document
-    /// (lm-eval's prefix_token_id; default: the model's BOS, else EOS). Needed with
-    /// --endpoint when the server adds no BOS of its own.
+    /// (lm-eval's prefix_token_id; default: the model's BOS, else EOS). Needed with an
+    /// --endpoint that neither reports its BOS/EOS ids nor adds a BOS of its own.
     #[arg(long)]
     pub prefix_token_id: Option<u32>,
 }

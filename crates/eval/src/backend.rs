@@ -511,17 +511,30 @@ impl EndpointBackend {
             root_digest: first["root_digest"].as_str().map(String::from),
             chat_template_sha256: None,
         };
-        // verity serve reports the model's trained context; others get lm-eval's API default.
-        if let Some(n) = first["meta"]["n_ctx_train"].as_u64().filter(|&n| n > 0) {
+        // verity serve reports the context a request gets (else the model's trained one);
+        // other servers get lm-eval's API default.
+        let meta = &first["meta"];
+        if let Some(n) = meta["n_ctx"]
+            .as_u64()
+            .or(meta["n_ctx_train"].as_u64())
+            .filter(|&n| n > 0)
+        {
             b.max_length = n as usize;
         }
-        // The token that starts a sequence, when the server adds one (`add_special`).
-        if let Ok(v) = b.call(
-            "POST",
-            "/tokenize",
-            Some(&json!({"content": "", "add_special": true})),
-        ) {
-            b.prefix = v["tokens"].get(0).and_then(Value::as_u64).map(|t| t as u32);
+        // The token put before an empty context: BOS, else EOS, as the local backend does,
+        // when the server reports them; else the token the server adds (`add_special`).
+        b.prefix = meta["bos_token_id"]
+            .as_u64()
+            .or(meta["eos_token_id"].as_u64())
+            .map(|t| t as u32);
+        if b.prefix.is_none() {
+            if let Ok(v) = b.call(
+                "POST",
+                "/tokenize",
+                Some(&json!({"content": "", "add_special": true})),
+            ) {
+                b.prefix = v["tokens"].get(0).and_then(Value::as_u64).map(|t| t as u32);
+            }
         }
         Ok(b)
     }

@@ -418,7 +418,16 @@ mod tests {
                 f32::from_bits(seed as u32)
             })
             .collect();
-        x.extend([0.0, -0.0, 65504.0, 65520.0, 1e-8, f32::INFINITY, f32::NAN, 5.96e-8]);
+        x.extend([
+            0.0,
+            -0.0,
+            65504.0,
+            65520.0,
+            1e-8,
+            f32::INFINITY,
+            f32::NAN,
+            5.96e-8,
+        ]);
         let mut out = vec![0u8; 2 * x.len()];
         to_f16(&x, &mut out);
         for (i, &v) in x.iter().enumerate() {

@@ -66,12 +66,19 @@ impl AppState {
     }
 
     /// Install the loaded model and start the scheduler.
-    pub fn set_model(&self, model: Arc<verity_model::Model>, info: ModelInfo) {
+    pub fn set_model(&self, model: Arc<verity_model::Model>, mut info: ModelInfo) {
         let n_ctx = if self.config.n_ctx == 0 {
             model.hparams.n_ctx_train.min(4096)
         } else {
             self.config.n_ctx
         };
+        // What a client needs to size and start its prompts (lm-eval's `max_length` and
+        // `prefix_token_id`): the context each request actually gets, and the special tokens.
+        if let Some(meta) = info.metadata.as_object_mut() {
+            meta.insert("n_ctx".into(), n_ctx.into());
+            meta.insert("bos_token_id".into(), model.tokenizer.bos_id().into());
+            meta.insert("eos_token_id".into(), model.tokenizer.eos_id().into());
+        }
         let scheduler = scheduler::Scheduler::start(
             model.clone(),
             self.config.parallel,
