@@ -184,13 +184,10 @@ pub fn load_path(path: &Path) -> anyhow::Result<Loaded> {
             .with_context(|| format!("{}", path.display()))?
             .1
     } else if name.ends_with(".parquet") {
-        bail!(
-            "{}: Parquet is not supported yet; convert it to JSONL or save_to_disk",
-            path.display()
-        )
+        crate::parquet::read(path)?
     } else {
         bail!(
-            "{}: unknown data format (use .jsonl, .json, .csv, .arrow or a save_to_disk directory)",
+            "{}: unknown data format (use .jsonl, .json, .csv, .arrow, .parquet or a save_to_disk directory)",
             path.display()
         )
     };

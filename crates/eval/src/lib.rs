@@ -2,7 +2,7 @@
 //! metrics, same result schema) on the local engine or an OpenAI-compatible endpoint,
 //! with receipts that anyone can re-run.
 //!
-//! Flow: task config ([`task`], [`yaml`]) -> documents ([`data`], [`arrow`]) -> prompts
+//! Flow: task config ([`task`], [`yaml`]) -> documents ([`data`], [`arrow`], [`parquet`]) -> prompts
 //! and requests ([`run`], [`template`], [`builtin`]; documents split into windows by
 //! [`rolling`] for `loglikelihood_rolling`) -> a [`backend::Backend`] -> per-sample metrics
 //! and aggregates ([`metrics`]) -> results JSON, samples JSONL, table, and a [`receipt`].
@@ -13,6 +13,7 @@ pub mod builtin;
 pub mod data;
 pub mod hash;
 pub mod metrics;
+pub mod parquet;
 pub mod pyrandom;
 pub mod receipt;
 pub mod rolling;
