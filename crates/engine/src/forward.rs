@@ -250,14 +250,10 @@ impl Runner {
         };
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
         for (l, layer) in w.layers.iter().enumerate() {
-            for r in 0..n {
-                rms_norm(
-                    &s.x[r * d..(r + 1) * d],
-                    &layer.attn_norm,
-                    hp.rms_eps,
-                    &mut s.h[r * d..(r + 1) * d],
-                );
-            }
+            let x = &s.x;
+            par_rows(&mut s.h, d, &|r, h| {
+                rms_norm(&x[r * d..(r + 1) * d], &layer.attn_norm, hp.rms_eps, h)
+            });
             matmul(&layer.wq.view(), &s.h, n, &mut s.q);
             matmul(&layer.wk.view(), &s.h, n, &mut s.k);
             matmul(&layer.wv.view(), &s.h, n, &mut s.v);
@@ -279,10 +275,9 @@ impl Runner {
                     }
                 }
             }
-            for (r, &(_, pos)) in s.rows.iter().enumerate() {
-                self.rope.apply(&mut s.q[r * qd..(r + 1) * qd], pos);
-                self.rope.apply(&mut s.k[r * kvd..(r + 1) * kvd], pos);
-            }
+            let (rope, rows) = (&self.rope, &s.rows);
+            par_rows(&mut s.q, qd, &|r, q| rope.apply(q, rows[r].1));
+            par_rows(&mut s.k, kvd, &|r, k| rope.apply(k, rows[r].1));
             for (r, &(i, pos)) in s.rows.iter().enumerate() {
                 let cache = &mut *items[i].cache;
                 cache.k[l][pos * kvd..(pos + 1) * kvd]
@@ -314,17 +309,16 @@ impl Runner {
             matmul(&layer.wo.view(), &s.attn, n, &mut s.proj);
             add_in_place(&mut s.x, &s.proj);
 
-            for r in 0..n {
-                rms_norm(
-                    &s.x[r * d..(r + 1) * d],
-                    &layer.ffn_norm,
-                    hp.rms_eps,
-                    &mut s.h[r * d..(r + 1) * d],
-                );
-            }
+            let x = &s.x;
+            par_rows(&mut s.h, d, &|r, h| {
+                rms_norm(&x[r * d..(r + 1) * d], &layer.ffn_norm, hp.rms_eps, h)
+            });
             matmul(&layer.w_gate.view(), &s.h, n, &mut s.gate);
             matmul(&layer.w_up.view(), &s.h, n, &mut s.up);
-            swiglu(&mut s.gate, &s.up);
+            let up = &s.up;
+            par_rows(&mut s.gate, ff, &|r, g| {
+                swiglu(g, &up[r * ff..(r + 1) * ff])
+            });
             matmul(&layer.w_down.view(), &s.gate, n, &mut s.proj);
             add_in_place(&mut s.x, &s.proj);
         }
@@ -347,6 +341,25 @@ impl Runner {
             matmul(&w.output().view(), &s.h[..n_out * d], n_out, &mut s.logits);
         }
     }
+}
+
+/// Run `f(row, buf_row)` over the rows (`width` elements each) of `buf`, in parallel
+/// when there are enough of them (a prompt chunk); a one-row decode step stays on the
+/// calling thread.
+fn par_rows(buf: &mut [f32], width: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let n = buf.len() / width.max(1);
+    if n < 8 {
+        for (r, row) in buf.chunks_exact_mut(width).enumerate() {
+            f(r, row);
+        }
+        return;
+    }
+    let per_task = n.div_ceil(verity_pool::num_threads() * 4).max(1);
+    verity_pool::for_each_chunk_mut(buf, per_task * width, &|t, chunk| {
+        for (i, row) in chunk.chunks_exact_mut(width).enumerate() {
+            f(t * per_task + i, row);
+        }
+    });
 }
 
 /// One sequence's state: a runner and the sequence's KV cache.
