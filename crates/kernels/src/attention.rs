@@ -135,10 +135,7 @@ pub fn attention_f16_seqs_with(
     #[cfg(target_arch = "x86_64")]
     let simd = matches!(crate::effective(level), SimdLevel::Avx2 | SimdLevel::Avx512);
     #[cfg(not(target_arch = "x86_64"))]
-    let simd = {
-        let _ = level;
-        false
-    };
+    let _ = level;
     #[cfg(target_arch = "x86_64")]
     let simd512 = crate::effective(level) == SimdLevel::Avx512 && x86::avx512_available();
     #[cfg(not(target_arch = "x86_64"))]

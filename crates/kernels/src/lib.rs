@@ -55,6 +55,8 @@ mod avx2;
 mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod gemm_f;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 use std::sync::OnceLock;
 pub use verity_formats::TensorType;
@@ -113,7 +115,8 @@ pub enum SimdLevel {
     Avx2,
     /// x86_64 with AVX-512 F/BW/VL (plus AVX2, FMA, F16C); VNNI used where present.
     Avx512,
-    /// aarch64 with NEON. Runs the scalar kernels for now.
+    /// aarch64 with NEON: NEON dot products for Q8_0, Q4_0, Q4_1 and F32; scalar kernels
+    /// for the other types.
     Neon,
 }
 
@@ -245,6 +248,7 @@ type Dot4Fn = fn(&[u8], [&[u8]; 4], [&[f32]; 4], usize) -> [f32; 4];
 /// A kernel that unpacks each weight block once for four activation rows, for the types
 /// and levels that have one; each of its four results equals [`dot_kernel`]'s, bit for bit.
 fn dot4_kernel(ty: TensorType, level: SimdLevel) -> Option<Dot4Fn> {
+    #[cfg(target_arch = "x86_64")]
     use TensorType::*;
     #[cfg(target_arch = "x86_64")]
     if level == SimdLevel::Avx512 && avx2::vnni::available() {
@@ -310,6 +314,17 @@ fn dot_kernel(ty: TensorType, level: SimdLevel) -> DotFn {
             Q6_K => plain!(avx2::dot_q6_k),
             Q8_1 | Q8_K => panic!("{ty} is an activation type, not a weight type for matmul"),
         };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if level == SimdLevel::Neon && level_supported(SimdLevel::Neon) {
+        match ty {
+            F32 => return plain!(neon::dot_f32),
+            Q8_0 => return plain!(neon::dot_q8_0),
+            Q4_0 => return plain!(neon::dot_q4_0),
+            Q4_1 => return plain!(neon::dot_q4_1),
+            // The other types run the scalar kernels on NEON machines for now.
+            _ => {}
+        }
     }
     let _ = level;
     match ty {
