@@ -115,8 +115,7 @@ pub enum SimdLevel {
     Avx2,
     /// x86_64 with AVX-512 F/BW/VL (plus AVX2, FMA, F16C); VNNI used where present.
     Avx512,
-    /// aarch64 with NEON: NEON dot products for Q8_0, Q4_0, Q4_1 and F32; scalar kernels
-    /// for the other types.
+    /// aarch64 with NEON (dot products of every weight type).
     Neon,
 }
 
@@ -317,14 +316,20 @@ fn dot_kernel(ty: TensorType, level: SimdLevel) -> DotFn {
     }
     #[cfg(target_arch = "aarch64")]
     if level == SimdLevel::Neon && level_supported(SimdLevel::Neon) {
-        match ty {
-            F32 => return plain!(neon::dot_f32),
-            Q8_0 => return plain!(neon::dot_q8_0),
-            Q4_0 => return plain!(neon::dot_q4_0),
-            Q4_1 => return plain!(neon::dot_q4_1),
-            // The other types run the scalar kernels on NEON machines for now.
-            _ => {}
-        }
+        return match ty {
+            F32 => plain!(neon::dot_f32),
+            F16 => plain!(neon::dot_f16),
+            BF16 => plain!(neon::dot_bf16),
+            Q8_0 => plain!(neon::dot_q8_0),
+            Q4_0 => plain!(neon::dot_q4_0),
+            Q4_1 => plain!(neon::dot_q4_1),
+            Q5_0 => plain!(neon::dot_q5_0),
+            Q5_1 => plain!(neon::dot_q5_1),
+            Q4_K => plain!(neon::dot_q4_k),
+            Q5_K => plain!(neon::dot_q5_k),
+            Q6_K => plain!(neon::dot_q6_k),
+            Q8_1 | Q8_K => panic!("{ty} is an activation type, not a weight type for matmul"),
+        };
     }
     let _ = level;
     match ty {
