@@ -147,6 +147,8 @@ struct Scratch {
     rows: Vec<(usize, usize)>,
     /// Rows whose logits are wanted.
     out_rows: Vec<usize>,
+    /// The attention call's per-sequence arguments; empty between uses (see [`recycle`]).
+    attn_seqs: Vec<AttnSeq<'static>>,
 }
 
 /// Runs the network: the model, its RoPE tables and scratch buffers, shared by every
@@ -287,7 +289,7 @@ impl Runner {
             }
             // Each item's rows are contiguous; it attends to its own cache. All items go
             // through one call, so a batch of one-token decodes is one parallel region.
-            let mut seqs = Vec::with_capacity(items.len());
+            let mut seqs = recycle(std::mem::take(&mut s.attn_seqs));
             let (mut q_rest, mut out_rest) = (&s.q[..], &mut s.attn[..]);
             for it in items.iter() {
                 let n_i = it.tokens.len();
@@ -304,7 +306,7 @@ impl Runner {
                 });
             }
             attention_f16_seqs(&mut seqs, shape, scale);
-            drop(seqs);
+            s.attn_seqs = recycle(seqs);
 
             matmul(&layer.wo.view(), &s.attn, n, &mut s.proj);
             add_in_place(&mut s.x, &s.proj);
@@ -341,6 +343,14 @@ impl Runner {
             matmul(&w.output().view(), &s.h[..n_out * d], n_out, &mut s.logits);
         }
     }
+}
+
+/// An empty vector of another element type with the same layout, reusing `v`'s
+/// allocation (the standard library collects in place when layouts match): lets a
+/// buffer of borrowing structs outlive the borrows of each use.
+fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!()).collect()
 }
 
 /// Run `f(row, buf_row)` over the rows (`width` elements each) of `buf`, in parallel
@@ -429,9 +439,9 @@ impl Session {
             return Err(EngineError::Empty);
         }
         self.check_room(tokens.len())?;
-        let chunks: Vec<&[u32]> = tokens.chunks(MAX_BATCH).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            let logits = if i + 1 == chunks.len() {
+        let n_chunks = tokens.len().div_ceil(MAX_BATCH);
+        for (i, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
+            let logits = if i + 1 == n_chunks {
                 Logits::Last
             } else {
                 Logits::None

@@ -143,17 +143,19 @@ pub fn attention_f16_seqs_with(
 
     // One task per (sequence, query, KV head): `group` output heads, contiguous in `out`.
     // `first[s]` is sequence s's first task.
-    let mut first = Vec::with_capacity(seqs.len() + 1);
+    // (Per-thread scratch reused between calls: no allocation per decode step.)
+    let mut index = SEQ_INDEX.with(|c| c.take());
+    let (first, outs) = (&mut index.0, &mut index.1);
+    first.clear();
+    outs.clear();
     let mut total = 0;
-    for s in seqs.iter() {
+    for s in seqs.iter_mut() {
         first.push(total);
+        outs.push(OutPtr(s.out.as_mut_ptr()));
         total += s.n * n_head_kv;
     }
     first.push(total);
-    let outs: Vec<OutPtr> = seqs
-        .iter_mut()
-        .map(|s| OutPtr(s.out.as_mut_ptr()))
-        .collect();
+    let (first, outs) = (&*first, &*outs);
     let seqs = &*seqs;
     verity_pool::for_each(total, &|task| {
         let si = first.partition_point(|&f| f <= task) - 1;
@@ -215,6 +217,13 @@ pub fn attention_f16_seqs_with(
             }
         });
     });
+    SEQ_INDEX.with(|c| c.set(index));
+}
+
+thread_local! {
+    /// [`attention_f16_seqs_with`]'s per-sequence first task and output pointer.
+    static SEQ_INDEX: std::cell::Cell<(Vec<usize>, Vec<OutPtr>)> =
+        const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
 /// A sequence's output pointer, shared with the tasks that write disjoint parts of it.

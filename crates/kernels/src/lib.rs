@@ -496,6 +496,44 @@ pub fn matmul(w: &WeightView, x: &[f32], batch: usize, y: &mut [f32]) {
 /// cannot run falls back to the best available one.
 #[doc(hidden)]
 pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y: &mut [f32]) {
+    // Per-thread scratch, kept between calls: a decode step makes hundreds of products and
+    // none of them allocates once the buffers have grown to the largest shape seen.
+    MATMUL_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => matmul_in(level, w, x, batch, y, &mut scratch),
+        Err(_) => matmul_in(level, w, x, batch, y, &mut MatmulScratch::default()),
+    })
+}
+
+/// Buffers [`matmul_with`] reuses: quantized activations, their widened scales, and the
+/// row-major result of the row-dot path.
+#[derive(Default)]
+struct MatmulScratch {
+    act: Vec<u8>,
+    scl: Vec<f32>,
+    tmp: Vec<f32>,
+}
+
+thread_local! {
+    static MATMUL_SCRATCH: std::cell::RefCell<MatmulScratch> =
+        std::cell::RefCell::new(MatmulScratch::default());
+}
+
+/// `&mut v[..len]`, growing `v` if needed (contents unspecified: callers overwrite them).
+fn scratch_slice<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+    &mut v[..len]
+}
+
+fn matmul_in(
+    level: SimdLevel,
+    w: &WeightView,
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+    scratch: &mut MatmulScratch,
+) {
     let wrb = w.check();
     assert!(
         matmul_supported(w.ty),
@@ -524,13 +562,14 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
 
     // Quantize the whole activation batch once.
     let quantize = activation_quantizer(vdt).expect("vec-dot type is an activation type");
-    let mut act = vec![0u8; batch * arb];
+    let MatmulScratch { act, scl, tmp } = scratch;
+    let act = scratch_slice(act, batch * arb);
     if cols == 0 {
         y.fill(0.0);
         return;
     }
     if batch >= 4 {
-        verity_pool::for_each_chunk_mut(&mut act, arb, &|b, a| {
+        verity_pool::for_each_chunk_mut(act, arb, &|b, a| {
             quantize(&x[b * cols..(b + 1) * cols], a)
         });
     } else {
@@ -541,10 +580,12 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
 
     let dot = dot_kernel(w.ty, level);
     let dot4 = dot4_kernel(w.ty, level);
-    let mut scl = Vec::new();
+    let act = &*act;
+    scl.clear();
     for a in act.chunks_exact(arb) {
-        act_scales(vdt, a, &mut scl);
+        act_scales(vdt, a, scl);
     }
+    let scl = &*scl;
     let sst = scl.len() / batch;
     let scales = |b: usize| &scl[b * sst..(b + 1) * sst];
     let wrow = |r: usize| &w.data[r * wrb..(r + 1) * wrb];
@@ -554,7 +595,7 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
     #[cfg(target_arch = "x86_64")]
     if level == SimdLevel::Avx512 && batch > 1 && gemm_f::supported(w.ty) && gemm_f::available() {
         // SAFETY: `available()` checked the CPU features; `w.check()` the size.
-        unsafe { gemm_f::matmul(w.ty, w.data, rows, cols, &act, batch, y) };
+        unsafe { gemm_f::matmul(w.ty, w.data, rows, cols, act, batch, y) };
         return;
     }
 
@@ -562,7 +603,7 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
         verity_pool::for_each_chunk_mut(y, rows_per_task, &|t, ys| {
             let r0 = t * rows_per_task;
             for (i, yv) in ys.iter_mut().enumerate() {
-                *yv = dot(wrow(r0 + i), &act, &scl, cols);
+                *yv = dot(wrow(r0 + i), act, scl, cols);
             }
         });
         return;
@@ -577,7 +618,7 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
     {
         // SAFETY: `available()` checked the CPU features.
         unsafe {
-            gemm::matmul_panels(w.ty, w.data, wrb, rows, cols, &act, arb, batch, y);
+            gemm::matmul_panels(w.ty, w.data, wrb, rows, cols, act, arb, batch, y);
         }
         let done = rows / gemm::PR * gemm::PR;
         for (b, a) in act.chunks_exact(arb).enumerate() {
@@ -589,8 +630,8 @@ pub fn matmul_with(level: SimdLevel, w: &WeightView, x: &[f32], batch: usize, y:
     }
 
     // Row-major [rows][batch] scratch so each task owns a contiguous chunk.
-    let mut tmp = vec![0f32; rows * batch];
-    verity_pool::for_each_chunk_mut(&mut tmp, rows_per_task * batch, &|t, ts| {
+    let tmp = scratch_slice(tmp, rows * batch);
+    verity_pool::for_each_chunk_mut(tmp, rows_per_task * batch, &|t, ts| {
         let r0 = t * rows_per_task;
         let nr = ts.len() / batch;
         for rb in (0..nr).step_by(ROW_BLOCK) {
