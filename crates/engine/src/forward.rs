@@ -358,7 +358,7 @@ fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
 /// calling thread.
 fn par_rows(buf: &mut [f32], width: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
     let n = buf.len() / width.max(1);
-    if n < 8 {
+    if n < 32 {
         for (r, row) in buf.chunks_exact_mut(width).enumerate() {
             f(r, row);
         }
