@@ -479,13 +479,10 @@ unsafe fn unpack_quants_t<const T: usize>(
 ) {
     let ty = PANEL_TYPES[T];
     // Bytes per 32-element block, for the types whose scales are gathered here.
-    let block_bytes = match ty {
-        TensorType::Q8_0 => Q8_0_BYTES,
-        TensorType::Q4_0 => Q4_0_BYTES,
-        TensorType::Q4_1 => Q4_1_BYTES,
-        TensorType::Q5_0 => Q5_0_BYTES,
-        TensorType::Q5_1 => Q5_1_BYTES,
-        _ => 0,
+    let block_bytes = if ty.block_size() == QK {
+        ty.block_bytes()
+    } else {
+        0
     };
     let lo_idx = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
     let hi_idx = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
