@@ -67,7 +67,7 @@ pub(crate) unsafe fn hsum_ps_8(s: __m256) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_i32_8(v: __m256i) -> i32 {
+pub(crate) unsafe fn hsum_i32_8(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
@@ -76,14 +76,14 @@ unsafe fn hsum_i32_8(v: __m256i) -> i32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_at(p: *const u8) -> f32 {
+pub(crate) unsafe fn f16_at(p: *const u8) -> f32 {
     let bits = u16::from_le_bytes([*p, *p.add(1)]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f32_at(p: *const u8) -> f32 {
+pub(crate) unsafe fn f32_at(p: *const u8) -> f32 {
     f32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)])
 }
 
@@ -222,7 +222,7 @@ const fn b32_layout(t: u8) -> (usize, usize, bool) {
 
 /// Four block sums, exact, from four vectors of eight partial sums each.
 #[inline(always)]
-unsafe fn reduce4_i32(v0: __m256i, v1: __m256i, v2: __m256i, v3: __m256i) -> __m128i {
+pub(crate) unsafe fn reduce4_i32(v0: __m256i, v1: __m256i, v2: __m256i, v3: __m256i) -> __m128i {
     let a = _mm256_hadd_epi32(v0, v1);
     let b = _mm256_hadd_epi32(v2, v3);
     let c = _mm256_hadd_epi32(a, b);
@@ -236,7 +236,7 @@ unsafe fn u16_at(p: *const u8) -> i16 {
 
 /// The block scales `d` (f16 at offset 0) of four weight blocks, widened.
 #[inline(always)]
-unsafe fn f16_x4(x: [*const u8; 4]) -> __m128 {
+pub(crate) unsafe fn f16_x4(x: [*const u8; 4]) -> __m128 {
     let h = _mm_set_epi16(
         0,
         0,
@@ -485,7 +485,7 @@ pub mod vnni {
 /// Scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K block's 12 packed scale bytes
 /// (ggml's `utmp` shuffle), equal to [`scales_mins_k4`].
 #[inline(always)]
-fn scales_mins_fast(q: &[u8]) -> [u32; 4] {
+pub(crate) fn scales_mins_fast(q: &[u8]) -> [u32; 4] {
     const KMASK1: u32 = 0x3f3f3f3f;
     const KMASK2: u32 = 0x0f0f0f0f;
     const KMASK3: u32 = 0x03030303;

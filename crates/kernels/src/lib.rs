@@ -55,6 +55,8 @@ mod avx2;
 mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod gemm_f;
+#[cfg(target_arch = "x86_64")]
+mod kquant512;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 
@@ -285,6 +287,14 @@ fn dot_kernel(ty: TensorType, level: SimdLevel) -> DotFn {
             Q4_1 => return avx2::vnni::dot_q4_1,
             Q5_0 => return avx2::vnni::dot_q5_0,
             Q5_1 => return avx2::vnni::dot_q5_1,
+            _ => {}
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if level == SimdLevel::Avx512 && kquant512::available() {
+        match ty {
+            Q4_K => return plain!(kquant512::dot_q4_k),
+            Q6_K => return plain!(kquant512::dot_q6_k),
             _ => {}
         }
     }
