@@ -279,7 +279,13 @@ def main():
         for y in yamls.values():
             os.symlink(y, os.path.join(include, os.path.basename(y)))
     tm = TaskManager(include_path=include)
-    golden = {"model": os.path.basename(args.model), "lm_eval": "0.4.13", "max_length": args.max_length, "tasks": {}}
+    import hashlib
+
+    sha = hashlib.sha256()
+    with open(args.model, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+    golden = {"model": os.path.basename(args.model), "model_sha256": sha.hexdigest(), "lm_eval": "0.4.13", "max_length": args.max_length, "tasks": {}}
     t0 = time.time()
     for task, limit in plan.items():
         # lm-eval's registered task (its YAML), with only the data source overridden.

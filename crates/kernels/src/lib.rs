@@ -34,9 +34,9 @@
 //! * AVX2 (+FMA, F16C): F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.
 //! * AVX-512 (F/BW/VL): the AVX2 kernels, except: 32-element-block dots with `vpdpbusd`
 //!   (VNNI), float dots on zmm, a VNNI panel kernel for quantized batches (`gemm`), a
-//!   register-tiled kernel for F16/BF16/F32 batches (`gemm_f`), an AVX-512 Q8_K activation
-//!   quantizer, and zmm attention.
-//! * NEON: currently runs the scalar kernels.
+//!   register-tiled kernel for F16/BF16/F32 batches (`gemm_f`), batch-1 Q4_K / Q6_K dots on
+//!   zmm (`kquant512`), an AVX-512 Q8_K activation quantizer, and zmm attention.
+//! * NEON: dot products for every weight type (`neon`); batches use the row-dot path.
 //!
 //! Every path computes each block's integer sum exactly and accumulates the float terms in
 //! the same order, so **all paths give bit-identical results**. Each output element is a
