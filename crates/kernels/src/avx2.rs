@@ -124,19 +124,13 @@ unsafe fn load(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
-/// How far ahead of its loads a 32-element-block dot product prefetches the weight row:
-/// the hardware prefetcher alone leaves read bandwidth unused when a batch-1 product
-/// streams weights (SmolLM2 Q4_1 tg64 259 -> 263..277 t/s over two runs; none for Q8_0, a
-/// small loss for Q4_K, which therefore does without).
-const PREFETCH_BYTES: usize = 512;
-
-/// Prefetch the cache lines `PREFETCH_BYTES` past `[p, p + len)`. Past a row's end this
+/// Prefetch the cache lines [`crate::PREFETCH_BYTES`] past `[p, p + len)`. Past a row's end this
 /// touches the next row, which comes next anyway; prefetches never fault.
 #[inline(always)]
-unsafe fn prefetch_ahead(p: *const u8, len: usize) {
+pub(crate) unsafe fn prefetch_ahead(p: *const u8, len: usize) {
     let mut off = 0;
     while off < len {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off + PREFETCH_BYTES) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off + crate::PREFETCH_BYTES) as *const i8);
         off += 64;
     }
 }

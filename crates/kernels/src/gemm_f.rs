@@ -42,11 +42,6 @@ const W_F32: u8 = 2;
 /// Rows / activation rows per register tile.
 const RT: usize = 4;
 const BT: usize = 6;
-/// How far ahead of its loads the batch-1 dot product prefetches the weight row (the
-/// hardware prefetcher alone left a third of the read bandwidth unused; 512 measured best
-/// of 256..4096 on the 1B-shape F16 model).
-const PREFETCH_BYTES: usize = 512;
-
 struct SyncPtr(*mut f32);
 unsafe impl Sync for SyncPtr {}
 unsafe impl Send for SyncPtr {}
@@ -232,7 +227,9 @@ unsafe fn dot1<const W: u8>(w: &[u8], a: &[u8], n: usize) -> f32 {
     while k < n16 {
         if (k * esz) % 64 == 0 {
             // Past the row's end this touches the next row, which comes next anyway.
-            _mm_prefetch::<_MM_HINT_T0>(wp.add(k * esz + PREFETCH_BYTES) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(
+                wp.wrapping_add(k * esz + crate::PREFETCH_BYTES) as *const i8
+            );
         }
         acc = _mm512_fmadd_ps(
             load_w::<W>(wp.add(k * esz)),

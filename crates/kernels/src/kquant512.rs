@@ -10,7 +10,7 @@
 //! Integer sums are exact and the float operations are the scalar path's, in its order,
 //! so the results are bit-identical to `scalar::dot_q4_k` / `scalar::dot_q6_k`.
 
-use crate::avx2::{f16_at, f16_x4, f32_at, hsum_i32_8, reduce4_i32};
+use crate::avx2::{f16_at, f16_x4, f32_at, hsum_i32_8, prefetch_ahead, reduce4_i32};
 use crate::blocks::*;
 use std::arch::x86_64::*;
 
@@ -161,6 +161,7 @@ unsafe fn dot_q4_k_k(wp: *const u8, ap: *const u8, nb: usize) -> f32 {
     let mut acc = _mm_setzero_ps();
     let mut ib = 0;
     while ib + 4 <= nb {
+        prefetch_ahead(wp.add(ib * Q4_K_BYTES), 4 * Q4_K_BYTES);
         let x: [*const u8; 4] = std::array::from_fn(|k| wp.add((ib + k) * Q4_K_BYTES));
         let y: [*const u8; 4] = std::array::from_fn(|k| ap.add((ib + k) * Q8_K_BYTES));
         // (Four plain calls: a closure would not inherit the target features and would
@@ -240,6 +241,7 @@ unsafe fn dot_q6_k_k(wp: *const u8, ap: *const u8, nb: usize) -> f32 {
     let mut acc = _mm_setzero_ps();
     let mut ib = 0;
     while ib + 4 <= nb {
+        prefetch_ahead(wp.add(ib * Q6_K_BYTES), 4 * Q6_K_BYTES);
         let x: [*const u8; 4] = std::array::from_fn(|k| wp.add((ib + k) * Q6_K_BYTES));
         let y: [*const u8; 4] = std::array::from_fn(|k| ap.add((ib + k) * Q8_K_BYTES));
         let s = [
