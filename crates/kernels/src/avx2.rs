@@ -147,6 +147,9 @@ macro_rules! float_dot {
             let mut acc = [_mm256_setzero_ps(); 2];
             let mut i = 0;
             while i < n16 {
+                if (i * $elem) % 64 == 0 {
+                    prefetch_ahead(wp.add(i * $elem), 1);
+                }
                 for (k, acck) in acc.iter_mut().enumerate() {
                     let off = (i + 8 * k) * $elem;
                     *acck = _mm256_fmadd_ps($load(wp.add(off)), $load(ap.add(off)), *acck);
@@ -511,6 +514,7 @@ unsafe fn dot_q4_k_k(w: &[u8], a: &[u8], n: usize) -> f32 {
     for ib in 0..n / QK_K {
         let xs = &w[ib * Q4_K_BYTES..(ib + 1) * Q4_K_BYTES];
         let ys = &a[ib * Q8_K_BYTES..(ib + 1) * Q8_K_BYTES];
+        prefetch_ahead(xs.as_ptr(), Q4_K_BYTES);
         let u = scales_mins_fast(&xs[4..16]);
         let sc: [u8; 8] = std::mem::transmute([u[0], u[1]]);
         let mins = _mm_set_epi32(0, 0, u[3] as i32, u[2] as i32);
@@ -545,6 +549,7 @@ unsafe fn dot_q5_k_k(w: &[u8], a: &[u8], n: usize) -> f32 {
     for ib in 0..n / QK_K {
         let xs = &w[ib * Q5_K_BYTES..(ib + 1) * Q5_K_BYTES];
         let ys = &a[ib * Q8_K_BYTES..(ib + 1) * Q8_K_BYTES];
+        prefetch_ahead(xs.as_ptr(), Q5_K_BYTES);
         let (sc, mn) = scales_mins_k4(&xs[4..16]);
         let hbits = load(xs.as_ptr().add(16));
         let q5 = xs.as_ptr().add(48);
@@ -599,6 +604,7 @@ unsafe fn dot_q6_k_k(w: &[u8], a: &[u8], n: usize) -> f32 {
     for ib in 0..n / QK_K {
         let xs = &w[ib * Q6_K_BYTES..(ib + 1) * Q6_K_BYTES];
         let ys = &a[ib * Q8_K_BYTES..(ib + 1) * Q8_K_BYTES];
+        prefetch_ahead(xs.as_ptr(), Q6_K_BYTES);
         let q8 = ys.as_ptr().add(Q8_K_QS);
         let sc = &xs[192..208];
         let mut sumi = _mm256_setzero_si256();
