@@ -114,23 +114,20 @@ fn matches_lm_eval_with_the_reference() {
     let path = verity_store::resolve(None).expect("default model");
     let quick = std::env::var("VERITY_PARITY_FULL").is_err();
     let report = compare_with_golden(&golden, &path, quick.then_some(150));
+    assert_within(&report, |c| {
+        c.mean_abs >= MEAN_LL_TOL || c.dacc.abs() > ACC_TOL_POINTS || c.dnorm.abs() > ACC_TOL_POINTS
+    });
+}
+
+/// Prints every task's line, then fails naming the tasks for which `outside` holds.
+fn assert_within(report: &[TaskComparison], outside: impl Fn(&TaskComparison) -> bool) {
+    let lines: Vec<&str> = report.iter().map(|c| c.line.as_str()).collect();
+    eprintln!("{}", lines.join("\n"));
     let failures: Vec<&str> = report
         .iter()
-        .filter(|c| {
-            c.mean_abs >= MEAN_LL_TOL
-                || c.dacc.abs() > ACC_TOL_POINTS
-                || c.dnorm.abs() > ACC_TOL_POINTS
-        })
+        .filter(|c| outside(c))
         .map(|c| c.line.as_str())
         .collect();
-    eprintln!(
-        "{}",
-        report
-            .iter()
-            .map(|c| c.line.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
     assert!(
         failures.is_empty(),
         "outside the bounds:\n{}",
@@ -185,32 +182,15 @@ fn f32_matches_lm_eval_within_the_issue_bounds() {
         path.display()
     );
     let report = compare_with_golden(&golden, &path, None);
-    let failures: Vec<&str> = report
-        .iter()
-        .filter(|c| {
-            c.max_abs > F32_LL_MAX
-                || c.mean_abs > F32_MEAN_LL_TOL
-                || c.dacc.abs() > F32_ACC_TOL_POINTS
-                || c.dnorm.abs() > F32_ACC_TOL_POINTS
-        })
-        .map(|c| c.line.as_str())
-        .collect();
     let requests: usize = report.iter().map(|c| c.requests).sum();
     let over: usize = report.iter().map(|c| c.over_ll_tol).sum();
-    eprintln!(
-        "{}",
-        report
-            .iter()
-            .map(|c| c.line.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
     eprintln!("requests past {F32_LL_TOL}: {over} of {requests}");
-    assert!(
-        failures.is_empty(),
-        "outside the bounds:\n{}",
-        failures.join("\n")
-    );
+    assert_within(&report, |c| {
+        c.max_abs > F32_LL_MAX
+            || c.mean_abs > F32_MEAN_LL_TOL
+            || c.dacc.abs() > F32_ACC_TOL_POINTS
+            || c.dnorm.abs() > F32_ACC_TOL_POINTS
+    });
     assert!(
         over as f64 <= F32_OVER_TOL_FRACTION * requests as f64,
         "{over} of {requests} requests differ from lm-eval's by more than {F32_LL_TOL}"
