@@ -155,13 +155,14 @@ fn memory_read_bandwidth() -> f64 {
             let c = &buf[t * chunk..((t + 1) * chunk).min(buf.len())];
             let mut acc = [0u64; 8];
             for v in c.chunks_exact(8) {
-                // Prefetch as the kernels do (4 KiB ahead): without it this loop read
-                // slower than generation streams the weights.
+                // Prefetch as the kernels do: without it this loop read slower than
+                // generation streams the weights.
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: a prefetch never faults, whatever the address.
                 unsafe {
                     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                    _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add(512) as *const i8);
+                    let ahead = verity_kernels::PREFETCH_BYTES / std::mem::size_of::<u64>();
+                    _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add(ahead) as *const i8);
                 }
                 for k in 0..8 {
                     acc[k] = acc[k].wrapping_add(v[k]);

@@ -62,6 +62,8 @@ mod neon;
 
 use std::sync::OnceLock;
 
+pub use verity_formats::TensorType;
+
 /// How far ahead of its loads a batch-1 dot product (every weight type, AVX2 and AVX-512)
 /// prefetches the weight row. Generation streams all weights once per token, and the
 /// hardware prefetcher alone leaves read bandwidth unused. Measured on the 1B shape and
@@ -69,8 +71,7 @@ use std::sync::OnceLock;
 /// setting) -> 4096 B gave Q4_K_M 47.5 -> 54-56 t/s, Q8_0 29.5 -> 34.7, F16 17.1 -> 18.7,
 /// SmolLM2 Q4_1 259 -> 305-318; 2048, 6144 and 8192 were slower than 4096.
 #[cfg(target_arch = "x86_64")]
-const PREFETCH_BYTES: usize = 4096;
-pub use verity_formats::TensorType;
+pub const PREFETCH_BYTES: usize = 4096;
 
 /// Elements per super-block of the K-quants (Q4_K, Q5_K, Q6_K, Q8_K).
 pub const QK_K: usize = blocks::QK_K;
