@@ -7,7 +7,9 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 use serde_json::json;
-use verity_engine::{BatchItem, KvCache, Logits, Runner, Session};
+use verity_engine::{BatchItem, KvCache, Logits, LoraSet, Runner, Session};
+
+use crate::common::LoraArgs;
 use verity_model::Model;
 
 /// Measure speed: ppN (one N-token prompt in one batch, fresh context) and tgN (N tokens
@@ -23,6 +25,7 @@ use verity_model::Model;
 ///   verity bench
 ///   verity bench -m model.gguf -p 512 -n 128 -t 2 -r 3 --json
 ///   verity bench -p 0 -n 64 --parallel 1,8
+///   verity bench --lora ./my-adapter/             # the cost of an adapter's low-rank products
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct BenchArgs {
@@ -44,6 +47,8 @@ pub struct BenchArgs {
     /// Sequences decoded together for the tgN tests, comma-separated (1: one at a time).
     #[arg(long, default_value = "1", value_delimiter = ',')]
     pub parallel: Vec<usize>,
+    #[command(flatten)]
+    pub lora: LoraArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -89,17 +94,21 @@ fn tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn run_pp(model: &Arc<Model>, n: usize, seed: u64) -> anyhow::Result<f64> {
+type Lora = Option<Arc<LoraSet>>;
+
+fn run_pp(model: &Arc<Model>, lora: &Lora, n: usize, seed: u64) -> anyhow::Result<f64> {
     let toks = tokens(n, model.hparams.n_vocab, seed);
     let mut s = Session::new(model.clone(), n);
+    s.set_lora(lora.clone());
     let t0 = Instant::now();
     s.eval(&toks)?;
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
-fn run_tg(model: &Arc<Model>, n: usize, seed: u64) -> anyhow::Result<f64> {
+fn run_tg(model: &Arc<Model>, lora: &Lora, n: usize, seed: u64) -> anyhow::Result<f64> {
     let toks = tokens(n, model.hparams.n_vocab, seed);
     let mut s = Session::new(model.clone(), n);
+    s.set_lora(lora.clone());
     let t0 = Instant::now();
     for &t in &toks {
         s.eval(&[t])?;
@@ -109,11 +118,23 @@ fn run_tg(model: &Arc<Model>, n: usize, seed: u64) -> anyhow::Result<f64> {
 
 /// `n` tokens for each of `b` sequences, one token per sequence per forward pass;
 /// aggregate tokens/s.
-fn run_tg_parallel(model: &Arc<Model>, n: usize, b: usize, seed: u64) -> anyhow::Result<f64> {
+fn run_tg_parallel(
+    model: &Arc<Model>,
+    lora: &Lora,
+    n: usize,
+    b: usize,
+    seed: u64,
+) -> anyhow::Result<f64> {
     let toks: Vec<Vec<u32>> = (0..b)
         .map(|i| tokens(n, model.hparams.n_vocab, seed * 1000 + i as u64))
         .collect();
-    let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(model, n)).collect();
+    let mut caches: Vec<KvCache> = (0..b)
+        .map(|_| {
+            let mut c = KvCache::new(model, n);
+            c.set_lora(lora.clone());
+            c
+        })
+        .collect();
     let mut runner = Runner::new(model.clone());
     let t0 = Instant::now();
     for step in 0..n {
@@ -188,15 +209,16 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let path: PathBuf = verity_store::resolve(args.model.as_deref())?;
     let t0 = Instant::now();
     let model = Arc::new(verity_model::load(&path).context("loading the model")?);
+    let lora = args.lora.load(&model)?;
     let load_s = t0.elapsed().as_secs_f64();
     let model_bytes = model.weight_bytes() as f64;
     let simd = format!("{:?}", verity_kernels::simd_level()).to_lowercase();
 
     let mut results = Vec::new();
     for &n in args.n_prompt.iter().filter(|&&n| n > 0) {
-        run_pp(&model, n, 0)?; // warm-up, as llama-bench does
+        run_pp(&model, &lora, n, 0)?; // warm-up, as llama-bench does
         let samples = (0..args.reps)
-            .map(|r| run_pp(&model, n, r as u64 + 1))
+            .map(|r| run_pp(&model, &lora, n, r as u64 + 1))
             .collect::<anyhow::Result<Vec<_>>>()?;
         results.push(TestResult {
             name: format!("pp{n}"),
@@ -209,14 +231,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     for &n in args.n_gen.iter().filter(|&&n| n > 0) {
         for &b in args.parallel.iter().filter(|&&b| b > 0) {
             let samples = if b == 1 {
-                run_tg(&model, 1, 0)?; // warm-up
+                run_tg(&model, &lora, 1, 0)?; // warm-up
                 (0..args.reps)
-                    .map(|r| run_tg(&model, n, r as u64 + 1))
+                    .map(|r| run_tg(&model, &lora, n, r as u64 + 1))
                     .collect::<anyhow::Result<Vec<_>>>()?
             } else {
-                run_tg_parallel(&model, 1, b, 0)?; // warm-up
+                run_tg_parallel(&model, &lora, 1, b, 0)?; // warm-up
                 (0..args.reps)
-                    .map(|r| run_tg_parallel(&model, n, b, r as u64 + 1))
+                    .map(|r| run_tg_parallel(&model, &lora, n, b, r as u64 + 1))
                     .collect::<anyhow::Result<Vec<_>>>()?
             };
             results.push(TestResult {
@@ -263,6 +285,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let out = json!({
             "model": model.name(),
             "model_path": path.display().to_string(),
+            "lora": args.lora.lora,
             "model_bytes": model_bytes as u64,
             "threads": threads,
             "simd": simd,

@@ -6,7 +6,7 @@ use clap::Args;
 use rustyline::error::ReadlineError;
 use verity_tokenizer::ChatMessage;
 
-use crate::common::{chat_prompt, load_model, ModelArgs, SamplingArgs};
+use crate::common::{chat_prompt, load_model, LoraArgs, ModelArgs, SamplingArgs};
 
 /// Chat with a model in the terminal.
 ///
@@ -21,6 +21,8 @@ use crate::common::{chat_prompt, load_model, ModelArgs, SamplingArgs};
 pub struct ChatArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub lora: LoraArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// System message that starts the conversation.
@@ -38,6 +40,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
         );
     }
     let mut session = verity_engine::Session::new(model.clone(), args.model.ctx);
+    session.set_lora(args.lora.load(&model)?);
     let start: Vec<ChatMessage> = args
         .system
         .iter()

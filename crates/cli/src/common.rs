@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
-use verity_engine::{GenerateParams, SamplingParams};
-use verity_model::Model;
+use verity_engine::{GenerateParams, LoraSet, SamplingParams};
+use verity_model::{Adapter, Model};
 use verity_tokenizer::ChatMessage;
 
 #[derive(Args, Clone, Debug)]
@@ -21,6 +21,49 @@ pub struct ModelArgs {
     /// Worker threads (default: all cores).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
+}
+
+#[derive(Args, Clone, Debug, Default)]
+pub struct LoraArgs {
+    /// Apply a LoRA adapter: a PEFT directory or a GGUF LoRA file, optionally with a
+    /// strength that multiplies its alpha/r scale (PATH:SCALE, default 1). Repeatable.
+    #[arg(long = "lora", value_name = "PATH[:SCALE]")]
+    pub lora: Vec<String>,
+}
+
+impl LoraArgs {
+    /// Load and bind every adapter to `model`; `None` when there are none.
+    pub fn load(&self, model: &Model) -> anyhow::Result<Option<Arc<LoraSet>>> {
+        if self.lora.is_empty() {
+            return Ok(None);
+        }
+        let mut adapters = Vec::new();
+        for spec in &self.lora {
+            let (path, scale) = split_scale(spec)?;
+            let adapter = Adapter::load(&path, model)?;
+            adapters.push((Arc::new(adapter), scale));
+        }
+        Ok(Some(LoraSet::new(adapters)))
+    }
+
+    /// `(path, scale)` of each adapter, for reports.
+    pub fn specs(&self) -> anyhow::Result<Vec<(PathBuf, f32)>> {
+        self.lora.iter().map(|s| split_scale(s)).collect()
+    }
+}
+
+/// `PATH[:SCALE]`: the part after the last colon is a scale only if it parses as one.
+pub fn split_scale(spec: &str) -> anyhow::Result<(PathBuf, f32)> {
+    if let Some((path, scale)) = spec.rsplit_once(':') {
+        if let Ok(v) = scale.parse::<f32>() {
+            anyhow::ensure!(
+                v.is_finite(),
+                "--lora {spec}: the scale must be a finite number"
+            );
+            return Ok((PathBuf::from(path), v));
+        }
+    }
+    Ok((PathBuf::from(spec), 1.0))
 }
 
 #[derive(Args, Clone, Debug)]

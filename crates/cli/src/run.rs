@@ -4,7 +4,7 @@ use clap::Args;
 use serde_json::json;
 use verity_tokenizer::ChatMessage;
 
-use crate::common::{chat_prompt, load_model, ModelArgs, SamplingArgs};
+use crate::common::{chat_prompt, load_model, LoraArgs, ModelArgs, SamplingArgs};
 
 /// Answer one prompt and stream the answer to stdout.
 ///
@@ -15,6 +15,8 @@ use crate::common::{chat_prompt, load_model, ModelArgs, SamplingArgs};
 ///   verity run "Why is the sky blue?"
 ///   verity run --raw --temperature 0 "The capital of France is"
 ///   verity run -m ./Qwen2.5-0.5B-Instruct-Q4_K_M.gguf --json "Hi"
+///   verity run --lora ./my-adapter/ "Hi"              # a PEFT adapter directory
+///   verity run --lora style.gguf:0.5 --lora facts/ "Hi"   # two adapters, the first at half strength
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct RunArgs {
@@ -22,6 +24,8 @@ pub struct RunArgs {
     pub prompt: String,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub lora: LoraArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// Send the prompt as plain text for completion, without the chat template.
@@ -57,6 +61,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let mut session = verity_engine::Session::new(model.clone(), args.model.ctx);
+    session.set_lora(args.lora.load(&model)?);
     let stdout = std::io::stdout();
     let json = args.json;
     let gen = verity_engine::generate(&mut session, &prompt, &params, &mut |text| {
@@ -74,6 +79,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if json {
         let v = json!({
             "model": model.name(),
+            "lora": args.lora.specs()?.iter().map(|(p, s)| json!({"path": p, "scale": s})).collect::<Vec<_>>(),
             "prompt": args.prompt,
             "chat_template": use_template,
             "text": gen.text,

@@ -6,7 +6,9 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use verity_kernels::attention::{attention_f16_seqs, AttnSeq, AttnShape};
 use verity_kernels::{get_row, matmul};
-use verity_model::{Model, RopeStyle};
+use verity_model::{Model, Proj, RopeStyle};
+
+use crate::lora::{self, LoraScratch, LoraSet};
 
 use crate::ops::{add_in_place, rms_norm, rms_norm_in_place, swiglu, Rope};
 
@@ -25,6 +27,8 @@ pub enum EngineError {
     BadToken { id: u32, n_vocab: usize },
     #[error("nothing to evaluate: the prompt is empty")]
     Empty,
+    #[error("the adapter was loaded for another base model")]
+    AdapterMismatch,
 }
 
 /// One sequence's key/value history for every layer, stored as f16 (as llama.cpp does
@@ -37,6 +41,8 @@ pub struct KvCache {
     v: Vec<Vec<f16>>,
     /// Tokens whose keys/values are in the cache, in order.
     history: Vec<u32>,
+    /// The adapters these keys and values were computed with.
+    lora: Option<Arc<LoraSet>>,
 }
 
 impl KvCache {
@@ -50,6 +56,21 @@ impl KvCache {
             k: (0..hp.n_layer).map(|_| vec![f16::ZERO; len]).collect(),
             v: (0..hp.n_layer).map(|_| vec![f16::ZERO; len]).collect(),
             history: Vec::new(),
+            lora: None,
+        }
+    }
+
+    /// The adapters this sequence runs with.
+    pub fn lora(&self) -> Option<&Arc<LoraSet>> {
+        self.lora.as_ref()
+    }
+
+    /// Run this sequence with `lora` from now on. Cached positions were computed with
+    /// the previous set, so a different set empties the cache.
+    pub fn set_lora(&mut self, lora: Option<Arc<LoraSet>>) {
+        if !lora::same_lora(self.lora.as_ref(), lora.as_ref()) {
+            self.history.clear();
+            self.lora = lora;
         }
     }
 
@@ -99,6 +120,7 @@ impl KvCache {
         }
         self.history.clear();
         self.history.extend_from_slice(&other.history[..n]);
+        self.lora = other.lora.clone();
     }
 }
 
@@ -149,6 +171,9 @@ struct Scratch {
     out_rows: Vec<usize>,
     /// The attention call's per-sequence arguments; empty between uses (see [`recycle`]).
     attn_seqs: Vec<AttnSeq<'static>>,
+    /// Contiguous rows that share an adapter set: (first row, rows, set).
+    lora_groups: Vec<(usize, usize, Arc<LoraSet>)>,
+    lora: LoraScratch,
 }
 
 /// Runs the network: the model, its RoPE tables and scratch buffers, shared by every
@@ -196,6 +221,9 @@ impl Runner {
                     n_ctx_train: hp.n_ctx_train,
                 });
             }
+            if it.cache.lora.as_ref().is_some_and(|l| !l.fits(hp)) {
+                return Err(EngineError::AdapterMismatch);
+            }
             if let Some(&id) = it.tokens.iter().find(|&&t| t as usize >= hp.n_vocab) {
                 return Err(EngineError::BadToken {
                     id,
@@ -214,7 +242,18 @@ impl Runner {
         let s = &mut self.scratch;
         s.rows.clear();
         s.out_rows.clear();
+        s.lora_groups.clear();
         for (i, it) in items.iter().enumerate() {
+            if let Some(set) = &it.cache.lora {
+                match s.lora_groups.last_mut() {
+                    Some((r0, n, last)) if Arc::ptr_eq(last, set) && *r0 + *n == s.rows.len() => {
+                        *n += it.tokens.len()
+                    }
+                    _ => s
+                        .lora_groups
+                        .push((s.rows.len(), it.tokens.len(), set.clone())),
+                }
+            }
             let p0 = it.cache.len();
             let first_out = s.rows.len() + it.tokens.len() - it.logits.rows(it.tokens.len());
             for t in 0..it.tokens.len() {
@@ -259,6 +298,12 @@ impl Runner {
             matmul(&layer.wq.view(), &s.h, n, &mut s.q);
             matmul(&layer.wk.view(), &s.h, n, &mut s.k);
             matmul(&layer.wv.view(), &s.h, n, &mut s.v);
+            if !s.lora_groups.is_empty() {
+                let g = &s.lora_groups;
+                lora::apply(g, l, Proj::Q, &s.h, d, &mut s.q, qd, &mut s.lora);
+                lora::apply(g, l, Proj::K, &s.h, d, &mut s.k, kvd, &mut s.lora);
+                lora::apply(g, l, Proj::V, &s.h, d, &mut s.v, kvd, &mut s.lora);
+            }
             for (buf, bias, dim) in [
                 (&mut s.q, &layer.bq, qd),
                 (&mut s.k, &layer.bk, kvd),
@@ -309,6 +354,10 @@ impl Runner {
             s.attn_seqs = recycle(seqs);
 
             matmul(&layer.wo.view(), &s.attn, n, &mut s.proj);
+            if !s.lora_groups.is_empty() {
+                let g = &s.lora_groups;
+                lora::apply(g, l, Proj::O, &s.attn, qd, &mut s.proj, d, &mut s.lora);
+            }
             add_in_place(&mut s.x, &s.proj);
 
             let x = &s.x;
@@ -317,11 +366,20 @@ impl Runner {
             });
             matmul(&layer.w_gate.view(), &s.h, n, &mut s.gate);
             matmul(&layer.w_up.view(), &s.h, n, &mut s.up);
+            if !s.lora_groups.is_empty() {
+                let g = &s.lora_groups;
+                lora::apply(g, l, Proj::Gate, &s.h, d, &mut s.gate, ff, &mut s.lora);
+                lora::apply(g, l, Proj::Up, &s.h, d, &mut s.up, ff, &mut s.lora);
+            }
             let up = &s.up;
             par_rows(&mut s.gate, ff, &|r, g| {
                 swiglu(g, &up[r * ff..(r + 1) * ff])
             });
             matmul(&layer.w_down.view(), &s.gate, n, &mut s.proj);
+            if !s.lora_groups.is_empty() {
+                let g = &s.lora_groups;
+                lora::apply(g, l, Proj::Down, &s.gate, ff, &mut s.proj, d, &mut s.lora);
+            }
             add_in_place(&mut s.x, &s.proj);
         }
 
@@ -419,6 +477,11 @@ impl Session {
     /// Length of the common prefix between the cache and `tokens`.
     pub fn common_prefix(&self, tokens: &[u32]) -> usize {
         self.cache.common_prefix(tokens)
+    }
+
+    /// Run with these adapters from now on (a different set empties the cache).
+    pub fn set_lora(&mut self, lora: Option<Arc<LoraSet>>) {
+        self.cache.set_lora(lora);
     }
 
     /// Fail before touching the cache if `n` more tokens do not fit.

@@ -3,11 +3,13 @@
 
 mod forward;
 mod generate;
+mod lora;
 mod ops;
 mod sampling;
 
 pub use forward::{BatchItem, EngineError, KvCache, Logits, Runner, Session};
 pub use generate::{generate, FinishReason, GenerateParams, Generation, TextStream, Timings};
+pub use lora::{same_lora, LoraSet};
 pub use sampling::{log_sum_exp, Sampler, SamplingParams};
 
 /// Set the number of worker threads for all compute (call once, before any work).

@@ -1,27 +1,15 @@
 //! Hugging Face model directories: `config.json`, tokenizer files and single or sharded
 //! `model.safetensors` (with `model.safetensors.index.json`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::{FormatError, TensorType};
+pub use crate::safetensors_file::SafeTensorInfo;
+use crate::safetensors_file::SafetensorsFile;
+use crate::FormatError;
 
 /// Largest JSON side file (config, tokenizer config, index) we read; real ones are kilobytes.
 const MAX_JSON_BYTES: u64 = 64 << 20;
-
-/// One tensor of a safetensors file.
-#[derive(Clone, Debug)]
-pub struct SafeTensorInfo {
-    pub name: String,
-    /// Shape in safetensors (row-major, outermost first) order.
-    pub shape: Vec<usize>,
-    pub ty: TensorType,
-    /// Which shard holds it.
-    pub shard: usize,
-    /// Absolute byte range in the shard file.
-    pub start: usize,
-    pub end: usize,
-}
 
 /// A model directory in Hugging Face layout.
 pub struct HfDir {
@@ -142,69 +130,15 @@ impl HfDir {
         let mut maps = Vec::with_capacity(shards.len());
         let mut tensors = BTreeMap::new();
         for (shard, path) in shards.iter().enumerate() {
-            let io = |source| FormatError::Io {
-                path: path.clone(),
-                source,
-            };
-            let file = std::fs::File::open(path).map_err(io)?;
-            // SAFETY: read-only map; see Gguf::open.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-            let (header_len, meta) =
-                safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| {
-                    FormatError::invalid(
-                        path.display().to_string(),
-                        format!("bad safetensors header: {e}"),
-                    )
-                })?;
-            let base = 8 + header_len;
-            let info: HashMap<String, &safetensors::tensor::TensorInfo> = meta.tensors();
-            for (name, ti) in info {
-                let ty = match ti.dtype {
-                    safetensors::Dtype::F32 => TensorType::F32,
-                    safetensors::Dtype::F16 => TensorType::F16,
-                    safetensors::Dtype::BF16 => TensorType::BF16,
-                    other => {
-                        return Err(FormatError::UnsupportedTensorType {
-                            name,
-                            ty: format!("{other:?} (safetensors)"),
-                        })
-                    }
-                };
-                let (s, e) = ti.data_offsets;
-                let (start, end) = (base.checked_add(s), base.checked_add(e));
-                let (Some(start), Some(end)) = (start, end) else {
-                    return Err(FormatError::TensorOutOfBounds {
-                        name,
-                        start: s as u64,
-                        end: e as u64,
-                        len: map.len() as u64,
-                    });
-                };
-                if end > map.len() || start > end {
-                    return Err(FormatError::TensorOutOfBounds {
-                        name,
-                        start: start as u64,
-                        end: end as u64,
-                        len: map.len() as u64,
-                    });
-                }
+            let (shard_tensors, map) = SafetensorsFile::open(path, shard)?.into_parts();
+            for (name, info) in shard_tensors {
                 if tensors.contains_key(&name) {
                     return Err(FormatError::invalid(
                         path.display().to_string(),
                         format!("tensor '{name}' appears in two shards"),
                     ));
                 }
-                tensors.insert(
-                    name.clone(),
-                    SafeTensorInfo {
-                        name,
-                        shape: ti.shape.clone(),
-                        ty,
-                        shard,
-                        start,
-                        end,
-                    },
-                );
+                tensors.insert(name, info);
             }
             maps.push(map);
         }

@@ -6,7 +6,9 @@
 
 mod error;
 pub mod gguf;
+pub mod gguf_write;
 pub mod hf;
+pub mod safetensors_file;
 mod tensor_type;
 
 pub use error::{printable, FormatError};

@@ -5,10 +5,12 @@
 //! Everything architecture-specific lives in [`arch`]; the loader validates every tensor's
 //! shape against the hyperparameters so the engine can index without checks.
 
+pub mod adapter;
 pub mod arch;
 mod load;
 mod tensor;
 
+pub use adapter::{Adapter, AdapterError, AdapterFile, AdapterFormat, Proj};
 pub use arch::{Arch, HParams, RopeStyle};
 pub use load::{load, Layer, LoadError, Model, ModelFormat, Weights};
 pub use tensor::Tensor;
