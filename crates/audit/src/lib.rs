@@ -8,6 +8,7 @@
 //! - [`diff`]: tensor-by-tensor comparison of two models on dequantized values, with a verdict
 //!   on lineage.
 
+pub mod adapter;
 pub mod diff;
 pub mod hash;
 pub mod inspect;

@@ -4,31 +4,57 @@ use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use verity_model::arch::{GlobalTensor, LayerTensor};
-use verity_model::{Model, RopeStyle, Tensor};
+use verity_model::{Model, Proj, RopeStyle, Tensor};
+
+use crate::merge::Merge;
 
 use crate::common::{load_model, ModelArgs};
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 pub enum Target {
     /// A Hugging Face directory: config.json, tokenizer files, model.safetensors.
     Hf,
+    /// A llama.cpp GGUF LoRA file (for adapters).
+    Gguf,
+    /// A PEFT adapter directory (for adapters).
+    Peft,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Hf => "hf",
+            Target::Gguf => "gguf",
+            Target::Peft => "peft",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 pub enum Dtype {
     F32,
+    F16,
     Bf16,
 }
 
-/// Convert a model to another format.
+/// Convert a model or a LoRA adapter to another format.
 ///
-/// Writes a Hugging Face directory (config.json, tokenizer.json, tokenizer_config.json
-/// with the chat template, generation_config.json, model.safetensors) from a GGUF file.
-/// Quantized weights are dequantized. The directory appears only when complete.
+/// Models: writes a Hugging Face directory (config.json, tokenizer.json,
+/// tokenizer_config.json with the chat template, generation_config.json,
+/// model.safetensors) from a GGUF file. Quantized weights are dequantized.
+///
+/// Adapters (with --base, the model they were made for): a PEFT directory to a llama.cpp
+/// GGUF LoRA file (--to gguf) or back (--to peft). q/k rows are permuted for llama.cpp's
+/// RoPE layout where the architecture needs it; rsLoRA and per-module ranks or alphas
+/// are folded into the file so that llama.cpp's alpha/r scale gives the same update.
+///
+/// The output appears only when complete.
 ///
 /// Examples:
 ///   verity convert SmolLM2-135M-Instruct.Q4_1.gguf --to hf smollm2-hf/
 ///   verity convert model.gguf --to hf out/ --dtype bf16 --json
+///   verity convert ./my-adapter/ --to gguf --base smollm2 my-adapter.gguf
+///   verity convert my-adapter.gguf --to peft --base smollm2 ./my-adapter-peft/
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct ConvertArgs {
@@ -42,12 +68,24 @@ pub struct ConvertArgs {
     /// Element type of the written weights.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
+    /// The base model an adapter belongs to (needed to convert adapters).
+    #[arg(long)]
+    pub base: Option<String>,
     /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
+    if crate::convert_adapter::is_adapter(Path::new(&args.input)) {
+        return crate::convert_adapter::convert_adapter(&args);
+    }
+    if args.to != Target::Hf {
+        bail!(
+            "{} is a model; models convert to --to hf (GGUF and PEFT outputs are for LoRA adapters)",
+            args.input
+        );
+    }
     let model = load_model(&ModelArgs {
         model: Some(args.input.clone()),
         ctx: 0,
@@ -90,6 +128,18 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
 
 /// Write the HF files into `dir`; returns the number of tensors.
 fn write_hf(model: &Model, dir: &Path, dtype: Dtype) -> anyhow::Result<usize> {
+    write_hf_merged(model, dir, dtype, None, &serde_json::Value::Null)
+}
+
+/// [`write_hf`] with adapters merged into the projections they update; `provenance`
+/// (when not null) goes into the safetensors metadata as `verity.merge`.
+pub fn write_hf_merged(
+    model: &Model,
+    dir: &Path,
+    dtype: Dtype,
+    merge: Option<&Merge>,
+    provenance: &serde_json::Value,
+) -> anyhow::Result<usize> {
     let hp = &model.hparams;
     let w = &model.weights;
     let (model_type, class) = hp.arch.hf_names();
@@ -111,7 +161,11 @@ fn write_hf(model: &Model, dir: &Path, dtype: Dtype) -> anyhow::Result<usize> {
         "vocab_size": hp.n_vocab,
         "tie_word_embeddings": hp.tied_embeddings,
         "attention_bias": hp.arch.has_qkv_bias(),
-        "torch_dtype": if dtype == Dtype::F32 { "float32" } else { "bfloat16" },
+        "torch_dtype": match dtype {
+            Dtype::F32 => "float32",
+            Dtype::F16 => "float16",
+            Dtype::Bf16 => "bfloat16",
+        },
         "bos_token_id": tok.bos_id(),
         "eos_token_id": tok.eos_id(),
     });
@@ -151,6 +205,12 @@ fn write_hf(model: &Model, dir: &Path, dtype: Dtype) -> anyhow::Result<usize> {
     for (l, layer) in w.layers.iter().enumerate() {
         let mut add_matrix = |kind: LayerTensor, t: &Tensor, heads: Option<usize>| {
             let (s, mut d) = matrix(t);
+            if let (Some(m), Some(proj)) = (
+                merge,
+                Proj::ALL.into_iter().find(|p| p.layer_tensor() == kind),
+            ) {
+                m.apply(l, proj, &mut d, t.cols);
+            }
             if let (true, Some(h)) = (unpermute, heads) {
                 d = unpermute_rows(&d, h, t.rows / h, t.cols);
             }
@@ -184,6 +244,10 @@ fn write_hf(model: &Model, dir: &Path, dtype: Dtype) -> anyhow::Result<usize> {
         .map(|(name, shape, data)| {
             let b: Vec<u8> = match dtype {
                 Dtype::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                Dtype::F16 => data
+                    .iter()
+                    .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                    .collect(),
                 Dtype::Bf16 => data
                     .iter()
                     .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
@@ -192,10 +256,10 @@ fn write_hf(model: &Model, dir: &Path, dtype: Dtype) -> anyhow::Result<usize> {
             (name, shape, b)
         })
         .collect();
-    let st_dtype = if dtype == Dtype::F32 {
-        safetensors::Dtype::F32
-    } else {
-        safetensors::Dtype::BF16
+    let st_dtype = match dtype {
+        Dtype::F32 => safetensors::Dtype::F32,
+        Dtype::F16 => safetensors::Dtype::F16,
+        Dtype::Bf16 => safetensors::Dtype::BF16,
     };
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
@@ -207,7 +271,10 @@ fn write_hf(model: &Model, dir: &Path, dtype: Dtype) -> anyhow::Result<usize> {
         })
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     let n = views.len();
-    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    if !provenance.is_null() {
+        metadata.insert("verity.merge".to_string(), provenance.to_string());
+    }
     safetensors::serialize_to_file(views, Some(metadata), &dir.join("model.safetensors"))?;
     Ok(n)
 }

@@ -7,7 +7,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use verity_eval::{Backend, EndpointBackend, LocalBackend, Options};
+use verity_eval::{
+    AdapterIdentity, Backend, EndpointBackend, LocalBackend, ModelIdentity, Options,
+};
+
+use crate::common::LoraArgs;
 
 /// Evaluate a model on benchmarks with lm-evaluation-harness's prompts and metrics.
 ///
@@ -29,6 +33,8 @@ use verity_eval::{Backend, EndpointBackend, LocalBackend, Options};
 ///   verity eval --tasks mmlu --limit 20 --json
 ///   verity eval --tasks arc_easy --receipt arc.receipt.json
 ///   verity eval --tasks arc_easy --endpoint http://127.0.0.1:8080 --limit 50
+///   verity eval --tasks arc_easy --lora ./my-adapter/       # base + adapter
+///   verity eval --tasks arc_easy --endpoint http://127.0.0.1:8080 --model my-adapter
 ///   verity eval --tasks ./my_task.yaml
 ///   verity eval --tasks ./wiki.yaml --max-length 1024    # loglikelihood_rolling: perplexities
 ///   verity eval verify arc.receipt.json --sample 50
@@ -49,11 +55,14 @@ pub enum EvalCommand {
 #[derive(Args, Debug, Clone)]
 pub struct SourceArgs {
     /// A GGUF file, a Hugging Face model directory, or a model name in the store.
-    /// Default: SmolLM2-135M-Instruct, fetched on first use.
+    /// Default: SmolLM2-135M-Instruct, fetched on first use. With --endpoint: the name of
+    /// the served model or adapter to score (default: the first /v1/models lists).
     #[arg(short, long)]
     pub model: Option<String>,
+    #[command(flatten)]
+    pub lora: LoraArgs,
     /// Score with an OpenAI-compatible server instead (e.g. http://127.0.0.1:8080 or .../v1).
-    #[arg(long, conflicts_with = "model")]
+    #[arg(long, conflicts_with = "lora")]
     pub endpoint: Option<String>,
     /// API key for --endpoint (sent as a Bearer token; default $OPENAI_API_KEY).
     #[arg(long, requires = "endpoint")]
@@ -141,28 +150,68 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-fn backend(src: &SourceArgs, recorded_model: Option<&str>) -> anyhow::Result<Box<dyn Backend>> {
+/// The backend to score with; `recorded` is a receipt's model, whose path and adapters are
+/// used where the command line names none.
+fn backend(src: &SourceArgs, recorded: Option<&ModelIdentity>) -> anyhow::Result<Box<dyn Backend>> {
     if let Some(url) = &src.endpoint {
         let key = src
             .api_key
             .clone()
             .or_else(|| std::env::var("OPENAI_API_KEY").ok());
+        let name = src.model.clone().or_else(|| {
+            recorded
+                .filter(|r| r.endpoint.is_some())
+                .map(|r| r.name.clone())
+        });
         return Ok(Box::new(EndpointBackend::connect(
             url,
             key,
             src.concurrency,
+            name.as_deref(),
         )?));
     }
+    let recorded_model = recorded
+        .and_then(|r| r.path.as_ref())
+        .and_then(|p| p.to_str());
     verity_engine::init_threads(src.threads);
     let path = verity_store::resolve(src.model.as_deref().or(recorded_model))?;
     let digest = verity_audit::hash::root_digest(&path)
         .with_context(|| format!("hashing {}", path.display()))?;
     let model = verity_model::load(&path)?;
-    Ok(Box::new(LocalBackend::new(
-        Arc::new(model),
-        path,
-        Some(digest),
-    )))
+    // Adapters: the command line's, else the ones the receipt recorded by path.
+    let lora = if src.lora.lora.is_empty() {
+        LoraArgs {
+            lora: recorded
+                .map(|r| r.adapters.iter())
+                .into_iter()
+                .flatten()
+                .filter_map(|a| {
+                    a.path
+                        .as_ref()
+                        .map(|p| format!("{}:{}", p.display(), a.scale))
+                })
+                .collect(),
+        }
+    } else {
+        src.lora.clone()
+    };
+    let set = lora.load(&model)?;
+    let backend = LocalBackend::new(Arc::new(model), path, Some(digest));
+    let Some(set) = set else {
+        return Ok(Box::new(backend));
+    };
+    let mut identities = Vec::new();
+    for (path, scale) in lora.specs()? {
+        let root_digest = verity_audit::hash::root_digest(&path)
+            .with_context(|| format!("hashing {}", path.display()))?;
+        identities.push(AdapterIdentity {
+            path: Some(path),
+            name: None,
+            scale,
+            root_digest: Some(root_digest),
+        });
+    }
+    Ok(Box::new(backend.with_lora(set, identities)))
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
@@ -236,14 +285,14 @@ fn verify(v: VerifyArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", v.receipt.display()))?;
     let receipt: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not JSON", v.receipt.display()))?;
-    let recorded = receipt["model"]["path"].as_str().map(String::from);
+    let recorded: Option<ModelIdentity> = serde_json::from_value(receipt["model"].clone()).ok();
     let mut src = v.source.clone();
     if src.endpoint.is_none() && src.model.is_none() {
         if let Some(e) = receipt["model"]["endpoint"].as_str() {
             src.endpoint = Some(e.to_string());
         }
     }
-    let mut b = backend(&src, recorded.as_deref())?;
+    let mut b = backend(&src, recorded.as_ref())?;
     let progress = !src.quiet && std::io::stderr().is_terminal();
     let result = verity_eval::receipt::verify(&receipt, b.as_mut(), v.sample, v.seed, progress)?;
     if v.json {

@@ -9,12 +9,17 @@ use verity_audit::inspect::{human_bytes, human_count, Report, Severity};
 /// (NaN/Inf or all-zero tensors, shapes that disagree with the hyperparameters, missing or
 /// unexpected tensors, metadata that contradicts the weights).
 ///
+/// A LoRA adapter (PEFT directory or GGUF LoRA file) gets its own report: rank, alpha,
+/// the scale it applies, targets, parameters, the base it declares, and findings
+/// (NaN/Inf, impossible ranks, an all-zero lora_B: an untrained adapter).
+///
 /// Exits with status 1 when a finding is an error.
 ///
 /// Examples:
 ///   verity inspect                                   # the default model
 ///   verity inspect ./qwen2.5-0.5b-instruct-q4_k_m.gguf --tensors
 ///   verity inspect ./Llama-3.2-1B-Instruct/ --json --ctx 4096
+///   verity inspect ./my-adapter/
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct InspectArgs {
@@ -34,6 +39,9 @@ pub struct InspectArgs {
 
 pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let path = verity_store::resolve(args.model.as_deref())?;
+    if crate::convert_adapter::is_adapter(&path) {
+        return inspect_adapter(&path, args.json);
+    }
     let mut report = verity_audit::inspect::inspect(&path, args.ctx)?;
     if args.json {
         if !args.tensors {
@@ -185,4 +193,71 @@ fn print_report(r: &Report, tensors: bool) {
         };
         println!("  {sev:<8} {}", f.message);
     }
+}
+
+fn inspect_adapter(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let r = verity_audit::adapter::inspect_adapter(path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("{}", r.path);
+        println!("  format        LoRA adapter ({}), {}", r.format, r.dtype);
+        let opt = |v: &Option<String>| {
+            v.as_deref()
+                .map_or("(not declared)".to_string(), verity_formats::printable)
+        };
+        println!("  base          {}", opt(&r.base_model));
+        println!("  architecture  {}", opt(&r.architecture));
+        println!(
+            "  rank          {}{}",
+            r.rank,
+            if r.ranks.len() > 1 {
+                format!(" (pairs by rank: {:?})", r.ranks)
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "  alpha         {} ({}scale {:.4}{})",
+            r.alpha,
+            if r.use_rslora { "rsLoRA, " } else { "" },
+            r.scale,
+            if r.use_rslora {
+                " = alpha/sqrt(r)"
+            } else {
+                " = alpha/r"
+            }
+        );
+        let targets: Vec<String> = r.targets.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        println!("  targets       {}", targets.join(", "));
+        println!("  layers        {}", r.layers);
+        println!(
+            "  parameters    {} in {} pairs",
+            human_count(r.parameters as u64),
+            r.pairs
+        );
+        if r.findings.is_empty() {
+            println!("  findings      none");
+        }
+        for f in &r.findings {
+            println!(
+                "  {:?}: {}{}",
+                f.severity,
+                f.tensor
+                    .as_deref()
+                    .map(|t| format!("{t}: "))
+                    .unwrap_or_default(),
+                f.message
+            );
+        }
+    }
+    let errors = r
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    if errors > 0 {
+        bail!("{}: {errors} finding(s) are errors", r.path);
+    }
+    Ok(())
 }

@@ -4,10 +4,12 @@ mod bench;
 mod chat;
 mod common;
 mod convert;
+mod convert_adapter;
 mod diff;
 mod eval;
 mod hash;
 mod inspect;
+mod merge;
 mod run;
 mod serve;
 mod sign;
@@ -38,6 +40,7 @@ enum Command {
     Verify(sign::VerifyArgs),
     Keygen(sign::KeygenArgs),
     Diff(diff::DiffArgs),
+    Merge(merge::MergeArgs),
     Eval(eval::EvalArgs),
 }
 
@@ -55,6 +58,7 @@ fn main() {
         Command::Verify(a) => sign::verify(a),
         Command::Keygen(a) => sign::keygen(a),
         Command::Diff(a) => diff::diff(a),
+        Command::Merge(a) => merge::merge(a),
         Command::Eval(a) => eval::eval(a),
     };
     if let Err(e) = result {

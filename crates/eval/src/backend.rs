@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value};
-use verity_engine::{BatchItem, GenerateParams, KvCache, Logits, Runner, SamplingParams, Session};
+use verity_engine::{
+    BatchItem, GenerateParams, KvCache, Logits, LoraSet, Runner, SamplingParams, Session,
+};
 use verity_model::Model;
 
 /// One loglikelihood request, tokenized: the continuation's tokens follow the context's.
@@ -57,6 +59,25 @@ pub struct ModelIdentity {
     /// SHA-256 of the model's chat template (not applied by eval; recorded for receipts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template_sha256: Option<String>,
+    /// LoRA adapters applied on top of the weights, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<AdapterIdentity>,
+}
+
+/// One adapter of a [`ModelIdentity`]: a local file, or an adapter an endpoint serves.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct AdapterIdentity {
+    /// Local path (PEFT directory or GGUF LoRA file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// The name an endpoint serves it under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Strength multiplying the adapter's alpha/r (1 when served).
+    pub scale: f32,
+    /// OMS root digest of the adapter's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_digest: Option<String>,
 }
 
 pub trait Backend: Send {
@@ -122,6 +143,14 @@ const ENDPOINT_WINDOWS_PER_REQUEST: usize = 4;
 pub struct LocalBackend {
     runner: Runner,
     identity: ModelIdentity,
+    lora: Option<Arc<LoraSet>>,
+}
+
+/// A KV cache for `n` positions that runs with `lora`.
+fn new_cache(model: &Model, lora: &Option<Arc<LoraSet>>, n: usize) -> KvCache {
+    let mut c = KvCache::new(model, n);
+    c.set_lora(lora.clone());
+    c
 }
 
 impl LocalBackend {
@@ -139,11 +168,20 @@ impl LocalBackend {
             endpoint: None,
             root_digest,
             chat_template_sha256,
+            adapters: Vec::new(),
         };
         LocalBackend {
             runner: Runner::new(model),
             identity,
+            lora: None,
         }
+    }
+
+    /// Score with these adapters applied (`identities` describe them for receipts).
+    pub fn with_lora(mut self, lora: Arc<LoraSet>, identities: Vec<AdapterIdentity>) -> Self {
+        self.lora = Some(lora);
+        self.identity.adapters = identities;
+        self
     }
 
     fn model(&self) -> &Arc<Model> {
@@ -174,6 +212,7 @@ impl Backend for LocalBackend {
 
     fn loglikelihood_rolling(&mut self, windows: &[LlRequest]) -> anyhow::Result<Vec<LlResult>> {
         let model = self.model().clone();
+        let lora = self.lora.clone();
         let n_vocab = model.hparams.n_vocab;
         for w in windows {
             if w.context.is_empty() || w.continuation.is_empty() {
@@ -211,8 +250,10 @@ impl Backend for LocalBackend {
                     s
                 })
                 .collect();
-            let mut caches: Vec<KvCache> =
-                seqs.iter().map(|s| KvCache::new(&model, s.len())).collect();
+            let mut caches: Vec<KvCache> = seqs
+                .iter()
+                .map(|s| new_cache(&model, &lora, s.len()))
+                .collect();
             // Per window: tokens fed so far, and its log-probabilities.
             let mut fed = vec![0usize; seqs.len()];
             let mut lps: Vec<Vec<f32>> = set
@@ -296,6 +337,7 @@ impl Backend for LocalBackend {
 
     fn loglikelihood(&mut self, groups: &[Vec<LlRequest>]) -> anyhow::Result<Vec<Vec<LlResult>>> {
         let model = self.model().clone();
+        let lora = self.lora.clone();
         let n_vocab = model.hparams.n_vocab;
         // The shared prefix of each group: the longest common prefix of its full
         // sequences, at most its shortest context (so the first continuation token's
@@ -339,7 +381,7 @@ impl Backend for LocalBackend {
         {
             let live: Vec<usize> = (0..groups.len()).filter(|&i| prefix[i] > 0).collect();
             for &i in &live {
-                caches.push(KvCache::new(&model, prefix[i]));
+                caches.push(new_cache(&model, &lora, prefix[i]));
             }
             let mut items: Vec<BatchItem<'_>> = caches
                 .iter_mut()
@@ -396,7 +438,7 @@ impl Backend for LocalBackend {
                     .iter()
                     .zip(&seqs)
                     .map(|(&(gi, _), s)| {
-                        let mut c = KvCache::new(&model, s.len());
+                        let mut c = new_cache(&model, &lora, s.len());
                         if let Some(pc) = &by_group[gi] {
                             c.copy_prefix_from(pc, prefix[gi]);
                         }
@@ -450,6 +492,7 @@ impl Backend for LocalBackend {
         let n_ctx =
             (prompt.len() + max_tokens + 1).min(model.hparams.n_ctx_train.max(prompt.len() + 1));
         let mut session = Session::new(model, n_ctx);
+        session.set_lora(self.lora.clone());
         let params = GenerateParams {
             max_tokens,
             sampling: SamplingParams {
@@ -479,7 +522,14 @@ pub struct EndpointBackend {
 }
 
 impl EndpointBackend {
-    pub fn connect(url: &str, api_key: Option<String>, concurrency: usize) -> anyhow::Result<Self> {
+    /// Connect to `url` and score with the model it lists first, or the one named `model`
+    /// (a served adapter's name selects that adapter, vLLM's convention).
+    pub fn connect(
+        url: &str,
+        api_key: Option<String>,
+        concurrency: usize,
+        model: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut base = url.trim_end_matches('/').to_string();
         if base.ends_with("/v1") {
             base.truncate(base.len() - 3);
@@ -500,17 +550,49 @@ impl EndpointBackend {
             max_length: DEFAULT_ENDPOINT_MAX_LENGTH,
         };
         let models = b.call("GET", "/v1/models", None)?;
-        let first = models["data"]
-            .get(0)
-            .ok_or_else(|| anyhow!("{}/v1/models lists no model", b.base))?;
+        let listed = models["data"].as_array().cloned().unwrap_or_default();
+        let first = match model {
+            None => listed.first(),
+            Some(name) => listed.iter().find(|m| m["id"] == name),
+        }
+        .ok_or_else(|| match model {
+            None => anyhow!("{}/v1/models lists no model", b.base),
+            Some(name) => anyhow!(
+                "{}/v1/models does not list '{name}' (it serves: {})",
+                b.base,
+                listed
+                    .iter()
+                    .filter_map(|m| m["id"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })?;
         b.model_id = first["id"].as_str().unwrap_or_default().to_string();
+        // An adapter entry names its base as `parent`: the weights are the parent's, plus it.
+        let parent = first["parent"]
+            .as_str()
+            .and_then(|p| listed.iter().find(|m| m["id"] == p));
+        let (root_digest, adapters) = match parent {
+            Some(base) => (
+                base["root_digest"].as_str().map(String::from),
+                vec![AdapterIdentity {
+                    path: None,
+                    name: Some(b.model_id.clone()),
+                    scale: first["scale"].as_f64().unwrap_or(1.0) as f32,
+                    root_digest: first["root_digest"].as_str().map(String::from),
+                }],
+            ),
+            None => (first["root_digest"].as_str().map(String::from), Vec::new()),
+        };
         b.identity = ModelIdentity {
             name: b.model_id.clone(),
             path: None,
             endpoint: Some(url.to_string()),
-            root_digest: first["root_digest"].as_str().map(String::from),
+            root_digest,
             chat_template_sha256: None,
+            adapters,
         };
+        let first = parent.unwrap_or(first);
         // verity serve reports the context a request gets (else the model's trained one);
         // other servers get lm-eval's API default.
         let meta = &first["meta"];

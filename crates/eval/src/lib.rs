@@ -23,5 +23,7 @@ pub mod template;
 pub mod value;
 pub mod yaml;
 
-pub use backend::{Backend, EndpointBackend, LlRequest, LlResult, LocalBackend, ModelIdentity};
+pub use backend::{
+    AdapterIdentity, Backend, EndpointBackend, LlRequest, LlResult, LocalBackend, ModelIdentity,
+};
 pub use run::{evaluate, resolve_tasks, Options, Report, TaskSpec};

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
-use crate::backend::{Backend, ModelIdentity};
+use crate::backend::{AdapterIdentity, Backend, ModelIdentity};
 use crate::hash::sha256_hex;
 use crate::pyrandom::PyRandom;
 use crate::run::{self, Options, Report, TaskSpec};
@@ -115,10 +115,12 @@ pub struct Verification {
 }
 
 /// Static checks before any re-run: the receipt's own integrity, the model's root digest
-/// (`current` is what the local files hash to now, or what the endpoint reports).
+/// (`current` is what the local files hash to now, or what the endpoint reports) and each
+/// adapter's (`current_adapters`: the adapters applied now, in order).
 pub fn check_static(
     receipt: &Value,
     current_root_digest: Option<&str>,
+    current_adapters: &[AdapterIdentity],
 ) -> anyhow::Result<Vec<Mismatch>> {
     if receipt["_type"] != RECEIPT_TYPE {
         bail!("not a verity eval receipt (expected _type {RECEIPT_TYPE})");
@@ -144,6 +146,48 @@ pub fn check_static(
             ),
         });
     }
+    let recorded: Vec<AdapterIdentity> =
+        serde_json::from_value(receipt["model"]["adapters"].clone()).unwrap_or_default();
+    if recorded.len() != current_adapters.len() {
+        out.push(Mismatch {
+            task: None,
+            doc_id: None,
+            cause: format!(
+                "the receipt records {} adapter(s), {} are applied now",
+                recorded.len(),
+                current_adapters.len()
+            ),
+        });
+    }
+    for (i, (r, c)) in recorded.iter().zip(current_adapters).enumerate() {
+        let label = r
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .or(r.name.clone())
+            .unwrap_or_else(|| format!("#{}", i + 1));
+        if r.root_digest != c.root_digest {
+            out.push(Mismatch {
+                task: None,
+                doc_id: None,
+                cause: format!(
+                    "adapter {label} changed: root digest is {} now, the receipt records {}",
+                    c.root_digest.as_deref().unwrap_or("unknown"),
+                    r.root_digest.as_deref().unwrap_or("unknown")
+                ),
+            });
+        }
+        if r.scale != c.scale {
+            out.push(Mismatch {
+                task: None,
+                doc_id: None,
+                cause: format!(
+                    "adapter {label} is applied at scale {} now, the receipt records {}",
+                    c.scale, r.scale
+                ),
+            });
+        }
+    }
     Ok(out)
 }
 
@@ -157,7 +201,8 @@ pub fn verify(
     progress: bool,
 ) -> anyhow::Result<Verification> {
     let current = backend.identity().root_digest.clone();
-    let mut mismatches = check_static(receipt, current.as_deref())?;
+    let adapters = backend.identity().adapters.clone();
+    let mut mismatches = check_static(receipt, current.as_deref(), &adapters)?;
     let settings = &receipt["settings"];
     let tasks = receipt["tasks"]
         .as_array()

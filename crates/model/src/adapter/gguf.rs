@@ -9,7 +9,9 @@ use verity_formats::gguf::{Gguf, Value};
 use verity_formats::gguf_write::{GgufWriter, OutTensor};
 use verity_formats::{printable, TensorType};
 
-use super::{check_values, widen, AdapterFile, AdapterFormat, LoraTensor, Proj};
+use crate::arch::Arch;
+
+use super::{widen, AdapterFile, AdapterFormat, LoraTensor, Proj};
 
 /// `blk.N.attn_q.weight.lora_a` / `lora_b`.
 pub fn gguf_tensor_name(layer: usize, proj: Proj, a: bool) -> String {
@@ -122,7 +124,6 @@ pub(super) fn read(path: &Path) -> Result<AdapterFile, String> {
             scale,
             file_type: ty,
         };
-        check_values(&name, &t)?;
         rank = rank.max(r);
         tensors.insert((layer, proj), t);
     }
@@ -130,10 +131,15 @@ pub(super) fn read(path: &Path) -> Result<AdapterFile, String> {
         .get_str("general.base_model.0.name")
         .or_else(|| g.get_str("general.base_model.0.repo_url"))
         .map(str::to_string);
+    let arch = g.architecture().map(str::to_string);
     Ok(AdapterFile {
         path: path.to_path_buf(),
         format: AdapterFormat::Gguf,
-        arch: g.architecture().map(str::to_string),
+        // llama.cpp's converter permutes q/k rows of `llama` models for their RoPE layout.
+        qk_permuted: arch
+            .as_deref()
+            .is_some_and(|a| Arch::from_gguf_name(a) == Some(Arch::Llama)),
+        arch,
         base_model,
         rank,
         // alpha 0 means "scale 1" to llama.cpp; say so in PEFT's terms.
@@ -144,9 +150,9 @@ pub(super) fn read(path: &Path) -> Result<AdapterFile, String> {
     })
 }
 
-/// Serialize `file` as a llama.cpp GGUF LoRA for a base of architecture `arch`. q/k
-/// rows are permuted into llama.cpp's layout when `permute` gives (n_head, n_head_kv,
-/// head_dim). llama.cpp scales every pair by `alpha / r` with one alpha per file, so
+/// Serialize `file` (q/k rows in Hugging Face order: see [`AdapterFile::into_hf_order`])
+/// as a llama.cpp GGUF LoRA for a base of architecture `arch`. q/k rows are permuted into
+/// llama.cpp's layout when `permute` gives (n_head, n_head_kv, head_dim). llama.cpp scales every pair by `alpha / r` with one alpha per file, so
 /// rsLoRA and per-module ranks or alphas are folded in: alpha is chosen for the file's
 /// default rank, and any pair whose scale differs has its lora_b multiplied to match.
 pub fn write_gguf(
@@ -155,6 +161,9 @@ pub fn write_gguf(
     permute: Option<(usize, usize, usize)>,
     metadata: &[(&str, Value)],
 ) -> Result<Vec<u8>, String> {
+    if file.qk_permuted {
+        return Err("q/k rows are in llama.cpp's order; convert with into_hf_order first".into());
+    }
     let default_scale = if file.use_rslora {
         file.alpha / (file.rank as f32).sqrt()
     } else {

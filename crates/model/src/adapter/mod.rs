@@ -149,6 +149,9 @@ pub struct AdapterFile {
     pub tensors: BTreeMap<(usize, Proj), LoraTensor>,
     /// `adapter_config.json` as read (PEFT only).
     pub config: Option<serde_json::Value>,
+    /// q/k `lora_B` rows are in llama.cpp's permuted order (GGUF `llama` files), not
+    /// Hugging Face's.
+    pub qk_permuted: bool,
 }
 
 /// Why an adapter cannot be used. Displays as one line naming the file.
@@ -185,13 +188,20 @@ impl AdapterFile {
         gguf::read(path).map_err(err)
     }
 
-    /// Whether q/k `lora_B` rows are in llama.cpp's permuted order (GGUF `llama` files).
-    pub fn qk_permuted(&self) -> bool {
-        self.format == AdapterFormat::Gguf
-            && self
-                .arch
-                .as_deref()
-                .is_some_and(|a| Arch::from_gguf_name(a) == Some(Arch::Llama))
+    /// The same adapter with q/k rows in Hugging Face's order (`hp`: the base's shape).
+    pub fn into_hf_order(mut self, hp: &HParams) -> Self {
+        if self.qk_permuted {
+            for (&(_, proj), t) in self.tensors.iter_mut() {
+                let heads = match proj {
+                    Proj::Q => hp.n_head,
+                    Proj::K => hp.n_head_kv,
+                    _ => continue,
+                };
+                t.b = permute_rows(&t.b, t.rank, heads, hp.head_dim, true);
+            }
+            self.qk_permuted = false;
+        }
+        self
     }
 
     /// Trainable parameters: every element of every A and B.
@@ -268,7 +278,7 @@ impl Adapter {
             return Err(err("the adapter holds no LoRA tensors".into()));
         }
         let base_permuted = hp.rope_style == RopeStyle::Interleaved;
-        let permute = base_permuted != file.qk_permuted();
+        let permute = base_permuted != file.qk_permuted;
         let mut layers: Vec<[Option<LoraPair>; 7]> =
             (0..hp.n_layer).map(|_| Default::default()).collect();
         let mut max_rank = 0;
@@ -328,8 +338,9 @@ impl Adapter {
     }
 }
 
-/// Rank, shape and value checks shared by every reader and by binding.
-fn check_values(name: &str, t: &LoraTensor) -> Result<(), String> {
+/// Rank, shape and value checks: what binding refuses (readers keep such files
+/// readable, so `inspect` can report what is wrong with them).
+pub fn check_values(name: &str, t: &LoraTensor) -> Result<(), String> {
     if t.rank == 0 {
         return Err(format!("{name}: rank 0 (lora_A has no rows)"));
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::{json, Value as Json};
 use verity_formats::safetensors_file::SafetensorsFile;
 
-use super::{check_values, widen, AdapterFile, AdapterFormat, LoraTensor, Proj};
+use super::{widen, AdapterFile, AdapterFormat, LoraTensor, Proj};
 
 /// The parts of `adapter_config.json` that decide the computation.
 #[derive(Clone, Debug)]
@@ -258,12 +258,12 @@ pub(super) fn read(dir: &Path) -> Result<AdapterFile, String> {
             scale: config.scale(rank, alpha),
             file_type: file_type.unwrap_or(verity_formats::TensorType::F32),
         };
-        check_values(&name, &t)?;
         tensors.insert((layer, proj), t);
     }
     Ok(AdapterFile {
         path: dir.to_path_buf(),
         format: AdapterFormat::Peft,
+        qk_permuted: false,
         arch: None,
         base_model: config.base_model.clone(),
         rank: config.r,
@@ -274,16 +274,18 @@ pub(super) fn read(dir: &Path) -> Result<AdapterFile, String> {
     })
 }
 
-/// Write `file` as a PEFT directory into `dir` (which must exist): tensors in f32, q/k
-/// rows in Hugging Face order (`unpermute` says whether the file's are permuted and how
-/// many heads q and k have), each module's exact scale kept through `rank_pattern` /
-/// `alpha_pattern` where it differs from the default. `extra` is merged into the config.
+/// Write `file` (q/k rows in Hugging Face order: see [`AdapterFile::into_hf_order`]) as
+/// a PEFT directory into `dir`, which must exist: tensors in f32, each module's exact
+/// scale kept through `rank_pattern` / `alpha_pattern` where it differs from the
+/// default. `extra` is merged into the config.
 pub fn write_peft(
     file: &AdapterFile,
     dir: &Path,
-    unpermute: Option<(usize, usize, usize)>,
     extra: &serde_json::Map<String, Json>,
 ) -> Result<(), String> {
+    if file.qk_permuted {
+        return Err("q/k rows are in llama.cpp's order; convert with into_hf_order first".into());
+    }
     let rank = file.rank;
     let alpha = file.alpha;
     let mut rank_pattern = serde_json::Map::new();
@@ -313,11 +315,6 @@ pub fn write_peft(
             };
             alpha_pattern.insert(module.clone(), json!(a));
         }
-        let b = match (unpermute, proj) {
-            (Some((n_head, _, hd)), Proj::Q) => super::permute_rows(&t.b, t.rank, n_head, hd, true),
-            (Some((_, n_kv, hd)), Proj::K) => super::permute_rows(&t.b, t.rank, n_kv, hd, true),
-            _ => t.b.clone(),
-        };
         let prefix = format!("base_model.model.{module}");
         names.push(prefix.clone());
         data.push((
@@ -328,7 +325,7 @@ pub fn write_peft(
         data.push((
             format!("{prefix}.lora_B.weight"),
             vec![t.out_dim, t.rank],
-            f32_bytes(&b),
+            f32_bytes(&t.b),
         ));
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
