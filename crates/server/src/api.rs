@@ -106,10 +106,12 @@ pub struct ResponseFormat {
     pub kind: String,
 }
 
-/// Fields every generation request shares (`model`, `user`, `metadata`, `store` and
-/// `service_tier` are accepted and ignored: one model is served).
+/// Fields every generation request shares (`user`, `metadata`, `store` and
+/// `service_tier` are accepted and ignored).
 #[derive(Deserialize, Debug, Default, Clone)]
 pub struct Common {
+    /// The base model's id (or another of its names) or a served adapter's name.
+    pub model: Option<String>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,

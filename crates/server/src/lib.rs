@@ -6,6 +6,8 @@
 
 mod api;
 mod json_mode;
+mod lora;
+mod lora_routes;
 mod metrics;
 mod routes;
 mod scheduler;
@@ -13,6 +15,7 @@ mod scheduler;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
+pub use lora::{AdapterLoader, NewAdapter};
 pub use routes::router;
 
 /// How to serve.
@@ -36,6 +39,9 @@ pub struct ServerConfig {
 #[derive(Clone, Debug)]
 pub struct ModelInfo {
     pub id: String,
+    /// Other names a request's `model` may give for the base (the `--model` argument, the
+    /// store's names for it); any other name must be an adapter's.
+    pub aliases: Vec<String>,
     /// Identity of the weights actually loaded (see `verity hash`).
     pub digest: String,
     pub metadata: serde_json::Value,
@@ -53,6 +59,18 @@ pub struct Loaded {
     pub model: Arc<verity_model::Model>,
     pub info: ModelInfo,
     scheduler: scheduler::Scheduler,
+    adapters: Arc<lora::Registry>,
+}
+
+/// What the loader hands the server: the base, its adapters, and how to load more.
+pub struct Loadout {
+    pub model: Arc<verity_model::Model>,
+    pub info: ModelInfo,
+    /// Adapters to serve from the start.
+    pub adapters: Vec<NewAdapter>,
+    /// Loads adapters named by `POST /v1/load_lora_adapter`; without one that endpoint
+    /// refuses.
+    pub loader: Option<AdapterLoader>,
 }
 
 impl AppState {
@@ -65,8 +83,28 @@ impl AppState {
         })
     }
 
-    /// Install the loaded model and start the scheduler.
-    pub fn set_model(&self, model: Arc<verity_model::Model>, mut info: ModelInfo) {
+    /// Install the loaded model and its adapters and start the scheduler. Fails (serving
+    /// nothing) if two adapters share a name or one takes a base model's name.
+    pub fn set_model(&self, loadout: Loadout) -> anyhow::Result<()> {
+        let Loadout {
+            model,
+            mut info,
+            adapters,
+            loader,
+        } = loadout;
+        let mut base_names = vec![info.id.clone()];
+        base_names.extend(info.aliases.iter().cloned());
+        let registry = Arc::new(lora::Registry::new(
+            loader,
+            base_names,
+            self.metrics.clone(),
+        ));
+        for a in adapters {
+            let name = a.name.clone();
+            registry
+                .insert(a)
+                .map_err(|e| anyhow::anyhow!("--lora {name}: {e}"))?;
+        }
         let n_ctx = if self.config.n_ctx == 0 {
             model.hparams.n_ctx_train.min(4096)
         } else {
@@ -85,12 +123,15 @@ impl AppState {
             n_ctx,
             self.config.max_queue,
             self.metrics.clone(),
+            registry.clone(),
         );
         let _ = self.loaded.set(Loaded {
             model,
             info,
             scheduler,
+            adapters: registry,
         });
+        Ok(())
     }
 
     /// Stop taking new generation requests (for shutdown).
@@ -104,7 +145,7 @@ impl AppState {
 /// Serve until SIGINT/SIGTERM; `load` runs on a blocking thread after the port is bound.
 pub async fn serve<F>(state: Arc<AppState>, load: F) -> anyhow::Result<()>
 where
-    F: FnOnce() -> anyhow::Result<(Arc<verity_model::Model>, ModelInfo)> + Send + 'static,
+    F: FnOnce() -> anyhow::Result<Loadout> + Send + 'static,
 {
     let addr: SocketAddr = format!("{}:{}", state.config.host, state.config.port)
         .parse()
@@ -119,20 +160,30 @@ where
 
     let loader_state = state.clone();
     tokio::task::spawn_blocking(move || match load() {
-        Ok((model, info)) => {
+        Ok(loadout) => {
+            let info = &loadout.info;
             let key = if loader_state.config.api_key.is_some() {
                 " -H \"Authorization: Bearer $KEY\""
             } else {
                 ""
             };
-            eprintln!(
-                "verity: ready, serving {} (digest {})",
-                info.id, info.digest
-            );
+            for a in &loadout.adapters {
+                eprintln!(
+                    "verity: adapter {} = {} (digest {})",
+                    a.name,
+                    a.path.display(),
+                    a.digest
+                );
+            }
+            let (id, digest) = (info.id.clone(), info.digest.clone());
+            if let Err(e) = loader_state.set_model(loadout) {
+                eprintln!("verity: error: {e:#}");
+                std::process::exit(1);
+            }
+            eprintln!("verity: ready, serving {id} (digest {digest})");
             eprintln!(
                 "verity: try  curl http://{local}/v1/chat/completions{key} -H 'Content-Type: application/json' \\\n        -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
             );
-            loader_state.set_model(model, info);
         }
         Err(e) => {
             // Nothing can be served without the model.

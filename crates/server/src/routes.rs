@@ -20,6 +20,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use verity_tokenizer::ChatMessage;
 
 use crate::api::*;
+use crate::lora_routes::{self, select_model};
 use crate::scheduler::{Event, JobSpec, SubmitError, TokenLogprob};
 use crate::{AppState, Loaded};
 
@@ -31,6 +32,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/load_lora_adapter", post(lora_routes::load))
+        .route("/v1/unload_lora_adapter", post(lora_routes::unload))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route("/health", get(health))
@@ -68,6 +71,8 @@ async fn auth_and_count(State(state): St, req: Request, next: Next) -> Response 
         "/v1/chat/completions"
         | "/v1/completions"
         | "/v1/models"
+        | "/v1/load_lora_adapter"
+        | "/v1/unload_lora_adapter"
         | "/tokenize"
         | "/detokenize"
         | "/health"
@@ -105,7 +110,10 @@ fn authorized(state: &AppState, req: &Request) -> bool {
     given.as_bytes().ct_eq(key.as_bytes()).into()
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) fn body_bytes(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -119,7 +127,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
     })
 }
 
-fn loaded(state: &AppState) -> Result<&Loaded, ApiError> {
+pub(crate) fn loaded(state: &AppState) -> Result<&Loaded, ApiError> {
     state.loaded.get().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -146,9 +154,10 @@ async fn metrics(State(state): St) -> Response {
         .get()
         .map(|l| l.scheduler.queue_depth())
         .unwrap_or(0);
+    let adapters = state.loaded.get().map(|l| l.adapters.len()).unwrap_or(0);
     (
         [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(depth),
+        state.metrics.render(depth, adapters),
     )
         .into_response()
 }
@@ -160,17 +169,16 @@ async fn models(State(state): St) -> Result<Json<Value>, ApiError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() - created)
         .unwrap_or(0);
-    Ok(Json(json!({
-        "object": "list",
-        "data": [{
-            "id": l.info.id,
-            "object": "model",
-            "created": created,
-            "owned_by": "verity",
-            "root_digest": l.info.digest,
-            "meta": l.info.metadata,
-        }]
-    })))
+    let mut data = vec![json!({
+        "id": l.info.id,
+        "object": "model",
+        "created": created,
+        "owned_by": "verity",
+        "root_digest": l.info.digest,
+        "meta": l.info.metadata,
+    })];
+    data.extend(lora_routes::model_entries(l, created));
+    Ok(Json(json!({ "object": "list", "data": data })))
 }
 
 async fn tokenize(
@@ -372,6 +380,7 @@ async fn chat(State(state): St, body: Result<Bytes, BytesRejection>) -> Result<R
     let bytes = body_bytes(body, state.config.max_body)?;
     let req: ChatRequest = parse_request(&bytes, CHAT_FIELDS)?;
     let l = loaded(&state)?;
+    let (model_id, adapter) = select_model(l, req.common.model.as_deref())?;
     if req.messages.is_empty() {
         return Err(ApiError::bad_request(
             "'messages' must contain at least one message",
@@ -482,11 +491,12 @@ async fn chat(State(state): St, body: Result<Bytes, BytesRejection>) -> Result<R
             prompt_logprobs: false,
             json_mode,
             ignore_eos: req.common.ignore_eos,
+            adapter: adapter.clone(),
         };
         receivers.push(submit(l, spec)?);
     }
+    lora_routes::count_request(adapter.as_deref());
     let id = new_id("chatcmpl");
-    let model_id = l.info.id.clone();
     if req.common.stream {
         let include_usage = req
             .common
@@ -641,6 +651,7 @@ async fn completions(
     let bytes = body_bytes(body, state.config.max_body)?;
     let req: CompletionRequest = parse_request(&bytes, COMPLETION_FIELDS)?;
     let l = loaded(&state)?;
+    let (model_id, adapter) = select_model(l, req.common.model.as_deref())?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request(
             "suffix is not supported",
@@ -714,12 +725,13 @@ async fn completions(
                     prompt_logprobs: req.echo && logprobs.is_some(),
                     json_mode: false,
                     ignore_eos: req.common.ignore_eos,
+                    adapter: adapter.clone(),
                 },
             )?);
         }
     }
+    lora_routes::count_request(adapter.as_deref());
     let id = new_id("cmpl");
-    let model_id = l.info.id.clone();
     let n = settings.n;
     if req.common.stream {
         let include_usage = req

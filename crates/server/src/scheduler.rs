@@ -3,17 +3,20 @@
 //! slots and chunks of waiting prompts go through the network in one forward pass;
 //! requests join and leave between steps.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
-use verity_engine::{BatchItem, KvCache, Logits, Runner, Sampler, SamplingParams, TextStream};
+use verity_engine::{
+    same_lora, BatchItem, KvCache, Logits, LoraSet, Runner, Sampler, SamplingParams, TextStream,
+};
 use verity_model::Model;
 
 use crate::json_mode::JsonPrefix;
+use crate::lora::{Registry, ServedAdapter};
 use crate::metrics::Metrics;
 
 /// Rows (tokens) per forward pass: decode tokens first, then prompt chunks fill the rest.
@@ -34,6 +37,16 @@ pub struct JobSpec {
     pub json_mode: bool,
     /// Keep going past end-of-generation tokens.
     pub ignore_eos: bool,
+    /// The adapter the request named, if not the base. Held until the job ends, which is
+    /// what an unload waits for.
+    pub adapter: Option<Arc<ServedAdapter>>,
+}
+
+impl JobSpec {
+    /// The adapter set the job's cache must run with.
+    fn lora(&self) -> Option<&Arc<LoraSet>> {
+        self.adapter.as_ref().map(|a| &a.set)
+    }
 }
 
 /// One token with its log-probability and the most likely alternatives.
@@ -92,6 +105,7 @@ impl Scheduler {
         n_ctx: usize,
         max_queue: usize,
         metrics: Arc<Metrics>,
+        adapters: Arc<Registry>,
     ) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -99,7 +113,7 @@ impl Scheduler {
         let q = queued.clone();
         std::thread::Builder::new()
             .name("verity-scheduler".into())
-            .spawn(move || Worker::new(model, parallel, n_ctx, rx, q, metrics).run())
+            .spawn(move || Worker::new(model, parallel, n_ctx, rx, q, metrics, adapters).run())
             .expect("spawn scheduler thread");
         Scheduler {
             tx,
@@ -186,6 +200,9 @@ struct Worker {
     waiting: VecDeque<Job>,
     queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    adapters: Arc<Registry>,
+    /// The registry's unload epoch the slots were last swept at.
+    swept_epoch: u64,
 }
 
 impl Worker {
@@ -196,6 +213,7 @@ impl Worker {
         rx: Receiver<Job>,
         queued: Arc<AtomicUsize>,
         metrics: Arc<Metrics>,
+        adapters: Arc<Registry>,
     ) -> Self {
         let slots = (0..parallel.max(1))
             .map(|_| Slot {
@@ -211,6 +229,8 @@ impl Worker {
             waiting: VecDeque::new(),
             queued,
             metrics,
+            adapters,
+            swept_epoch: 0,
         }
     }
 
@@ -228,12 +248,47 @@ impl Worker {
             while let Ok(job) = self.rx.try_recv() {
                 self.waiting.push_back(job);
             }
+            self.sweep_unloaded();
             self.admit();
+            self.update_gauges();
             self.step();
-            self.metrics.active_slots.store(
-                self.slots.iter().filter(|s| s.active.is_some()).count(),
-                Ordering::Relaxed,
-            );
+        }
+    }
+
+    /// Slots and adapters in use. Also called as a job ends, before its client hears of
+    /// it, so that a client never sees its own finished job counted.
+    fn update_gauges(&self) {
+        self.metrics.active_slots.store(
+            self.slots.iter().filter(|s| s.active.is_some()).count(),
+            Ordering::Relaxed,
+        );
+        let running: BTreeSet<&str> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.active.as_ref()?.job.spec.adapter.as_deref())
+            .map(|a| a.name.as_str())
+            .collect();
+        self.metrics
+            .lora_running
+            .store(running.len(), Ordering::Relaxed);
+    }
+
+    /// After an unload, let idle caches drop the adapter they last ran with, so its
+    /// weights are freed. (Its jobs have all ended: the unload waited for them.)
+    fn sweep_unloaded(&mut self) {
+        let epoch = self.adapters.epoch.load(Ordering::SeqCst);
+        if epoch == self.swept_epoch {
+            return;
+        }
+        self.swept_epoch = epoch;
+        for slot in self.slots.iter_mut().filter(|s| s.active.is_none()) {
+            if slot
+                .cache
+                .lora()
+                .is_some_and(|set| !self.adapters.serves(set))
+            {
+                slot.cache.set_lora(None);
+            }
         }
     }
 
@@ -246,17 +301,27 @@ impl Worker {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 continue;
             }
+            // A cache computed under other adapters shares no usable prefix.
+            let lora = job.spec.lora();
             let best = self
                 .slots
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| s.active.is_none())
-                .max_by_key(|(_, s)| s.cache.common_prefix(&job.spec.prompt));
+                .max_by_key(|(_, s)| {
+                    if same_lora(s.cache.lora(), lora) {
+                        s.cache.common_prefix(&job.spec.prompt)
+                    } else {
+                        0
+                    }
+                });
             let Some((i, _)) = best else { return };
             let job = self.waiting.pop_front().expect("front exists");
             let prompt = &job.spec.prompt;
             self.queued.fetch_sub(1, Ordering::SeqCst);
             let slot = &mut self.slots[i];
+            // Empties the cache if it ran with another set, so reuse below is then 0.
+            slot.cache.set_lora(job.spec.lora().cloned());
             // Keep at least the last prompt token to recompute: its logits start generation.
             // Prompt log-probabilities need every position's logits, so nothing is reused.
             let reuse = if job.spec.prompt_logprobs {
@@ -451,6 +516,9 @@ impl Worker {
         self.metrics
             .generated_tokens
             .fetch_add(1, Ordering::Relaxed);
+        if let Some(adapter) = &spec.adapter {
+            adapter.counters.tokens.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(json) = &mut a.json {
             json.push_str(&tokenizer.decode(&[tok], false).unwrap_or_default());
         }
@@ -474,9 +542,14 @@ impl Worker {
         let Some(mut a) = slot.active.take() else {
             return;
         };
+        if error.is_some() {
+            // A failed step may have left the cache part-written.
+            slot.cache.truncate(0);
+        }
+        self.metrics.requests_done.fetch_add(1, Ordering::Relaxed);
+        self.update_gauges();
         if let Some(e) = error {
             let _ = a.job.events.send(Event::Error(e));
-            slot.cache.truncate(0);
         } else {
             let rest = a.text.finish();
             if !rest.is_empty() {
@@ -492,7 +565,6 @@ impl Worker {
                 completion_tokens: a.generated.len(),
             });
         }
-        self.metrics.requests_done.fetch_add(1, Ordering::Relaxed);
     }
 }
 
