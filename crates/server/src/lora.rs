@@ -205,14 +205,19 @@ impl Registry {
 
     /// Stop serving `name`: new requests for it fail from now on; returns once every
     /// request that was using it has finished. `None` if no such adapter is served.
-    pub async fn unload(&self, name: &str) -> Option<()> {
+    pub async fn unload(self: &Arc<Self>, name: &str) -> Option<()> {
         let adapter = self.lock().served.remove(name)?;
-        // Each accepted request holds a clone until its job ends; unloads are rare, so a
-        // short poll is simpler than a notification per job.
-        while Arc::strong_count(&adapter) > 1 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let registry = self.clone();
+        // A task of its own, so that the caches are released even if the client leaves.
+        let wait = tokio::spawn(async move {
+            // Each accepted request holds a clone until its job ends; unloads are rare, so
+            // a short poll is simpler than a notification per job.
+            while Arc::strong_count(&adapter) > 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            registry.epoch.fetch_add(1, Ordering::SeqCst);
+        });
+        let _ = wait.await;
         Some(())
     }
 }

@@ -389,6 +389,16 @@ impl Worker {
         if plan.is_empty() {
             return;
         }
+        // Rows of one adapter side by side: the engine runs each run of adjacent rows that
+        // share adapters as one low-rank product, so fewer, larger products. Row order
+        // changes no result (rows are batch-invariant).
+        let lora_key = |i: usize| {
+            self.slots[i]
+                .cache
+                .lora()
+                .map_or(0, |s| Arc::as_ptr(s) as usize)
+        };
+        plan.sort_by_key(|(i, _, _)| lora_key(*i));
 
         // One forward pass over all of it.
         let n_vocab = self.model.hparams.n_vocab;
