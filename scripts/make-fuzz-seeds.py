@@ -85,3 +85,27 @@ templates = {
 }
 for k, v in templates.items():
     (C / "chat_template" / k).write_text(v)
+
+# LoRA adapters: a GGUF LoRA file, and a PEFT directory (config, 0xFF 0xFF, safetensors)
+(C / "adapter").mkdir(parents=True, exist_ok=True)
+w = gguf.GGUFWriter(str(C / "adapter" / "lora.gguf"), "llama")
+w.add_string("general.type", "adapter"); w.add_string("adapter.type", "lora"); w.add_float32("adapter.lora.alpha", 4.0)
+w.add_tensor("blk.0.attn_q.weight.lora_a", rng.standard_normal((2, 8)).astype(np.float32))
+w.add_tensor("blk.0.attn_q.weight.lora_b", rng.standard_normal((8, 2)).astype(np.float32))
+w.add_tensor("blk.0.ffn_down.weight.lora_a", rng.standard_normal((2, 16)).astype(np.float16))
+w.add_tensor("blk.0.ffn_down.weight.lora_b", np.zeros((8, 2), np.float16))
+w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+peft_config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "use_rslora": True, "target_modules": ["q_proj", "down_proj"],
+               "rank_pattern": {"down_proj": 1}, "alpha_pattern": {"q_proj": 8}, "bias": "none", "use_dora": False, "modules_to_save": None}
+pre = "base_model.model.model.layers.0."
+tensors = {pre + "self_attn.q_proj.lora_A.weight": rng.standard_normal((2, 8)).astype(np.float32),
+           pre + "self_attn.q_proj.lora_B.weight": rng.standard_normal((8, 2)).astype(np.float32),
+           pre + "mlp.down_proj.lora_A.weight": rng.standard_normal((1, 16)).astype(np.float16),
+           pre + "mlp.down_proj.lora_B.weight": rng.standard_normal((8, 1)).astype(np.float16)}
+header, blob = {}, b""
+for k, v in tensors.items():
+    b = v.tobytes()
+    header[k] = {"dtype": "F32" if v.dtype == np.float32 else "F16", "shape": list(v.shape), "data_offsets": [len(blob), len(blob) + len(b)]}
+    blob += b
+h = json.dumps(header).encode()
+(C / "adapter" / "peft").write_bytes(json.dumps(peft_config).encode() + b"\xff\xff" + struct.pack("<Q", len(h)) + h + blob)
