@@ -71,8 +71,9 @@ pub(super) fn read(path: &Path) -> Result<AdapterFile, String> {
             "adapter.lora.alpha = {alpha} is not a non-negative number"
         ));
     }
-    let mut halves: BTreeMap<(usize, Proj), [Option<(Vec<f32>, usize, usize, TensorType)>; 2]> =
-        BTreeMap::new();
+    // Per (layer, projection): lora_a and lora_b as (values, rows, cols, type).
+    type Half = Option<(Vec<f32>, usize, usize, TensorType)>;
+    let mut halves: BTreeMap<(usize, Proj), [Half; 2]> = BTreeMap::new();
     for info in &g.tensors {
         let Some((layer, proj, is_a)) = parse_name(&info.name) else {
             return Err(format!(

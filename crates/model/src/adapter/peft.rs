@@ -209,8 +209,9 @@ pub(super) fn read(dir: &Path) -> Result<AdapterFile, String> {
         return Err("no adapter_model.safetensors".into());
     }
     let st = SafetensorsFile::open(&weights, 0).map_err(|e| e.to_string())?;
-    let mut halves: BTreeMap<(usize, Proj), [Option<(Vec<f32>, usize, usize)>; 2]> =
-        BTreeMap::new();
+    // Per (layer, projection): lora_A and lora_B as (values, rows, cols).
+    type Half = Option<(Vec<f32>, usize, usize)>;
+    let mut halves: BTreeMap<(usize, Proj), [Half; 2]> = BTreeMap::new();
     let mut file_type = None;
     for (name, info) in &st.tensors {
         let Some((layer, proj, is_a)) = parse_name(name) else {
