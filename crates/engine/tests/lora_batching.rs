@@ -115,7 +115,7 @@ fn mixed_adapter_batches_equal_separate_sequences() {
     let next = runner.forward(&mut items).unwrap().to_vec();
     for (i, (_, n)) in alone.iter().enumerate() {
         assert!(
-            &next[i * v..(i + 1) * v] == &n[..],
+            next[i * v..(i + 1) * v] == n[..],
             "sequence {i}: decode logits differ in a batch"
         );
     }
