@@ -39,7 +39,11 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
             model.name()
         );
     }
-    let mut session = verity_engine::Session::new(model.clone(), args.model.ctx);
+    let mut session = verity_engine::Session::with_kv_type(
+        model.clone(),
+        args.model.ctx,
+        args.model.cache_type.kv_type(),
+    );
     session.set_lora(args.lora.load(&model)?);
     let start: Vec<ChatMessage> = args
         .system

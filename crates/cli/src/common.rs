@@ -21,6 +21,27 @@ pub struct ModelArgs {
     /// Worker threads (default: all cores).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
+    /// How the KV cache stores keys and values: f16 (llama.cpp's default and numerics)
+    /// or f32 (twice the memory; attention without rounding, matching float references).
+    #[arg(long, value_enum, default_value_t = CacheType::F16)]
+    pub cache_type: CacheType,
+}
+
+/// `--cache-type`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheType {
+    #[default]
+    F16,
+    F32,
+}
+
+impl CacheType {
+    pub fn kv_type(self) -> verity_engine::KvType {
+        match self {
+            CacheType::F16 => verity_engine::KvType::F16,
+            CacheType::F32 => verity_engine::KvType::F32,
+        }
+    }
 }
 
 #[derive(Args, Clone, Debug, Default)]

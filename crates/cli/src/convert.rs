@@ -90,6 +90,7 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         model: Some(args.input.clone()),
         ctx: 0,
         threads: 0,
+        cache_type: Default::default(),
     })?;
     let out = &args.output;
     if out.exists()

@@ -38,6 +38,7 @@ pub fn convert_adapter(args: &ConvertArgs) -> anyhow::Result<()> {
         model: Some(base.clone()),
         ctx: 0,
         threads: 0,
+        cache_type: Default::default(),
     })?;
     let file = AdapterFile::open(Path::new(&args.input))?;
     // Binding checks every shape against the base before anything is written.

@@ -124,6 +124,7 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
         model: Some(args.base.clone()),
         ctx: 0,
         threads: 0,
+        cache_type: Default::default(),
     })?;
     let mut adapters = Vec::new();
     for spec in &args.adapters {

@@ -60,7 +60,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         model.tokenizer.encode(&args.prompt, true)?
     };
 
-    let mut session = verity_engine::Session::new(model.clone(), args.model.ctx);
+    let mut session = verity_engine::Session::with_kv_type(
+        model.clone(),
+        args.model.ctx,
+        args.model.cache_type.kv_type(),
+    );
     session.set_lora(args.lora.load(&model)?);
     let stdout = std::io::stdout();
     let json = args.json;

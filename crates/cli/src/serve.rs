@@ -7,7 +7,7 @@ use serde_json::json;
 use verity_model::{Adapter, Model};
 use verity_server::{AdapterLoader, AppState, Loadout, ModelInfo, NewAdapter, ServerConfig};
 
-use crate::common::split_scale;
+use crate::common::{split_scale, CacheType};
 
 /// Serve a model over an OpenAI-compatible HTTP API.
 ///
@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Context per request in tokens (default: the model's, at most 4096).
     #[arg(long, default_value_t = 0)]
     pub ctx: usize,
+    /// How the KV cache stores keys and values: f16 (llama.cpp's default and numerics)
+    /// or f32 (twice the memory; attention without rounding, matching float references).
+    #[arg(long, value_enum, default_value_t = CacheType::F16)]
+    pub cache_type: CacheType,
     /// Requests that may wait for a free slot; more get 429.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
@@ -127,6 +131,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     verity_engine::init_threads(args.threads);
     let config = ServerConfig {
+        kv_type: args.cache_type.kv_type(),
         host: args.host.clone(),
         port: args.port,
         api_key,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use verity_engine::{LoraSet, Session};
+use verity_engine::{KvType, LoraSet, Session};
 use verity_model::adapter::{write_peft, LoraTensor};
 use verity_model::{Adapter, AdapterFile, AdapterFormat, Model, Proj};
 
@@ -94,7 +94,11 @@ fn write_adapter(file: &AdapterFile, dir: &Path) -> PathBuf {
 const TOKENS: [u32; 12] = [1, 504, 3575, 282, 4649, 314, 7042, 28, 284, 260, 3575, 282];
 
 fn logits(model: &Arc<Model>, adapter: Option<&Path>) -> Vec<f32> {
-    let mut s = Session::new(model.clone(), 64);
+    logits_kv(model, adapter, KvType::F16)
+}
+
+fn logits_kv(model: &Arc<Model>, adapter: Option<&Path>, kv: KvType) -> Vec<f32> {
+    let mut s = Session::with_kv_type(model.clone(), 64, kv);
     if let Some(p) = adapter {
         let a = Adapter::load(p, model).unwrap();
         s.set_lora(Some(LoraSet::new(vec![(Arc::new(a), 1.0)])));
@@ -187,16 +191,19 @@ fn conversions_agree_and_merge_matches_unmerged() {
         .arg("--out")
         .arg(&merged));
     let hf_model = Arc::new(verity_model::load(&hf).unwrap());
-    let unmerged = logits(&hf_model, Some(&peft));
+    // With the f32 KV cache: the default f16 one rounds in attention, which turns the
+    // ~1e-7 relative difference between W + ΔW (rounded once) and W·x + B·(A·x) into f16
+    // flips that grow through the layers (~7e-4, printed for the record).
     let merged_model = Arc::new(verity_model::load(&merged).unwrap());
-    let m = logits(&merged_model, None);
+    let unmerged = logits_kv(&hf_model, Some(&peft), KvType::F32);
+    let m = logits_kv(&merged_model, None, KvType::F32);
     let e = nrmse(&m, &unmerged);
-    eprintln!("merged F32 vs un-merged adapter: NRMSE {e:.2e}");
-    // Not the 1e-5 of issue 12: W + ΔW rounded once in f32 differs from W·x + B·(A·x) by
-    // ~1e-7 relative, and the f16 KV cache and f16-rounded attention (llama.cpp's
-    // numerics) amplify that to ~7e-4, the same size as the bare F32 model's distance to
-    // transformers. A merge that missed a module or a q/k permutation lands near 1e-1.
-    assert!(e <= 2e-3, "merged vs un-merged NRMSE {e:.2e}");
+    let e16 = nrmse(
+        &logits(&merged_model, None),
+        &logits(&hf_model, Some(&peft)),
+    );
+    eprintln!("merged F32 vs un-merged adapter: NRMSE {e:.2e} (f32 cache), {e16:.2e} (f16 cache)");
+    assert!(e <= 1e-5, "merged vs un-merged NRMSE {e:.2e}");
     // Provenance is in the safetensors metadata.
     let st = verity_formats::safetensors_file::SafetensorsFile::open(
         &merged.join("model.safetensors"),

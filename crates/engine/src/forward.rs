@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use verity_kernels::attention::{attention_f16_seqs, AttnSeq, AttnShape};
+use verity_kernels::attention::{attention_f16_seqs, attention_f32_seqs, AttnSeq, AttnShape};
 use verity_kernels::{get_row, matmul};
 use verity_model::{Model, Proj, RopeStyle};
 
@@ -31,14 +31,30 @@ pub enum EngineError {
     AdapterMismatch,
 }
 
-/// One sequence's key/value history for every layer, stored as f16 (as llama.cpp does
-/// by default), with the tokens it holds.
+/// How a KV cache stores keys and values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// f16, with attention rounding as ggml does (llama.cpp's default): half the memory,
+    /// logits that match llama.cpp's.
+    #[default]
+    F16,
+    /// f32, attention without rounding: logits that match float references (transformers,
+    /// PyTorch) to ~1e-5 on F32 weights, at twice the cache memory.
+    F32,
+}
+
+/// Keys and values of every layer: per layer `[n_ctx][kv_dim]`.
+enum KvStore {
+    F16 { k: Vec<Vec<f16>>, v: Vec<Vec<f16>> },
+    F32 { k: Vec<Vec<f32>>, v: Vec<Vec<f32>> },
+}
+
+/// One sequence's key/value history for every layer (f16 as llama.cpp stores it by
+/// default, or f32), with the tokens it holds.
 pub struct KvCache {
     n_ctx: usize,
     kv_dim: usize,
-    /// Per layer: [n_ctx][kv_dim].
-    k: Vec<Vec<f16>>,
-    v: Vec<Vec<f16>>,
+    store: KvStore,
     /// Tokens whose keys/values are in the cache, in order.
     history: Vec<u32>,
     /// The adapters these keys and values were computed with.
@@ -46,15 +62,29 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Room for `n_ctx` positions. Pages are committed only as positions fill.
+    /// Room for `n_ctx` positions, f16. Pages are committed only as positions fill.
     pub fn new(model: &Model, n_ctx: usize) -> Self {
+        Self::with_type(model, n_ctx, KvType::F16)
+    }
+
+    /// Room for `n_ctx` positions stored as `ty`.
+    pub fn with_type(model: &Model, n_ctx: usize, ty: KvType) -> Self {
         let hp = &model.hparams;
         let len = n_ctx * hp.kv_dim();
+        let store = match ty {
+            KvType::F16 => KvStore::F16 {
+                k: (0..hp.n_layer).map(|_| vec![f16::ZERO; len]).collect(),
+                v: (0..hp.n_layer).map(|_| vec![f16::ZERO; len]).collect(),
+            },
+            KvType::F32 => KvStore::F32 {
+                k: (0..hp.n_layer).map(|_| vec![0f32; len]).collect(),
+                v: (0..hp.n_layer).map(|_| vec![0f32; len]).collect(),
+            },
+        };
         KvCache {
             n_ctx,
             kv_dim: hp.kv_dim(),
-            k: (0..hp.n_layer).map(|_| vec![f16::ZERO; len]).collect(),
-            v: (0..hp.n_layer).map(|_| vec![f16::ZERO; len]).collect(),
+            store,
             history: Vec::new(),
             lora: None,
         }
@@ -76,6 +106,14 @@ impl KvCache {
 
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
+    }
+
+    /// How keys and values are stored.
+    pub fn kv_type(&self) -> KvType {
+        match self.store {
+            KvStore::F16 { .. } => KvType::F16,
+            KvStore::F32 { .. } => KvType::F32,
+        }
     }
 
     /// Positions filled.
@@ -106,17 +144,26 @@ impl KvCache {
             .count()
     }
 
-    /// Replace this cache's contents with the first `n` positions of `other`.
+    /// Replace this cache's contents with the first `n` positions of `other`, which must
+    /// store the same type (panics otherwise: a caller's bug).
     pub fn copy_prefix_from(&mut self, other: &KvCache, n: usize) {
         let n = n.min(other.len()).min(self.n_ctx);
         let len = n * self.kv_dim;
-        for (dst, src) in self
-            .k
-            .iter_mut()
-            .zip(&other.k)
-            .chain(self.v.iter_mut().zip(&other.v))
-        {
-            dst[..len].copy_from_slice(&src[..len]);
+        fn copy<T: Copy>(dst: &mut [Vec<T>], src: &[Vec<T>], len: usize) {
+            for (d, s) in dst.iter_mut().zip(src) {
+                d[..len].copy_from_slice(&s[..len]);
+            }
+        }
+        match (&mut self.store, &other.store) {
+            (KvStore::F16 { k, v }, KvStore::F16 { k: ok, v: ov }) => {
+                copy(k, ok, len);
+                copy(v, ov, len);
+            }
+            (KvStore::F32 { k, v }, KvStore::F32 { k: ok, v: ov }) => {
+                copy(k, ok, len);
+                copy(v, ov, len);
+            }
+            _ => panic!("copy_prefix_from: caches of different KV types"),
         }
         self.history.clear();
         self.history.extend_from_slice(&other.history[..n]);
@@ -171,6 +218,7 @@ struct Scratch {
     out_rows: Vec<usize>,
     /// The attention call's per-sequence arguments; empty between uses (see [`recycle`]).
     attn_seqs: Vec<AttnSeq<'static>>,
+    attn_seqs32: Vec<AttnSeq<'static, f32>>,
     /// Contiguous rows that share an adapter set: (first row, rows, set).
     lora_groups: Vec<(usize, usize, Arc<LoraSet>)>,
     lora: LoraScratch,
@@ -326,32 +374,58 @@ impl Runner {
             par_rows(&mut s.q, qd, &|r, q| rope.apply(q, rows[r].1));
             par_rows(&mut s.k, kvd, &|r, k| rope.apply(k, rows[r].1));
             for (r, &(i, pos)) in s.rows.iter().enumerate() {
-                let cache = &mut *items[i].cache;
-                cache.k[l][pos * kvd..(pos + 1) * kvd]
-                    .convert_from_f32_slice(&s.k[r * kvd..(r + 1) * kvd]);
-                cache.v[l][pos * kvd..(pos + 1) * kvd]
-                    .convert_from_f32_slice(&s.v[r * kvd..(r + 1) * kvd]);
+                let (src_k, src_v) = (&s.k[r * kvd..(r + 1) * kvd], &s.v[r * kvd..(r + 1) * kvd]);
+                let at = pos * kvd..(pos + 1) * kvd;
+                match &mut items[i].cache.store {
+                    KvStore::F16 { k, v } => {
+                        k[l][at.clone()].convert_from_f32_slice(src_k);
+                        v[l][at].convert_from_f32_slice(src_v);
+                    }
+                    KvStore::F32 { k, v } => {
+                        k[l][at.clone()].copy_from_slice(src_k);
+                        v[l][at].copy_from_slice(src_v);
+                    }
+                }
             }
-            // Each item's rows are contiguous; it attends to its own cache. All items go
-            // through one call, so a batch of one-token decodes is one parallel region.
+            // Each item's rows are contiguous; it attends to its own cache. All items of a
+            // cache type go through one call, so a batch of one-token decodes is one
+            // parallel region.
             let mut seqs = recycle(std::mem::take(&mut s.attn_seqs));
+            let mut seqs32 = recycle(std::mem::take(&mut s.attn_seqs32));
             let (mut q_rest, mut out_rest) = (&s.q[..], &mut s.attn[..]);
             for it in items.iter() {
                 let n_i = it.tokens.len();
                 let (q_i, q_tail) = q_rest.split_at(n_i * qd);
                 let (out_i, out_tail) = std::mem::take(&mut out_rest).split_at_mut(n_i * qd);
                 (q_rest, out_rest) = (q_tail, out_tail);
-                seqs.push(AttnSeq {
-                    q: q_i,
-                    k: &it.cache.k[l],
-                    v: &it.cache.v[l],
-                    out: out_i,
-                    n: n_i,
-                    p0: it.cache.len(),
-                });
+                let p0 = it.cache.len();
+                match &it.cache.store {
+                    KvStore::F16 { k, v } => seqs.push(AttnSeq {
+                        q: q_i,
+                        k: &k[l],
+                        v: &v[l],
+                        out: out_i,
+                        n: n_i,
+                        p0,
+                    }),
+                    KvStore::F32 { k, v } => seqs32.push(AttnSeq {
+                        q: q_i,
+                        k: &k[l],
+                        v: &v[l],
+                        out: out_i,
+                        n: n_i,
+                        p0,
+                    }),
+                }
             }
-            attention_f16_seqs(&mut seqs, shape, scale);
+            if !seqs.is_empty() {
+                attention_f16_seqs(&mut seqs, shape, scale);
+            }
+            if !seqs32.is_empty() {
+                attention_f32_seqs(&mut seqs32, shape, scale);
+            }
             s.attn_seqs = recycle(seqs);
+            s.attn_seqs32 = recycle(seqs32);
 
             matmul(&layer.wo.view(), &s.attn, n, &mut s.proj);
             if !s.lora_groups.is_empty() {
@@ -439,12 +513,17 @@ pub struct Session {
 impl Session {
     /// A session with room for `n_ctx` tokens (0: the model's training context, at most 4096).
     pub fn new(model: Arc<Model>, n_ctx: usize) -> Self {
+        Self::with_kv_type(model, n_ctx, KvType::F16)
+    }
+
+    /// [`Session::new`] with keys and values stored as `ty`.
+    pub fn with_kv_type(model: Arc<Model>, n_ctx: usize, ty: KvType) -> Self {
         let n_ctx = if n_ctx == 0 {
             model.hparams.n_ctx_train.min(4096)
         } else {
             n_ctx
         };
-        let cache = KvCache::new(&model, n_ctx);
+        let cache = KvCache::with_type(&model, n_ctx, ty);
         Session {
             runner: Runner::new(model),
             cache,

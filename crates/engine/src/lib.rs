@@ -7,7 +7,7 @@ mod lora;
 mod ops;
 mod sampling;
 
-pub use forward::{BatchItem, EngineError, KvCache, Logits, Runner, Session};
+pub use forward::{BatchItem, EngineError, KvCache, KvType, Logits, Runner, Session};
 pub use generate::{generate, FinishReason, GenerateParams, Generation, TextStream, Timings};
 pub use lora::{same_lora, LoraSet};
 pub use sampling::{log_sum_exp, Sampler, SamplingParams};

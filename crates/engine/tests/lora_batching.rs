@@ -1,11 +1,12 @@
 //! With adapters, a row's logits still do not depend on the batch: sequences on different
 //! adapters (and on none) decoded together give exactly what each gives alone, for the
-//! one-group path (a prompt) and the many-group path (a mixed decode step) alike.
+//! one-group path (a prompt) and the many-group path (a mixed decode step) alike, with
+//! the f16 and the f32 KV cache.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use verity_engine::{BatchItem, KvCache, Logits, LoraSet, Runner, Session};
+use verity_engine::{BatchItem, KvCache, KvType, Logits, LoraSet, Runner, Session};
 use verity_model::adapter::LoraTensor;
 use verity_model::{Adapter, AdapterFile, AdapterFormat, Model, Proj};
 
@@ -53,6 +54,12 @@ fn random_set(model: &Model, seed: u64, rank: usize) -> Arc<LoraSet> {
 
 #[test]
 fn mixed_adapter_batches_equal_separate_sequences() {
+    for kv in [KvType::F16, KvType::F32] {
+        mixed_batches(kv);
+    }
+}
+
+fn mixed_batches(kv: KvType) {
     let model = Arc::new(verity_model::load(&verity_store::resolve(None).unwrap()).unwrap());
     let sets = [
         None,
@@ -66,7 +73,7 @@ fn mixed_adapter_batches_equal_separate_sequences() {
     let alone: Vec<(Vec<f32>, Vec<f32>)> = sets
         .iter()
         .map(|set| {
-            let mut s = Session::new(model.clone(), 64);
+            let mut s = Session::with_kv_type(model.clone(), 64, kv);
             s.set_lora(set.clone());
             let all = s.eval_all(&prompt).unwrap();
             let next = s.eval(&[42]).unwrap().to_vec();
@@ -81,7 +88,7 @@ fn mixed_adapter_batches_equal_separate_sequences() {
     let mut caches: Vec<KvCache> = sets
         .iter()
         .map(|set| {
-            let mut c = KvCache::new(&model, 64);
+            let mut c = KvCache::with_type(&model, 64, kv);
             c.set_lora(set.clone());
             c
         })

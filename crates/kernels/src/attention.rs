@@ -1,4 +1,5 @@
-//! Causal multi-head attention with grouped KV heads over an f16 KV cache.
+//! Causal multi-head attention with grouped KV heads over an f16 KV cache (or an f32
+//! one, computed without rounding: [`attention_f32_seqs`]).
 //!
 //! The numerics are the engine's reference attention (`verity_engine`'s `attention`), bit
 //! for bit, on every SIMD path:
@@ -84,12 +85,13 @@ pub fn attention_f16_with(
     )
 }
 
-/// One sequence's part of a batched attention call: its queries, its own cache and where
-/// its output goes (the arguments of [`attention_f16`]).
-pub struct AttnSeq<'a> {
+/// One sequence's part of a batched attention call: its queries, its own cache (f16, or
+/// f32 for [`attention_f32_seqs`]) and where its output goes (the arguments of
+/// [`attention_f16`]).
+pub struct AttnSeq<'a, T = f16> {
     pub q: &'a [f32],
-    pub k: &'a [f16],
-    pub v: &'a [f16],
+    pub k: &'a [T],
+    pub v: &'a [T],
     pub out: &'a mut [f32],
     /// Queries, at positions `p0..p0 + n`.
     pub n: usize,
@@ -111,27 +113,7 @@ pub fn attention_f16_seqs_with(
     shape: AttnShape,
     scale: f32,
 ) {
-    let AttnShape {
-        n_head,
-        n_head_kv,
-        head_dim: hd,
-    } = shape;
-    assert!(
-        n_head_kv > 0 && n_head % n_head_kv == 0,
-        "attention: bad head counts"
-    );
-    let group = n_head / n_head_kv;
-    let kvd = n_head_kv * hd;
-    let qd = n_head * hd;
-    for s in seqs.iter() {
-        let (n, p0) = (s.n, s.p0);
-        assert_eq!(s.q.len(), n * qd, "attention: q has the wrong size");
-        assert_eq!(s.out.len(), n * qd, "attention: out has the wrong size");
-        assert!(
-            s.k.len() >= (p0 + n) * kvd && s.v.len() >= (p0 + n) * kvd,
-            "attention: the cache holds fewer than p0 + n positions"
-        );
-    }
+    check(seqs, shape);
     #[cfg(target_arch = "x86_64")]
     let simd = matches!(crate::effective(level), SimdLevel::Avx2 | SimdLevel::Avx512);
     #[cfg(not(target_arch = "x86_64"))]
@@ -141,34 +123,11 @@ pub fn attention_f16_seqs_with(
     #[cfg(not(target_arch = "x86_64"))]
     let simd512 = false;
 
-    // One task per (sequence, query, KV head): `group` output heads, contiguous in `out`.
-    // `first[s]` is sequence s's first task.
-    // (Per-thread scratch reused between calls: no allocation per decode step.)
-    let mut index = SEQ_INDEX.with(|c| c.take());
-    let (first, outs) = (&mut index.0, &mut index.1);
-    first.clear();
-    outs.clear();
-    let mut total = 0;
-    for s in seqs.iter_mut() {
-        first.push(total);
-        outs.push(OutPtr(s.out.as_mut_ptr()));
-        total += s.n * n_head_kv;
-    }
-    first.push(total);
-    let (first, outs) = (&*first, &*outs);
-    let seqs = &*seqs;
-    verity_pool::for_each(total, &|task| {
-        let si = first.partition_point(|&f| f <= task) - 1;
-        let s = &seqs[si];
-        let i = task - first[si];
-        // SAFETY: task `i` of sequence `si` owns `out[i * group * hd..][..group * hd]`,
-        // disjoint from every other task's, and the sequences' `out`s are distinct
-        // `&mut` slices that outlive this call.
-        let o =
-            unsafe { std::slice::from_raw_parts_mut(outs[si].0.add(i * group * hd), group * hd) };
-        let (t, kvh) = (i / n_head_kv, i % n_head_kv);
+    let (group, hd) = (shape.n_head / shape.n_head_kv, shape.head_dim);
+    let kvd = shape.n_head_kv * hd;
+    for_each_task(seqs, shape, &|s, t, kvh, o| {
         let n_keys = s.p0 + t + 1;
-        let qs = &s.q[t * qd + kvh * group * hd..][..group * hd];
+        let qs = &s.q[t * shape.n_head * hd + kvh * group * hd..][..group * hd];
         let (k, v) = (s.k, s.v);
         SCORES.with(|cell| {
             let sc = &mut *cell.borrow_mut();
@@ -217,11 +176,112 @@ pub fn attention_f16_seqs_with(
             }
         });
     });
+}
+
+/// Attention over an f32 cache without any rounding to f16: the query, scores and
+/// probabilities stay f32 (softmax with an f64 sum), as PyTorch computes in fp32. For
+/// the `--cache-type f32` path, whose point is agreement with float references (and the
+/// training forward pass), not speed. The numerics are the same on every SIMD level and
+/// for every batch: each (query, head) is one task with a fixed order of operations.
+pub fn attention_f32_seqs(seqs: &mut [AttnSeq<'_, f32>], shape: AttnShape, scale: f32) {
+    check(seqs, shape);
+    let (group, hd) = (shape.n_head / shape.n_head_kv, shape.head_dim);
+    let kvd = shape.n_head_kv * hd;
+    for_each_task(seqs, shape, &|s, t, kvh, o| {
+        let n_keys = s.p0 + t + 1;
+        let qs = &s.q[t * shape.n_head * hd + kvh * group * hd..][..group * hd];
+        SCORES.with(|cell| {
+            let scores = &mut *cell.borrow_mut();
+            scores.resize(group * n_keys, 0.0);
+            for j in 0..n_keys {
+                let row = &s.k[j * kvd + kvh * hd..][..hd];
+                for (g, qh) in qs.chunks_exact(hd).enumerate() {
+                    scores[g * n_keys + j] = dot8(qh, |i| row[i]) * scale;
+                }
+            }
+            for row in scores.chunks_exact_mut(n_keys) {
+                softmax(row);
+            }
+            o.fill(0.0);
+            for j in 0..n_keys {
+                let row = &s.v[j * kvd + kvh * hd..][..hd];
+                for (g, oh) in o.chunks_exact_mut(hd).enumerate() {
+                    let pj = scores[g * n_keys + j];
+                    for (a, &b) in oh.iter_mut().zip(row) {
+                        *a += pj * b;
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// Check every sequence's sizes against the shapes (callers' bugs panic here).
+fn check<T>(seqs: &[AttnSeq<'_, T>], shape: AttnShape) {
+    let AttnShape {
+        n_head,
+        n_head_kv,
+        head_dim: hd,
+    } = shape;
+    assert!(
+        n_head_kv > 0 && n_head % n_head_kv == 0,
+        "attention: bad head counts"
+    );
+    let kvd = n_head_kv * hd;
+    let qd = n_head * hd;
+    for s in seqs.iter() {
+        let (n, p0) = (s.n, s.p0);
+        assert_eq!(s.q.len(), n * qd, "attention: q has the wrong size");
+        assert_eq!(s.out.len(), n * qd, "attention: out has the wrong size");
+        assert!(
+            s.k.len() >= (p0 + n) * kvd && s.v.len() >= (p0 + n) * kvd,
+            "attention: the cache holds fewer than p0 + n positions"
+        );
+    }
+}
+
+/// What [`for_each_task`] runs: `(sequence, query, KV head, output heads)`.
+type TaskBody<'b, T> = dyn Fn(&AttnSeq<'_, T>, usize, usize, &mut [f32]) + Sync + 'b;
+
+/// Run `body(seq, query, kv_head, out)` for every (sequence, query, KV head) on the pool:
+/// one task per triple, `out` being its `group` output heads (contiguous in the
+/// sequence's `out`). The split never depends on the batch, so neither does a result.
+fn for_each_task<T: Sync>(seqs: &mut [AttnSeq<'_, T>], shape: AttnShape, body: &TaskBody<'_, T>) {
+    let (n_head_kv, hd) = (shape.n_head_kv, shape.head_dim);
+    let group = shape.n_head / n_head_kv;
+    // One task per (sequence, query, KV head): `group` output heads, contiguous in `out`.
+    // `first[s]` is sequence s's first task.
+    // (Per-thread scratch reused between calls: no allocation per decode step.)
+    let mut index = SEQ_INDEX.with(|c| c.take());
+    let (first, outs) = (&mut index.0, &mut index.1);
+    first.clear();
+    outs.clear();
+    let mut total = 0;
+    for s in seqs.iter_mut() {
+        first.push(total);
+        outs.push(OutPtr(s.out.as_mut_ptr()));
+        total += s.n * n_head_kv;
+    }
+    first.push(total);
+    let (first, outs) = (&*first, &*outs);
+    let seqs = &*seqs;
+    verity_pool::for_each(total, &|task| {
+        let si = first.partition_point(|&f| f <= task) - 1;
+        let s = &seqs[si];
+        let i = task - first[si];
+        // SAFETY: task `i` of sequence `si` owns `out[i * group * hd..][..group * hd]`,
+        // disjoint from every other task's, and the sequences' `out`s are distinct
+        // `&mut` slices that outlive this call.
+        let o =
+            unsafe { std::slice::from_raw_parts_mut(outs[si].0.add(i * group * hd), group * hd) };
+        let (t, kvh) = (i / n_head_kv, i % n_head_kv);
+        body(s, t, kvh, o);
+    });
     SEQ_INDEX.with(|c| c.set(index));
 }
 
 thread_local! {
-    /// [`attention_f16_seqs_with`]'s per-sequence first task and output pointer.
+    /// [`for_each_task`]'s per-sequence first task and output pointer.
     static SEQ_INDEX: std::cell::Cell<(Vec<usize>, Vec<OutPtr>)> =
         const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }

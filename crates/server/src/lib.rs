@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub parallel: usize,
     /// Context per slot, tokens.
     pub n_ctx: usize,
+    /// How slots' KV caches store keys and values.
+    pub kv_type: verity_engine::KvType,
     /// Requests allowed to wait for a slot before new ones get 429.
     pub max_queue: usize,
     /// Largest request body, bytes.
@@ -120,7 +122,7 @@ impl AppState {
         let scheduler = scheduler::Scheduler::start(
             model.clone(),
             self.config.parallel,
-            n_ctx,
+            (n_ctx, self.config.kv_type),
             self.config.max_queue,
             self.metrics.clone(),
             registry.clone(),

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 use verity_engine::{
-    same_lora, BatchItem, KvCache, Logits, LoraSet, Runner, Sampler, SamplingParams, TextStream,
+    same_lora, BatchItem, KvCache, KvType, Logits, LoraSet, Runner, Sampler, SamplingParams,
+    TextStream,
 };
 use verity_model::Model;
 
@@ -98,11 +99,11 @@ pub enum SubmitError {
 }
 
 impl Scheduler {
-    /// Start the scheduler thread.
+    /// Start the scheduler thread; `cache` is each slot's context length and KV type.
     pub fn start(
         model: Arc<Model>,
         parallel: usize,
-        n_ctx: usize,
+        cache: (usize, KvType),
         max_queue: usize,
         metrics: Arc<Metrics>,
         adapters: Arc<Registry>,
@@ -113,13 +114,13 @@ impl Scheduler {
         let q = queued.clone();
         std::thread::Builder::new()
             .name("verity-scheduler".into())
-            .spawn(move || Worker::new(model, parallel, n_ctx, rx, q, metrics, adapters).run())
+            .spawn(move || Worker::new(model, parallel, cache, rx, q, metrics, adapters).run())
             .expect("spawn scheduler thread");
         Scheduler {
             tx,
             queued,
             max_queue,
-            n_ctx,
+            n_ctx: cache.0,
             draining,
         }
     }
@@ -209,7 +210,7 @@ impl Worker {
     fn new(
         model: Arc<Model>,
         parallel: usize,
-        n_ctx: usize,
+        (n_ctx, kv_type): (usize, KvType),
         rx: Receiver<Job>,
         queued: Arc<AtomicUsize>,
         metrics: Arc<Metrics>,
@@ -217,7 +218,7 @@ impl Worker {
     ) -> Self {
         let slots = (0..parallel.max(1))
             .map(|_| Slot {
-                cache: KvCache::new(&model, n_ctx),
+                cache: KvCache::with_type(&model, n_ctx, kv_type),
                 active: None,
             })
             .collect();
