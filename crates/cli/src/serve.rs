@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// requests give as "model"; SCALE multiplies its alpha/r scale (default 1). Repeatable.
     #[arg(long = "lora", value_name = "NAME=PATH[:SCALE]")]
     pub lora: Vec<String>,
+    /// Enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's run-time
+    /// adapter API). Off by default: a client could name any path on this machine.
+    #[arg(long)]
+    pub allow_lora_loading: bool,
 }
 
 /// `NAME=PATH[:SCALE]`.
@@ -142,6 +146,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let state = AppState::new(config);
     let spec = args.model.clone();
+    let allow_loading = args.allow_lora_loading;
     let load = move || -> anyhow::Result<Loadout> {
         let path = verity_store::resolve(spec.as_deref())?;
         let model = Arc::new(verity_model::load(&path)?);
@@ -178,7 +183,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             model,
             adapters,
-            loader: Some(loader),
+            // Run-time loading reads any path a client names on this machine: opt in.
+            loader: allow_loading.then_some(loader),
         })
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

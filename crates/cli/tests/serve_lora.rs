@@ -339,7 +339,7 @@ fn prefix_cache_never_crosses_adapters() {
 /// keeps serving; unloading waits for running requests; afterwards the name is a 404.
 #[test]
 fn load_and_unload_adapters_at_run_time() {
-    let s = start(&[], &["--parallel", "2"]);
+    let s = start(&[], &["--parallel", "2", "--allow-lora-loading"]);
     let port = s.port;
     let tmp = tempfile::tempdir().unwrap();
     let good = tmp.path().join("good");
@@ -478,7 +478,16 @@ fn load_and_unload_adapters_at_run_time() {
 /// The API key guards the adapter endpoints like the rest of /v1.
 #[test]
 fn adapter_endpoints_need_the_api_key() {
-    let s = start(&[], &["--api-key", "sekrit", "--parallel", "1"]);
+    let s = start(
+        &[],
+        &[
+            "--api-key",
+            "sekrit",
+            "--parallel",
+            "1",
+            "--allow-lora-loading",
+        ],
+    );
     let body = json!({ "lora_name": "x", "lora_path": "/nonexistent" }).to_string();
     let (status, _) = http(s.port, "POST", "/v1/load_lora_adapter", Some(&body), &[]);
     assert_eq!(status, 401);
@@ -493,6 +502,18 @@ fn adapter_endpoints_need_the_api_key() {
     let auth = [("Authorization", "Bearer sekrit")];
     let (status, out) = http(s.port, "POST", "/v1/load_lora_adapter", Some(&body), &auth);
     assert_eq!(status, 400, "{out}");
+}
+
+/// Without --allow-lora-loading the run-time adapter API answers 403 and reads nothing.
+#[test]
+fn run_time_loading_is_opt_in() {
+    let s = start(&[], &["--parallel", "1"]);
+    let body = json!({ "lora_name": "x", "lora_path": "/etc/passwd" }).to_string();
+    for path in ["/v1/load_lora_adapter", "/v1/unload_lora_adapter"] {
+        let (status, out) = http(s.port, "POST", path, Some(&body), &[]);
+        assert_eq!(status, 403, "{path}: {out}");
+        assert!(out.contains("--allow-lora-loading"), "{out}");
+    }
 }
 
 /// A bad adapter at startup is a clear error and a non-zero exit.

@@ -55,6 +55,14 @@ pub(crate) fn apply(
     out_dim: usize,
     s: &mut LoraScratch,
 ) {
+    let threads = verity_pool::num_threads();
+    if let [(r0, n, set)] = groups {
+        if *n <= SPLIT_MAX_ROWS && threads > 1 {
+            let xs = &x[r0 * in_dim..(r0 + n) * in_dim];
+            let ys = &mut y[r0 * out_dim..(r0 + n) * out_dim];
+            return split_update(set, l, proj, xs, *n, ys, out_dim, threads);
+        }
+    }
     if groups.len() <= 1 {
         // One group (a prompt, or sequences sharing one adapter): its products go
         // parallel inside `matmul`, over the rows of A and B.
@@ -95,6 +103,81 @@ pub(crate) fn apply(
             ),
         });
     });
+}
+
+/// A group of at most this many rows (decode steps) runs as one parallel region split
+/// over B's rows, instead of two regions (one per product) per adapter: the products are
+/// tiny and the regions' start-up would dominate.
+const SPLIT_MAX_ROWS: usize = 64;
+
+/// `ys += Σ scale · B·(A·xs)` in one region of `tasks` tasks: each computes `A·xs` (small:
+/// rank × n) and its own band of B's rows. Every output element is the same dot product
+/// as in [`group_update`], so the result is bit-identical to it.
+#[allow(clippy::too_many_arguments)]
+fn split_update(
+    set: &LoraSet,
+    l: usize,
+    proj: Proj,
+    xs: &[f32],
+    n: usize,
+    ys: &mut [f32],
+    out_dim: usize,
+    tasks: usize,
+) {
+    let band = out_dim.div_ceil(tasks).next_multiple_of(16);
+    let ys = YPtr(ys.as_mut_ptr());
+    verity_pool::for_each(out_dim.div_ceil(band), &|task| {
+        let (c0, c1) = (task * band, ((task + 1) * band).min(out_dim));
+        SCRATCH.with(|cell| {
+            let mut fresh = LoraScratch::default();
+            let mut guard = cell.try_borrow_mut();
+            let s = match guard.as_mut() {
+                Ok(s) => &mut **s,
+                Err(_) => &mut fresh,
+            };
+            for (adapter, strength) in &set.adapters {
+                let Some(pair) = adapter.pair(l, proj) else {
+                    continue;
+                };
+                let rank = pair.a.rows;
+                s.t.resize(n * rank, 0.0);
+                s.u.resize(n * (c1 - c0), 0.0);
+                matmul(&pair.a.view(), xs, n, &mut s.t);
+                let b = pair.b.view();
+                let row_bytes = b.row_bytes();
+                let band_view = verity_kernels::WeightView {
+                    rows: c1 - c0,
+                    data: &b.data[c0 * row_bytes..c1 * row_bytes],
+                    ..b
+                };
+                matmul(&band_view, &s.t, n, &mut s.u);
+                let scale = pair.scale * strength;
+                for (r, u_row) in s.u.chunks_exact(c1 - c0).enumerate() {
+                    // SAFETY: task `task` alone writes columns c0..c1 of every row of `ys`
+                    // (`n × out_dim`, alive for the whole region).
+                    let y_row = unsafe {
+                        std::slice::from_raw_parts_mut(ys.get().add(r * out_dim + c0), c1 - c0)
+                    };
+                    for (dst, &src) in y_row.iter_mut().zip(u_row) {
+                        *dst += scale * src;
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// The output of [`split_update`], shared by tasks that write disjoint columns.
+struct YPtr(*mut f32);
+// SAFETY: only used to write disjoint elements of one `&mut [f32]` during one region.
+unsafe impl Sync for YPtr {}
+unsafe impl Send for YPtr {}
+
+impl YPtr {
+    /// A method, so closures capture the whole (Sync) wrapper, not its raw field.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
 }
 
 thread_local! {

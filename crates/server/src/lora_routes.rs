@@ -101,6 +101,15 @@ fn success(text: String) -> Response {
     ([("content-type", "text/plain; charset=utf-8")], text).into_response()
 }
 
+/// The run-time adapter API is off (it reads paths a client names).
+fn disabled() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "permission_error",
+        "loading and unloading adapters at run time is off; start verity serve with --allow-lora-loading",
+    )
+}
+
 /// `POST /v1/load_lora_adapter {"lora_name", "lora_path"}`: read, check and bind the
 /// adapter off the async runtime, then serve it under the name. Any problem with the
 /// file is a 400 naming it; the server keeps serving.
@@ -110,10 +119,8 @@ pub async fn load(
 ) -> Result<Response, ApiError> {
     let bytes = body_bytes(body, state.config.max_body)?;
     let l = loaded(&state)?;
+    let loader = l.adapters.loader().ok_or_else(disabled)?;
     let req: LoadRequest = parse_body(&bytes)?;
-    let loader = l.adapters.loader().ok_or_else(|| {
-        ApiError::bad_request("this server cannot load adapters at run time", None)
-    })?;
     if req.lora_path.is_empty() {
         return Err(ApiError::bad_request(
             "'lora_path' must name a PEFT directory or a GGUF LoRA file",
@@ -154,6 +161,9 @@ pub async fn unload(
 ) -> Result<Response, ApiError> {
     let bytes = body_bytes(body, state.config.max_body)?;
     let l = loaded(&state)?;
+    if l.adapters.loader().is_none() {
+        return Err(disabled());
+    }
     let req: UnloadRequest = parse_body(&bytes)?;
     if l.adapters.unload(&req.lora_name).await.is_none() {
         return Err(model_not_found(&req.lora_name));

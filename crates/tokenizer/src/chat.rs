@@ -134,19 +134,103 @@ fn strftime_now(fmt: String) -> String {
     out
 }
 
+/// Attribute set on a namespace just before one of its attributes is assigned, naming
+/// that assignment (see [`guard_namespace_assignments`]).
+const MARK: &str = "__verity_assign_mark";
+/// Most values [`acyclic`] visits for one assignment.
+const MAX_VISIT: usize = 100_000;
+
+thread_local! {
+    static NEXT_MARK: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+}
+
+/// A fresh mark for one assignment.
+fn next_mark() -> i64 {
+    NEXT_MARK.with(|c| {
+        let m = c.get() + 1;
+        c.set(m);
+        m
+    })
+}
+
+/// `value | __verity_acyclic(mark)`: `value`, unless it reaches the namespace that carries
+/// `mark`, which is the one it is about to be assigned into: that would make a cycle, and
+/// printing or comparing a cyclic value recurses without end (minijinja overflows the
+/// stack). A hostile chat template must get an error, not crash the process.
+fn acyclic(value: Value, mark: i64) -> Result<Value, Error> {
+    let mut stack = vec![value.clone()];
+    let mut visited = 0;
+    while let Some(v) = stack.pop() {
+        visited += 1;
+        if visited > MAX_VISIT {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "a namespace assignment holds too large a value",
+            ));
+        }
+        if v.as_object().is_none() {
+            continue;
+        }
+        if v.get_attr(MARK).ok().and_then(|m| i64::try_from(m).ok()) == Some(mark) {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "the template assigns a namespace into itself (a cycle)",
+            ));
+        }
+        if let Ok(items) = v.try_iter() {
+            for k in items {
+                if let Ok(item) = v.get_item(&k) {
+                    if item.is_undefined() {
+                        // A sequence iterates its items, not keys.
+                        stack.push(k);
+                    } else {
+                        stack.push(item);
+                    }
+                }
+            }
+        }
+    }
+    Ok(value)
+}
+
+/// Rewrite every `{% set NS.ATTR = EXPR %}` so that the namespace is marked first and the
+/// value checked by [`acyclic`]: `{% set NS.__mark = __verity_mark() %}{% set NS.ATTR =
+/// (EXPR) | __verity_acyclic(NS.__mark) %}`. Whitespace control on the original tag is
+/// kept on the outer tags; nothing is emitted between the two.
+fn guard_namespace_assignments(source: &str) -> String {
+    static SET_ATTR: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = SET_ATTR.get_or_init(|| {
+        regex::Regex::new(
+            r"(?s)\{%(-|\+)?(\s*)set\s+([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)\s*=(.*?)(-|\+)?%\}",
+        )
+        .expect("valid regex")
+    });
+    re.replace_all(source, |c: &regex::Captures| {
+        let open = c.get(1).map_or("", |m| m.as_str());
+        let close = c.get(6).map_or("", |m| m.as_str());
+        let (ns, attr, expr) = (&c[3], &c[4], &c[5]);
+        format!(
+            "{{%{open} set {ns}.{MARK} = __verity_mark() %}}{{% set {ns}.{attr} = ({expr}) | __verity_acyclic({ns}.{MARK}) {close}%}}"
+        )
+    })
+    .into_owned()
+}
+
 impl ChatTemplate {
     /// Compile `source` (a Jinja chat template) with the model's BOS and EOS strings.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, TokenizerError> {
+        let source = guard_namespace_assignments(source);
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(NAME, source.to_string())
-            .map_err(|e| {
-                TokenizerError::Template(format!("the template does not compile: {e:#}"))
-            })?;
+        env.add_function("__verity_mark", next_mark);
+        env.add_filter("__verity_acyclic", acyclic);
+        env.add_template_owned(NAME, source).map_err(|e| {
+            TokenizerError::Template(format!("the template does not compile: {e:#}"))
+        })?;
         Ok(ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
@@ -185,6 +269,66 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn namespaces_cannot_hold_themselves() {
+        let render = |src: &str| {
+            ChatTemplate::new(src, "", "")
+                .and_then(|t| t.render(&[ChatMessage::new("user", "hi")], false))
+        };
+        let ok = "{% set ns = namespace(n=0, s='') %}{% for m in messages %}{%- set ns.n = ns.n + 1 -%}{% set ns.s = m.content %}{% endfor %}{{ ns.n }} {{ ns.s }}";
+        assert_eq!(render(ok).unwrap(), "1 hi");
+        for bad in [
+            "{% set ns = namespace(n=0) %}{% set ns.n = ns %}{{ ns.n }}",
+            "{% set ns = namespace(n=0) %}{% set ns.n = [1, {'a': ns}] %}{{ ns }}",
+            "{% set a = namespace() %}{% set b = namespace(x=a) %}{% set a.y = b %}{{ a }}",
+            "{% macro m(p, q) %}{% set p.x = q %}{% endmacro %}{% set ns = namespace() %}{{ m(ns, ns) }}{{ ns }}",
+        ] {
+            let e = render(bad).unwrap_err().to_string();
+            assert!(e.contains("cycle"), "{bad}: {e}");
+        }
+    }
+
+    /// The rewrite changes no output: every real template in the test assets renders the
+    /// same with and without it (tests/chat_templates.rs checks the outputs themselves).
+    #[test]
+    fn guard_changes_no_real_template_output() {
+        let dir = std::env::var_os("VERITY_ASSETS")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .map(|h| std::path::Path::new(&h).join(".cache/verity/assets"))
+            })
+            .map(|a| a.join("chat-templates"));
+        let Some(entries) = dir.and_then(|d| std::fs::read_dir(d).ok()) else {
+            eprintln!("no chat-templates assets (scripts/fetch-vocab-vectors): skipped");
+            return;
+        };
+        let msgs = vec![
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi there"),
+            ChatMessage::new("assistant", "Hello!"),
+            ChatMessage::new("user", "What is 2+2?"),
+        ];
+        let mut compared = 0;
+        for e in entries.flatten() {
+            let src = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let guarded =
+                ChatTemplate::new(&src, "<s>", "</s>").and_then(|t| t.render(&msgs, true));
+            let mut plain = ChatTemplate::new("", "<s>", "</s>").unwrap();
+            if plain.env.add_template_owned(NAME, src.clone()).is_err() {
+                continue;
+            }
+            let plain = plain.render(&msgs, true);
+            match (guarded, plain) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{}", e.path().display()),
+                (Err(_), Err(_)) => {}
+                (a, b) => panic!("{}: {a:?} vs {b:?}", e.path().display()),
+            }
+            compared += 1;
+        }
+        eprintln!("{compared} templates compared");
     }
 
     #[test]

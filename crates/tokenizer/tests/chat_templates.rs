@@ -159,3 +159,15 @@ fn raise_exception_and_python_methods() {
         .unwrap_err();
     assert!(e.to_string().contains("first must be user"), "{e}");
 }
+
+/// A template that assigned a namespace into itself and printed it overflowed the stack
+/// (found by the fuzzer); it is an error now.
+#[test]
+fn namespace_cycle_is_an_error_not_a_crash() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions/chat_template-namespace-cycle-stack-overflow");
+    let src = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+    let t = ChatTemplate::new(&src, "<s>", "</s>").unwrap();
+    let err = t.render(&conversation(), true).unwrap_err().to_string();
+    assert!(err.contains("cycle"), "{err}");
+}
