@@ -11,7 +11,7 @@ use verity_eval::{
     AdapterIdentity, Backend, EndpointBackend, LocalBackend, ModelIdentity, Options,
 };
 
-use crate::common::LoraArgs;
+use crate::common::{CacheType, LoraArgs};
 
 /// Evaluate a model on benchmarks with lm-evaluation-harness's prompts and metrics.
 ///
@@ -34,6 +34,7 @@ use crate::common::LoraArgs;
 ///   verity eval --tasks arc_easy --receipt arc.receipt.json
 ///   verity eval --tasks arc_easy --endpoint http://127.0.0.1:8080 --limit 50
 ///   verity eval --tasks arc_easy --lora ./my-adapter/       # base + adapter
+///   verity eval --tasks arc_easy --cache-type f32           # float numerics, as transformers
 ///   verity eval --tasks arc_easy --endpoint http://127.0.0.1:8080 --model my-adapter
 ///   verity eval --tasks ./my_task.yaml
 ///   verity eval --tasks ./wiki.yaml --max-length 1024    # loglikelihood_rolling: perplexities
@@ -73,6 +74,10 @@ pub struct SourceArgs {
     /// Worker threads for the local engine (default: all cores).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
+    /// KV cache of the local engine: f16 (llama.cpp's numerics) or f32 (unrounded
+    /// attention, matching float references; default for `verify`: what the receipt records).
+    #[arg(long, value_enum, conflicts_with = "endpoint")]
+    pub cache_type: Option<CacheType>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -196,7 +201,20 @@ fn backend(src: &SourceArgs, recorded: Option<&ModelIdentity>) -> anyhow::Result
         src.lora.clone()
     };
     let set = lora.load(&model)?;
-    let backend = LocalBackend::new(Arc::new(model), path, Some(digest));
+    let kv = src
+        .cache_type
+        .or_else(|| {
+            recorded.and_then(|r| r.kv_cache.as_deref()).map(|k| {
+                if k == "f32" {
+                    CacheType::F32
+                } else {
+                    CacheType::F16
+                }
+            })
+        })
+        .unwrap_or_default()
+        .kv_type();
+    let backend = LocalBackend::new(Arc::new(model), path, Some(digest)).with_kv_type(kv);
     let Some(set) = set else {
         return Ok(Box::new(backend));
     };

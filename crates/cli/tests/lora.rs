@@ -397,3 +397,34 @@ fn receipts_record_adapters_and_verify_names_a_changed_one() {
         "{text}"
     );
 }
+
+#[test]
+fn receipts_record_an_f32_cache_and_verify_uses_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let receipt = tmp.path().join("r.json");
+    ok(verity()
+        .args([
+            "eval",
+            "--tasks",
+            "arc_easy",
+            "--limit",
+            "4",
+            "--quiet",
+            "--cache-type",
+            "f32",
+        ])
+        .arg("--receipt")
+        .arg(&receipt));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&receipt).unwrap()).unwrap();
+    assert_eq!(r["model"]["kv_cache"], "f32");
+    ok(verity().args(["eval", "verify", "--quiet"]).arg(&receipt));
+    let out = verity()
+        .args(["eval", "verify", "--quiet", "--cache-type", "f16"])
+        .arg(&receipt)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("KV cache is f16 now"), "{text}");
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value};
 use verity_engine::{
-    BatchItem, GenerateParams, KvCache, Logits, LoraSet, Runner, SamplingParams, Session,
+    BatchItem, GenerateParams, KvCache, KvType, Logits, LoraSet, Runner, SamplingParams, Session,
 };
 use verity_model::Model;
 
@@ -62,6 +62,9 @@ pub struct ModelIdentity {
     /// LoRA adapters applied on top of the weights, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adapters: Vec<AdapterIdentity>,
+    /// The KV cache's type when it is not the default f16 ("f32": unrounded attention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache: Option<String>,
 }
 
 /// One adapter of a [`ModelIdentity`]: a local file, or an adapter an endpoint serves.
@@ -144,12 +147,16 @@ pub struct LocalBackend {
     runner: Runner,
     identity: ModelIdentity,
     lora: Option<Arc<LoraSet>>,
+    kv: KvType,
 }
 
-/// A KV cache for `n` positions that runs with `lora`.
-fn new_cache(model: &Model, lora: &Option<Arc<LoraSet>>, n: usize) -> KvCache {
-    let mut c = KvCache::new(model, n);
-    c.set_lora(lora.clone());
+/// What every cache of a [`LocalBackend`] is made with: adapters and KV type.
+type CacheSpec = (Option<Arc<LoraSet>>, KvType);
+
+/// A KV cache for `n` positions made to `spec`.
+fn new_cache(model: &Model, spec: &CacheSpec, n: usize) -> KvCache {
+    let mut c = KvCache::with_type(model, n, spec.1);
+    c.set_lora(spec.0.clone());
     c
 }
 
@@ -169,12 +176,21 @@ impl LocalBackend {
             root_digest,
             chat_template_sha256,
             adapters: Vec::new(),
+            kv_cache: None,
         };
         LocalBackend {
             runner: Runner::new(model),
             identity,
             lora: None,
+            kv: KvType::F16,
         }
+    }
+
+    /// Keep keys and values as `kv` (f32: attention without f16 rounding).
+    pub fn with_kv_type(mut self, kv: KvType) -> Self {
+        self.kv = kv;
+        self.identity.kv_cache = (kv == KvType::F32).then(|| "f32".to_string());
+        self
     }
 
     /// Score with these adapters applied (`identities` describe them for receipts).
@@ -212,7 +228,7 @@ impl Backend for LocalBackend {
 
     fn loglikelihood_rolling(&mut self, windows: &[LlRequest]) -> anyhow::Result<Vec<LlResult>> {
         let model = self.model().clone();
-        let lora = self.lora.clone();
+        let lora: CacheSpec = (self.lora.clone(), self.kv);
         let n_vocab = model.hparams.n_vocab;
         for w in windows {
             if w.context.is_empty() || w.continuation.is_empty() {
@@ -337,7 +353,7 @@ impl Backend for LocalBackend {
 
     fn loglikelihood(&mut self, groups: &[Vec<LlRequest>]) -> anyhow::Result<Vec<Vec<LlResult>>> {
         let model = self.model().clone();
-        let lora = self.lora.clone();
+        let lora: CacheSpec = (self.lora.clone(), self.kv);
         let n_vocab = model.hparams.n_vocab;
         // The shared prefix of each group: the longest common prefix of its full
         // sequences, at most its shortest context (so the first continuation token's
@@ -491,7 +507,7 @@ impl Backend for LocalBackend {
         let model = self.model().clone();
         let n_ctx =
             (prompt.len() + max_tokens + 1).min(model.hparams.n_ctx_train.max(prompt.len() + 1));
-        let mut session = Session::new(model, n_ctx);
+        let mut session = Session::with_kv_type(model, n_ctx, self.kv);
         session.set_lora(self.lora.clone());
         let params = GenerateParams {
             max_tokens,
@@ -591,6 +607,7 @@ impl EndpointBackend {
             root_digest,
             chat_template_sha256: None,
             adapters,
+            kv_cache: None,
         };
         let first = parent.unwrap_or(first);
         // verity serve reports the context a request gets (else the model's trained one);

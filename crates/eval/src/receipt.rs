@@ -121,6 +121,7 @@ pub fn check_static(
     receipt: &Value,
     current_root_digest: Option<&str>,
     current_adapters: &[AdapterIdentity],
+    current_kv_cache: Option<&str>,
 ) -> anyhow::Result<Vec<Mismatch>> {
     if receipt["_type"] != RECEIPT_TYPE {
         bail!("not a verity eval receipt (expected _type {RECEIPT_TYPE})");
@@ -143,6 +144,18 @@ pub fn check_static(
                 "model weights changed: root digest is {} now, the receipt records {}",
                 current_root_digest.unwrap_or("unknown"),
                 recorded.unwrap_or_default()
+            ),
+        });
+    }
+    let recorded_kv = receipt["model"]["kv_cache"].as_str();
+    if recorded_kv != current_kv_cache {
+        out.push(Mismatch {
+            task: None,
+            doc_id: None,
+            cause: format!(
+                "the KV cache is {} now, the receipt records {}",
+                current_kv_cache.unwrap_or("f16"),
+                recorded_kv.unwrap_or("f16")
             ),
         });
     }
@@ -202,7 +215,8 @@ pub fn verify(
 ) -> anyhow::Result<Verification> {
     let current = backend.identity().root_digest.clone();
     let adapters = backend.identity().adapters.clone();
-    let mut mismatches = check_static(receipt, current.as_deref(), &adapters)?;
+    let kv = backend.identity().kv_cache.clone();
+    let mut mismatches = check_static(receipt, current.as_deref(), &adapters, kv.as_deref())?;
     let settings = &receipt["settings"];
     let tasks = receipt["tasks"]
         .as_array()
