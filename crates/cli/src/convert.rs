@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use serde_json::json;
+use verity_model::adapter::permute_rows;
 use verity_model::arch::{GlobalTensor, LayerTensor};
 use verity_model::{Model, Proj, RopeStyle, Tensor};
 
@@ -213,7 +214,7 @@ pub fn write_hf_merged(
                 m.apply(l, proj, &mut d, t.cols);
             }
             if let (true, Some(h)) = (unpermute, heads) {
-                d = unpermute_rows(&d, h, t.rows / h, t.cols);
+                d = permute_rows(&d, t.cols, h, t.rows / h, true);
             }
             tensors.push((kind.hf_name(l), s, d));
         };
@@ -280,23 +281,6 @@ pub fn write_hf_merged(
     Ok(n)
 }
 
-/// Undo llama.cpp's q/k row permutation: within each head, row 2i+j goes to j*half+i.
-fn unpermute_rows(data: &[f32], heads: usize, head_rows: usize, cols: usize) -> Vec<f32> {
-    let half = head_rows / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = h * head_rows + 2 * i + j;
-                let dst = h * head_rows + j * half + i;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
-}
-
 /// config.json `rope_scaling` that reproduces GGUF's `rope_freqs` factors.
 fn llama3_scaling_for(
     freqs: &[f32],
@@ -348,6 +332,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(unpermute_rows(&gguf, heads, head_rows, cols), hf);
+        assert_eq!(permute_rows(&gguf, cols, heads, head_rows, true), hf);
     }
 }

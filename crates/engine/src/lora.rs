@@ -2,7 +2,7 @@
 //! (each with its own strength), kept on the sequence's [`crate::KvCache`] so that cached
 //! keys and values are never reused under another set.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use verity_kernels::matmul;
 use verity_model::{Adapter, HParams, Proj};
@@ -77,31 +77,13 @@ pub(crate) fn apply(
     // each group's small products inline on its worker (nested pool calls run inline),
     // rather than two regions per group and adapter. The products are the same calls,
     // so the results are bit-identical to the one-group path.
-    let mut parts: Vec<Mutex<&mut [f32]>> = Vec::with_capacity(groups.len());
-    let (mut rest, mut at) = (y, 0);
-    for (r0, n, _) in groups {
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut((r0 - at) * out_dim);
-        let (mine, tail) = tail.split_at_mut(n * out_dim);
-        (rest, at) = (tail, r0 + n);
-        parts.push(Mutex::new(mine));
-    }
+    let y = YPtr(y.as_mut_ptr());
     verity_pool::for_each(groups.len(), &|g| {
         let (r0, n, set) = &groups[g];
         let xs = &x[r0 * in_dim..(r0 + n) * in_dim];
-        let mut ys = parts[g].lock().unwrap_or_else(|e| e.into_inner());
-        SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut s) => group_update(set, l, proj, xs, *n, &mut ys, out_dim, &mut s),
-            Err(_) => group_update(
-                set,
-                l,
-                proj,
-                xs,
-                *n,
-                &mut ys,
-                out_dim,
-                &mut LoraScratch::default(),
-            ),
-        });
+        // SAFETY: groups are disjoint row ranges of `y`, each written by its task alone.
+        let ys = unsafe { std::slice::from_raw_parts_mut(y.get().add(r0 * out_dim), n * out_dim) };
+        with_scratch(|s| group_update(set, l, proj, xs, *n, ys, out_dim, s));
     });
 }
 
@@ -128,13 +110,7 @@ fn split_update(
     let ys = YPtr(ys.as_mut_ptr());
     verity_pool::for_each(out_dim.div_ceil(band), &|task| {
         let (c0, c1) = (task * band, ((task + 1) * band).min(out_dim));
-        SCRATCH.with(|cell| {
-            let mut fresh = LoraScratch::default();
-            let mut guard = cell.try_borrow_mut();
-            let s = match guard.as_mut() {
-                Ok(s) => &mut **s,
-                Err(_) => &mut fresh,
-            };
+        with_scratch(|s| {
             for (adapter, strength) in &set.adapters {
                 let Some(pair) = adapter.pair(l, proj) else {
                     continue;
@@ -167,7 +143,7 @@ fn split_update(
     });
 }
 
-/// The output of [`split_update`], shared by tasks that write disjoint columns.
+/// An output shared by tasks that write disjoint parts of it.
 struct YPtr(*mut f32);
 // SAFETY: only used to write disjoint elements of one `&mut [f32]` during one region.
 unsafe impl Sync for YPtr {}
@@ -182,6 +158,14 @@ impl YPtr {
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<LoraScratch> = std::cell::RefCell::new(LoraScratch::default());
+}
+
+/// Run `f` with this thread's scratch (a fresh one if it is in use further up the stack).
+fn with_scratch(f: impl FnOnce(&mut LoraScratch)) {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut LoraScratch::default()),
+    })
 }
 
 /// One group's update: `ys += Σ scale · B·(A·xs)` over the set's adapters, `n` rows.

@@ -15,9 +15,10 @@ pub struct PeftConfig {
     pub r: usize,
     pub lora_alpha: f32,
     pub use_rslora: bool,
-    /// Module-name patterns to ranks and alphas, in file order.
-    pub rank_pattern: Vec<(String, usize)>,
-    pub alpha_pattern: Vec<(String, f32)>,
+    /// Module-name patterns (compiled as PEFT matches them, `(.*\.)?KEY$`) to ranks
+    /// and alphas.
+    pub rank_pattern: Vec<(regex::Regex, usize)>,
+    pub alpha_pattern: Vec<(regex::Regex, f32)>,
     pub base_model: Option<String>,
 }
 
@@ -104,11 +105,15 @@ impl PeftConfig {
                 Some(_) => Err(format!("{key} is not an object")),
             }
         };
+        let compile = |key: &str| {
+            regex::Regex::new(&format!("^(?:.*\\.)?(?:{key})$"))
+                .map_err(|e| format!("pattern '{key}' is not a valid regex: {e}"))
+        };
         let rank_pattern = pattern("rank_pattern")?
             .into_iter()
             .map(|(k, v)| {
                 if v >= 1.0 && v.fract() == 0.0 {
-                    Ok((k, v as usize))
+                    Ok((compile(&k)?, v as usize))
                 } else {
                     Err(format!(
                         "rank_pattern['{k}'] = {v} is not a positive integer"
@@ -118,8 +123,8 @@ impl PeftConfig {
             .collect::<Result<_, String>>()?;
         let alpha_pattern = pattern("alpha_pattern")?
             .into_iter()
-            .map(|(k, v)| (k, v as f32))
-            .collect();
+            .map(|(k, v)| Ok((compile(&k)?, v as f32)))
+            .collect::<Result<_, String>>()?;
         match obj.get("target_modules") {
             None | Some(Json::Null) | Some(Json::String(_)) => {}
             Some(Json::Array(a)) if a.iter().all(Json::is_string) => {}
@@ -140,27 +145,17 @@ impl PeftConfig {
 
     /// The rank and alpha PEFT gives the module `module` (its full name), from the
     /// first matching pattern key as PEFT matches them (`(.*\.)?KEY$`).
-    pub fn rank_alpha(&self, module: &str) -> Result<(usize, f32), String> {
-        let matches = |key: &str| -> Result<bool, String> {
-            let re = regex::Regex::new(&format!("^(?:.*\\.)?(?:{key})$"))
-                .map_err(|e| format!("pattern '{key}' is not a valid regex: {e}"))?;
-            Ok(re.is_match(module))
-        };
-        let mut r = self.r;
-        for (k, v) in &self.rank_pattern {
-            if matches(k)? {
-                r = *v;
-                break;
-            }
+    pub fn rank_alpha(&self, module: &str) -> (usize, f32) {
+        fn first<T: Copy>(patterns: &[(regex::Regex, T)], module: &str) -> Option<T> {
+            patterns
+                .iter()
+                .find(|(re, _)| re.is_match(module))
+                .map(|p| p.1)
         }
-        let mut alpha = self.lora_alpha;
-        for (k, v) in &self.alpha_pattern {
-            if matches(k)? {
-                alpha = *v;
-                break;
-            }
-        }
-        Ok((r, alpha))
+        (
+            first(&self.rank_pattern, module).unwrap_or(self.r),
+            first(&self.alpha_pattern, module).unwrap_or(self.lora_alpha),
+        )
     }
 
     /// PEFT's scaling for a module of rank `r` and alpha `alpha`.
@@ -244,7 +239,7 @@ pub(super) fn read(dir: &Path) -> Result<AdapterFile, String> {
                 "{name}: lora_A has {rank} rows but lora_B has {b_cols} columns; they must match"
             ));
         }
-        let (r, alpha) = config.rank_alpha(&name)?;
+        let (r, alpha) = config.rank_alpha(&name);
         if r != rank {
             return Err(format!(
                 "{name}: the tensors have rank {rank} but adapter_config.json gives it rank {r}"
@@ -397,22 +392,10 @@ mod tests {
             "rank_pattern": {"q_proj": 4}, "alpha_pattern": {"layers.1.mlp.up_proj": 2},
             "use_dora": false, "modules_to_save": null, "bias": "none", "layer_replication": null});
         let p = PeftConfig::from_json(&c).unwrap();
-        assert_eq!(
-            p.rank_alpha("model.layers.3.self_attn.q_proj").unwrap(),
-            (4, 16.0)
-        );
-        assert_eq!(
-            p.rank_alpha("model.layers.3.self_attn.k_proj").unwrap(),
-            (8, 16.0)
-        );
-        assert_eq!(
-            p.rank_alpha("model.layers.1.mlp.up_proj").unwrap(),
-            (8, 2.0)
-        );
-        assert_eq!(
-            p.rank_alpha("model.layers.11.mlp.up_proj").unwrap(),
-            (8, 16.0)
-        );
+        assert_eq!(p.rank_alpha("model.layers.3.self_attn.q_proj"), (4, 16.0));
+        assert_eq!(p.rank_alpha("model.layers.3.self_attn.k_proj"), (8, 16.0));
+        assert_eq!(p.rank_alpha("model.layers.1.mlp.up_proj"), (8, 2.0));
+        assert_eq!(p.rank_alpha("model.layers.11.mlp.up_proj"), (8, 16.0));
         assert_eq!(p.scale(4, 16.0), 8.0);
         for bad in [
             json!({"r": 8, "use_dora": true}),
