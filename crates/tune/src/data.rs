@@ -1,0 +1,1 @@
+//! Training data: reading, tokenizing, masking and packing (being written).
