@@ -1,1 +1,0 @@
-//! Training data: reading, tokenizing, masking and packing (being written).
