@@ -13,6 +13,8 @@ mod merge;
 mod run;
 mod serve;
 mod sign;
+mod tune;
+mod tune_receipt;
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +44,7 @@ enum Command {
     Diff(diff::DiffArgs),
     Merge(merge::MergeArgs),
     Eval(eval::EvalArgs),
+    Tune(tune::TuneArgs),
 }
 
 fn main() {
@@ -60,6 +63,7 @@ fn main() {
         Command::Diff(a) => diff::diff(a),
         Command::Merge(a) => merge::merge(a),
         Command::Eval(a) => eval::eval(a),
+        Command::Tune(a) => tune::tune(a),
     };
     if let Err(e) = result {
         // One line, bounded: causes can quote text from a hostile file.

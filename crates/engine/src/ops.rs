@@ -69,6 +69,16 @@ impl Rope {
 
     /// Rotate every head of `x` (heads of `2 * factors.len()` values) for position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
+        self.rotate(x, pos, false)
+    }
+
+    /// Rotate back (the transpose of [`Rope::apply`], which is its inverse): what the
+    /// backward pass applies to a gradient.
+    pub fn apply_inverse(&self, x: &mut [f32], pos: usize) {
+        self.rotate(x, pos, true)
+    }
+
+    fn rotate(&self, x: &mut [f32], pos: usize, inverse: bool) {
         let half = self.factors.len();
         // The angle is built as ggml builds it (position times repeated multiplication by
         // the step, then scaled), so that it rounds the same way.
@@ -77,7 +87,7 @@ impl Rope {
         for (i, &ff) in self.factors.iter().enumerate().take(256) {
             let theta = self.freq_scale * base / ff;
             let (sin, cos) = theta.sin_cos();
-            angles[i] = (sin, cos);
+            angles[i] = (if inverse { -sin } else { sin }, cos);
             base *= self.step;
         }
         for head in x.chunks_exact_mut(half * 2) {
@@ -106,6 +116,18 @@ mod tests {
         let y = x.clone();
         r.apply(&mut x, 0);
         assert_eq!(x, y);
+    }
+
+    #[test]
+    fn rope_inverse_undoes_it() {
+        let r = Rope::new(8, 10000.0, 1.0, None, true);
+        let x: Vec<f32> = (0..8).map(|i| (i as f32).cos()).collect();
+        let mut y = x.clone();
+        r.apply(&mut y, 33);
+        r.apply_inverse(&mut y, 33);
+        for (a, b) in x.iter().zip(&y) {
+            assert!((a - b).abs() < 1e-6);
+        }
     }
 
     #[test]

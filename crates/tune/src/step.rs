@@ -1,0 +1,684 @@
+//! One training micro-batch: the decoder's forward pass keeping what the backward pass
+//! needs, the loss over the vocabulary in chunks, and back-propagation into the LoRA
+//! matrices. The base weights stay frozen in their own format: the backward pass only
+//! needs `dX = dY·W` through them ([`matmul_t`]), which reads every weight type.
+//!
+//! Determinism: every product is one of the kernels' (results independent of the thread
+//! count and SIMD path), every row-wise operation runs on its row alone, and every sum
+//! over rows (the LoRA weight gradients, the loss) runs in row order. So a micro-batch's
+//! gradient is bit-identical on any number of threads.
+
+use std::sync::Arc;
+
+use verity_engine::Rope;
+use verity_kernels::attention_train::{self, TrainShape};
+use verity_kernels::backward::{matmul_at_b, matmul_t};
+use verity_kernels::{get_row, matmul, WeightView};
+use verity_model::{Layer, Model, Proj, RopeStyle};
+
+use crate::lora::{LoraMat, LoraParams};
+use crate::ops::{
+    add_into, add_scaled_into, norm_backward_rows, norm_rows, par_elems, par_rows, swiglu_backward,
+    swiglu_rows,
+};
+use crate::rng::{mix, purpose};
+
+/// Rows of logits computed at once by the loss (bounded memory whatever the batch).
+const LOSS_CHUNK_BYTES: usize = 48 << 20;
+
+/// The rows of a micro-batch, every sequence's tokens back to back.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub tokens: Vec<u32>,
+    /// Position of each row inside its example (RoPE restarts at every example).
+    pub pos: Vec<usize>,
+    /// `(start, len)` of each example: rows attend only inside their example.
+    pub segments: Vec<(usize, usize)>,
+    /// `(row, token)`: the hidden state of `row` predicts `token`.
+    pub targets: Vec<(usize, u32)>,
+}
+
+impl Batch {
+    /// Concatenate packed sequences.
+    pub fn new(seqs: &[&crate::data::Packed]) -> Batch {
+        let mut b = Batch::default();
+        for s in seqs {
+            let base = b.tokens.len();
+            b.tokens.extend_from_slice(&s.tokens);
+            b.pos.resize(base + s.tokens.len(), 0);
+            for &(start, len) in &s.segments {
+                b.segments.push((base + start, len));
+                for i in 0..len {
+                    b.pos[base + start + i] = i;
+                }
+                for i in 1..len {
+                    if s.target[start + i] {
+                        b.targets.push((base + start + i - 1, s.tokens[start + i]));
+                    }
+                }
+            }
+        }
+        b
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+/// Which random dropout masks a micro-batch uses: (seed, optimizer step, micro-batch).
+#[derive(Clone, Copy, Debug)]
+pub struct DropoutKey {
+    pub seed: u64,
+    pub step: u64,
+    pub micro: u64,
+}
+
+/// What the backward pass of one layer needs from its forward pass.
+#[derive(Default)]
+struct Acts {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    lse: Vec<f32>,
+    x_mid: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    /// `A·x` of each adapted projection (indexed by `Proj as usize`).
+    u: [Vec<f32>; 7],
+}
+
+/// Buffers reused between layers and steps.
+#[derive(Default)]
+struct Scratch {
+    h: Vec<f32>,
+    act: Vec<f32>,
+    tmp: Vec<f32>,
+    tmp2: Vec<f32>,
+    dropped: Vec<f32>,
+    d_q: Vec<f32>,
+    d_k: Vec<f32>,
+    d_v: Vec<f32>,
+    d_attn: Vec<f32>,
+    d_gate: Vec<f32>,
+    d_up: Vec<f32>,
+    d_h: Vec<f32>,
+    du: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+/// Computes gradients of the LoRA parameters for micro-batches of one base model.
+pub struct Trainer {
+    model: Arc<Model>,
+    rope: Rope,
+    /// Keep only each layer's input and recompute the rest in the backward pass.
+    pub checkpointing: bool,
+    scratch: Scratch,
+}
+
+/// The loss of one micro-batch: the sum over its targets, and their count.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MicroLoss {
+    pub sum: f64,
+    pub targets: usize,
+}
+
+fn f32_view(v: &[f32], rows: usize, cols: usize) -> WeightView<'_> {
+    debug_assert_eq!(v.len(), rows * cols);
+    // SAFETY: any f32 slice is valid as bytes; `F32` weight data is little-endian f32,
+    // which is the in-memory layout on every target verity builds for.
+    let data = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4) };
+    WeightView {
+        ty: verity_formats::TensorType::F32,
+        rows,
+        cols,
+        data,
+    }
+}
+
+fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    v.resize(len, 0.0);
+    &mut v[..len]
+}
+
+/// Whether the engine's forward pass can be differentiated here for this model.
+pub fn check_supported(model: &Model) -> Result<(), String> {
+    if model
+        .weights
+        .layers
+        .iter()
+        .any(|l| l.q_norm.is_some() || l.k_norm.is_some())
+    {
+        return Err(format!(
+            "tuning {} models (per-head q/k norms) is not supported yet; Llama, Mistral, SmolLM2 and Qwen2 bases are",
+            model.hparams.arch.gguf_name()
+        ));
+    }
+    Ok(())
+}
+
+impl Trainer {
+    pub fn new(model: Arc<Model>) -> Self {
+        let hp = &model.hparams;
+        let rope = Rope::new(
+            hp.head_dim,
+            hp.rope_theta,
+            hp.rope_freq_scale,
+            model.weights.rope_freqs.as_deref(),
+            hp.rope_style == RopeStyle::NeoX,
+        );
+        Trainer {
+            model,
+            rope,
+            checkpointing: false,
+            scratch: Scratch::default(),
+        }
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// Forward and backward over `batch`: adds `∂(loss_sum · loss_scale)/∂θ` to `grads`
+    /// (laid out as `params.values`) and returns the summed loss. With `grads` = None,
+    /// only the loss (validation).
+    pub fn run(
+        &mut self,
+        params: &LoraParams,
+        batch: &Batch,
+        loss_scale: f32,
+        dropout: Option<DropoutKey>,
+        mut grads: Option<&mut [f32]>,
+    ) -> MicroLoss {
+        let model = self.model.clone();
+        let hp = &model.hparams;
+        let w = &model.weights;
+        let (n, d) = (batch.len(), hp.n_embd);
+        let dropout = dropout.filter(|_| params.spec.dropout > 0.0 && grads.is_some());
+        let ctx = Ctx {
+            params,
+            batch,
+            dropout,
+        };
+
+        // Inputs of every layer (the residual stream), plus the final output.
+        let mut xs: Vec<Vec<f32>> = Vec::with_capacity(hp.n_layer + 1);
+        let mut x0 = vec![0f32; n * d];
+        let embd = w.token_embd.view();
+        par_rows(&mut x0, d, &|r, row| {
+            get_row(&embd, batch.tokens[r] as usize, row)
+        });
+        xs.push(x0);
+        let keep_acts = grads.is_some() && !self.checkpointing;
+        let mut saved: Vec<Acts> = Vec::new();
+        for l in 0..hp.n_layer {
+            let mut acts = Acts::default();
+            let mut x_out = vec![0f32; n * d];
+            self.layer_forward(&ctx, l, &xs[l], &mut acts, &mut x_out);
+            if keep_acts {
+                saved.push(acts);
+            }
+            xs.push(x_out);
+        }
+
+        let mut dx = if grads.is_some() {
+            vec![0f32; n * d]
+        } else {
+            Vec::new()
+        };
+        let loss = self.loss(
+            &xs[hp.n_layer],
+            batch,
+            loss_scale,
+            grads.is_some().then_some(&mut dx[..]),
+        );
+        let Some(grads) = grads.as_deref_mut() else {
+            return loss;
+        };
+        for l in (0..hp.n_layer).rev() {
+            let acts = if keep_acts {
+                saved.pop().expect("one per layer")
+            } else {
+                let mut acts = Acts::default();
+                let mut x_out = std::mem::take(&mut self.scratch.tmp2);
+                x_out.resize(n * d, 0.0);
+                self.layer_forward(&ctx, l, &xs[l], &mut acts, &mut x_out);
+                self.scratch.tmp2 = x_out;
+                acts
+            };
+            xs.truncate(l + 1);
+            self.layer_backward(&ctx, l, &xs[l], &acts, &mut dx, grads);
+        }
+        loss
+    }
+
+    fn layer_forward(
+        &mut self,
+        ctx: &Ctx,
+        l: usize,
+        x_in: &[f32],
+        a: &mut Acts,
+        x_out: &mut [f32],
+    ) {
+        let hp = &self.model.hparams;
+        let layer: &Layer = &self.model.weights.layers[l];
+        let n = ctx.batch.len();
+        let (d, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
+        let s = &mut self.scratch;
+
+        let h = sized(&mut s.h, n * d);
+        norm_rows(x_in, &layer.attn_norm, hp.rms_eps, h);
+        let h = &s.h[..n * d];
+        for (proj, wt, bias, out, dim) in [
+            (Proj::Q, &layer.wq, &layer.bq, &mut a.q, qd),
+            (Proj::K, &layer.wk, &layer.bk, &mut a.k, kvd),
+            (Proj::V, &layer.wv, &layer.bv, &mut a.v, kvd),
+        ] {
+            let y = sized(out, n * dim);
+            matmul(&wt.view(), h, n, y);
+            lora_forward(
+                ctx,
+                l,
+                proj,
+                h,
+                y,
+                &mut a.u[proj as usize],
+                &mut s.tmp,
+                &mut s.dropped,
+            );
+            if let Some(b) = bias {
+                par_rows(y, dim, &|_, row| {
+                    row.iter_mut().zip(b).for_each(|(v, &bv)| *v += bv)
+                });
+            }
+        }
+        let (rope, pos) = (&self.rope, &ctx.batch.pos);
+        par_rows(&mut a.q, qd, &|r, row| rope.apply(row, pos[r]));
+        par_rows(&mut a.k, kvd, &|r, row| rope.apply(row, pos[r]));
+        let shape = TrainShape {
+            n_head: hp.n_head,
+            n_head_kv: hp.n_head_kv,
+            head_dim: hp.head_dim,
+        };
+        let scale = 1.0 / (hp.head_dim as f32).sqrt();
+        sized(&mut a.attn, n * qd);
+        sized(&mut a.lse, n * hp.n_head);
+        attention_train::forward(
+            &a.q,
+            &a.k,
+            &a.v,
+            &ctx.batch.segments,
+            shape,
+            scale,
+            &mut a.attn,
+            &mut a.lse,
+        );
+        let x_mid = sized(&mut a.x_mid, n * d);
+        matmul(&layer.wo.view(), &a.attn, n, x_mid);
+        lora_forward(
+            ctx,
+            l,
+            Proj::O,
+            &a.attn,
+            x_mid,
+            &mut a.u[Proj::O as usize],
+            &mut s.tmp,
+            &mut s.dropped,
+        );
+        add_into(x_mid, x_in);
+
+        let h = sized(&mut s.h, n * d);
+        norm_rows(&a.x_mid, &layer.ffn_norm, hp.rms_eps, h);
+        let h = &s.h[..n * d];
+        for (proj, wt, out) in [
+            (Proj::Gate, &layer.w_gate, &mut a.gate),
+            (Proj::Up, &layer.w_up, &mut a.up),
+        ] {
+            let y = sized(out, n * ff);
+            matmul(&wt.view(), h, n, y);
+            lora_forward(
+                ctx,
+                l,
+                proj,
+                h,
+                y,
+                &mut a.u[proj as usize],
+                &mut s.tmp,
+                &mut s.dropped,
+            );
+        }
+        let act = sized(&mut s.act, n * ff);
+        swiglu_rows(&a.gate, &a.up, act);
+        matmul(&layer.w_down.view(), &s.act[..n * ff], n, x_out);
+        lora_forward(
+            ctx,
+            l,
+            Proj::Down,
+            &s.act[..n * ff],
+            x_out,
+            &mut a.u[Proj::Down as usize],
+            &mut s.tmp,
+            &mut s.dropped,
+        );
+        add_into(x_out, &a.x_mid);
+    }
+
+    /// `dx` holds the gradient of the layer's output; on return, of its input.
+    fn layer_backward(
+        &mut self,
+        ctx: &Ctx,
+        l: usize,
+        x_in: &[f32],
+        a: &Acts,
+        dx: &mut [f32],
+        grads: &mut [f32],
+    ) {
+        let hp = &self.model.hparams;
+        let layer: &Layer = &self.model.weights.layers[l];
+        let n = ctx.batch.len();
+        let (d, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
+        let s = &mut self.scratch;
+
+        // Feed-forward block: x_out = x_mid + W_down·(silu(W_gate·h2) ⊙ W_up·h2).
+        let act = sized(&mut s.act, n * ff);
+        swiglu_rows(&a.gate, &a.up, act);
+        let d_act = sized(&mut s.d_attn, n * ff);
+        matmul_t(&layer.w_down.view(), dx, n, d_act);
+        lora_backward(
+            ctx,
+            l,
+            Proj::Down,
+            &s.act[..n * ff],
+            dx,
+            &a.u[Proj::Down as usize],
+            &mut s.d_attn[..n * ff],
+            grads,
+            &mut s.du,
+            &mut s.tmp,
+            &mut s.dropped,
+        );
+        let d_gate = sized(&mut s.d_gate, n * ff);
+        let d_up = sized(&mut s.d_up, n * ff);
+        swiglu_backward(&a.gate, &a.up, &s.d_attn[..n * ff], d_gate, d_up);
+        let h2 = sized(&mut s.h, n * d);
+        norm_rows(&a.x_mid, &layer.ffn_norm, hp.rms_eps, h2);
+        let d_h = sized(&mut s.d_h, n * d);
+        matmul_t(&layer.w_gate.view(), &s.d_gate[..n * ff], n, d_h);
+        let tmp2 = sized(&mut s.tmp2, n * d);
+        matmul_t(&layer.w_up.view(), &s.d_up[..n * ff], n, tmp2);
+        add_into(&mut s.d_h[..n * d], &s.tmp2[..n * d]);
+        for (proj, dy) in [(Proj::Gate, &s.d_gate), (Proj::Up, &s.d_up)] {
+            lora_backward(
+                ctx,
+                l,
+                proj,
+                &s.h[..n * d],
+                &dy[..n * ff],
+                &a.u[proj as usize],
+                &mut s.d_h[..n * d],
+                grads,
+                &mut s.du,
+                &mut s.tmp,
+                &mut s.dropped,
+            );
+        }
+        norm_backward_rows(&a.x_mid, &layer.ffn_norm, hp.rms_eps, &s.d_h[..n * d], dx);
+
+        // Attention block: x_mid = x_in + W_o·attention(rope(W_q·h1), rope(W_k·h1), W_v·h1).
+        let d_attn = sized(&mut s.d_attn, n * qd);
+        matmul_t(&layer.wo.view(), dx, n, d_attn);
+        lora_backward(
+            ctx,
+            l,
+            Proj::O,
+            &a.attn,
+            dx,
+            &a.u[Proj::O as usize],
+            &mut s.d_attn[..n * qd],
+            grads,
+            &mut s.du,
+            &mut s.tmp,
+            &mut s.dropped,
+        );
+        let shape = TrainShape {
+            n_head: hp.n_head,
+            n_head_kv: hp.n_head_kv,
+            head_dim: hp.head_dim,
+        };
+        let scale = 1.0 / (hp.head_dim as f32).sqrt();
+        sized(&mut s.d_q, n * qd);
+        sized(&mut s.d_k, n * kvd);
+        sized(&mut s.d_v, n * kvd);
+        attention_train::backward(
+            &a.q,
+            &a.k,
+            &a.v,
+            &a.attn,
+            &a.lse,
+            &s.d_attn[..n * qd],
+            &ctx.batch.segments,
+            shape,
+            scale,
+            &mut s.d_q,
+            &mut s.d_k,
+            &mut s.d_v,
+        );
+        let (rope, pos) = (&self.rope, &ctx.batch.pos);
+        par_rows(&mut s.d_q, qd, &|r, row| rope.apply_inverse(row, pos[r]));
+        par_rows(&mut s.d_k, kvd, &|r, row| rope.apply_inverse(row, pos[r]));
+        let h1 = sized(&mut s.h, n * d);
+        norm_rows(x_in, &layer.attn_norm, hp.rms_eps, h1);
+        let d_h = sized(&mut s.d_h, n * d);
+        matmul_t(&layer.wq.view(), &s.d_q, n, d_h);
+        for (wt, dy) in [(&layer.wk, &s.d_k), (&layer.wv, &s.d_v)] {
+            let t = sized(&mut s.tmp2, n * d);
+            matmul_t(&wt.view(), dy, n, t);
+            add_into(&mut s.d_h[..n * d], &s.tmp2[..n * d]);
+        }
+        for (proj, dy) in [(Proj::Q, &s.d_q), (Proj::K, &s.d_k), (Proj::V, &s.d_v)] {
+            lora_backward(
+                ctx,
+                l,
+                proj,
+                &s.h[..n * d],
+                dy,
+                &a.u[proj as usize],
+                &mut s.d_h[..n * d],
+                grads,
+                &mut s.du,
+                &mut s.tmp,
+                &mut s.dropped,
+            );
+        }
+        norm_backward_rows(x_in, &layer.attn_norm, hp.rms_eps, &s.d_h[..n * d], dx);
+    }
+
+    /// Cross-entropy of every target, in chunks of rows: logits of one chunk at a time.
+    /// With `dx`, adds the gradient of `loss_scale · Σ loss` w.r.t. the last hidden state.
+    fn loss(
+        &mut self,
+        x: &[f32],
+        batch: &Batch,
+        loss_scale: f32,
+        mut dx: Option<&mut [f32]>,
+    ) -> MicroLoss {
+        let model = self.model.clone();
+        let hp = &model.hparams;
+        let w = &model.weights;
+        let (d, nv) = (hp.n_embd, hp.n_vocab);
+        let out_w = w.output().view();
+        let chunk = (LOSS_CHUNK_BYTES / (nv * 4)).clamp(1, 512);
+        let s = &mut self.scratch;
+        let mut total = 0f64;
+        for part in batch.targets.chunks(chunk) {
+            let c = part.len();
+            let rows = sized(&mut s.tmp2, c * d);
+            for (i, &(r, _)) in part.iter().enumerate() {
+                rows[i * d..(i + 1) * d].copy_from_slice(&x[r * d..(r + 1) * d]);
+            }
+            let h = sized(&mut s.h, c * d);
+            norm_rows(&s.tmp2[..c * d], &w.output_norm, hp.rms_eps, h);
+            let logits = sized(&mut s.logits, c * nv);
+            matmul(&out_w, &s.h[..c * d], c, logits);
+            // Per row: loss, and logits turned into their gradient in place.
+            let mut losses = vec![0f64; c];
+            {
+                let lp = losses.as_mut_ptr() as usize;
+                par_rows(logits, nv, &|i, row| {
+                    let target = part[i].1 as usize;
+                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f64 = row.iter().map(|&v| ((v - m) as f64).exp()).sum();
+                    let lse = m as f64 + sum.ln();
+                    // SAFETY: each row index is written by exactly one task.
+                    unsafe { *(lp as *mut f64).add(i) = lse - row[target] as f64 };
+                    for v in row.iter_mut() {
+                        *v = (((*v as f64) - lse).exp() as f32) * loss_scale;
+                    }
+                    row[target] -= loss_scale;
+                });
+            }
+            total += losses.iter().sum::<f64>();
+            if let Some(dx) = dx.as_deref_mut() {
+                let dh = sized(&mut s.d_h, c * d);
+                matmul_t(&out_w, &s.logits[..c * nv], c, dh);
+                let dxc = sized(&mut s.tmp, c * d);
+                dxc.fill(0.0);
+                norm_backward_rows(
+                    &s.tmp2[..c * d],
+                    &w.output_norm,
+                    hp.rms_eps,
+                    &s.d_h[..c * d],
+                    dxc,
+                );
+                for (i, &(r, _)) in part.iter().enumerate() {
+                    let src = &s.tmp[i * d..(i + 1) * d];
+                    dx[r * d..(r + 1) * d]
+                        .iter_mut()
+                        .zip(src)
+                        .for_each(|(a, &b)| *a += b);
+                }
+            }
+        }
+        MicroLoss {
+            sum: total,
+            targets: batch.targets.len(),
+        }
+    }
+}
+
+/// What every layer function reads.
+struct Ctx<'a> {
+    params: &'a LoraParams,
+    batch: &'a Batch,
+    dropout: Option<DropoutKey>,
+}
+
+impl Ctx<'_> {
+    fn mat(&self, l: usize, proj: Proj) -> Option<&LoraMat> {
+        self.params.mat(l, proj)
+    }
+
+    /// The LoRA input after dropout (`x` itself without dropout).
+    fn dropped<'b>(&self, m: &LoraMat, x: &'b [f32], buf: &'b mut Vec<f32>) -> &'b [f32] {
+        let Some(key) = self.dropout else { return x };
+        let p = self.params.spec.dropout;
+        let keep = 1.0 / (1.0 - p);
+        let threshold = (p * 65536.0) as u32;
+        let k = [
+            purpose::DROPOUT,
+            key.step,
+            key.micro,
+            m.layer as u64,
+            m.proj as u64,
+        ]
+        .iter()
+        .fold(mix(key.seed), |k, &id| mix(k ^ id));
+        let out = sized(buf, x.len());
+        par_elems(out, &|base, o| {
+            for (i, v) in o.iter_mut().enumerate() {
+                let idx = (base + i) as u64;
+                let bits = mix(k ^ (idx >> 2)) >> ((idx & 3) * 16) & 0xffff;
+                *v = if (bits as u32) < threshold {
+                    0.0
+                } else {
+                    x[base + i] * keep
+                };
+            }
+        });
+        &buf[..x.len()]
+    }
+}
+
+/// `y += scale · B·(A·drop(x))`; keeps `u = A·drop(x)` for the backward pass.
+#[allow(clippy::too_many_arguments)]
+fn lora_forward(
+    ctx: &Ctx,
+    l: usize,
+    proj: Proj,
+    x: &[f32],
+    y: &mut [f32],
+    u: &mut Vec<f32>,
+    tmp: &mut Vec<f32>,
+    drop_buf: &mut Vec<f32>,
+) {
+    let Some(m) = ctx.mat(l, proj) else { return };
+    let n = ctx.batch.len();
+    let p = &ctx.params.values;
+    let xd = ctx.dropped(m, x, drop_buf);
+    let u = sized(u, n * m.rank);
+    matmul(&f32_view(&p[m.a_range()], m.rank, m.in_dim), xd, n, u);
+    let t = sized(tmp, n * m.out_dim);
+    matmul(&f32_view(&p[m.b_range()], m.out_dim, m.rank), u, n, t);
+    add_scaled_into(y, t, m.scale);
+}
+
+/// Back through `y += s·B·(A·drop(x))` given `dy`: adds to the A and B gradients and to
+/// `dx`.
+#[allow(clippy::too_many_arguments)]
+fn lora_backward(
+    ctx: &Ctx,
+    l: usize,
+    proj: Proj,
+    x: &[f32],
+    dy: &[f32],
+    u: &[f32],
+    dx: &mut [f32],
+    grads: &mut [f32],
+    du: &mut Vec<f32>,
+    tmp: &mut Vec<f32>,
+    drop_buf: &mut Vec<f32>,
+) {
+    let Some(m) = ctx.mat(l, proj) else { return };
+    let n = ctx.batch.len();
+    let p = &ctx.params.values;
+    let (r, s) = (m.rank, m.scale);
+    // dB = s · dyᵀ·u
+    let t = sized(tmp, m.out_dim * r);
+    matmul_at_b(dy, u, n, m.out_dim, r, t);
+    for (g, &v) in grads[m.b_range()].iter_mut().zip(t.iter()) {
+        *g += s * v;
+    }
+    // du = s · dy·B
+    let du = sized(du, n * r);
+    matmul_t(&f32_view(&p[m.b_range()], m.out_dim, r), dy, n, du);
+    du.iter_mut().for_each(|v| *v *= s);
+    // dA = duᵀ·drop(x)
+    let xd = ctx.dropped(m, x, drop_buf);
+    let t = sized(tmp, r * m.in_dim);
+    matmul_at_b(du, xd, n, r, m.in_dim, t);
+    for (g, &v) in grads[m.a_range()].iter_mut().zip(t.iter()) {
+        *g += v;
+    }
+    // dx += drop'(du·A)
+    let t = sized(tmp, n * m.in_dim);
+    matmul_t(&f32_view(&p[m.a_range()], r, m.in_dim), du, n, t);
+    // Dropout (zeroing and rescaling by a fixed mask) is linear: its transpose is the
+    // same mask, applied by dropping the gradient with the same key.
+    let masked = ctx.dropped(m, t, drop_buf);
+    add_into(dx, masked);
+}
