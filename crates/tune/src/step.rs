@@ -544,8 +544,14 @@ impl Trainer {
             }
             total += losses.iter().sum::<f64>();
             if let Some(dx) = dx.as_deref_mut() {
-                let dh = sized(&mut s.d_h, c * d);
-                matmul_t(&out_w, &s.logits[..c * nv], c, dh);
+                vocab_transpose_product(
+                    &out_w,
+                    &s.logits[..c * nv],
+                    c,
+                    &mut s.d_h,
+                    &mut s.du,
+                    &mut s.act,
+                );
                 let dxc = sized(&mut s.tmp, c * d);
                 dxc.fill(0.0);
                 norm_backward_rows(
@@ -569,6 +575,46 @@ impl Trainer {
             targets: batch.targets.len(),
         }
     }
+}
+
+/// Rows of the output matrix per block of [`vocab_transpose_product`].
+const VOCAB_BLOCK: usize = 1024;
+
+/// `dh = dl·W` for the output matrix (`dl`: `[c][n_vocab]`): a sum over the whole
+/// vocabulary, where softmax terms cancel the target's. One f32 chain of 50k–150k terms
+/// loses ~1e-3 relative accuracy, so the product runs per block of vocabulary rows and
+/// the blocks' partial sums are added in f64 (in block order: still deterministic).
+fn vocab_transpose_product(
+    w: &WeightView,
+    dl: &[f32],
+    c: usize,
+    dh: &mut Vec<f32>,
+    part: &mut Vec<f32>,
+    block: &mut Vec<f32>,
+) {
+    let (nv, d) = (w.rows, w.cols);
+    let rb = w.row_bytes();
+    let mut acc = vec![0f64; c * d];
+    for v0 in (0..nv).step_by(VOCAB_BLOCK) {
+        let v1 = (v0 + VOCAB_BLOCK).min(nv);
+        let bw = WeightView {
+            ty: w.ty,
+            rows: v1 - v0,
+            cols: d,
+            data: &w.data[v0 * rb..v1 * rb],
+        };
+        let blk = sized(block, c * (v1 - v0));
+        for i in 0..c {
+            blk[i * (v1 - v0)..(i + 1) * (v1 - v0)].copy_from_slice(&dl[i * nv + v0..i * nv + v1]);
+        }
+        let p = sized(part, c * d);
+        matmul_t(&bw, blk, c, p);
+        acc.iter_mut()
+            .zip(p.iter())
+            .for_each(|(a, &x)| *a += x as f64);
+    }
+    let dh = sized(dh, c * d);
+    dh.iter_mut().zip(&acc).for_each(|(o, &a)| *o = a as f32);
 }
 
 /// What every layer function reads.
