@@ -44,6 +44,7 @@
 //! [`matmul`] is also batch-invariant and deterministic.
 
 pub mod attention;
+pub mod attention_train;
 mod blocks;
 mod dequant;
 mod quant;
