@@ -1,0 +1,378 @@
+//! `verity tune` end to end on the default model: a chat fine-tune whose adapter the other
+//! commands take, reproducibility (thread counts, SIGKILL + resume), receipts that name
+//! what changed, and bad input and faults.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn verity() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_verity"))
+}
+
+fn default_model() -> PathBuf {
+    verity_store::resolve(None).expect("default model")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(!out.status.success(), "{cmd:?} should have failed");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+/// A small chat dataset: arithmetic questions with short answers.
+fn chat_data(dir: &Path, n: usize) -> PathBuf {
+    let p = dir.join("chat.jsonl");
+    let mut f = std::fs::File::create(&p).unwrap();
+    for i in 0..n {
+        let (a, b) = (i % 13 + 2, i % 7 + 3);
+        let line = serde_json::json!({"messages": [
+            {"role": "user", "content": format!("What is {a} times {b}?")},
+            {"role": "assistant", "content": format!("{a} times {b} is {}.", a * b)},
+        ]});
+        writeln!(f, "{line}").unwrap();
+    }
+    p
+}
+
+/// The flags of a small, fast run.
+fn small<'a>(cmd: &'a mut Command, data: &Path, out: &Path) -> &'a mut Command {
+    cmd.arg("tune")
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--max-seq-len",
+            "96",
+            "--batch-size",
+            "2",
+            "--rank",
+            "4",
+            "--alpha",
+            "8",
+        ])
+        .args(["--lr", "1e-3", "--seed", "7", "--dropout", "0.1"])
+}
+
+fn sha(path: &Path) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[test]
+fn chat_fine_tune_gives_an_adapter_every_command_takes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = chat_data(tmp.path(), 40);
+    let out = tmp.path().join("adapter");
+    let log = tmp.path().join("log.jsonl");
+    let summary = ok(small(&mut verity(), &data, &out)
+        .args([
+            "--steps",
+            "8",
+            "--valid-split",
+            "0.1",
+            "--eval-every",
+            "4",
+            "--json",
+        ])
+        .arg("--log")
+        .arg(&log));
+    let s: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(s["steps"], 8);
+    let (first, last) = (
+        s["first_loss"].as_f64().unwrap(),
+        s["final_loss"].as_f64().unwrap(),
+    );
+    assert!(last < first, "loss did not fall: {first} -> {last}");
+    assert!(s["valid_loss"].as_f64().unwrap().is_finite());
+    // Every step and both validations are in the log.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.iter().filter(|l| l.get("loss").is_some()).count(), 8);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.get("valid_loss").is_some())
+            .count(),
+        2
+    );
+    let svg = std::fs::read_to_string(out.join("loss.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("validation"));
+    // A PEFT adapter that names its base and the base's root digest.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["r"], 4);
+    assert_eq!(config["peft_type"], "LORA");
+    let digest = ok(verity().args(["hash", "--json"]).arg(default_model()));
+    let digest: serde_json::Value = serde_json::from_str(&digest).unwrap();
+    assert_eq!(config["base_model_root_digest"], digest["root_digest"]);
+    // run, inspect and convert take it as it is.
+    ok(verity()
+        .args(["run", "--raw", "-n", "4", "--temperature", "0", "--lora"])
+        .arg(&out)
+        .arg("What is 3 times 4?"));
+    let inspect = ok(verity().arg("inspect").arg(&out).arg("--json"));
+    assert!(inspect.contains("\"rank\""), "{inspect}");
+    let gguf = tmp.path().join("adapter.gguf");
+    ok(verity()
+        .arg("convert")
+        .arg(&out)
+        .args(["--to", "gguf", "--base"])
+        .arg(default_model())
+        .arg(&gguf));
+    assert!(gguf.exists());
+}
+
+#[test]
+fn same_adapter_on_one_and_two_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = chat_data(tmp.path(), 16);
+    let mut shas = Vec::new();
+    for t in ["1", "2"] {
+        let out = tmp.path().join(format!("t{t}"));
+        ok(small(&mut verity(), &data, &out).args(["--steps", "3", "--threads", t]));
+        shas.push(sha(&out.join("adapter_model.safetensors")));
+    }
+    assert_eq!(shas[0], shas[1], "thread count changed the adapter");
+}
+
+#[test]
+fn a_killed_run_resumes_bit_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = chat_data(tmp.path(), 24);
+    let whole = tmp.path().join("whole");
+    ok(small(&mut verity(), &data, &whole).args(["--steps", "8"]));
+    let cut = tmp.path().join("cut");
+    let mut child = small(&mut verity(), &data, &cut)
+        .args(["--steps", "8", "--checkpoint-every", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once a checkpoint past step 2 exists (but before the end).
+    let latest = cut.join("checkpoints/latest");
+    let t0 = std::time::Instant::now();
+    loop {
+        let step = std::fs::read_to_string(&latest)
+            .ok()
+            .and_then(|s| s.trim().trim_start_matches("step-").parse::<u32>().ok());
+        if step.is_some_and(|s| s >= 3) {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 300, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !cut.join("adapter_model.safetensors").exists(),
+        "the run finished before the kill"
+    );
+    ok(verity().arg("tune").arg("--resume").arg(&cut));
+    assert_eq!(
+        sha(&whole.join("adapter_model.safetensors")),
+        sha(&cut.join("adapter_model.safetensors")),
+        "a resumed run differs from an uninterrupted one"
+    );
+}
+
+#[test]
+fn receipts_verify_and_name_what_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = chat_data(tmp.path(), 12);
+    let model = tmp.path().join("base.gguf");
+    std::fs::copy(default_model(), &model).unwrap();
+    let out = tmp.path().join("a");
+    let receipt = tmp.path().join("r.json");
+    ok(small(&mut verity(), &data, &out)
+        .arg("--model")
+        .arg(&model)
+        .args(["--steps", "3", "--receipt"])
+        .arg(&receipt));
+    let v = ok(verity().args(["tune", "verify"]).arg(&receipt));
+    assert!(v.contains("MATCH: 3 of 3"), "{v}");
+    assert!(v.contains("adapter is identical"), "{v}");
+    let v = ok(verity()
+        .args(["tune", "verify", "--steps", "1"])
+        .arg(&receipt));
+    assert!(v.contains("MATCH: 1 of 3"), "{v}");
+
+    // One setting edited in the receipt.
+    let text = std::fs::read_to_string(&receipt).unwrap();
+    let edited = tmp.path().join("edited.json");
+    std::fs::write(&edited, text.replace("\"lr\": 0.001", "\"lr\": 0.002")).unwrap();
+    let out_e = run(verity().args(["tune", "verify"]).arg(&edited));
+    assert!(!out_e.status.success());
+    assert!(String::from_utf8_lossy(&out_e.stdout).contains("settings were changed"));
+
+    // One data row changed.
+    let original = std::fs::read_to_string(&data).unwrap();
+    std::fs::write(&data, original.replacen("times", "Times", 1)).unwrap();
+    let o = run(verity().args(["tune", "verify"]).arg(&receipt));
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("training data"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    std::fs::write(&data, original).unwrap();
+
+    // One byte of a base weight changed (the last byte of the file: inside the last tensor).
+    let mut bytes = std::fs::read(&model).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&model, bytes).unwrap();
+    let o = run(verity().args(["tune", "verify"]).arg(&receipt));
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("base model"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn bad_data_and_outputs_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"question\": \"?\"}\n").unwrap();
+    let e = fails(small(&mut verity(), &bad, &out).args(["--steps", "1"]));
+    assert!(e.contains("line 2"), "{e}");
+    let empty = tmp.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let e = fails(small(&mut verity(), &empty, &out).args(["--steps", "1"]));
+    assert!(e.contains("empty"), "{e}");
+    let data = chat_data(tmp.path(), 4);
+    let e = fails(
+        verity()
+            .arg("tune")
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args(["--steps", "1", "--max-seq-len", "100000"]),
+    );
+    assert!(e.contains("context"), "{e}");
+    // An output directory that cannot be written.
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::write(ro.join("file"), "").unwrap();
+    let e = fails(small(&mut verity(), &data, &ro.join("file").join("x")).args(["--steps", "1"]));
+    assert!(e.contains("output directory"), "{e}");
+    // Nothing to resume.
+    let e = fails(verity().arg("tune").arg("--resume").arg(tmp.path()));
+    assert!(e.contains("no checkpoint"), "{e}");
+    // A long example is cut, and the run says how many were.
+    let long = tmp.path().join("long.jsonl");
+    std::fs::write(
+        &long,
+        format!(
+            "{{\"text\": \"{}\"}}\n{{\"text\": \"short\"}}\n",
+            "word ".repeat(400)
+        ),
+    )
+    .unwrap();
+    let o = run(small(&mut verity(), &long, &tmp.path().join("l")).args(["--steps", "1"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("(1 cut to 96 tokens)"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A full disk when a checkpoint is written: a clear error, and the previous checkpoint
+/// survives. Needs a small tmpfs (root); skipped, saying so, where mounting is refused.
+#[test]
+fn a_full_disk_at_checkpoint_time_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .output();
+    if !m.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(mnt.clone());
+    let data = chat_data(tmp.path(), 16);
+    let out = mnt.join("out");
+    // Rank 2 on q only: ~0.8 MB per checkpoint. Kill the run after its second checkpoint.
+    let mut child = verity()
+        .arg("tune")
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--max-seq-len",
+            "96",
+            "--batch-size",
+            "2",
+            "--rank",
+            "2",
+            "--targets",
+            "q",
+        ])
+        .args(["--steps", "6", "--checkpoint-every", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let latest = out.join("checkpoints/latest");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&latest).is_ok_and(|s| s.trim() >= "step-00000002") {
+        assert!(t0.elapsed().as_secs() < 300, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let kept = std::fs::read_to_string(&latest).unwrap();
+    // Fill the disk, then resume: the next checkpoint cannot be written.
+    let mut f = std::fs::File::create(mnt.join("fill")).unwrap();
+    let chunk = vec![0u8; 16 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    drop(f);
+    let e = fails(
+        verity()
+            .arg("tune")
+            .arg("--resume")
+            .arg(&out)
+            .args(["--checkpoint-every", "1"]),
+    );
+    assert!(e.contains("could not write checkpoint"), "{e}");
+    assert!(e.contains("is intact"), "{e}");
+    // The last good checkpoint is still there, whole, and the run goes on once there is room.
+    assert_eq!(std::fs::read_to_string(&latest).unwrap(), kept);
+    std::fs::remove_file(mnt.join("fill")).unwrap();
+    ok(verity().arg("tune").arg("--resume").arg(&out));
+    assert!(out.join("adapter_model.safetensors").exists());
+}
