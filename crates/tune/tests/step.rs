@@ -10,7 +10,10 @@ use verity_tune::lora::{LoraParams, LoraSpec};
 use verity_tune::step::{Batch, Trainer};
 
 fn model() -> Arc<Model> {
-    let path = verity_store::resolve(None).expect("default model");
+    let path = match std::env::var_os("VERITY_TUNE_TEST_MODEL") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => verity_store::resolve(None).expect("default model"),
+    };
     Arc::new(verity_model::load(&path).expect("load"))
 }
 
@@ -52,24 +55,6 @@ fn packed(tokens: &[u32]) -> Packed {
 fn training_forward_matches_the_engine() {
     let m = model();
     let tokens = text_tokens(&m, 96);
-    let spec0 = LoraSpec {
-        rank: 4,
-        alpha: 8.0,
-        targets: vec![],
-        rslora: false,
-        dropout: 0.0,
-    };
-    let p0 = LoraParams::init(&spec0, &m.hparams, 0).unwrap();
-    let mut tr0 = Trainer::new(m.clone());
-    for n in [2usize, 8, 32, 96] {
-        let pk = packed(&tokens[..n]);
-        let l0 = tr0.run(&p0, &Batch::new(&[&pk]), 0.0, None, None);
-        eprintln!(
-            "n={n}: no-lora {} engine {}",
-            l0.sum / l0.targets as f64,
-            engine_nll(&m, &tokens[..n])
-        );
-    }
     let spec = LoraSpec {
         rank: 4,
         alpha: 8.0,
@@ -88,4 +73,112 @@ fn training_forward_matches_the_engine() {
         (mine - engine).abs() < 1e-3 * engine,
         "training forward {mine}, engine {engine}"
     );
+}
+
+/// The gradient of a micro-batch (two packed sequences, the first holding two examples)
+/// on the Q4_1 default model, as the SHA-256 of its bytes, with dropout on.
+fn gradient_digest() -> String {
+    use sha2::Digest;
+    let m = model();
+    let tokens = text_tokens(&m, 80);
+    let spec = LoraSpec {
+        rank: 4,
+        alpha: 8.0,
+        targets: verity_model::Proj::ALL.to_vec(),
+        rslora: false,
+        dropout: 0.1,
+    };
+    let mut params = LoraParams::init(&spec, &m.hparams, 3).unwrap();
+    // Non-zero B, so every path of the backward pass carries signal.
+    for mat in params.mats.clone() {
+        for (i, v) in params.values[mat.b_range()].iter_mut().enumerate() {
+            *v = ((i * 7919 % 101) as f32 - 50.0) * 1e-4;
+        }
+    }
+    let mut first = packed(&tokens[..30]);
+    let second = packed(&tokens[30..48]);
+    first.tokens.extend_from_slice(&second.tokens);
+    first.target.extend_from_slice(&second.target);
+    first.segments.push((30, 18));
+    let other = packed(&tokens[48..80]);
+    let b = Batch::new(&[&first, &other]);
+    let mut tr = Trainer::new(m.clone());
+    let mut grads = vec![0f32; params.n_params()];
+    let key = verity_tune::step::DropoutKey { seed: 1, step: 2, micro: 0 };
+    tr.run(&params, &b, 1.0 / b.targets.len() as f32, Some(key), Some(&mut grads));
+    assert!(grads.iter().all(|g| g.is_finite()) && grads.iter().any(|&g| g != 0.0));
+    let bytes: Vec<u8> = grads.iter().flat_map(|g| g.to_le_bytes()).collect();
+    format!("{:x}", sha2::Sha256::digest(&bytes))
+}
+
+#[test]
+fn gradients_are_identical_on_every_simd_path_and_thread_count() {
+    if let Some(t) = std::env::var_os("VERITY_TUNE_DIGEST_CHILD") {
+        verity_pool::init(t.to_string_lossy().parse().unwrap());
+        println!("DIGEST {}", gradient_digest());
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut seen = Vec::new();
+    for (simd, threads) in [("avx512", "2"), ("avx512", "1"), ("avx2", "2"), ("scalar", "2")] {
+        let level = verity_kernels::SimdLevel::parse(simd).unwrap();
+        if !verity_kernels::level_supported(level) {
+            eprintln!("{simd}: not on this CPU, skipped");
+            continue;
+        }
+        let out = std::process::Command::new(&exe)
+            .args(["--exact", "gradients_are_identical_on_every_simd_path_and_thread_count", "--nocapture"])
+            .env("VERITY_TUNE_DIGEST_CHILD", threads)
+            .env("VERITY_SIMD", simd)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let digest = text
+            .lines()
+            .find_map(|l| l.strip_prefix("DIGEST "))
+            .unwrap_or_else(|| panic!("{simd}: no digest:\n{text}{}", String::from_utf8_lossy(&out.stderr)))
+            .to_string();
+        eprintln!("{simd} x{threads}: {digest}");
+        seen.push((simd, threads, digest));
+    }
+    assert!(seen.len() >= 2);
+    assert!(seen.windows(2).all(|w| w[0].2 == w[1].2), "gradients differ between paths: {seen:?}");
+}
+
+#[test]
+#[ignore]
+fn debug_forward_by_length() {
+    let m = model();
+    let tokens = text_tokens(&m, 96);
+    let spec = LoraSpec { rank: 4, alpha: 8.0, targets: vec![], rslora: false, dropout: 0.0 };
+    let params = LoraParams::init(&spec, &m.hparams, 0).unwrap();
+    let mut tr = Trainer::new(m.clone());
+    for n in [2usize, 3, 4, 5, 8, 16, 17, 32] {
+        let p = packed(&tokens[..n]);
+        let l = tr.run(&params, &Batch::new(&[&p]), 0.0, None, None);
+        eprintln!("n={n} train {} engine {}", l.sum / l.targets as f64, engine_nll(&m, &tokens[..n]));
+    }
+}
+
+#[test]
+#[ignore]
+fn debug_engine_one_by_one() {
+    let m = model();
+    let tokens = text_tokens(&m, 16);
+    let mut s = Session::with_kv_type(m.clone(), 64, KvType::F32);
+    let nv = m.hparams.n_vocab;
+    let mut sum = 0f64;
+    for i in 0..tokens.len() - 1 {
+        let logits = s.eval(&tokens[i..i + 1]).unwrap();
+        let row = &logits[..nv];
+        sum += verity_engine::log_sum_exp(row) as f64 - row[tokens[i + 1] as usize] as f64;
+    }
+    let mut s16 = Session::new(m.clone(), 64);
+    let l16 = s16.eval_all(&tokens).unwrap();
+    let mut sum16 = 0f64;
+    for i in 0..tokens.len() - 1 {
+        let row = &l16[i * nv..(i + 1) * nv];
+        sum16 += verity_engine::log_sum_exp(row) as f64 - row[tokens[i + 1] as usize] as f64;
+    }
+    eprintln!("one by one {} all {} f16 {}", sum / 15.0, engine_nll(&m, &tokens), sum16 / 15.0);
 }
