@@ -10,10 +10,10 @@ mod sampling;
 pub use forward::{BatchItem, EngineError, KvCache, KvType, Logits, Runner, Session};
 pub use generate::{generate, FinishReason, GenerateParams, Generation, TextStream, Timings};
 pub use lora::{same_lora, LoraSet};
-pub use sampling::{log_sum_exp, Sampler, SamplingParams};
 /// The transformer block's elementwise operations, shared with training so that a
 /// trained model's forward pass is the engine's.
 pub use ops::{rms_norm, Rope};
+pub use sampling::{log_sum_exp, Sampler, SamplingParams};
 
 /// Set the number of worker threads for all compute (call once, before any work).
 pub fn init_threads(n: usize) {
