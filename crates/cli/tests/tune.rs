@@ -93,9 +93,20 @@ fn chat_fine_tune_gives_an_adapter_every_command_takes() {
             "4",
             "--json",
         ])
+        .args(["--eval", "arc_easy", "--eval-limit", "8"])
         .arg("--log")
         .arg(&log));
-    let s: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    // --json prints the run's summary, then the before/after scores.
+    let mut docs = serde_json::Deserializer::from_str(&summary).into_iter::<serde_json::Value>();
+    let s = docs.next().unwrap().unwrap();
+    let scores = docs
+        .next()
+        .unwrap_or_else(|| panic!("no scores after the summary: {summary}"))
+        .unwrap();
+    for side in ["base", "adapter"] {
+        let acc = &scores[side]["results"]["arc_easy"]["acc,none"];
+        assert!(acc.as_f64().is_some(), "{side}: {scores}");
+    }
     assert_eq!(s["steps"], 8);
     let (first, last) = (
         s["first_loss"].as_f64().unwrap(),
@@ -375,4 +386,135 @@ fn a_full_disk_at_checkpoint_time_keeps_the_last_good_checkpoint() {
     std::fs::remove_file(mnt.join("fill")).unwrap();
     ok(verity().arg("tune").arg("--resume").arg(&out));
     assert!(out.join("adapter_model.safetensors").exists());
+}
+
+#[test]
+fn sigterm_writes_a_checkpoint_and_the_run_resumes_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = chat_data(tmp.path(), 24);
+    let whole = tmp.path().join("whole");
+    ok(small(&mut verity(), &data, &whole).args(["--steps", "6"]));
+    let cut = tmp.path().join("cut");
+    let log = tmp.path().join("cut.log");
+    let child = small(&mut verity(), &data, &cut)
+        .args(["--steps", "6"])
+        .arg("--log")
+        .arg(&log)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |s| s.lines().count()) < 2 {
+        assert!(t0.elapsed().as_secs() < 300, "no steps logged");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        // The run ended before the signal arrived: nothing to resume.
+        eprintln!("run finished before SIGTERM; resume not exercised");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    assert!(cut.join("checkpoints/latest").exists());
+    ok(verity().arg("tune").arg("--resume").arg(&cut));
+    assert_eq!(
+        sha(&whole.join("adapter_model.safetensors")),
+        sha(&cut.join("adapter_model.safetensors"))
+    );
+}
+
+/// PEFT loads a verity-trained adapter and computes what verity computes with it (the F32
+/// directory, fp32 on both sides). Needs the PEFT venv (scripts/setup-peft-venv).
+#[test]
+fn peft_loads_a_trained_adapter_and_agrees() {
+    let assets = std::env::var_os("VERITY_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/verity/assets")
+        });
+    let python = assets.join("peft-venv/bin/python");
+    let base = assets.join("smollm2-f32-hf");
+    if !python.exists() || !base.exists() {
+        eprintln!("SKIPPED: no PEFT venv or F32 directory (scripts/setup-peft-venv, scripts/make-f32-model)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = chat_data(tmp.path(), 8);
+    let out = tmp.path().join("a");
+    // A large learning rate, so that B moves well away from zero in two steps.
+    ok(verity()
+        .arg("tune")
+        .arg("--model")
+        .arg(&base)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--max-seq-len",
+            "96",
+            "--batch-size",
+            "2",
+            "--rank",
+            "4",
+            "--steps",
+            "2",
+            "--lr",
+            "1e-2",
+        ]));
+    let text = "What is 7 times 8? 7 times 8 is 56.";
+    let script = r#"
+import sys, torch, transformers, peft
+base, adapter, text = sys.argv[1:4]
+tok = transformers.AutoTokenizer.from_pretrained(base)
+m = transformers.AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32, attn_implementation="eager")
+ids = torch.tensor([[1] + tok(text)["input_ids"]])
+def nll(model):
+    with torch.no_grad():
+        return model(input_ids=ids, labels=ids).loss.item()
+b = nll(m)
+p = peft.PeftModel.from_pretrained(m, adapter)
+print(b, nll(p), " ".join(str(i) for i in ids[0].tolist()))
+"#;
+    let o = ok(Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(&base)
+        .arg(&out)
+        .arg(text));
+    let mut it = o.split_whitespace();
+    let base_nll: f64 = it.next().unwrap().parse().unwrap();
+    let peft_nll: f64 = it.next().unwrap().parse().unwrap();
+    let ids: Vec<u32> = it.map(|t| t.parse().unwrap()).collect();
+    assert!(
+        (peft_nll - base_nll).abs() > 1e-3,
+        "the adapter changes nothing: {base_nll} {peft_nll}"
+    );
+    // verity: the same tokens through the engine with the adapter, f32 cache.
+    let model = std::sync::Arc::new(verity_model::load(&base).unwrap());
+    let adapter = std::sync::Arc::new(verity_model::Adapter::load(&out, &model).unwrap());
+    let mut s =
+        verity_engine::Session::with_kv_type(model.clone(), 128, verity_engine::KvType::F32);
+    s.set_lora(Some(verity_engine::LoraSet::new(vec![(adapter, 1.0)])));
+    let logits = s.eval_all(&ids).unwrap();
+    let nv = model.hparams.n_vocab;
+    let mut sum = 0f64;
+    for i in 0..ids.len() - 1 {
+        let row = &logits[i * nv..(i + 1) * nv];
+        sum += verity_engine::log_sum_exp(row) as f64 - row[ids[i + 1] as usize] as f64;
+    }
+    let verity_nll = sum / (ids.len() - 1) as f64;
+    eprintln!("base {base_nll}, PEFT {peft_nll}, verity {verity_nll}");
+    assert!(
+        (verity_nll - peft_nll).abs() < 1e-4 * peft_nll,
+        "PEFT {peft_nll} vs verity {verity_nll}"
+    );
 }
