@@ -45,6 +45,7 @@
 
 pub mod attention;
 pub mod attention_train;
+pub mod backward;
 mod blocks;
 mod dequant;
 mod quant;
@@ -62,6 +63,10 @@ mod kquant512;
 mod neon;
 
 use std::sync::OnceLock;
+
+pub use backward::{matmul_at_b, matmul_t};
+#[doc(hidden)]
+pub use backward::{matmul_at_b_with, matmul_t_with};
 
 pub use verity_formats::TensorType;
 
