@@ -44,7 +44,7 @@ enum Command {
     Diff(diff::DiffArgs),
     Merge(merge::MergeArgs),
     Eval(eval::EvalArgs),
-    Tune(tune::TuneArgs),
+    Tune(Box<tune::TuneArgs>),
 }
 
 fn main() {
@@ -63,7 +63,7 @@ fn main() {
         Command::Diff(a) => diff::diff(a),
         Command::Merge(a) => merge::merge(a),
         Command::Eval(a) => eval::eval(a),
-        Command::Tune(a) => tune::tune(a),
+        Command::Tune(a) => tune::tune(*a),
     };
     if let Err(e) = result {
         // One line, bounded: causes can quote text from a hostile file.

@@ -612,6 +612,10 @@ fn run_training(
         b.finish_and_clear();
     }
     let st = &outcome.state;
+    let profile = verity_tune::profile::report();
+    if !profile.is_empty() {
+        eprint!("time by operation (VERITY_TUNE_PROFILE):\n{profile}");
+    }
     if outcome.interrupted {
         eprintln!(
             "tune: stopped at step {}/{}; checkpoint written; continue with: verity tune --resume {}",

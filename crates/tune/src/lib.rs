@@ -12,6 +12,7 @@ pub mod lora;
 mod ops;
 pub mod optim;
 pub mod plot;
+pub mod profile;
 pub mod rng;
 pub mod step;
 pub mod train;

@@ -132,13 +132,13 @@ impl LoraParams {
         let mut mats = Vec::new();
         let mut index = vec![[None; 7]; hp.n_layer];
         let mut off = 0;
-        for l in 0..hp.n_layer {
+        for (l, slots) in index.iter_mut().enumerate() {
             for &proj in &Proj::ALL {
                 let Some((rank, scale)) = rank_of(l, proj) else {
                     continue;
                 };
                 let (out_dim, in_dim) = proj.layer_tensor().shape(hp);
-                index[l][proj as usize] = Some(mats.len());
+                slots[proj as usize] = Some(mats.len());
                 mats.push(LoraMat {
                     layer: l,
                     proj,

@@ -36,7 +36,7 @@ impl Stream {
 
     /// Uniform in `0..n` (n > 0), without modulo bias worth worrying about for n < 2^32.
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 }
 

@@ -21,6 +21,7 @@ use crate::ops::{
     add_into, add_scaled_into, norm_backward_rows, norm_rows, par_elems, par_rows, swiglu_backward,
     swiglu_rows,
 };
+use crate::profile::{timed, Kind};
 use crate::rng::{mix, purpose};
 
 /// Rows of logits computed at once by the loss (bounded memory whatever the batch).
@@ -193,7 +194,7 @@ impl Trainer {
         batch: &Batch,
         loss_scale: f32,
         dropout: Option<DropoutKey>,
-        mut grads: Option<&mut [f32]>,
+        grads: Option<&mut [f32]>,
     ) -> MicroLoss {
         let model = self.model.clone();
         let hp = &model.hparams;
@@ -237,7 +238,7 @@ impl Trainer {
             loss_scale,
             grads.is_some().then_some(&mut dx[..]),
         );
-        let Some(grads) = grads.as_deref_mut() else {
+        let Some(grads) = grads else {
             return loss;
         };
         for l in (0..hp.n_layer).rev() {
@@ -280,7 +281,7 @@ impl Trainer {
             (Proj::V, &layer.wv, &layer.bv, &mut a.v, kvd),
         ] {
             let y = sized(out, n * dim);
-            matmul(&wt.view(), h, n, y);
+            timed(Kind::Forward, flops(wt, n), || matmul(&wt.view(), h, n, y));
             lora_forward(
                 ctx,
                 l,
@@ -308,18 +309,23 @@ impl Trainer {
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
         sized(&mut a.attn, n * qd);
         sized(&mut a.lse, n * hp.n_head);
-        attention_train::forward(
-            &a.q,
-            &a.k,
-            &a.v,
-            &ctx.batch.segments,
-            shape,
-            scale,
-            &mut a.attn,
-            &mut a.lse,
-        );
+        let af = attn_flops(&ctx.batch.segments, hp.n_head, hp.head_dim);
+        timed(Kind::Attention, af, || {
+            attention_train::forward(
+                &a.q,
+                &a.k,
+                &a.v,
+                &ctx.batch.segments,
+                shape,
+                scale,
+                &mut a.attn,
+                &mut a.lse,
+            )
+        });
         let x_mid = sized(&mut a.x_mid, n * d);
-        matmul(&layer.wo.view(), &a.attn, n, x_mid);
+        timed(Kind::Forward, flops(&layer.wo, n), || {
+            matmul(&layer.wo.view(), &a.attn, n, x_mid)
+        });
         lora_forward(
             ctx,
             l,
@@ -340,7 +346,7 @@ impl Trainer {
             (Proj::Up, &layer.w_up, &mut a.up),
         ] {
             let y = sized(out, n * ff);
-            matmul(&wt.view(), h, n, y);
+            timed(Kind::Forward, flops(wt, n), || matmul(&wt.view(), h, n, y));
             lora_forward(
                 ctx,
                 l,
@@ -354,7 +360,9 @@ impl Trainer {
         }
         let act = sized(&mut s.act, n * ff);
         swiglu_rows(&a.gate, &a.up, act);
-        matmul(&layer.w_down.view(), &s.act[..n * ff], n, x_out);
+        timed(Kind::Forward, flops(&layer.w_down, n), || {
+            matmul(&layer.w_down.view(), &s.act[..n * ff], n, x_out)
+        });
         lora_forward(
             ctx,
             l,
@@ -388,7 +396,9 @@ impl Trainer {
         let act = sized(&mut s.act, n * ff);
         swiglu_rows(&a.gate, &a.up, act);
         let d_act = sized(&mut s.d_attn, n * ff);
-        matmul_t(&layer.w_down.view(), dx, n, d_act);
+        timed(Kind::Backward, flops(&layer.w_down, n), || {
+            matmul_t(&layer.w_down.view(), dx, n, d_act)
+        });
         lora_backward(
             ctx,
             l,
@@ -408,9 +418,13 @@ impl Trainer {
         let h2 = sized(&mut s.h, n * d);
         norm_rows(&a.x_mid, &layer.ffn_norm, hp.rms_eps, h2);
         let d_h = sized(&mut s.d_h, n * d);
-        matmul_t(&layer.w_gate.view(), &s.d_gate[..n * ff], n, d_h);
+        timed(Kind::Backward, flops(&layer.w_gate, n), || {
+            matmul_t(&layer.w_gate.view(), &s.d_gate[..n * ff], n, d_h)
+        });
         let tmp2 = sized(&mut s.tmp2, n * d);
-        matmul_t(&layer.w_up.view(), &s.d_up[..n * ff], n, tmp2);
+        timed(Kind::Backward, flops(&layer.w_up, n), || {
+            matmul_t(&layer.w_up.view(), &s.d_up[..n * ff], n, tmp2)
+        });
         add_into(&mut s.d_h[..n * d], &s.tmp2[..n * d]);
         for (proj, dy) in [(Proj::Gate, &s.d_gate), (Proj::Up, &s.d_up)] {
             lora_backward(
@@ -431,7 +445,9 @@ impl Trainer {
 
         // Attention block: x_mid = x_in + W_o·attention(rope(W_q·h1), rope(W_k·h1), W_v·h1).
         let d_attn = sized(&mut s.d_attn, n * qd);
-        matmul_t(&layer.wo.view(), dx, n, d_attn);
+        timed(Kind::Backward, flops(&layer.wo, n), || {
+            matmul_t(&layer.wo.view(), dx, n, d_attn)
+        });
         lora_backward(
             ctx,
             l,
@@ -454,30 +470,37 @@ impl Trainer {
         sized(&mut s.d_q, n * qd);
         sized(&mut s.d_k, n * kvd);
         sized(&mut s.d_v, n * kvd);
-        attention_train::backward(
-            &a.q,
-            &a.k,
-            &a.v,
-            &a.attn,
-            &a.lse,
-            &s.d_attn[..n * qd],
-            &ctx.batch.segments,
-            shape,
-            scale,
-            &mut s.d_q,
-            &mut s.d_k,
-            &mut s.d_v,
-        );
+        let af = attn_flops(&ctx.batch.segments, hp.n_head, hp.head_dim);
+        timed(Kind::AttentionBackward, af * 5 / 2, || {
+            attention_train::backward(
+                &a.q,
+                &a.k,
+                &a.v,
+                &a.attn,
+                &a.lse,
+                &s.d_attn[..n * qd],
+                &ctx.batch.segments,
+                shape,
+                scale,
+                &mut s.d_q,
+                &mut s.d_k,
+                &mut s.d_v,
+            )
+        });
         let (rope, pos) = (&self.rope, &ctx.batch.pos);
         par_rows(&mut s.d_q, qd, &|r, row| rope.apply_inverse(row, pos[r]));
         par_rows(&mut s.d_k, kvd, &|r, row| rope.apply_inverse(row, pos[r]));
         let h1 = sized(&mut s.h, n * d);
         norm_rows(x_in, &layer.attn_norm, hp.rms_eps, h1);
         let d_h = sized(&mut s.d_h, n * d);
-        matmul_t(&layer.wq.view(), &s.d_q, n, d_h);
+        timed(Kind::Backward, flops(&layer.wq, n), || {
+            matmul_t(&layer.wq.view(), &s.d_q, n, d_h)
+        });
         for (wt, dy) in [(&layer.wk, &s.d_k), (&layer.wv, &s.d_v)] {
             let t = sized(&mut s.tmp2, n * d);
-            matmul_t(&wt.view(), dy, n, t);
+            timed(Kind::Backward, flops(wt, n), || {
+                matmul_t(&wt.view(), dy, n, t)
+            });
             add_into(&mut s.d_h[..n * d], &s.tmp2[..n * d]);
         }
         for (proj, dy) in [(Proj::Q, &s.d_q), (Proj::K, &s.d_k), (Proj::V, &s.d_v)] {
@@ -524,7 +547,9 @@ impl Trainer {
             let h = sized(&mut s.h, c * d);
             norm_rows(&s.tmp2[..c * d], &w.output_norm, hp.rms_eps, h);
             let logits = sized(&mut s.logits, c * nv);
-            matmul(&out_w, &s.h[..c * d], c, logits);
+            timed(Kind::Loss, 2 * (c * d * nv) as u64, || {
+                matmul(&out_w, &s.h[..c * d], c, logits)
+            });
             // Per row: loss, and logits turned into their gradient in place.
             let mut losses = vec![0f64; c];
             {
@@ -544,14 +569,16 @@ impl Trainer {
             }
             total += losses.iter().sum::<f64>();
             if let Some(dx) = dx.as_deref_mut() {
-                vocab_transpose_product(
-                    &out_w,
-                    &s.logits[..c * nv],
-                    c,
-                    &mut s.d_h,
-                    &mut s.du,
-                    &mut s.act,
-                );
+                timed(Kind::Loss, 2 * (c * d * nv) as u64, || {
+                    vocab_transpose_product(
+                        &out_w,
+                        &s.logits[..c * nv],
+                        c,
+                        &mut s.d_h,
+                        &mut s.du,
+                        &mut s.act,
+                    )
+                });
                 let dxc = sized(&mut s.tmp, c * d);
                 dxc.fill(0.0);
                 norm_backward_rows(
@@ -575,6 +602,20 @@ impl Trainer {
             targets: batch.targets.len(),
         }
     }
+}
+
+/// Multiply-adds ×2 of a product with `w` over `n` rows.
+fn flops(w: &verity_model::Tensor, n: usize) -> u64 {
+    2 * (w.rows * w.cols * n) as u64
+}
+
+/// Multiply-adds ×2 of causal attention's two products over `segments`.
+fn attn_flops(segments: &[(usize, usize)], n_head: usize, head_dim: usize) -> u64 {
+    let pairs: u64 = segments
+        .iter()
+        .map(|&(_, l)| (l * (l + 1) / 2) as u64)
+        .sum();
+    4 * pairs * (n_head * head_dim) as u64
 }
 
 /// Rows of the output matrix per block of [`vocab_transpose_product`].
@@ -673,6 +714,20 @@ fn lora_forward(
     drop_buf: &mut Vec<f32>,
 ) {
     let Some(m) = ctx.mat(l, proj) else { return };
+    timed(Kind::Lora, 0, || {
+        lora_forward_in(ctx, m, x, y, u, tmp, drop_buf)
+    })
+}
+
+fn lora_forward_in(
+    ctx: &Ctx,
+    m: &LoraMat,
+    x: &[f32],
+    y: &mut [f32],
+    u: &mut Vec<f32>,
+    tmp: &mut Vec<f32>,
+    drop_buf: &mut Vec<f32>,
+) {
     let n = ctx.batch.len();
     let p = &ctx.params.values;
     let xd = ctx.dropped(m, x, drop_buf);
@@ -700,6 +755,24 @@ fn lora_backward(
     drop_buf: &mut Vec<f32>,
 ) {
     let Some(m) = ctx.mat(l, proj) else { return };
+    timed(Kind::Lora, 0, || {
+        lora_backward_in(ctx, m, x, dy, u, dx, grads, du, tmp, drop_buf)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn lora_backward_in(
+    ctx: &Ctx,
+    m: &LoraMat,
+    x: &[f32],
+    dy: &[f32],
+    u: &[f32],
+    dx: &mut [f32],
+    grads: &mut [f32],
+    du: &mut Vec<f32>,
+    tmp: &mut Vec<f32>,
+    drop_buf: &mut Vec<f32>,
+) {
     let n = ctx.batch.len();
     let p = &ctx.params.values;
     let (r, s) = (m.rank, m.scale);

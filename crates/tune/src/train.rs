@@ -200,7 +200,7 @@ pub fn train(
         obs.on_step(&rec, settings.steps);
         let done = state.step == settings.steps;
         if !valid_seqs.is_empty()
-            && (done || (opts.valid_every > 0 && state.step % opts.valid_every == 0))
+            && (done || (opts.valid_every > 0 && state.step.is_multiple_of(opts.valid_every)))
         {
             let v = ValidRecord {
                 step: state.step,
@@ -213,7 +213,7 @@ pub fn train(
         if opts.checkpoints
             && (done
                 || stopping
-                || (opts.checkpoint_every > 0 && state.step % opts.checkpoint_every == 0))
+                || (opts.checkpoint_every > 0 && state.step.is_multiple_of(opts.checkpoint_every)))
         {
             state.values.clone_from(&params.values);
             state.run = opts.run.clone();
