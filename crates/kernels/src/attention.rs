@@ -180,39 +180,43 @@ pub fn attention_f16_seqs_with(
 
 /// Attention over an f32 cache without any rounding to f16: the query, scores and
 /// probabilities stay f32 (softmax with an f64 sum), as PyTorch computes in fp32. For
-/// the `--cache-type f32` path, whose point is agreement with float references (and the
-/// training forward pass), not speed. The numerics are the same on every SIMD level and
-/// for every batch: each (query, head) is one task with a fixed order of operations.
+/// the `--cache-type f32` path, whose point is agreement with float references and with
+/// the training forward pass: each row is computed exactly as
+/// [`crate::attention_train::forward`] computes it (same sums in the same order, same
+/// `exp`), so a model's loss during training is bit for bit what inference gives (on
+/// quantized weights, where an activation's last bit can round its 8-bit quantization the
+/// other way, nothing less keeps them together). The numerics are the same on every SIMD
+/// level and for every batch: each (query, KV head) is one task with a fixed order of
+/// operations.
 pub fn attention_f32_seqs(seqs: &mut [AttnSeq<'_, f32>], shape: AttnShape, scale: f32) {
+    attention_f32_seqs_with(crate::simd_level(), seqs, shape, scale)
+}
+
+/// [`attention_f32_seqs`] at an explicit SIMD level (for tests and benchmarks); every
+/// level gives the same bits.
+#[doc(hidden)]
+pub fn attention_f32_seqs_with(
+    level: SimdLevel,
+    seqs: &mut [AttnSeq<'_, f32>],
+    shape: AttnShape,
+    scale: f32,
+) {
     check(seqs, shape);
     let (group, hd) = (shape.n_head / shape.n_head_kv, shape.head_dim);
     let kvd = shape.n_head_kv * hd;
     for_each_task(seqs, shape, &|s, t, kvh, o| {
         let n_keys = s.p0 + t + 1;
-        let qs = &s.q[t * shape.n_head * hd + kvh * group * hd..][..group * hd];
-        SCORES.with(|cell| {
-            let scores = &mut *cell.borrow_mut();
-            scores.resize(group * n_keys, 0.0);
-            for j in 0..n_keys {
-                let row = &s.k[j * kvd + kvh * hd..][..hd];
-                for (g, qh) in qs.chunks_exact(hd).enumerate() {
-                    scores[g * n_keys + j] = dot8(qh, |i| row[i]) * scale;
-                }
-            }
-            for row in scores.chunks_exact_mut(n_keys) {
-                softmax(row);
-            }
-            o.fill(0.0);
-            for j in 0..n_keys {
-                let row = &s.v[j * kvd + kvh * hd..][..hd];
-                for (g, oh) in o.chunks_exact_mut(hd).enumerate() {
-                    let pj = scores[g * n_keys + j];
-                    for (a, &b) in oh.iter_mut().zip(row) {
-                        *a += pj * b;
-                    }
-                }
-            }
-        });
+        let row = crate::attention_train::Row {
+            q: &s.q[t * shape.n_head * hd + kvh * group * hd..][..group * hd],
+            k: &s.k[..n_keys * kvd],
+            v: &s.v[..n_keys * kvd],
+            n_keys,
+            kvd,
+            off: kvh * hd,
+            hd,
+            scale,
+        };
+        SCORES.with(|cell| crate::attention_train::row(level, &row, o, &mut cell.borrow_mut()));
     });
 }
 

@@ -6,6 +6,10 @@
 //! and key rows arrive already rotated (RoPE is the caller's). Query head `h` uses KV head
 //! `h / (n_head / n_head_kv)`.
 //!
+//! The engine's f32-cache attention (`attention::attention_f32_seqs`) computes each of its
+//! rows with `row` below, which gives the bits the forward pass gives that row: inference
+//! and training compute the same function, to the last bit.
+//!
 //! The backward pass is FlashAttention's: it recomputes the probabilities from the saved
 //! log-sum-exp instead of storing an `n × n` matrix, block by block (64 × 64). Each
 //! thread keeps a scratch buffer that grows to about `9 · len · head_dim` floats for the
@@ -506,6 +510,123 @@ fn fwd_task<const MR: usize, const NR: usize>(
                     *o = x * inv[r];
                 }
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- one row (inference)
+
+/// One query row against the keys before it, for the engine's f32-cache attention
+/// ([`crate::attention::attention_f32_seqs`]): `q` holds the `group` query heads of one KV
+/// head (`group · hd`), `k` and `v` the rows `0..n_keys` of the cache (`kvd` apart, this
+/// KV head at `off`), and `out` receives `group · hd`.
+pub(crate) struct Row<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub n_keys: usize,
+    pub kvd: usize,
+    pub off: usize,
+    pub hd: usize,
+    pub scale: f32,
+}
+
+/// Keys per tile of [`row_task`], in `NR`-wide columns: independent sums to hide the
+/// latency of each add.
+const ROW_COLS: usize = 4;
+
+/// What [`forward`] gives the row at position `n_keys − 1` of its segment, bit for bit:
+/// each score summed over the head dimension in order from zero, then scaled; the same
+/// [`max_of`], [`exp_shift_sum`] and `1 / sum`; the output summed over keys in order from
+/// zero, then scaled by `1 / sum`. (The tiles of [`forward`] add only exact zeros beyond
+/// that: padded head columns and masked probabilities.) So the engine's f32 path computes
+/// what the training forward pass computes, for any batch: a row never depends on others.
+pub(crate) fn row(level: SimdLevel, r: &Row, out: &mut [f32], sc: &mut Vec<f32>) {
+    match Isa::of(level) {
+        Isa::Base => row_task::<8>(r, out, sc),
+        // SAFETY: `Isa::of` only picks these after run-time feature detection.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { row_avx2(r, out, sc) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { row_avx512(r, out, sc) },
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_avx2(r: &Row, out: &mut [f32], sc: &mut Vec<f32>) {
+    row_task::<8>(r, out, sc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_avx512(r: &Row, out: &mut [f32], sc: &mut Vec<f32>) {
+    row_task::<16>(r, out, sc)
+}
+
+#[inline(always)]
+fn row_task<const NR: usize>(r: &Row, out: &mut [f32], sc: &mut Vec<f32>) {
+    let Row {
+        q,
+        k,
+        v,
+        n_keys,
+        kvd,
+        off,
+        hd,
+        scale,
+    } = *r;
+    let group = q.len() / hd;
+    assert!(n_keys > 0 && k.len() >= n_keys * kvd && v.len() >= n_keys * kvd);
+    assert!(off + hd <= kvd && out.len() == group * hd);
+    let w = ROW_COLS * NR;
+    // s: scores, then probabilities [group][n_keys]; kt: a tile of keys, transposed
+    // [hd][w]; inv: 1 / row sums.
+    let [s, kt, inv] = carve(sc, [group * n_keys, hd * w, group]);
+    for j0 in (0..n_keys).step_by(w) {
+        let nk = w.min(n_keys - j0);
+        // Columns past `nk` keep stale values: each column is its own sum, and theirs are
+        // never read.
+        for l in 0..nk {
+            let kr = &k[(j0 + l) * kvd + off..][..hd];
+            for (dd, &x) in kr.iter().enumerate() {
+                kt[dd * w + l] = x;
+            }
+        }
+        for g in 0..group {
+            let mut t = [[0f32; NR]; ROW_COLS];
+            for (&x, kr) in q[g * hd..][..hd].iter().zip(kt.chunks_exact(w)) {
+                for (tc, kc) in t.iter_mut().zip(kr.chunks_exact(NR)) {
+                    let kc: &[f32; NR] = kc.try_into().unwrap();
+                    for (y, &z) in tc.iter_mut().zip(kc) {
+                        *y += x * z;
+                    }
+                }
+            }
+            let dst = &mut s[g * n_keys + j0..][..nk];
+            for (o, &y) in dst.iter_mut().zip(t.iter().flatten()) {
+                *o = y * scale;
+            }
+        }
+    }
+    for (g, iv) in inv.iter_mut().enumerate() {
+        let p = &mut s[g * n_keys..][..n_keys];
+        let m = max_of(p);
+        *iv = (1.0 / exp_shift_sum(p, m)) as f32;
+    }
+    out.fill(0.0);
+    for j in 0..n_keys {
+        let vr = &v[j * kvd + off..][..hd];
+        for (g, o) in out.chunks_exact_mut(hd).enumerate() {
+            let p = s[g * n_keys + j];
+            for (o, &x) in o.iter_mut().zip(vr) {
+                *o += p * x;
+            }
+        }
+    }
+    for (o, &iv) in out.chunks_exact_mut(hd).zip(inv.iter()) {
+        for o in o {
+            *o *= iv;
         }
     }
 }

@@ -472,6 +472,77 @@ fn same_bits_on_one_and_two_threads() {
     assert_eq!(digests[0], digests[1], "1 thread vs 2 threads");
 }
 
+/// The engine's f32-cache attention gives each row what the training forward gives it, bit
+/// for bit, on every SIMD level: a whole prompt at once, one token at a time, or in
+/// chunks, batched with other sequences. (On quantized weights a last-bit difference can
+/// round an activation's quantization the other way and grow from there, so the training
+/// loss equals the engine's only if this holds.)
+#[test]
+fn engine_f32_attention_is_the_training_forward() {
+    use verity_kernels::attention::{attention_f32_seqs_with, AttnSeq, AttnShape};
+    let levels: Vec<SimdLevel> = [
+        SimdLevel::Scalar,
+        SimdLevel::Avx2,
+        SimdLevel::Avx512,
+        SimdLevel::Neon,
+    ]
+    .into_iter()
+    .filter(|&l| level_supported(l))
+    .collect();
+    for c in cases() {
+        let want = c.run(SimdLevel::Scalar)[0].clone();
+        let sh = c.shape;
+        let ash = AttnShape {
+            n_head: sh.n_head,
+            n_head_kv: sh.n_head_kv,
+            head_dim: sh.head_dim,
+        };
+        let (qd, kvd) = (sh.n_head * sh.head_dim, sh.n_head_kv * sh.head_dim);
+        for &level in &levels {
+            for chunk in [usize::MAX, 1, 37] {
+                let mut got = vec![f32::NAN; want.len()];
+                // Rows `p0..p0 + chunk` of every segment, all segments in one call.
+                let mut p0 = 0;
+                while c.segs.iter().any(|&(_, len)| p0 < len) {
+                    // (segment start, segment length, rows now)
+                    let parts: Vec<(usize, usize, usize)> = c
+                        .segs
+                        .iter()
+                        .map(|&(s0, len)| (s0, len, len.saturating_sub(p0).min(chunk)))
+                        .filter(|p| p.2 > 0)
+                        .collect();
+                    let mut outs: Vec<Vec<f32>> =
+                        parts.iter().map(|p| vec![f32::NAN; p.2 * qd]).collect();
+                    let mut seqs: Vec<AttnSeq<f32>> = parts
+                        .iter()
+                        .zip(&mut outs)
+                        .map(|(&(s0, len, n), out)| AttnSeq {
+                            q: &c.q[(s0 + p0) * qd..(s0 + p0 + n) * qd],
+                            k: &c.k[s0 * kvd..(s0 + len) * kvd],
+                            v: &c.v[s0 * kvd..(s0 + len) * kvd],
+                            out,
+                            n,
+                            p0,
+                        })
+                        .collect();
+                    attention_f32_seqs_with(level, &mut seqs, ash, c.scale);
+                    drop(seqs);
+                    for (&(s0, _, n), out) in parts.iter().zip(&outs) {
+                        got[(s0 + p0) * qd..][..n * qd].copy_from_slice(out);
+                    }
+                    p0 = p0.saturating_add(chunk);
+                }
+                if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+                    panic!(
+                        "{sh:?} {level:?}, chunks of {chunk}: element {i} is {}, training gives {}",
+                        got[i], want[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- timing
 
 /// `cargo test --release -p verity-kernels --test attention_train -- --ignored --nocapture`
@@ -532,5 +603,44 @@ fn timing_forward_backward() {
                 7.0 * unit / (tf + tb) / 1e9,
             );
         }
+    }
+}
+
+/// The engine's f32-cache attention (not a fast path) over a 512-token prompt and one
+/// decode step at position 2047. `cargo test --release -p verity-kernels --test attention_train -- --ignored
+/// --nocapture`
+#[test]
+#[ignore]
+fn timing_engine_f32_attention() {
+    use std::time::Instant;
+    use verity_kernels::attention::{attention_f32_seqs, AttnSeq, AttnShape};
+    let sh = shape(9, 3, 64);
+    let ash = AttnShape {
+        n_head: sh.n_head,
+        n_head_kv: sh.n_head_kv,
+        head_dim: sh.head_dim,
+    };
+    let c = Case::new(43, sh, &[2048], 1.0);
+    let qd = sh.n_head * sh.head_dim;
+    for (name, p0, n) in [("prefill 512", 0, 512), ("decode at 2047", 2047, 1)] {
+        let mut out = vec![0f32; n * qd];
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            attention_f32_seqs(
+                &mut [AttnSeq {
+                    q: &c.q[p0 * qd..(p0 + n) * qd],
+                    k: &c.k,
+                    v: &c.v,
+                    out: &mut out,
+                    n,
+                    p0,
+                }],
+                ash,
+                c.scale,
+            );
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        println!("engine f32 attention, {name}: {:.3} ms", best * 1e3);
     }
 }

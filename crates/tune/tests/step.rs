@@ -51,6 +51,11 @@ fn packed(tokens: &[u32]) -> Packed {
     }
 }
 
+/// On the default Q4_1 model the two agree only if every activation is the same to the
+/// last bit: a matmul quantizes its input to 8 bits, where one bit can round a value the
+/// other way, and 30 layers grow that to ~0.5% of the loss (attention's last bits once
+/// differed: 3.5518 vs 3.5719 here). What remains is the loss's own rounding (the
+/// engine's log-sum-exp in f32 here, f64 in training).
 #[test]
 fn training_forward_matches_the_engine() {
     let m = model();
@@ -70,7 +75,7 @@ fn training_forward_matches_the_engine() {
     let engine = engine_nll(&m, &tokens);
     eprintln!("training forward {mine}, engine {engine}");
     assert!(
-        (mine - engine).abs() < 1e-3 * engine,
+        (mine - engine).abs() < 1e-6 * engine,
         "training forward {mine}, engine {engine}"
     );
 }
@@ -104,8 +109,18 @@ fn gradient_digest() -> String {
     let b = Batch::new(&[&first, &other]);
     let mut tr = Trainer::new(m.clone());
     let mut grads = vec![0f32; params.n_params()];
-    let key = verity_tune::step::DropoutKey { seed: 1, step: 2, micro: 0 };
-    tr.run(&params, &b, 1.0 / b.targets.len() as f32, Some(key), Some(&mut grads));
+    let key = verity_tune::step::DropoutKey {
+        seed: 1,
+        step: 2,
+        micro: 0,
+    };
+    tr.run(
+        &params,
+        &b,
+        1.0 / b.targets.len() as f32,
+        Some(key),
+        Some(&mut grads),
+    );
     assert!(grads.iter().all(|g| g.is_finite()) && grads.iter().any(|&g| g != 0.0));
     let bytes: Vec<u8> = grads.iter().flat_map(|g| g.to_le_bytes()).collect();
     format!("{:x}", sha2::Sha256::digest(&bytes))
@@ -120,14 +135,23 @@ fn gradients_are_identical_on_every_simd_path_and_thread_count() {
     }
     let exe = std::env::current_exe().unwrap();
     let mut seen = Vec::new();
-    for (simd, threads) in [("avx512", "2"), ("avx512", "1"), ("avx2", "2"), ("scalar", "2")] {
+    for (simd, threads) in [
+        ("avx512", "2"),
+        ("avx512", "1"),
+        ("avx2", "2"),
+        ("scalar", "2"),
+    ] {
         let level = verity_kernels::SimdLevel::parse(simd).unwrap();
         if !verity_kernels::level_supported(level) {
             eprintln!("{simd}: not on this CPU, skipped");
             continue;
         }
         let out = std::process::Command::new(&exe)
-            .args(["--exact", "gradients_are_identical_on_every_simd_path_and_thread_count", "--nocapture"])
+            .args([
+                "--exact",
+                "gradients_are_identical_on_every_simd_path_and_thread_count",
+                "--nocapture",
+            ])
             .env("VERITY_TUNE_DIGEST_CHILD", threads)
             .env("VERITY_SIMD", simd)
             .output()
@@ -136,49 +160,19 @@ fn gradients_are_identical_on_every_simd_path_and_thread_count() {
         let digest = text
             .lines()
             .find_map(|l| l.strip_prefix("DIGEST "))
-            .unwrap_or_else(|| panic!("{simd}: no digest:\n{text}{}", String::from_utf8_lossy(&out.stderr)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{simd}: no digest:\n{text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
             .to_string();
         eprintln!("{simd} x{threads}: {digest}");
         seen.push((simd, threads, digest));
     }
     assert!(seen.len() >= 2);
-    assert!(seen.windows(2).all(|w| w[0].2 == w[1].2), "gradients differ between paths: {seen:?}");
-}
-
-#[test]
-#[ignore]
-fn debug_forward_by_length() {
-    let m = model();
-    let tokens = text_tokens(&m, 96);
-    let spec = LoraSpec { rank: 4, alpha: 8.0, targets: vec![], rslora: false, dropout: 0.0 };
-    let params = LoraParams::init(&spec, &m.hparams, 0).unwrap();
-    let mut tr = Trainer::new(m.clone());
-    for n in [2usize, 3, 4, 5, 8, 16, 17, 32] {
-        let p = packed(&tokens[..n]);
-        let l = tr.run(&params, &Batch::new(&[&p]), 0.0, None, None);
-        eprintln!("n={n} train {} engine {}", l.sum / l.targets as f64, engine_nll(&m, &tokens[..n]));
-    }
-}
-
-#[test]
-#[ignore]
-fn debug_engine_one_by_one() {
-    let m = model();
-    let tokens = text_tokens(&m, 16);
-    let mut s = Session::with_kv_type(m.clone(), 64, KvType::F32);
-    let nv = m.hparams.n_vocab;
-    let mut sum = 0f64;
-    for i in 0..tokens.len() - 1 {
-        let logits = s.eval(&tokens[i..i + 1]).unwrap();
-        let row = &logits[..nv];
-        sum += verity_engine::log_sum_exp(row) as f64 - row[tokens[i + 1] as usize] as f64;
-    }
-    let mut s16 = Session::new(m.clone(), 64);
-    let l16 = s16.eval_all(&tokens).unwrap();
-    let mut sum16 = 0f64;
-    for i in 0..tokens.len() - 1 {
-        let row = &l16[i * nv..(i + 1) * nv];
-        sum16 += verity_engine::log_sum_exp(row) as f64 - row[tokens[i + 1] as usize] as f64;
-    }
-    eprintln!("one by one {} all {} f16 {}", sum / 15.0, engine_nll(&m, &tokens), sum16 / 15.0);
+    assert!(
+        seen.windows(2).all(|w| w[0].2 == w[1].2),
+        "gradients differ between paths: {seen:?}"
+    );
 }
