@@ -146,3 +146,20 @@ fn q4_1_gradients_against_pytorch_on_dequantized_weights() {
     eprintln!("Q4_1 GGUF vs PyTorch on its dequantized weights: worst relative error {worst:.3e} ({name})");
     assert!(worst <= 0.5, "gradient {name} off by {worst:.3e}");
 }
+
+/// The F32 GGUF of the same weights (q/k rows in llama.cpp's permuted order, RoPE
+/// interleaved): the gradient must be PyTorch's too once turned back into Hugging Face's
+/// order, which checks the permuted layout end to end.
+#[test]
+fn f32_gguf_gradients_match_pytorch_in_hf_order() {
+    let dir = assets().join("tune-ref/grad");
+    let gguf = assets().join("SmolLM2-135M-Instruct.F32.gguf");
+    if !dir.join("grads.safetensors").exists() || !gguf.exists() {
+        eprintln!("SKIPPED: no reference gradients or F32 GGUF (scripts/make-f32-model)");
+        return;
+    }
+    let model = Arc::new(verity_model::load(&gguf).unwrap());
+    let (worst, name) = worst_error(&dir, model, 1e-4);
+    eprintln!("F32 GGUF: worst relative error {worst:.3e} ({name})");
+    assert!(worst <= 1e-3, "gradient {name} off by {worst:.3e}");
+}
