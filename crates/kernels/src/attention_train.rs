@@ -102,31 +102,13 @@ pub fn forward_with(
     lse: &mut [f32],
 ) {
     let d = Dims::new(shape, q.len(), k.len(), v.len(), segments);
-    assert_eq!(
-        out.len(),
-        d.n * d.qd,
-        "attention_train: out has the wrong size"
-    );
-    assert_eq!(
-        lse.len(),
-        d.n * d.nh,
-        "attention_train: lse has the wrong size"
-    );
+    d.check("out", out.len(), d.qd);
+    d.check("lse", lse.len(), d.nh);
     let ctx = Ctx { d, q, k, v, scale };
     let (out, lse) = (Ptr(out.as_mut_ptr()), Ptr(lse.as_mut_ptr()));
     let isa = Isa::of(level);
     run_tasks(segments, d.nkv, &|seg, kvh| {
-        with_scratch(|sc| {
-            let t = Task { seg, kvh };
-            match isa {
-                Isa::Base => fwd_base(&ctx, t, &out, &lse, sc),
-                // SAFETY: `Isa::of` only picks these after run-time feature detection.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { fwd_avx2(&ctx, t, &out, &lse, sc) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { fwd_avx512(&ctx, t, &out, &lse, sc) },
-            }
-        })
+        with_scratch(|sc| fwd(isa, &ctx, Task { seg, kvh }, &out, &lse, sc))
     });
 }
 
@@ -189,17 +171,12 @@ pub fn backward_with(
     dv: &mut [f32],
 ) {
     let d = Dims::new(shape, q.len(), k.len(), v.len(), segments);
-    let (nq, nkv) = (d.n * d.qd, d.n * d.kvd);
-    assert_eq!(out.len(), nq, "attention_train: out has the wrong size");
-    assert_eq!(d_out.len(), nq, "attention_train: d_out has the wrong size");
-    assert_eq!(
-        lse.len(),
-        d.n * d.nh,
-        "attention_train: lse has the wrong size"
-    );
-    assert_eq!(dq.len(), nq, "attention_train: dq has the wrong size");
-    assert_eq!(dk.len(), nkv, "attention_train: dk has the wrong size");
-    assert_eq!(dv.len(), nkv, "attention_train: dv has the wrong size");
+    d.check("out", out.len(), d.qd);
+    d.check("d_out", d_out.len(), d.qd);
+    d.check("lse", lse.len(), d.nh);
+    d.check("dq", dq.len(), d.qd);
+    d.check("dk", dk.len(), d.kvd);
+    d.check("dv", dv.len(), d.kvd);
     let ctx = Ctx { d, q, k, v, scale };
     let bin = BwdIn { out, lse, d_out };
     let bout = BwdOut {
@@ -209,17 +186,7 @@ pub fn backward_with(
     };
     let isa = Isa::of(level);
     run_tasks(segments, d.nkv, &|seg, kvh| {
-        with_scratch(|sc| {
-            let t = Task { seg, kvh };
-            match isa {
-                Isa::Base => bwd_base(&ctx, &bin, t, &bout, sc),
-                // SAFETY: `Isa::of` only picks these after run-time feature detection.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { bwd_avx2(&ctx, &bin, t, &bout, sc) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { bwd_avx512(&ctx, &bin, t, &bout, sc) },
-            }
-        })
+        with_scratch(|sc| bwd(isa, &ctx, &bin, Task { seg, kvh }, &bout, sc))
     });
 }
 
@@ -271,6 +238,16 @@ impl Dims {
             qd,
             kvd,
         }
+    }
+
+    /// Panics unless the array `name` of `len` elements is `n` rows of `width`.
+    #[track_caller]
+    fn check(&self, name: &str, len: usize, width: usize) {
+        assert_eq!(
+            len,
+            self.n * width,
+            "attention_train: {name} has the wrong size"
+        );
     }
 }
 
@@ -385,41 +362,54 @@ impl Isa {
     }
 }
 
+/// `fn $name(isa: Isa, args)`: `$task::<consts>(args)` compiled for `isa`, with the const
+/// parameters given for each: the same source inlined (`$task` is `#[inline(always)]`)
+/// into a function with the instruction set's target features, so it vectorises for it.
+macro_rules! per_isa {
+    (
+        $(#[$meta:meta])*
+        fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $task:ident
+            { base: [$($base:literal),*], avx2: [$($avx2:literal),*], avx512: [$($avx512:literal),*] }
+    ) => {
+        $(#[$meta])*
+        fn $name(isa: Isa, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2($($arg: $ty),*) {
+                $task::<$($avx2),*>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($arg: $ty),*) {
+                $task::<$($avx512),*>($($arg),*)
+            }
+            match isa {
+                Isa::Base => $task::<$($base),*>($($arg),*),
+                // SAFETY: `Isa::of` only picks these after run-time feature detection.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512($($arg),*) },
+            }
+        }
+    };
+}
+
 // The task bodies, compiled once per instruction set (same source, same bits). Each
 // micro-tile is eight vector accumulators (xmm, ymm, zmm): enough independent adds to
 // hide their latency without spilling. Measured alternatives (AVX2 8×8, AVX-512 4×32 and
 // 8×32) were slower; 8×32 was not even vectorised.
 
-fn fwd_base(c: &Ctx, t: Task, out: &Ptr, lse: &Ptr, sc: &mut Vec<f32>) {
-    fwd_task::<4, 8>(c, t, out, lse, sc)
+per_isa! {
+    /// [`fwd_task`] for one task, tiles `<MR, NR>` per instruction set.
+    fn fwd(c: &Ctx, t: Task, out: &Ptr, lse: &Ptr, sc: &mut Vec<f32>) => fwd_task
+        { base: [4, 8], avx2: [4, 16], avx512: [8, 16] }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn fwd_avx2(c: &Ctx, t: Task, out: &Ptr, lse: &Ptr, sc: &mut Vec<f32>) {
-    fwd_task::<4, 16>(c, t, out, lse, sc)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn fwd_avx512(c: &Ctx, t: Task, out: &Ptr, lse: &Ptr, sc: &mut Vec<f32>) {
-    fwd_task::<8, 16>(c, t, out, lse, sc)
-}
-
-fn bwd_base(c: &Ctx, b: &BwdIn, t: Task, o: &BwdOut, sc: &mut Vec<f32>) {
-    bwd_task::<4, 8>(c, b, t, o, sc)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn bwd_avx2(c: &Ctx, b: &BwdIn, t: Task, o: &BwdOut, sc: &mut Vec<f32>) {
-    bwd_task::<4, 16>(c, b, t, o, sc)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn bwd_avx512(c: &Ctx, b: &BwdIn, t: Task, o: &BwdOut, sc: &mut Vec<f32>) {
-    bwd_task::<8, 16>(c, b, t, o, sc)
+per_isa! {
+    /// [`bwd_task`] for one task, tiles `<MR, NR>` per instruction set.
+    fn bwd(c: &Ctx, b: &BwdIn, t: Task, o: &BwdOut, sc: &mut Vec<f32>) => bwd_task
+        { base: [4, 8], avx2: [4, 16], avx512: [8, 16] }
 }
 
 // ---------------------------------------------------------------- forward
@@ -542,26 +532,13 @@ const ROW_COLS: usize = 4;
 /// that: padded head columns and masked probabilities.) So the engine's f32 path computes
 /// what the training forward pass computes, for any batch: a row never depends on others.
 pub(crate) fn row(level: SimdLevel, r: &Row, out: &mut [f32], sc: &mut Vec<f32>) {
-    match Isa::of(level) {
-        Isa::Base => row_task::<8>(r, out, sc),
-        // SAFETY: `Isa::of` only picks these after run-time feature detection.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { row_avx2(r, out, sc) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { row_avx512(r, out, sc) },
-    }
+    row_isa(Isa::of(level), r, out, sc)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn row_avx2(r: &Row, out: &mut [f32], sc: &mut Vec<f32>) {
-    row_task::<8>(r, out, sc)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn row_avx512(r: &Row, out: &mut [f32], sc: &mut Vec<f32>) {
-    row_task::<16>(r, out, sc)
+per_isa! {
+    /// [`row_task`] with `NR` columns per instruction set.
+    fn row_isa(r: &Row, out: &mut [f32], sc: &mut Vec<f32>) => row_task
+        { base: [8], avx2: [8], avx512: [16] }
 }
 
 #[inline(always)]

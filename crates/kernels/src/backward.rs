@@ -67,22 +67,17 @@ pub fn matmul_t_with(level: SimdLevel, w: &WeightView, dy: &[f32], batch: usize,
         w.ty
     );
     let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(
-        dy.len(),
-        batch * rows,
-        "matmul_t: dy has {} elements, want {batch}x{rows}",
-        dy.len()
-    );
-    assert_eq!(
-        dx.len(),
-        batch * cols,
-        "matmul_t: dx has {} elements, want {batch}x{cols}",
-        dx.len()
-    );
+    check_len("matmul_t", "dy", dy.len(), batch, rows);
+    check_len("matmul_t", "dx", dx.len(), batch, cols);
     let lhs = Lhs {
         data: dy,
         sm: rows,
         sr: 1,
+    };
+    let weight = Rhs::Weight {
+        ty: w.ty,
+        data: w.data,
+        row_bytes,
     };
     let rhs = match w.ty {
         // f32 weights at an f32 address are the f32 operand itself (no dequantizing copy).
@@ -91,18 +86,10 @@ pub fn matmul_t_with(level: SimdLevel, w: &WeightView, dy: &[f32], batch: usize,
         TensorType::F32 if cfg!(target_endian = "little") => {
             match unsafe { w.data.align_to::<f32>() } {
                 ([], data, []) => Rhs::F32 { data, ld: cols },
-                _ => Rhs::Weight {
-                    ty: w.ty,
-                    data: w.data,
-                    row_bytes,
-                },
+                _ => weight,
             }
         }
-        _ => Rhs::Weight {
-            ty: w.ty,
-            data: w.data,
-            row_bytes,
-        },
+        _ => weight,
     };
     gemm(effective(level), lhs, rhs, batch, rows, cols, dx);
 }
@@ -131,24 +118,9 @@ pub fn matmul_at_b_with(
     q: usize,
     c: &mut [f32],
 ) {
-    assert_eq!(
-        a.len(),
-        n * p,
-        "matmul_at_b: a has {} elements, want {n}x{p}",
-        a.len()
-    );
-    assert_eq!(
-        b.len(),
-        n * q,
-        "matmul_at_b: b has {} elements, want {n}x{q}",
-        b.len()
-    );
-    assert_eq!(
-        c.len(),
-        p * q,
-        "matmul_at_b: c has {} elements, want {p}x{q}",
-        c.len()
-    );
+    check_len("matmul_at_b", "a", a.len(), n, p);
+    check_len("matmul_at_b", "b", b.len(), n, q);
+    check_len("matmul_at_b", "c", c.len(), p, q);
     let level = effective(level);
     // Output columns are computed in panels of PW, rows in strips of MR: a narrow `q`
     // (a LoRA rank) wastes most of each panel, so compute `Cᵀ = Bᵀ · A` instead (the same
@@ -177,6 +149,16 @@ pub fn matmul_at_b_with(
         let rhs = Rhs::F32 { data: b, ld: q };
         gemm(level, lhs, rhs, p, n, q, c);
     }
+}
+
+/// Panics unless the argument `name` of `func` has `len == rows * cols` elements.
+#[track_caller]
+fn check_len(func: &str, name: &str, len: usize, rows: usize, cols: usize) {
+    assert_eq!(
+        len,
+        rows * cols,
+        "{func}: {name} has {len} elements, want {rows}x{cols}"
+    );
 }
 
 // ---------------------------------------------------------------- driver

@@ -5,27 +5,8 @@
 use verity_kernels::attention_train::{backward, backward_with, forward, forward_with, TrainShape};
 use verity_kernels::{level_supported, SimdLevel};
 
-/// xorshift64*: deterministic test data without a rand dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [-1, 1).
-    fn f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    /// `n` values, roughly normal times `amp`.
-    fn vec(&mut self, n: usize, amp: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| (0..3).map(|_| self.f32()).sum::<f32>() * amp)
-            .collect()
-    }
-}
+mod common;
+use common::{bits, child_output, levels, simd_levels, Rng};
 
 /// One test problem: inputs, and the forward's results.
 struct Case {
@@ -61,12 +42,22 @@ impl Case {
         Case {
             shape,
             scale: 1.0 / (shape.head_dim as f32).sqrt(),
-            q: rng.vec(n * qd, amp),
-            k: rng.vec(n * kvd, amp),
-            v: rng.vec(n * kvd, 1.0),
-            dout: rng.vec(n * qd, 1.0),
+            q: rng.normal_vec(n * qd, amp),
+            k: rng.normal_vec(n * kvd, amp),
+            v: rng.normal_vec(n * kvd, 1.0),
+            dout: rng.normal_vec(n * qd, 1.0),
             segs,
         }
+    }
+
+    /// (query heads, head size, query heads per KV head, query row width, KV row width).
+    fn layout(&self) -> (usize, usize, usize, usize, usize) {
+        let TrainShape {
+            n_head,
+            n_head_kv,
+            head_dim: hd,
+        } = self.shape;
+        (n_head, hd, n_head / n_head_kv, n_head * hd, n_head_kv * hd)
     }
 
     fn n(&self) -> usize {
@@ -113,13 +104,7 @@ impl Case {
 
 /// f64 forward: (out, lse).
 fn ref_forward(c: &Case, q: &[f64], k: &[f64], v: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let TrainShape {
-        n_head,
-        n_head_kv,
-        head_dim: hd,
-    } = c.shape;
-    let group = n_head / n_head_kv;
-    let (qd, kvd) = (n_head * hd, n_head_kv * hd);
+    let (n_head, hd, group, qd, kvd) = c.layout();
     let n = c.n();
     let scale = c.scale as f64;
     let mut out = vec![0f64; n * qd];
@@ -159,13 +144,7 @@ fn ref_backward(
     v: &[f64],
     dout: &[f64],
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let TrainShape {
-        n_head,
-        n_head_kv,
-        head_dim: hd,
-    } = c.shape;
-    let group = n_head / n_head_kv;
-    let (qd, kvd) = (n_head * hd, n_head_kv * hd);
+    let (n_head, hd, group, qd, kvd) = c.layout();
     let scale = c.scale as f64;
     let (out, lse) = ref_forward(c, q, k, v);
     let mut dq = vec![0f64; q.len()];
@@ -209,10 +188,6 @@ fn rel_err(got: &[f32], want: &[f64]) -> f64 {
         den += w * w;
     }
     (num / den.max(1e-300)).sqrt()
-}
-
-fn bits(x: &[f32]) -> Vec<u32> {
-    x.iter().map(|v| v.to_bits()).collect()
 }
 
 fn shape(n_head: usize, n_head_kv: usize, head_dim: usize) -> TrainShape {
@@ -358,10 +333,7 @@ fn segments_are_isolated_bit_for_bit() {
 
 #[test]
 fn same_bits_on_every_simd_level() {
-    let levels: Vec<SimdLevel> = [SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Neon]
-        .into_iter()
-        .filter(|&l| level_supported(l))
-        .collect();
+    let levels = simd_levels();
     for c in cases() {
         let want = c.run(SimdLevel::Scalar);
         for &l in &levels {
@@ -449,25 +421,7 @@ fn thread_count_child() {
 fn same_bits_on_one_and_two_threads() {
     let digests: Vec<String> = [1, 2]
         .into_iter()
-        .map(|threads| {
-            let exe = std::env::current_exe().unwrap();
-            let out = std::process::Command::new(exe)
-                .args(["--exact", "thread_count_child", "--nocapture"])
-                .env(CHILD_ENV, threads.to_string())
-                .output()
-                .expect("run the test binary");
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "child with {threads} threads failed: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix("digest="))
-                .unwrap_or_else(|| panic!("no digest from the child: {stdout}"))
-                .to_string()
-        })
+        .map(|threads| child_output("thread_count_child", CHILD_ENV, threads, "digest="))
         .collect();
     assert_eq!(digests[0], digests[1], "1 thread vs 2 threads");
 }
@@ -480,15 +434,7 @@ fn same_bits_on_one_and_two_threads() {
 #[test]
 fn engine_f32_attention_is_the_training_forward() {
     use verity_kernels::attention::{attention_f32_seqs_with, AttnSeq, AttnShape};
-    let levels: Vec<SimdLevel> = [
-        SimdLevel::Scalar,
-        SimdLevel::Avx2,
-        SimdLevel::Avx512,
-        SimdLevel::Neon,
-    ]
-    .into_iter()
-    .filter(|&l| level_supported(l))
-    .collect();
+    let levels = levels();
     for c in cases() {
         let want = c.run(SimdLevel::Scalar)[0].clone();
         let sh = c.shape;

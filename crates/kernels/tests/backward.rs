@@ -6,71 +6,8 @@ use verity_kernels::*;
 
 // ---------------------------------------------------------------- helpers
 
-/// xorshift64*: deterministic test data without a rand dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [-1, 1).
-    fn f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f32()).collect()
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next_u64() as u8).collect()
-    }
-}
-
-fn f16b(x: f32) -> [u8; 2] {
-    half::f16::from_f32(x).to_bits().to_le_bytes()
-}
-
-const WEIGHT_TYPES: [TensorType; 11] = [
-    TensorType::F32,
-    TensorType::F16,
-    TensorType::BF16,
-    TensorType::Q8_0,
-    TensorType::Q4_0,
-    TensorType::Q4_1,
-    TensorType::Q5_0,
-    TensorType::Q5_1,
-    TensorType::Q4_K,
-    TensorType::Q5_K,
-    TensorType::Q6_K,
-];
-
-/// A random `rows x cols` weight matrix of type `ty`: `quantize_row` of random data where
-/// there is a quantizer, else random quant bits with sane scales (K-quants).
-fn random_weights(rng: &mut Rng, ty: TensorType, rows: usize, cols: usize) -> Vec<u8> {
-    use TensorType::*;
-    let n = rows * cols;
-    if !matches!(ty, Q4_K | Q5_K | Q6_K) {
-        let src: Vec<f32> = (0..n).map(|_| rng.f32() * 0.1).collect();
-        let mut out = Vec::new();
-        quantize_row(ty, &src, &mut out).unwrap();
-        return out;
-    }
-    let bb = ty.block_bytes();
-    let mut data = rng.bytes(n / ty.block_size() * bb);
-    for b in data.chunks_exact_mut(bb) {
-        let d = 0.002 + 0.01 * rng.f32().abs();
-        match ty {
-            Q4_K | Q5_K => {
-                b[0..2].copy_from_slice(&f16b(d * 0.1));
-                b[2..4].copy_from_slice(&f16b(d * 0.05));
-            }
-            _ => b[208..210].copy_from_slice(&f16b(d * 0.05 * rng.f32().signum())),
-        }
-    }
-    data
-}
+mod common;
+use common::*;
 
 /// Column counts to try for `ty`: one block, several panels / column blocks, partial panels.
 fn col_shapes(ty: TensorType) -> &'static [usize] {
@@ -90,62 +27,67 @@ fn dequantized(w: &WeightView) -> Vec<f32> {
     out
 }
 
-/// The contract, literally: `acc = 0; acc = fma(dy[b][r], W[r][k], acc)` for r ascending.
-fn fma_chain_t(wf: &[f32], rows: usize, cols: usize, dy: &[f32], batch: usize) -> Vec<f32> {
-    let mut dx = vec![0f32; batch * cols];
-    for b in 0..batch {
-        for k in 0..cols {
+/// `OUT (m×n) = L (m×k) · R (k×n)`, element `(i, j)` as the contract says, literally:
+/// `acc = 0; acc = fma(l(i, r), r(r, j), acc)` for `r` ascending.
+fn fma_chain(
+    (m, k, n): (usize, usize, usize),
+    l: impl Fn(usize, usize) -> f32,
+    r: impl Fn(usize, usize) -> f32,
+) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
             let mut acc = 0f32;
-            for r in 0..rows {
-                acc = dy[b * rows + r].mul_add(wf[r * cols + k], acc);
+            for t in 0..k {
+                acc = l(i, t).mul_add(r(t, j), acc);
             }
-            dx[b * cols + k] = acc;
+            out[i * n + j] = acc;
         }
     }
-    dx
+    out
 }
 
-fn fma_chain_at_b(a: &[f32], b: &[f32], n: usize, p: usize, q: usize) -> Vec<f32> {
-    let mut c = vec![0f32; p * q];
-    for i in 0..p {
-        for j in 0..q {
-            let mut acc = 0f32;
-            for t in 0..n {
-                acc = a[t * p + i].mul_add(b[t * q + j], acc);
+/// The same product in f64, and the sums of the magnitudes of its terms: (value, size).
+fn f64_product(
+    (m, k, n): (usize, usize, usize),
+    l: impl Fn(usize, usize) -> f32,
+    r: impl Fn(usize, usize) -> f32,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut want = vec![0f64; m * n];
+    let mut mag = vec![0f64; m * n];
+    for i in 0..m {
+        for t in 0..k {
+            let x = l(i, t) as f64;
+            for j in 0..n {
+                let p = x * r(t, j) as f64;
+                want[i * n + j] += p;
+                mag[i * n + j] += p.abs();
             }
-            c[i * q + j] = acc;
         }
     }
-    c
+    (want, mag)
 }
 
-/// Every level this CPU runs, scalar first.
-fn levels() -> Vec<SimdLevel> {
-    [
-        SimdLevel::Scalar,
-        SimdLevel::Avx2,
-        SimdLevel::Avx512,
-        SimdLevel::Neon,
-    ]
-    .into_iter()
-    .filter(|&l| level_supported(l))
-    .collect()
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
-/// Close to an f64 reference: within a few ulps of the sum of magnitudes.
-fn assert_close(got: &[f32], want: &[f64], mag: &[f64], what: &str) {
+/// `got` is the product `L · R` of [`fma_chain`]: close to the f64 product (within a few
+/// ulps of the sum of magnitudes), and exactly the fma chain.
+fn assert_product(
+    got: &[f32],
+    dims: (usize, usize, usize),
+    l: impl Fn(usize, usize) -> f32 + Copy,
+    r: impl Fn(usize, usize) -> f32 + Copy,
+    what: &str,
+) {
+    let (want, mag) = f64_product(dims, l, r);
     assert_eq!(got.len(), want.len());
-    for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
+    for (i, ((&g, &w), &m)) in got.iter().zip(&want).zip(&mag).enumerate() {
         let tol = 1e-5 * m + 1e-30;
         assert!(
             (g as f64 - w).abs() <= tol,
             "{what}: element {i}: got {g}, want {w} (tolerance {tol})"
         );
     }
+    let chain = fma_chain(dims, l, r);
+    assert_eq!(bits(got), bits(&chain), "{what}: not the fma chain");
 }
 
 // ---------------------------------------------------------------- matmul_t
@@ -156,34 +98,18 @@ fn matmul_t_matches_f64_reference_and_fma_chain() {
     for ty in WEIGHT_TYPES {
         for &cols in col_shapes(ty) {
             for rows in [1usize, 7, 33, 130] {
-                let data = random_weights(&mut rng, ty, rows, cols);
-                let w = WeightView {
-                    ty,
-                    rows,
-                    cols,
-                    data: &data,
-                };
+                let data = quantized_weights(&mut rng, ty, rows, cols);
+                let w = view(ty, rows, cols, &data);
                 let wf = dequantized(&w);
                 for batch in [1usize, 3, 17] {
                     let dy = rng.vec(batch * rows);
                     let mut dx = vec![f32::NAN; batch * cols];
                     matmul_t(&w, &dy, batch, &mut dx);
                     let what = format!("{ty} {rows}x{cols} batch {batch}");
-                    let mut want = vec![0f64; batch * cols];
-                    let mut mag = vec![0f64; batch * cols];
-                    for b in 0..batch {
-                        for r in 0..rows {
-                            let d = dy[b * rows + r] as f64;
-                            for k in 0..cols {
-                                let p = d * wf[r * cols + k] as f64;
-                                want[b * cols + k] += p;
-                                mag[b * cols + k] += p.abs();
-                            }
-                        }
-                    }
-                    assert_close(&dx, &want, &mag, &what);
-                    let chain = fma_chain_t(&wf, rows, cols, &dy, batch);
-                    assert_eq!(bits(&dx), bits(&chain), "{what}: not the fma chain");
+                    let dims = (batch, rows, cols);
+                    let lhs = |b: usize, r: usize| dy[b * rows + r];
+                    let rhs = |r: usize, k: usize| wf[r * cols + k];
+                    assert_product(&dx, dims, lhs, rhs, &what);
                 }
             }
         }
@@ -197,13 +123,8 @@ fn matmul_t_simd_levels_bit_identical() {
     for ty in WEIGHT_TYPES {
         for &cols in col_shapes(ty) {
             for (rows, batch) in [(1usize, 1usize), (7, 3), (33, 17), (70, 50), (129, 13)] {
-                let data = random_weights(&mut rng, ty, rows, cols);
-                let w = WeightView {
-                    ty,
-                    rows,
-                    cols,
-                    data: &data,
-                };
+                let data = quantized_weights(&mut rng, ty, rows, cols);
+                let w = view(ty, rows, cols, &data);
                 let dy = rng.vec(batch * rows);
                 let run = |level| {
                     let mut dx = vec![f32::NAN; batch * cols];
@@ -230,13 +151,8 @@ fn matmul_t_rows_do_not_depend_on_batch() {
         let cols = col_shapes(ty)[1];
         // 300 rows of dy: more than one row chunk per task.
         for (rows, batch) in [(33usize, 17usize), (65, 300)] {
-            let data = random_weights(&mut rng, ty, rows, cols);
-            let w = WeightView {
-                ty,
-                rows,
-                cols,
-                data: &data,
-            };
+            let data = quantized_weights(&mut rng, ty, rows, cols);
+            let w = view(ty, rows, cols, &data);
             let dy = rng.vec(batch * rows);
             for level in levels() {
                 let mut all = vec![0f32; batch * cols];
@@ -261,19 +177,14 @@ fn matmul_t_f32_weights_at_any_alignment() {
     // (copied) like any other type. Both must give the same bits.
     let mut rng = Rng(0x5eed_0004);
     let (rows, cols) = (70usize, 70usize);
-    let data = random_weights(&mut rng, TensorType::F32, rows, cols);
+    let data = quantized_weights(&mut rng, TensorType::F32, rows, cols);
     let mut shifted = vec![0u8; data.len() + 1];
     shifted[1..].copy_from_slice(&data);
     for batch in [1usize, 3, 40] {
         let dy = rng.vec(batch * rows);
         for level in levels() {
             let run = |bytes: &[u8]| {
-                let w = WeightView {
-                    ty: TensorType::F32,
-                    rows,
-                    cols,
-                    data: bytes,
-                };
+                let w = view(TensorType::F32, rows, cols, bytes);
                 let mut dx = vec![f32::NAN; batch * cols];
                 matmul_t_with(level, &w, &dy, batch, &mut dx);
                 bits(&dx)
@@ -289,30 +200,15 @@ fn matmul_t_empty_shapes() {
     let mut rng = Rng(4);
     for level in levels() {
         // rows = 0: every output is the empty chain, 0.0.
-        let w = WeightView {
-            ty,
-            rows: 0,
-            cols: 64,
-            data: &[],
-        };
+        let w = view(ty, 0, 64, &[]);
         let mut dx = vec![f32::NAN; 3 * 64];
         matmul_t_with(level, &w, &[], 3, &mut dx);
         assert!(dx.iter().all(|&v| v.to_bits() == 0), "{level:?}");
         // batch = 0 and cols = 0: nothing to write.
-        let data = random_weights(&mut rng, ty, 5, 64);
-        let w = WeightView {
-            ty,
-            rows: 5,
-            cols: 64,
-            data: &data,
-        };
+        let data = quantized_weights(&mut rng, ty, 5, 64);
+        let w = view(ty, 5, 64, &data);
         matmul_t_with(level, &w, &[], 0, &mut []);
-        let w0 = WeightView {
-            ty,
-            rows: 5,
-            cols: 0,
-            data: &[],
-        };
+        let w0 = view(ty, 5, 0, &[]);
         matmul_t_with(level, &w0, &[1.0; 10], 2, &mut []);
     }
 }
@@ -344,20 +240,9 @@ fn matmul_at_b_matches_f64_reference_and_fma_chain() {
             let mut c = vec![f32::NAN; p * q];
             matmul_at_b_with(level, &a, &b, n, p, q, &mut c);
             let what = format!("n {n} p {p} q {q} {level:?}");
-            let mut want = vec![0f64; p * q];
-            let mut mag = vec![0f64; p * q];
-            for t in 0..n {
-                for i in 0..p {
-                    for j in 0..q {
-                        let x = a[t * p + i] as f64 * b[t * q + j] as f64;
-                        want[i * q + j] += x;
-                        mag[i * q + j] += x.abs();
-                    }
-                }
-            }
-            assert_close(&c, &want, &mag, &what);
-            let chain = fma_chain_at_b(&a, &b, n, p, q);
-            assert_eq!(bits(&c), bits(&chain), "{what}: not the fma chain");
+            let lhs = |i: usize, t: usize| a[t * p + i];
+            let rhs = |t: usize, j: usize| b[t * q + j];
+            assert_product(&c, (p, n, q), lhs, rhs, &what);
         }
     }
 }
@@ -400,13 +285,8 @@ fn digest() -> u64 {
     for ty in WEIGHT_TYPES {
         let cols = *col_shapes(ty).last().unwrap();
         let (rows, batch) = (70, 300);
-        let data = random_weights(&mut rng, ty, rows, cols);
-        let w = WeightView {
-            ty,
-            rows,
-            cols,
-            data: &data,
-        };
+        let data = quantized_weights(&mut rng, ty, rows, cols);
+        let w = view(ty, rows, cols, &data);
         let dy = rng.vec(batch * rows);
         let mut dx = vec![0f32; batch * cols];
         matmul_t(&w, &dy, batch, &mut dx);
@@ -438,23 +318,15 @@ fn thread_count_child() {
 
 #[test]
 fn results_do_not_depend_on_thread_count() {
-    let exe = std::env::current_exe().unwrap();
-    let mut seen = Vec::new();
-    for threads in [1, 2, 3] {
-        let out = std::process::Command::new(&exe)
-            .args(["thread_count_child", "--exact", "--nocapture"])
-            .env(CHILD_ENV, threads.to_string())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "child failed: {stdout}");
-        let digest = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("DIGEST "))
-            .unwrap_or_else(|| panic!("no digest from the {threads}-thread child: {stdout}"))
-            .to_string();
-        seen.push((threads, digest));
-    }
+    let seen: Vec<(usize, String)> = [1, 2, 3]
+        .into_iter()
+        .map(|t| {
+            (
+                t,
+                child_output("thread_count_child", CHILD_ENV, t, "DIGEST "),
+            )
+        })
+        .collect();
     assert!(
         seen.iter().all(|(_, d)| *d == seen[0].1),
         "digests differ by thread count: {seen:?}"
@@ -514,13 +386,8 @@ fn bench_backward() {
             } else {
                 cols
             };
-            let data = random_weights(&mut rng, ty, rows, cols);
-            let w = WeightView {
-                ty,
-                rows,
-                cols,
-                data: &data,
-            };
+            let data = quantized_weights(&mut rng, ty, rows, cols);
+            let w = view(ty, rows, cols, &data);
             let x = rng.vec(batch * cols);
             let dy = rng.vec(batch * rows);
             let mut y = vec![0f32; batch * rows];

@@ -5,94 +5,8 @@ use verity_kernels::*;
 
 // ---------------------------------------------------------------- helpers
 
-/// xorshift64*: deterministic test data without a rand dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [-1, 1).
-    fn f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    /// Roughly normal, with the odd outlier like real activations.
-    fn act(&mut self) -> f32 {
-        let v = (0..4).map(|_| self.f32()).sum::<f32>();
-        if self.next_u64() % 97 < 1 {
-            v * 8.0
-        } else {
-            v
-        }
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next_u64() as u8).collect()
-    }
-}
-
-fn f16b(x: f32) -> [u8; 2] {
-    half::f16::from_f32(x).to_bits().to_le_bytes()
-}
-
-const WEIGHT_TYPES: [TensorType; 11] = [
-    TensorType::F32,
-    TensorType::F16,
-    TensorType::BF16,
-    TensorType::Q8_0,
-    TensorType::Q4_0,
-    TensorType::Q4_1,
-    TensorType::Q5_0,
-    TensorType::Q5_1,
-    TensorType::Q4_K,
-    TensorType::Q5_K,
-    TensorType::Q6_K,
-];
-
-/// A random `rows x cols` weight matrix of type `ty`: random quant bits, sane scales.
-fn random_weights(rng: &mut Rng, ty: TensorType, rows: usize, cols: usize) -> Vec<u8> {
-    use TensorType::*;
-    let n = rows * cols;
-    match ty {
-        F32 | F16 | BF16 => {
-            let src: Vec<f32> = (0..n).map(|_| rng.f32() * 0.1).collect();
-            let mut out = Vec::new();
-            quantize_row(ty, &src, &mut out).unwrap();
-            return out;
-        }
-        _ => {}
-    }
-    let bb = ty.block_bytes();
-    let nblocks = n / ty.block_size();
-    let mut data = rng.bytes(nblocks * bb);
-    for b in data.chunks_exact_mut(bb) {
-        let d = 0.002 + 0.01 * rng.f32().abs();
-        let m = -0.05 * rng.f32().abs();
-        match ty {
-            Q4_0 | Q5_0 | Q8_0 => b[0..2].copy_from_slice(&f16b(d)),
-            Q4_1 | Q5_1 => {
-                b[0..2].copy_from_slice(&f16b(d));
-                b[2..4].copy_from_slice(&f16b(m));
-            }
-            Q4_K | Q5_K => {
-                b[0..2].copy_from_slice(&f16b(d * 0.1));
-                b[2..4].copy_from_slice(&f16b(d * 0.05));
-            }
-            Q6_K => b[208..210].copy_from_slice(&f16b(d * 0.05 * rng.f32().signum())),
-            _ => unreachable!(),
-        }
-    }
-    data
-}
-
-fn simd_levels() -> Vec<SimdLevel> {
-    [SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Neon]
-        .into_iter()
-        .filter(|&l| level_supported(l))
-        .collect()
-}
+mod common;
+use common::*;
 
 fn shapes(ty: TensorType) -> &'static [usize] {
     match ty.block_size() {
@@ -309,9 +223,7 @@ fn matmul_is_batch_invariant() {
             data: &data,
         };
         let x: Vec<f32> = (0..batch * cols).map(|_| rng.act()).collect();
-        let mut levels = vec![SimdLevel::Scalar];
-        levels.extend(simd_levels());
-        for level in levels {
+        for level in levels() {
             let mut all = vec![0f32; batch * rows];
             matmul_with(level, &w, &x, batch, &mut all);
             for b in 0..batch {
@@ -720,9 +632,7 @@ fn attention_matches_engine_reference_bit_for_bit() {
             n_head_kv,
             head_dim: hd,
         };
-        let mut levels = vec![SimdLevel::Scalar];
-        levels.extend(simd_levels());
-        for level in levels {
+        for level in levels() {
             let mut got = vec![0f32; want.len()];
             let scale = 1.0 / (hd as f32).sqrt();
             attention_f16_with(level, &q, &k, &v, &mut got, n, p0, shape, scale);
@@ -767,9 +677,7 @@ fn attention_over_several_sequences_equals_each_alone() {
         .iter()
         .map(|&(_, n)| (0..n * qd).map(|_| rng.act() * 3.0).collect())
         .collect();
-    let mut levels = vec![SimdLevel::Scalar];
-    levels.extend(simd_levels());
-    for level in levels {
+    for level in levels() {
         let mut outs: Vec<Vec<f32>> = parts.iter().map(|&(_, n)| vec![0f32; n * qd]).collect();
         let mut seqs: Vec<AttnSeq> = outs
             .iter_mut()

@@ -1,0 +1,181 @@
+//! Helpers shared by the kernel test binaries (`mod common;` in each). Cargo builds only
+//! the files directly in `tests/` as test binaries, so this module is compiled into each
+//! binary that declares it; not every binary uses every helper, hence `dead_code`.
+#![allow(dead_code)]
+
+use verity_kernels::*;
+
+/// xorshift64*: deterministic test data without a rand dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [-1, 1).
+    pub fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    /// Roughly normal, with the odd outlier like real activations.
+    pub fn act(&mut self) -> f32 {
+        let v = (0..4).map(|_| self.f32()).sum::<f32>();
+        if self.next_u64() % 97 < 1 {
+            v * 8.0
+        } else {
+            v
+        }
+    }
+    /// `n` values uniform in [-1, 1).
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+    /// `n` values, roughly normal (a sum of three uniforms) times `amp`.
+    pub fn normal_vec(&mut self, n: usize, amp: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| (0..3).map(|_| self.f32()).sum::<f32>() * amp)
+            .collect()
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+pub fn f16b(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+pub const WEIGHT_TYPES: [TensorType; 11] = [
+    TensorType::F32,
+    TensorType::F16,
+    TensorType::BF16,
+    TensorType::Q8_0,
+    TensorType::Q4_0,
+    TensorType::Q4_1,
+    TensorType::Q5_0,
+    TensorType::Q5_1,
+    TensorType::Q4_K,
+    TensorType::Q5_K,
+    TensorType::Q6_K,
+];
+
+/// A random `rows x cols` weight matrix of type `ty`: `quantize_row` of random data for the
+/// float types, else random quant bits with sane scales.
+pub fn random_weights(rng: &mut Rng, ty: TensorType, rows: usize, cols: usize) -> Vec<u8> {
+    weights(rng, ty, rows, cols, false)
+}
+
+/// A random `rows x cols` weight matrix of type `ty`: `quantize_row` of random data where
+/// there is a quantizer, else random quant bits with sane scales (K-quants).
+pub fn quantized_weights(rng: &mut Rng, ty: TensorType, rows: usize, cols: usize) -> Vec<u8> {
+    weights(rng, ty, rows, cols, true)
+}
+
+/// [`random_weights`] and [`quantized_weights`]: `quantize_legacy` picks `quantize_row`
+/// for the 32-element block types instead of random bits (the random-bits variant also
+/// draws a min for every block, used by the types that have one).
+fn weights(
+    rng: &mut Rng,
+    ty: TensorType,
+    rows: usize,
+    cols: usize,
+    quantize_legacy: bool,
+) -> Vec<u8> {
+    use TensorType::*;
+    let n = rows * cols;
+    let quantize = match ty {
+        F32 | F16 | BF16 => true,
+        Q4_K | Q5_K | Q6_K => false,
+        _ => quantize_legacy,
+    };
+    if quantize {
+        let src: Vec<f32> = (0..n).map(|_| rng.f32() * 0.1).collect();
+        let mut out = Vec::new();
+        quantize_row(ty, &src, &mut out).unwrap();
+        return out;
+    }
+    let bb = ty.block_bytes();
+    let mut data = rng.bytes(n / ty.block_size() * bb);
+    for b in data.chunks_exact_mut(bb) {
+        let d = 0.002 + 0.01 * rng.f32().abs();
+        let m = if quantize_legacy {
+            0.0
+        } else {
+            -0.05 * rng.f32().abs()
+        };
+        match ty {
+            Q4_0 | Q5_0 | Q8_0 => b[0..2].copy_from_slice(&f16b(d)),
+            Q4_1 | Q5_1 => {
+                b[0..2].copy_from_slice(&f16b(d));
+                b[2..4].copy_from_slice(&f16b(m));
+            }
+            Q4_K | Q5_K => {
+                b[0..2].copy_from_slice(&f16b(d * 0.1));
+                b[2..4].copy_from_slice(&f16b(d * 0.05));
+            }
+            Q6_K => b[208..210].copy_from_slice(&f16b(d * 0.05 * rng.f32().signum())),
+            _ => unreachable!(),
+        }
+    }
+    data
+}
+
+/// A weight matrix over `data`.
+pub fn view(ty: TensorType, rows: usize, cols: usize, data: &[u8]) -> WeightView<'_> {
+    WeightView {
+        ty,
+        rows,
+        cols,
+        data,
+    }
+}
+
+/// Every level this CPU runs, scalar first.
+pub fn levels() -> Vec<SimdLevel> {
+    [
+        SimdLevel::Scalar,
+        SimdLevel::Avx2,
+        SimdLevel::Avx512,
+        SimdLevel::Neon,
+    ]
+    .into_iter()
+    .filter(|&l| level_supported(l))
+    .collect()
+}
+
+/// Every SIMD level this CPU runs (all of [`levels`] but scalar).
+pub fn simd_levels() -> Vec<SimdLevel> {
+    levels()
+        .into_iter()
+        .filter(|&l| l != SimdLevel::Scalar)
+        .collect()
+}
+
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Runs this test binary's test `test` alone in a child process with `env` set to
+/// `threads` (the pool is sized once per process) and returns the rest of the first line
+/// it printed that starts with `prefix`.
+pub fn child_output(test: &str, env: &str, threads: usize, prefix: &str) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["--exact", test, "--nocapture"])
+        .env(env, threads.to_string())
+        .output()
+        .expect("run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child with {threads} threads failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line from the {threads}-thread child: {stdout}"))
+        .to_string()
+}
