@@ -109,3 +109,16 @@ for k, v in tensors.items():
     blob += b
 h = json.dumps(header).encode()
 (C / "adapter" / "peft").write_bytes(json.dumps(peft_config).encode() + b"\xff\xff" + struct.pack("<Q", len(h)) + h + blob)
+
+# Training data: a first byte choosing the format (0 jsonl, 1 json, 2 parquet), then the file.
+(C / "tune_data").mkdir(parents=True, exist_ok=True)
+chat = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                     {"role": "assistant", "content": "hello"}]}
+for name, body in {
+    "text.jsonl": b"\x00" + b'{"text": "hello world"}\n{"text": "second line"}\n',
+    "pc.jsonl": b"\x00" + b'{"prompt": "Q: 1+1?", "completion": " 2"}\n',
+    "msgs.jsonl": b"\x00" + json.dumps(chat).encode() + b"\n",
+    "array.json": b"\x01" + b'[{"text": "a"}, {"text": "b"}]',
+    "bad.jsonl": b"\x00" + b'{"text": 1}\n{"oops": []}\n',
+}.items():
+    (C / "tune_data" / name).write_bytes(body)

@@ -232,20 +232,12 @@ fn receipts_verify_and_name_what_changed() {
     let text = std::fs::read_to_string(&receipt).unwrap();
     let edited = tmp.path().join("edited.json");
     std::fs::write(&edited, text.replace("\"lr\": 0.001", "\"lr\": 0.002")).unwrap();
-    let out_e = run(verity().args(["tune", "verify"]).arg(&edited));
-    assert!(!out_e.status.success());
-    assert!(String::from_utf8_lossy(&out_e.stdout).contains("settings were changed"));
+    verify_fails_naming(&edited, "settings were changed");
 
     // One data row changed.
     let original = std::fs::read_to_string(&data).unwrap();
     std::fs::write(&data, original.replacen("times", "Times", 1)).unwrap();
-    let o = run(verity().args(["tune", "verify"]).arg(&receipt));
-    assert!(!o.status.success());
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("training data"),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    verify_fails_naming(&receipt, "training data");
     std::fs::write(&data, original).unwrap();
 
     // One byte of a base weight changed (the last byte of the file: inside the last tensor).
@@ -253,13 +245,15 @@ fn receipts_verify_and_name_what_changed() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&model, bytes).unwrap();
-    let o = run(verity().args(["tune", "verify"]).arg(&receipt));
-    assert!(!o.status.success());
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("base model"),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    verify_fails_naming(&receipt, "base model");
+}
+
+/// `tune verify` fails and its report names `cause`.
+fn verify_fails_naming(receipt: &Path, cause: &str) {
+    let o = run(verity().args(["tune", "verify"]).arg(receipt));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains(cause), "{out}");
 }
 
 #[test]

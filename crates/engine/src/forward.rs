@@ -6,11 +6,11 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use verity_kernels::attention::{attention_f16_seqs, attention_f32_seqs, AttnSeq, AttnShape};
 use verity_kernels::{get_row, matmul};
-use verity_model::{Model, Proj, RopeStyle};
+use verity_model::{Model, Proj};
 
 use crate::lora::{self, LoraScratch, LoraSet};
 
-use crate::ops::{add_in_place, rms_norm, rms_norm_in_place, swiglu, Rope};
+use crate::ops::{add_in_place, par_rows, rms_norm, rms_norm_in_place, swiglu, Rope};
 
 /// Tokens processed in one batch during prompt processing.
 const MAX_BATCH: usize = 256;
@@ -235,14 +235,7 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(model: Arc<Model>) -> Self {
-        let hp = &model.hparams;
-        let rope = Rope::new(
-            hp.head_dim,
-            hp.rope_theta,
-            hp.rope_freq_scale,
-            model.weights.rope_freqs.as_deref(),
-            hp.rope_style == RopeStyle::NeoX,
-        );
+        let rope = Rope::for_model(&model);
         Runner {
             model,
             rope,
@@ -483,25 +476,6 @@ impl Runner {
 fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
     v.clear();
     v.into_iter().map(|_| unreachable!()).collect()
-}
-
-/// Run `f(row, buf_row)` over the rows (`width` elements each) of `buf`, in parallel
-/// when there are enough of them (a prompt chunk); a one-row decode step stays on the
-/// calling thread.
-fn par_rows(buf: &mut [f32], width: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
-    let n = buf.len() / width.max(1);
-    if n < 32 {
-        for (r, row) in buf.chunks_exact_mut(width).enumerate() {
-            f(r, row);
-        }
-        return;
-    }
-    let per_task = n.div_ceil(verity_pool::num_threads() * 4).max(1);
-    verity_pool::for_each_chunk_mut(buf, per_task * width, &|t, chunk| {
-        for (i, row) in chunk.chunks_exact_mut(width).enumerate() {
-            f(t * per_task + i, row);
-        }
-    });
 }
 
 /// One sequence's state: a runner and the sequence's KV cache.

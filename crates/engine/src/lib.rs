@@ -12,7 +12,7 @@ pub use generate::{generate, FinishReason, GenerateParams, Generation, TextStrea
 pub use lora::{same_lora, LoraSet};
 /// The transformer block's elementwise operations, shared with training so that a
 /// trained model's forward pass is the engine's.
-pub use ops::{rms_norm, Rope};
+pub use ops::{par_rows, rms_norm, Rope};
 pub use sampling::{log_sum_exp, Sampler, SamplingParams};
 
 /// Set the number of worker threads for all compute (call once, before any work).

@@ -38,6 +38,25 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     }
 }
 
+/// Run `f(row, buf_row)` over the rows (`width` elements each) of `buf`, in parallel
+/// when there are enough of them (a prompt chunk); a one-row decode step stays on the
+/// calling thread.
+pub fn par_rows(buf: &mut [f32], width: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let n = buf.len() / width.max(1);
+    if n < 32 {
+        for (r, row) in buf.chunks_exact_mut(width).enumerate() {
+            f(r, row);
+        }
+        return;
+    }
+    let per_task = n.div_ceil(verity_pool::num_threads() * 4).max(1);
+    verity_pool::for_each_chunk_mut(buf, per_task * width, &|t, chunk| {
+        for (i, row) in chunk.chunks_exact_mut(width).enumerate() {
+            f(t * per_task + i, row);
+        }
+    });
+}
+
 /// Rotary position embedding for one head size.
 pub struct Rope {
     /// Ratio between successive pairs' frequencies: theta^(-2/d).
@@ -65,6 +84,18 @@ impl Rope {
             factors,
             neox,
         }
+    }
+
+    /// The rotation of `model`'s attention (head size, base, scaling, layout).
+    pub fn for_model(model: &verity_model::Model) -> Self {
+        let hp = &model.hparams;
+        Rope::new(
+            hp.head_dim,
+            hp.rope_theta,
+            hp.rope_freq_scale,
+            model.weights.rope_freqs.as_deref(),
+            hp.rope_style == verity_model::RopeStyle::NeoX,
+        )
     }
 
     /// Rotate every head of `x` (heads of `2 * factors.len()` values) for position `pos`.

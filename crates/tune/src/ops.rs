@@ -1,24 +1,8 @@
 //! Row-wise operations of the training pass and their derivatives. Each row is computed
 //! alone, in a fixed order, so results never depend on the thread count.
 
+pub use verity_engine::par_rows;
 use verity_engine::rms_norm;
-
-/// Run `f(row, row_slice)` over the rows (`width` elements each) of `buf` in parallel.
-pub fn par_rows(buf: &mut [f32], width: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
-    let n = buf.len() / width.max(1);
-    if n < 16 {
-        for (r, row) in buf.chunks_exact_mut(width).enumerate() {
-            f(r, row);
-        }
-        return;
-    }
-    let per_task = n.div_ceil(verity_pool::num_threads() * 4).max(1);
-    verity_pool::for_each_chunk_mut(buf, per_task * width, &|t, chunk| {
-        for (i, row) in chunk.chunks_exact_mut(width).enumerate() {
-            f(t * per_task + i, row);
-        }
-    });
-}
 
 /// `out = rms_norm(x) · w`, row by row (the engine's function, so training computes what
 /// inference computes).

@@ -14,7 +14,7 @@ use verity_engine::Rope;
 use verity_kernels::attention_train::{self, TrainShape};
 use verity_kernels::backward::{matmul_at_b, matmul_t};
 use verity_kernels::{get_row, matmul, WeightView};
-use verity_model::{Layer, Model, Proj, RopeStyle};
+use verity_model::{Layer, Model, Proj};
 
 use crate::lora::{LoraMat, LoraParams};
 use crate::ops::{
@@ -165,14 +165,7 @@ pub fn check_supported(model: &Model) -> Result<(), String> {
 
 impl Trainer {
     pub fn new(model: Arc<Model>) -> Self {
-        let hp = &model.hparams;
-        let rope = Rope::new(
-            hp.head_dim,
-            hp.rope_theta,
-            hp.rope_freq_scale,
-            model.weights.rope_freqs.as_deref(),
-            hp.rope_style == RopeStyle::NeoX,
-        );
+        let rope = Rope::for_model(&model);
         Trainer {
             model,
             rope,
