@@ -726,9 +726,23 @@ fn lora_forward_in(
     let xd = ctx.dropped(m, x, drop_buf);
     let u = sized(u, n * m.rank);
     matmul(&f32_view(&p[m.a_range()], m.rank, m.in_dim), xd, n, u);
+    // B·u as u·Bᵀ: a chain over the rank per output, vectorised over B's rows (a dot
+    // product of rank length per output would be mostly reduction overhead).
+    let bt = transposed(&p[m.b_range()], m.out_dim, m.rank, drop_buf);
     let t = sized(tmp, n * m.out_dim);
-    matmul(&f32_view(&p[m.b_range()], m.out_dim, m.rank), u, n, t);
+    matmul_t(&f32_view(bt, m.rank, m.out_dim), u, n, t);
     add_scaled_into(y, t, m.scale);
+}
+
+/// `v` (`rows × cols`) transposed into `buf`.
+fn transposed<'b>(v: &[f32], rows: usize, cols: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+    let t = sized(buf, rows * cols);
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = v[r * cols + c];
+        }
+    }
+    t
 }
 
 /// Back through `y += s·B·(A·drop(x))` given `dy`: adds to the A and B gradients and to
@@ -776,8 +790,9 @@ fn lora_backward_in(
         *g += s * v;
     }
     // du = s · dy·B
+    let bt = transposed(&p[m.b_range()], m.out_dim, r, drop_buf);
     let du = sized(du, n * r);
-    matmul_t(&f32_view(&p[m.b_range()], m.out_dim, r), dy, n, du);
+    matmul(&f32_view(bt, r, m.out_dim), dy, n, du);
     du.iter_mut().for_each(|v| *v *= s);
     // dA = duᵀ·drop(x)
     let xd = ctx.dropped(m, x, drop_buf);
