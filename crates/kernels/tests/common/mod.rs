@@ -162,7 +162,22 @@ pub fn bits(v: &[f32]) -> Vec<u32> {
 /// it printed that starts with `prefix`.
 pub fn child_output(test: &str, env: &str, threads: usize, prefix: &str) -> String {
     let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe)
+    // Cross-compiled test binaries run under an emulator (scripts/test sets cargo's runner,
+    // e.g. qemu-aarch64-static); the child must go through it too.
+    let runner = std::env::var(format!(
+        "CARGO_TARGET_{}_UNKNOWN_LINUX_GNU_RUNNER",
+        std::env::consts::ARCH.to_uppercase()
+    ))
+    .ok();
+    let mut cmd = match runner.as_deref().map(str::split_whitespace) {
+        Some(mut parts) => {
+            let mut c = std::process::Command::new(parts.next().expect("a runner command"));
+            c.args(parts).arg(exe);
+            c
+        }
+        None => std::process::Command::new(exe),
+    };
+    let out = cmd
         .args(["--exact", test, "--nocapture"])
         .env(env, threads.to_string())
         .output()
