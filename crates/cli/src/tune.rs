@@ -707,10 +707,7 @@ fn write_adapter(
         .prefix(".verity-adapter-")
         .tempdir_in(out)?;
     let extra = serde_json::Map::from_iter([
-        (
-            "base_model_name_or_path".to_string(),
-            json!(base_name(model)),
-        ),
+        ("base_model_name_or_path".to_string(), json!(model.name())),
         (
             "base_model_root_digest".to_string(),
             json!(record.base_root_digest),
@@ -728,11 +725,6 @@ fn write_adapter(
             .with_context(|| format!("writing {}", out.join(name).display()))?;
     }
     Ok(verity_audit::hash::sha256_file(&out.join("adapter_model.safetensors"), &|_| {})?.0)
-}
-
-/// The name PEFT records for the base: the model's directory or file name.
-fn base_name(model: &Model) -> String {
-    model.name()
 }
 
 /// Every step's micro-batches, for reference implementations to train on the same data.

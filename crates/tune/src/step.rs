@@ -274,11 +274,11 @@ impl Trainer {
             (Proj::V, &layer.wv, &layer.bv, &mut a.v, kvd),
         ] {
             let y = sized(out, n * dim);
-            timed(Kind::Forward, flops(wt, n), || matmul(&wt.view(), h, n, y));
-            lora_forward(
+            project(
                 ctx,
                 l,
                 proj,
+                wt,
                 h,
                 y,
                 &mut a.u[proj as usize],
@@ -316,13 +316,11 @@ impl Trainer {
             )
         });
         let x_mid = sized(&mut a.x_mid, n * d);
-        timed(Kind::Forward, flops(&layer.wo, n), || {
-            matmul(&layer.wo.view(), &a.attn, n, x_mid)
-        });
-        lora_forward(
+        project(
             ctx,
             l,
             Proj::O,
+            &layer.wo,
             &a.attn,
             x_mid,
             &mut a.u[Proj::O as usize],
@@ -339,11 +337,11 @@ impl Trainer {
             (Proj::Up, &layer.w_up, &mut a.up),
         ] {
             let y = sized(out, n * ff);
-            timed(Kind::Forward, flops(wt, n), || matmul(&wt.view(), h, n, y));
-            lora_forward(
+            project(
                 ctx,
                 l,
                 proj,
+                wt,
                 h,
                 y,
                 &mut a.u[proj as usize],
@@ -353,13 +351,11 @@ impl Trainer {
         }
         let act = sized(&mut s.act, n * ff);
         swiglu_rows(&a.gate, &a.up, act);
-        timed(Kind::Forward, flops(&layer.w_down, n), || {
-            matmul(&layer.w_down.view(), &s.act[..n * ff], n, x_out)
-        });
-        lora_forward(
+        project(
             ctx,
             l,
             Proj::Down,
+            &layer.w_down,
             &s.act[..n * ff],
             x_out,
             &mut a.u[Proj::Down as usize],
@@ -692,6 +688,25 @@ impl Ctx<'_> {
         });
         &buf[..x.len()]
     }
+}
+
+/// `y = W·x + scale · B·(A·drop(x))`: the base product of projection `proj` and its
+/// adapter, if it has one.
+#[allow(clippy::too_many_arguments)]
+fn project(
+    ctx: &Ctx,
+    l: usize,
+    proj: Proj,
+    w: &verity_model::Tensor,
+    x: &[f32],
+    y: &mut [f32],
+    u: &mut Vec<f32>,
+    tmp: &mut Vec<f32>,
+    drop_buf: &mut Vec<f32>,
+) {
+    let n = ctx.batch.len();
+    timed(Kind::Forward, flops(w, n), || matmul(&w.view(), x, n, y));
+    lora_forward(ctx, l, proj, x, y, u, tmp, drop_buf);
 }
 
 /// `y += scale · B·(A·drop(x))`; keeps `u = A·drop(x)` for the backward pass.
