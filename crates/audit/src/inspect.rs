@@ -230,7 +230,11 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
             .filter_map(|p| std::fs::metadata(p).ok())
             .map(|m| m.len())
             .sum(),
-        None => std::fs::metadata(&mf.path).map(|m| m.len()).unwrap_or(0),
+        None => mf
+            .gguf_parts()
+            .iter()
+            .map(|g| g.file_bytes().len() as u64)
+            .sum(),
     };
 
     // Values: every tensor, in parallel.

@@ -29,7 +29,7 @@ pub struct Entry {
     /// Byte offset in its file (absolute), and size in bytes (when the type is known).
     pub offset: u64,
     pub bytes: Option<usize>,
-    /// For Hugging Face directories: which shard file.
+    /// Which file of a sharded Hugging Face directory or split GGUF model.
     pub file: Option<String>,
 }
 
@@ -50,6 +50,8 @@ pub struct ModelFile {
     pub path: PathBuf,
     pub container: Container,
     pub tensors: Vec<Entry>,
+    /// Every part of a GGUF model (one unless it is split); empty for a directory.
+    gguf_parts: Vec<Arc<Gguf>>,
 }
 
 impl ModelFile {
@@ -88,13 +90,17 @@ impl ModelFile {
                 path: dir,
                 container: Container::Hf(hf),
                 tensors,
+                gguf_parts: Vec::new(),
             });
         }
-        let g = Arc::new(Gguf::open(path).with_context(|| path.display().to_string())?);
-        let tensors = g
-            .tensors
+        // A part of a split model stands for all of them; the first holds the metadata.
+        let parts = verity_model::open_gguf_parts(path)
+            .map_err(|e| anyhow::Error::new(e.kind).context(path.display().to_string()))?;
+        let split = parts.len() > 1;
+        let tensors = parts
             .iter()
-            .map(|t| Entry {
+            .flat_map(|g| g.tensors.iter().map(move |t| (g, t)))
+            .map(|(g, t)| Entry {
                 name: t.name.clone(),
                 shape: t.shape.clone(),
                 ty: t.ty,
@@ -106,13 +112,17 @@ impl ModelFile {
                 },
                 offset: g.data_offset + t.offset,
                 bytes: t.size,
-                file: None,
+                file: split
+                    .then(|| g.path()?.file_name())
+                    .flatten()
+                    .map(|n| n.to_string_lossy().into_owned()),
             })
             .collect();
         Ok(ModelFile {
             path: path.to_path_buf(),
-            container: Container::Gguf(g),
+            container: Container::Gguf(parts[0].clone()),
             tensors,
+            gguf_parts: parts,
         })
     }
 
@@ -121,6 +131,11 @@ impl ModelFile {
             Container::Gguf(g) => Some(g),
             Container::Hf(_) => None,
         }
+    }
+
+    /// The parts of a GGUF model, first part first (one unless it is split).
+    pub fn gguf_parts(&self) -> &[Arc<Gguf>] {
+        &self.gguf_parts
     }
 
     pub fn hf(&self) -> Option<&HfDir> {
@@ -137,8 +152,11 @@ impl ModelFile {
     /// The stored bytes of a tensor (`None` for types verity cannot size).
     pub fn data(&self, e: &Entry) -> Option<&[u8]> {
         match &self.container {
-            Container::Gguf(g) => {
-                let info = g.tensor(&e.name)?;
+            Container::Gguf(_) => {
+                let (g, info) = self
+                    .gguf_parts
+                    .iter()
+                    .find_map(|g| Some((g, g.tensor(&e.name)?)))?;
                 g.tensor_data(info).ok()
             }
             Container::Hf(h) => Some(h.tensor_data(h.tensor(&e.name)?)),

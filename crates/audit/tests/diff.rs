@@ -14,6 +14,14 @@ fn smollm2_against_itself_is_identical() {
 }
 
 #[test]
+fn split_copy_is_identical() {
+    let parts = common::smollm2_split();
+    let d = diff(&common::smollm2(), &parts[0]).unwrap();
+    assert_eq!(d.verdict, "identical", "{}", d.explanation);
+    assert_eq!(d.summary.identical, 272);
+}
+
+#[test]
 fn one_perturbed_tensor_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().join("perturbed.gguf");

@@ -92,6 +92,23 @@ fn smollm2_matches_gguf_py() {
     assert!(!r.parameters.contains_key("output"), "tied embeddings");
 }
 
+/// A split copy inspects as the single file, from any part, each tensor naming its part.
+#[test]
+fn split_model_inspects_as_the_single_file() {
+    let one = inspect(&common::smollm2(), 2048).unwrap();
+    let parts = common::smollm2_split();
+    let r = inspect(&parts[1], 2048).unwrap();
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+    assert_eq!(r.tensor_count, one.tensor_count);
+    assert_eq!(r.total_parameters, one.total_parameters);
+    assert_eq!(r.hyperparameters, one.hyperparameters);
+    assert_eq!(r.chat_template, one.chat_template);
+    let sizes: u64 = parts.iter().map(|p| p.metadata().unwrap().len()).sum();
+    assert_eq!(r.file_bytes, sizes);
+    let last = parts[2].file_name().unwrap().to_str().unwrap();
+    assert_eq!(r.tensors.last().unwrap().file.as_deref(), Some(last));
+}
+
 #[test]
 fn tiny_models_match_gguf_py() {
     for name in [

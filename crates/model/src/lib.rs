@@ -8,9 +8,10 @@
 pub mod adapter;
 pub mod arch;
 mod load;
+mod split;
 mod tensor;
 
 pub use adapter::{Adapter, AdapterError, AdapterFile, AdapterFormat, Proj};
 pub use arch::{Arch, HParams, RopeStyle};
-pub use load::{load, Layer, LoadError, Model, ModelFormat, Weights};
+pub use load::{load, open_gguf_parts, Layer, LoadError, Model, ModelFormat, Weights};
 pub use tensor::Tensor;

@@ -7,6 +7,7 @@ use verity_formats::{FormatError, TensorType};
 use verity_tokenizer::Tokenizer;
 
 use crate::arch::{GlobalTensor, HParams, LayerTensor};
+use crate::split::{self, GgufParts};
 use crate::Tensor;
 
 /// Why a model could not be loaded. Displays as one line naming the file.
@@ -76,7 +77,8 @@ pub struct Model {
     pub hparams: HParams,
     pub weights: Weights,
     pub tokenizer: Tokenizer,
-    /// The parsed GGUF, when the model is one (metadata for inspect and convert).
+    /// The parsed GGUF, when the model is one (metadata for inspect and convert); the first
+    /// part of a split model.
     pub gguf: Option<Arc<Gguf>>,
     /// The parsed directory, when the model is one.
     pub hf: Option<Arc<HfDir>>,
@@ -113,7 +115,8 @@ impl Model {
     }
 }
 
-/// Load a GGUF file or a Hugging Face directory (or a `.safetensors` file inside one).
+/// Load a GGUF file (any part of a split one) or a Hugging Face directory (or a `.safetensors`
+/// file inside one).
 pub fn load(path: &Path) -> Result<Model, LoadError> {
     let err = |kind: LoadErrorKind| LoadError {
         path: path.to_path_buf(),
@@ -147,9 +150,9 @@ trait Source {
     fn owner(&self) -> Arc<dyn Send + Sync>;
 }
 
-impl Source for Arc<Gguf> {
+impl Source for Arc<GgufParts> {
     fn find(&self, name: &str) -> Result<Found<'_>, LoadErrorKind> {
-        let Some(info) = self.tensor(name) else {
+        let Some((part, info)) = self.tensor(name) else {
             return Ok(None);
         };
         let ty = info.supported_type()?;
@@ -160,7 +163,7 @@ impl Source for Arc<Gguf> {
             }
             .into());
         }
-        Ok(Some((ty, info.shape.clone(), self.tensor_data(info)?)))
+        Ok(Some((ty, info.shape.clone(), part.tensor_data(info)?)))
     }
     fn owner(&self) -> Arc<dyn Send + Sync> {
         self.clone()
@@ -180,11 +183,21 @@ impl Source for Arc<HfDir> {
     }
 }
 
+/// Open a GGUF file; for a part of a split model (`PREFIX-00002-of-00003.gguf`), every
+/// part from its directory, in order: the first holds the metadata and tokenizer.
+pub fn open_gguf_parts(path: &Path) -> Result<Vec<Arc<Gguf>>, LoadError> {
+    split::open(path).map(|p| p.0).map_err(|kind| LoadError {
+        path: path.to_path_buf(),
+        kind,
+    })
+}
+
 fn load_gguf(path: &Path) -> Result<Model, LoadErrorKind> {
-    let gguf = Arc::new(Gguf::open(path)?);
+    let parts = Arc::new(split::open(path)?);
+    let gguf = parts.0[0].clone();
     let hparams = HParams::from_gguf(&gguf).map_err(LoadErrorKind::Invalid)?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
-    let weights = load_weights(&gguf, &hparams, |t| t.gguf_name(), |t, l| t.gguf_name(l))?;
+    let weights = load_weights(&parts, &hparams, |t| t.gguf_name(), |t, l| t.gguf_name(l))?;
     check_vocab(&hparams, &tokenizer)?;
     Ok(Model {
         path: path.to_path_buf(),

@@ -25,6 +25,38 @@ pub fn test_model(name: &str) -> PathBuf {
     p
 }
 
+/// The default model split into 3 parts by the reference's gguf-py, made by
+/// scripts/make-split-gguf.py when missing.
+pub fn smollm2_split() -> Vec<PathBuf> {
+    let src = smollm2();
+    let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
+    let dir = std::env::var_os("VERITY_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/verity/assets")
+        })
+        .join("test-models/split");
+    let parts: Vec<PathBuf> = (1..=3)
+        .map(|i| dir.join(format!("{stem}-{i:05}-of-00003.gguf")))
+        .collect();
+    if !parts.iter().all(|p| p.is_file()) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make-split-gguf.py");
+        let out = std::process::Command::new(&script)
+            .arg(&src)
+            .args(["--parts", "3", "--outdir"])
+            .arg(&dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parts
+}
+
 /// The `model_signing` executable (installed by scripts/setup-model-signing).
 pub fn model_signing() -> PathBuf {
     if let Some(p) = std::env::var_os("VERITY_MODEL_SIGNING") {
