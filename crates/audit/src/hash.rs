@@ -138,6 +138,24 @@ pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// The files of a model (relative names and full paths) in canonical order, and its name.
+/// The blob a Hugging Face cache link (`models--ORG--REPO/snapshots/REV/FILE` ->
+/// `../../blobs/ETAG`) names, when `link` is one: that cache stores each file once and
+/// links it, so its links are followed. Any other symbolic link is refused, as in
+/// model-signing.
+fn hf_cache_link(link: &Path) -> Option<PathBuf> {
+    let target = link.canonicalize().ok()?;
+    let blobs = target.parent()?;
+    let repo_root = blobs.parent()?;
+    let is_cache = blobs.file_name()? == "blobs"
+        && repo_root.file_name()?.to_str()?.starts_with("models--")
+        && link
+            .parent()?
+            .canonicalize()
+            .ok()?
+            .starts_with(repo_root.join("snapshots"));
+    (is_cache && target.is_file()).then_some(target)
+}
+
 pub fn list_files(
     path: &Path,
     opts: &HashOptions,
@@ -149,6 +167,12 @@ pub fn list_files(
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| path.display().to_string());
     if meta.file_type().is_symlink() {
+        if let Some(blob) = hf_cache_link(path) {
+            let name = path
+                .file_name()
+                .map_or(model_name, |n| n.to_string_lossy().into_owned());
+            return Ok((name, vec![(".".to_string(), blob)]));
+        }
         bail!(
             "{}: is a symbolic link; give the file it points to",
             path.display()
@@ -196,10 +220,13 @@ pub fn list_files(
                 .file_type()
                 .with_context(|| entry.path().display().to_string())?;
             if ft.is_symlink() {
-                bail!(
-                    "{}: symbolic links are not hashed (as in model-signing); replace it with the file",
-                    entry.path().display()
-                );
+                let Some(blob) = hf_cache_link(&entry.path()) else {
+                    bail!(
+                        "{}: symbolic links are not hashed (as in model-signing); replace it with the file",
+                        entry.path().display()
+                    );
+                };
+                out.push((rel, blob));
             } else if ft.is_dir() {
                 stack.push((entry.path(), rel, depth + 1));
             } else if ft.is_file() {

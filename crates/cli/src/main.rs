@@ -10,6 +10,7 @@ mod eval;
 mod hash;
 mod inspect;
 mod merge;
+mod models;
 mod run;
 mod serve;
 mod sign;
@@ -45,12 +46,18 @@ enum Command {
     Merge(merge::MergeArgs),
     Eval(eval::EvalArgs),
     Tune(Box<tune::TuneArgs>),
+    Pull(models::PullArgs),
+    List(models::ListArgs),
+    Rm(models::RmArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run::run(a),
+        Command::Pull(a) => models::pull(a),
+        Command::List(a) => models::list(a),
+        Command::Rm(a) => models::rm(a),
         Command::Bench(a) => bench::bench(a),
         Command::Chat(a) => chat::chat(a),
         Command::Serve(a) => serve::serve(a),

