@@ -72,9 +72,44 @@ pub struct ConvertArgs {
     /// The base model an adapter belongs to (needed to convert adapters).
     #[arg(long)]
     pub base: Option<String>,
+    /// Split the weights into shards of at most this size (e.g. 50MB, 5GB), with a
+    /// model.safetensors.index.json, as the Hub's large models are.
+    #[arg(long, value_parser = parse_size)]
+    pub max_shard_size: Option<u64>,
     /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `50MB`, `5GB`, `1.5GiB`, `1000` (bytes).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 50MB or 5GB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1048576.0,
+        "gib" => 1073741824.0,
+        _ => {
+            return Err(format!(
+                "'{s}': unknown unit (use B, kB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    let v = (n * mult) as u64;
+    if v == 0 {
+        return Err("the shard size must be positive".into());
+    }
+    Ok(v)
 }
 
 pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
@@ -112,7 +147,7 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
     let staging = tempfile::Builder::new()
         .prefix(".verity-convert-")
         .tempdir_in(parent)?;
-    let n_tensors = write_hf(&model, staging.path(), args.dtype)?;
+    let n_tensors = write_hf(&model, staging.path(), args.dtype, args.max_shard_size)?;
     if out.exists() {
         std::fs::remove_dir(out)?;
     }
@@ -129,8 +164,13 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
 }
 
 /// Write the HF files into `dir`; returns the number of tensors.
-fn write_hf(model: &Model, dir: &Path, dtype: Dtype) -> anyhow::Result<usize> {
-    write_hf_merged(model, dir, dtype, None, &serde_json::Value::Null)
+fn write_hf(
+    model: &Model,
+    dir: &Path,
+    dtype: Dtype,
+    max_shard: Option<u64>,
+) -> anyhow::Result<usize> {
+    write_hf_merged(model, dir, dtype, None, &serde_json::Value::Null, max_shard)
 }
 
 /// [`write_hf`] with adapters merged into the projections they update; `provenance`
@@ -141,6 +181,7 @@ pub fn write_hf_merged(
     dtype: Dtype,
     merge: Option<&Merge>,
     provenance: &serde_json::Value,
+    max_shard: Option<u64>,
 ) -> anyhow::Result<usize> {
     let hp = &model.hparams;
     let w = &model.weights;
@@ -277,7 +318,36 @@ pub fn write_hf_merged(
     if !provenance.is_null() {
         metadata.insert("verity.merge".to_string(), provenance.to_string());
     }
-    safetensors::serialize_to_file(views, Some(metadata), &dir.join("model.safetensors"))?;
+    let Some(max) = max_shard else {
+        safetensors::serialize_to_file(views, Some(metadata), &dir.join("model.safetensors"))?;
+        return Ok(n);
+    };
+    // Shards in tensor order, each at most `max` bytes (a bigger tensor gets its own).
+    let mut shards: Vec<Vec<(String, safetensors::tensor::TensorView)>> = vec![Vec::new()];
+    let mut filled = 0u64;
+    for (name, view) in views {
+        let len = view.data().len() as u64;
+        if filled > 0 && filled + len > max {
+            shards.push(Vec::new());
+            filled = 0;
+        }
+        filled += len;
+        shards.last_mut().expect("one shard").push((name, view));
+    }
+    let count = shards.len();
+    let mut weight_map = serde_json::Map::new();
+    let total: u64 = bytes.iter().map(|(_, _, b)| b.len() as u64).sum();
+    for (i, shard) in shards.into_iter().enumerate() {
+        let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
+        for (name, _) in &shard {
+            weight_map.insert(name.clone(), json!(file));
+        }
+        safetensors::serialize_to_file(shard, Some(metadata.clone()), &dir.join(&file))?;
+    }
+    write_json(
+        &dir.join("model.safetensors.index.json"),
+        &json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
+    )?;
     Ok(n)
 }
 

@@ -167,6 +167,7 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
             dtype,
             Some(&merge),
             &provenance,
+            None,
         )?;
         let staged = staging.keep();
         std::fs::rename(&staged, out)

@@ -148,6 +148,7 @@ pub fn download(
     let done: Vec<AtomicU64> = progress.done.iter().map(|&d| AtomicU64::new(d)).collect();
     let next = AtomicU64::new(0);
     let no_ranges = AtomicBool::new(false);
+    let mut digester = Digester::new(&job.expected, job.size);
     let result = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..connections.clamp(1, done.len()))
             .map(|_| {
@@ -162,10 +163,14 @@ pub fn download(
                 })
             })
             .collect();
-        // Record progress while the workers run, so a kill loses at most a moment.
+        // While the workers run: hash the bytes that have arrived in order (so checking
+        // costs little time after the last byte), and record progress, so a kill loses at
+        // most a moment.
         let mut last_save = std::time::Instant::now();
         while !workers.iter().all(|w| w.is_finished()) {
-            std::thread::sleep(Duration::from_millis(5));
+            if !digester.advance(&file, contiguous(&progress, &done)) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             if last_save.elapsed() > Duration::from_millis(250) {
                 snapshot(&progress, &done).save(&record);
                 last_save = std::time::Instant::now();
@@ -190,10 +195,16 @@ pub fn download(
         }
         return Err(e);
     }
-    file.sync_all()
-        .map_err(|e| format!("{}: {e}", partial.display()))?;
-    drop(file);
-    if let Err(e) = check(&partial, job.size, &job.expected) {
+    let checked = (|| {
+        while digester.advance(&file, job.size) {}
+        let len = file.metadata().map_err(|e| e.to_string())?.len();
+        if len != job.size || digester.pos != job.size {
+            return Err(format!("size {len}, expected {}", job.size));
+        }
+        digester.finish()
+    })();
+    if let Err(e) = checked {
+        drop(file);
         let _ = std::fs::remove_file(&partial);
         let _ = std::fs::remove_file(&record);
         return Err(format!(
@@ -201,6 +212,10 @@ pub fn download(
             job.label
         ));
     }
+    // On disk before it has its name: a crash never leaves a named blob with lost bytes.
+    file.sync_all()
+        .map_err(|e| format!("{}: {e}", partial.display()))?;
+    drop(file);
     std::fs::rename(&partial, &job.dest).map_err(|e| format!("{}: {e}", job.dest.display()))?;
     let _ = std::fs::remove_file(&record);
     Ok(())
@@ -374,44 +389,112 @@ fn reserve(file: &File, size: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Check a downloaded file's size and digest.
-pub fn check(path: &Path, size: u64, expected: &Expected) -> Result<(), String> {
-    let mut f = File::open(path).map_err(|e| e.to_string())?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
-    if len != size {
-        return Err(format!("size {len}, expected {size}"));
-    }
-    let mut buf = vec![0u8; 4 << 20];
-    let (got, want, what) = match expected {
-        Expected::Sha256(want) => {
-            let mut h = sha2::Sha256::new();
-            loop {
-                let n = f.read(&mut buf).map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            (crate::hex(&h.finalize()), want, "SHA-256")
+/// Bytes from the start of the file that have all arrived.
+fn contiguous(p: &Progress, done: &[AtomicU64]) -> u64 {
+    let mut end = 0;
+    for (i, d) in done.iter().enumerate() {
+        let (s, e) = p.span(i);
+        let have = d.load(Ordering::SeqCst);
+        end = s + have;
+        if s + have < e {
+            break;
         }
-        Expected::GitSha1(want) => {
-            use sha1::Digest as _;
-            let mut h = sha1::Sha1::new();
-            h.update(format!("blob {size}\0").as_bytes());
-            loop {
-                let n = f.read(&mut buf).map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            (crate::hex(&h.finalize()), want, "git blob id")
-        }
-    };
-    if &got != want {
-        return Err(format!(
-            "the bytes received have {what} {got}, but the Hub lists {want}"
-        ));
     }
-    Ok(())
+    end
+}
+
+/// A running SHA-256 or git blob id over a file's bytes, in order.
+struct Digester {
+    hasher: Hasher,
+    want: String,
+    pos: u64,
+    buf: Vec<u8>,
+}
+
+enum Hasher {
+    Sha256(sha2::Sha256),
+    GitSha1(sha1::Sha1),
+}
+
+impl Digester {
+    fn new(expected: &Expected, size: u64) -> Digester {
+        let (hasher, want) = match expected {
+            Expected::Sha256(w) => (Hasher::Sha256(sha2::Sha256::new()), w.clone()),
+            Expected::GitSha1(w) => {
+                use sha1::Digest as _;
+                let mut h = sha1::Sha1::new();
+                h.update(format!("blob {size}\0").as_bytes());
+                (Hasher::GitSha1(h), w.clone())
+            }
+        };
+        Digester {
+            hasher,
+            want,
+            pos: 0,
+            buf: vec![0; 4 << 20],
+        }
+    }
+
+    /// Hash up to 4 MiB more of the bytes before `upto`; false when there was nothing to do.
+    fn advance(&mut self, file: &File, upto: u64) -> bool {
+        if self.pos >= upto {
+            return false;
+        }
+        let n = ((upto - self.pos) as usize).min(self.buf.len());
+        match read_at(file, &mut self.buf[..n], self.pos) {
+            Ok(0) | Err(_) => return false,
+            Ok(got) => {
+                match &mut self.hasher {
+                    Hasher::Sha256(h) => h.update(&self.buf[..got]),
+                    Hasher::GitSha1(h) => sha1::Digest::update(h, &self.buf[..got]),
+                }
+                start_writeback(file, self.pos, got as u64);
+                self.pos += got as u64;
+            }
+        }
+        true
+    }
+
+    fn finish(self) -> Result<(), String> {
+        let (got, what) = match self.hasher {
+            Hasher::Sha256(h) => (crate::hex(&h.finalize()), "SHA-256"),
+            Hasher::GitSha1(h) => (crate::hex(&sha1::Digest::finalize(h)), "git blob id"),
+        };
+        if got != self.want {
+            return Err(format!(
+                "the bytes received have {what} {got}, but the Hub lists {}",
+                self.want
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Start writing hashed bytes to disk now, so the final sync has little left to wait for.
+fn start_writeback(file: &File, at: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a hint on a descriptor we own; failure only means a slower final sync.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                at as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, at, len);
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, at)
+}
+
+#[cfg(not(unix))]
+fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, at)
 }
