@@ -11,8 +11,10 @@ use verity_tokenizer::ChatMessage;
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// A GGUF file, a Hugging Face model directory, or a model name in the store
-    /// (~/.cache/verity/models or $VERITY_MODELS). Default: SmolLM2-135M-Instruct, fetched on first use.
+    /// A GGUF file, a Hugging Face model directory, a model name in the store
+    /// (~/.cache/verity/models or $VERITY_MODELS), a Hub model (ORG/REPO[:QUANT], fetched
+    /// on first use; see `verity pull`) or ollama:NAME[:TAG]. Default: SmolLM2-135M-Instruct,
+    /// fetched on first use.
     #[arg(short, long)]
     pub model: Option<String>,
     /// Context size in tokens (default: the model's, at most 4096).

