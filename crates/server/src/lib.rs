@@ -5,6 +5,8 @@
 //! events into OpenAI's JSON or server-sent events.
 
 mod api;
+mod chat;
+mod completions;
 mod json_mode;
 mod lora;
 mod lora_routes;
