@@ -25,8 +25,18 @@ impl ChatMessage {
     }
 }
 
+/// Instructions one rendering may run (minijinja's fuel): real templates, even with a
+/// hundred tools, need well under a million; a template that loops without end stops here
+/// with an error instead of holding a request (and a thread) forever.
+const FUEL: u64 = 20_000_000;
+
+/// Largest rendered prompt, bytes: far beyond any context, so only a runaway template
+/// reaches it.
+const MAX_OUTPUT: usize = 16 << 20;
+
 /// A compiled chat template.
 pub struct ChatTemplate {
+    source: String,
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
@@ -219,8 +229,11 @@ fn guard_namespace_assignments(source: &str) -> String {
 impl ChatTemplate {
     /// Compile `source` (a Jinja chat template) with the model's BOS and EOS strings.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, TokenizerError> {
+        let original = source.to_string();
         let source = guard_namespace_assignments(source);
         let mut env = Environment::new();
+        env.set_fuel(Some(FUEL));
+        env.add_filter("tojson", crate::pyjson::tojson);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -232,31 +245,91 @@ impl ChatTemplate {
             TokenizerError::Template(format!("the template does not compile: {e:#}"))
         })?;
         Ok(ChatTemplate {
+            source: original,
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
     }
 
-    /// Render a conversation. Variables: `messages`, `add_generation_prompt`, `bos_token`,
-    /// `eos_token`, `tools` (none).
+    /// The template's source, as the model file gives it.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Render a conversation of text messages. Variables: `messages`,
+    /// `add_generation_prompt`, `bos_token`, `eos_token`, `tools` (none).
     pub fn render(
         &self,
         messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        self.render_values(Value::from_serialize(messages), None, add_generation_prompt)
+    }
+
+    /// Render messages given as JSON, as transformers' `apply_chat_template` receives
+    /// them (`content` may be null; `tool_calls`, `tool_call_id`, `name` are passed on),
+    /// with `tools` (a list of tool schemas) when given.
+    pub fn render_json(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        self.render_values(
+            Value::from_serialize(messages),
+            tools.map(Value::from_serialize),
+            add_generation_prompt,
+        )
+    }
+
+    fn render_values(
+        &self,
+        messages: Value,
+        tools: Option<Value>,
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
         let tmpl = self
             .env
             .get_template(NAME)
             .map_err(|e| TokenizerError::Template(e.to_string()))?;
-        tmpl.render(minijinja::context! {
+        let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
-            tools => Value::from(()),
-        })
-        .map_err(|e| TokenizerError::Template(format!("rendering failed: {e:#}")))
+            tools => tools.unwrap_or(Value::from(())),
+        };
+        let mut out = Bounded(Vec::new());
+        tmpl.render_captured_to(ctx, &mut out).map_err(|e| {
+            let msg = if e.kind() == ErrorKind::OutOfFuel {
+                "the chat template ran too long (it may loop without end); the model file's template needs fixing".to_string()
+            } else if out.0.len() >= MAX_OUTPUT {
+                format!("the chat template's output passed {MAX_OUTPUT} bytes; the model file's template needs fixing")
+            } else {
+                format!("rendering failed: {e:#}")
+            };
+            TokenizerError::Template(msg)
+        })?;
+        String::from_utf8(out.0)
+            .map_err(|_| TokenizerError::Template("the chat template wrote invalid UTF-8".into()))
+    }
+}
+
+/// A writer that refuses to grow past [`MAX_OUTPUT`].
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OUTPUT {
+            self.0.resize(MAX_OUTPUT, 0);
+            return Err(std::io::Error::other("template output too large"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

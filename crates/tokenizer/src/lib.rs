@@ -10,6 +10,7 @@
 //! [`ChatTemplate`] renders Jinja chat templates (`tokenizer.chat_template`) with minijinja.
 
 mod chat;
+mod pyjson;
 mod gguf_vocab;
 
 use std::collections::{BTreeSet, HashMap};
