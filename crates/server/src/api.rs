@@ -27,6 +27,11 @@ impl ApiError {
         }
     }
 
+    pub fn with_param(mut self, param: &str) -> Self {
+        self.param = Some(param.to_string());
+        self
+    }
+
     pub fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self
@@ -152,9 +157,16 @@ pub struct ContentPart {
 pub struct Message {
     pub role: String,
     pub content: Option<MessageContent>,
-    /// Accepted; templates of the supported families do not use it.
-    #[allow(dead_code)]
+    /// The speaker's name (passed to the template).
     pub name: Option<String>,
+    /// An assistant message's calls: `[{"id", "type": "function", "function": {"name",
+    /// "arguments"}}]`.
+    pub tool_calls: Option<Value>,
+    /// A tool message's answer to the call with this id.
+    pub tool_call_id: Option<String>,
+    /// Accepted and ignored (OpenAI's assistant refusals).
+    #[allow(dead_code)]
+    pub refusal: Option<Value>,
 }
 
 /// Fields of `Common`, allowed in every generation request.
@@ -227,6 +239,8 @@ pub struct ChatRequest {
     pub top_logprobs: Option<i64>,
     pub response_format: Option<ResponseFormat>,
     pub tools: Option<Value>,
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub common: Common,
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,7 +20,8 @@ use crate::scheduler::{Event, JobSpec, TokenLogprob};
 use crate::Loaded;
 
 use crate::lora_routes::select_model;
-use verity_tokenizer::ChatMessage;
+use crate::prompt::{chat_prompt, ChatPrompt};
+use crate::tools::{self, ToolChoice, ToolFormat, Tools};
 
 pub(crate) async fn chat(
     State(state): St,
@@ -37,36 +37,11 @@ pub(crate) async fn chat(
             Some("messages"),
         ));
     }
-    if req
-        .tools
-        .as_ref()
-        .is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()))
-    {
-        return Err(ApiError::bad_request(
-            "tools are not supported by this server",
-            Some("tools"),
-        ));
-    }
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
-        let role = match m.role.as_str() {
-            "system" | "developer" => "system",
-            "user" => "user",
-            "assistant" => "assistant",
-            "tool" => "tool",
-            other => {
-                let shown: String = other.chars().take(32).collect();
-                return Err(ApiError::bad_request(
-                    format!("unknown message role '{shown}'"),
-                    Some("messages"),
-                ));
-            }
-        };
-        messages.push(ChatMessage {
-            role: role.into(),
-            content: m.text()?,
-        });
-    }
+    let tools = tools::parse_tools(
+        req.tools.as_ref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
     let settings = req.common.settings(req.max_completion_tokens)?;
     let top_logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (false, None) => None,
@@ -99,31 +74,13 @@ pub(crate) async fn chat(
         }
     };
 
-    let tok = &l.model.tokenizer;
-    let template = tok
-        .chat()
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "this model has no chat template; use /v1/completions",
-                Some("messages"),
-            )
-        })?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                format!("the model's chat template is invalid: {e}"),
-            )
-        })?;
-    let text = template
-        .render(&messages, true)
-        .map_err(|e| ApiError::bad_request(format!("chat template: {e}"), Some("messages")))?;
-    let has_bos = tok
-        .bos_token_str()
-        .is_some_and(|b| !b.is_empty() && text.starts_with(b));
-    let prompt = tok
-        .encode(&text, !has_bos)
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+    let ChatPrompt {
+        tokens: prompt,
+        format,
+    } = chat_prompt(&l.model, req.messages.clone(), tools.clone()).await?;
+    let tool_mode = tools
+        .filter(|t| t.choice != ToolChoice::None)
+        .map(|t| (format, t));
     check_context(&prompt, l, "messages")?;
     let room = l.scheduler.n_ctx - prompt.len();
     let max_tokens = settings.max_tokens.unwrap_or(room).min(room);
@@ -160,6 +117,7 @@ pub(crate) async fn chat(
             receivers,
             include_usage,
             top_logprobs.is_some(),
+            tool_mode,
         )
         .into_response());
     }
@@ -171,11 +129,37 @@ pub(crate) async fn chat(
         cached = cached.max(c.cached_tokens);
         completion += c.completion_tokens;
         let logprobs = top_logprobs.map(|_| json!({ "content": c.logprobs.iter().map(|lp| chat_logprob(l, lp)).collect::<Vec<_>>() }));
+        let (message, finish_reason) = match &tool_mode {
+            Some((format, tools)) => {
+                let (content, calls) = tools::parse_calls(*format, &c.text, tools);
+                let calls = calls_json(*format, tools, calls);
+                if calls.is_empty() {
+                    (
+                        json!({ "role": "assistant", "content": content }),
+                        c.finish_reason,
+                    )
+                } else {
+                    let content = if content.is_empty() {
+                        Value::Null
+                    } else {
+                        json!(content)
+                    };
+                    (
+                        json!({ "role": "assistant", "content": content, "tool_calls": calls }),
+                        "tool_calls",
+                    )
+                }
+            }
+            None => (
+                json!({ "role": "assistant", "content": c.text }),
+                c.finish_reason,
+            ),
+        };
         choices.push(json!({
             "index": i,
-            "message": { "role": "assistant", "content": c.text },
+            "message": message,
             "logprobs": logprobs,
-            "finish_reason": c.finish_reason,
+            "finish_reason": finish_reason,
         }));
     }
     Ok(Json(json!({
@@ -187,6 +171,24 @@ pub(crate) async fn chat(
         "usage": usage(prompt_tokens, cached, completion),
     }))
     .into_response())
+}
+
+/// Calls as OpenAI reports them, each with a fresh id; one only when the client asked
+/// for no parallel calls.
+fn calls_json(format: ToolFormat, tools: &Tools, calls: Vec<tools::ToolCall>) -> Vec<Value> {
+    let keep = if tools.parallel { calls.len() } else { 1 };
+    calls
+        .into_iter()
+        .take(keep)
+        .enumerate()
+        .map(|(k, c)| {
+            json!({
+                "id": tools::call_id(format, k as u64),
+                "type": "function",
+                "function": { "name": c.name, "arguments": c.arguments },
+            })
+        })
+        .collect()
 }
 
 fn chat_logprob(l: &Loaded, lp: &TokenLogprob) -> Value {
@@ -206,6 +208,7 @@ fn chat_stream(
     receivers: Vec<UnboundedReceiver<Event>>,
     include_usage: bool,
     with_logprobs: bool,
+    tool_mode: Option<(ToolFormat, Tools)>,
 ) -> SseStream {
     let created = now();
     let n = receivers.len();
@@ -219,45 +222,65 @@ fn chat_stream(
     let tokenizer_model = model.clone();
     let totals = Arc::new(std::sync::Mutex::new((0usize, 0usize, 0usize, 0usize)));
     let totals_end = totals.clone();
-    let body = merged(receivers).filter_map(move |(i, ev)| {
+    // Per choice: content streams while a possible tool call is held back.
+    let splitters: Arc<std::sync::Mutex<Vec<tools::StreamSplitter>>> =
+        Arc::new(std::sync::Mutex::new(
+            (0..n)
+                .map(|_| {
+                    tools::StreamSplitter::new(
+                        tool_mode.as_ref().map_or(ToolFormat::Generic, |t| t.0),
+                    )
+                })
+                .collect(),
+        ));
+    let tool_mode = Arc::new(tool_mode);
+    let body = merged(receivers).flat_map(move |(i, ev)| {
         let chunk = chunk.clone();
         let totals = totals.clone();
         let model = tokenizer_model.clone();
-        async move {
-            match ev {
-                Event::Token { text, logprob } => {
-                    if text.is_empty() && logprob.is_none() {
-                        return None;
-                    }
-                    let lp = match (with_logprobs, logprob) {
-                        (true, Some(lp)) => {
-                            let p = model.tokenizer.decode(&[lp.token], false).unwrap_or_default();
-                            let top: Vec<Value> = lp
-                                .top
-                                .iter()
-                                .map(|&(t, v)| {
-                                    let tp = model.tokenizer.decode(&[t], false).unwrap_or_default();
-                                    json!({ "token": tp, "logprob": v, "bytes": tp.as_bytes() })
-                                })
-                                .collect();
-                            json!({ "content": [{ "token": p, "logprob": lp.logprob, "bytes": p.as_bytes(), "top_logprobs": top }] })
-                        }
-                        _ => Value::Null,
-                    };
-                    Some(sse_json(&chunk(json!([{ "index": i, "delta": { "content": text }, "logprobs": lp, "finish_reason": null }]))))
+        let splitters = splitters.clone();
+        let tool_mode = tool_mode.clone();
+        let events: Vec<Result<SseEvent, Infallible>> = match (ev, tool_mode.as_ref()) {
+            (Event::Token { text, .. }, Some(_)) => {
+                let mut s = splitters.lock().unwrap_or_else(|e| e.into_inner());
+                let out = s[i].push(&text);
+                if out.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![sse_json(&chunk(json!([{ "index": i, "delta": { "content": out }, "logprobs": null, "finish_reason": null }])))]
                 }
-                Event::Done { finish_reason, prompt_tokens, cached_tokens, completion_tokens } => {
+            }
+            (Event::Done { finish_reason, prompt_tokens, cached_tokens, completion_tokens }, Some((format, tools))) => {
+                {
                     let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
                     t.0 = prompt_tokens;
                     t.1 = t.1.max(cached_tokens);
                     t.2 += completion_tokens;
                     t.3 += 1;
-                    Some(sse_json(&chunk(json!([{ "index": i, "delta": {}, "logprobs": null, "finish_reason": finish_reason }]))))
                 }
-                Event::Error(e) => Some(sse_json(&json!({ "error": { "message": e, "type": "server_error", "param": null, "code": null } }))),
-                Event::PromptLogprobs(_) => None,
+                let splitter = std::mem::replace(
+                    &mut splitters.lock().unwrap_or_else(|e| e.into_inner())[i],
+                    tools::StreamSplitter::new(*format),
+                );
+                let (rest, calls) = splitter.finish(tools);
+                let calls = calls_json(*format, tools, calls);
+                let mut out = Vec::new();
+                if !rest.is_empty() {
+                    out.push(sse_json(&chunk(json!([{ "index": i, "delta": { "content": rest }, "logprobs": null, "finish_reason": null }]))));
+                }
+                // As OpenAI streams calls: index, id, type and name first, then the
+                // arguments.
+                for (k, c) in calls.iter().enumerate() {
+                    out.push(sse_json(&chunk(json!([{ "index": i, "delta": { "tool_calls": [{ "index": k, "id": c["id"], "type": "function", "function": { "name": c["function"]["name"], "arguments": "" } }] }, "logprobs": null, "finish_reason": null }]))));
+                    out.push(sse_json(&chunk(json!([{ "index": i, "delta": { "tool_calls": [{ "index": k, "function": { "arguments": c["function"]["arguments"] } }] }, "logprobs": null, "finish_reason": null }]))));
+                }
+                let reason = if calls.is_empty() { finish_reason } else { "tool_calls" };
+                out.push(sse_json(&chunk(json!([{ "index": i, "delta": {}, "logprobs": null, "finish_reason": reason }]))));
+                out
             }
-        }
+            (ev, _) => plain_event(i, ev, &chunk, &totals, &model, with_logprobs).into_iter().collect(),
+        };
+        stream::iter(events)
     });
     let tail = stream::once(async move {
         let mut out = Vec::new();
@@ -274,4 +297,64 @@ fn chat_stream(
     .flatten();
     let s = stream::iter(first).chain(body).chain(tail);
     Sse::new(Box::pin(s) as BoxedEvents).keep_alive(KeepAlive::default())
+}
+
+/// One event of a choice without tools, as a chunk.
+fn plain_event(
+    i: usize,
+    ev: Event,
+    chunk: &dyn Fn(Value) -> Value,
+    totals: &std::sync::Mutex<(usize, usize, usize, usize)>,
+    model: &verity_model::Model,
+    with_logprobs: bool,
+) -> Option<Result<SseEvent, Infallible>> {
+    {
+        match ev {
+            Event::Token { text, logprob } => {
+                if text.is_empty() && logprob.is_none() {
+                    return None;
+                }
+                let lp = match (with_logprobs, logprob) {
+                    (true, Some(lp)) => {
+                        let p = model
+                            .tokenizer
+                            .decode(&[lp.token], false)
+                            .unwrap_or_default();
+                        let top: Vec<Value> = lp
+                            .top
+                            .iter()
+                            .map(|&(t, v)| {
+                                let tp = model.tokenizer.decode(&[t], false).unwrap_or_default();
+                                json!({ "token": tp, "logprob": v, "bytes": tp.as_bytes() })
+                            })
+                            .collect();
+                        json!({ "content": [{ "token": p, "logprob": lp.logprob, "bytes": p.as_bytes(), "top_logprobs": top }] })
+                    }
+                    _ => Value::Null,
+                };
+                Some(sse_json(&chunk(
+                    json!([{ "index": i, "delta": { "content": text }, "logprobs": lp, "finish_reason": null }]),
+                )))
+            }
+            Event::Done {
+                finish_reason,
+                prompt_tokens,
+                cached_tokens,
+                completion_tokens,
+            } => {
+                let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
+                t.0 = prompt_tokens;
+                t.1 = t.1.max(cached_tokens);
+                t.2 += completion_tokens;
+                t.3 += 1;
+                Some(sse_json(&chunk(
+                    json!([{ "index": i, "delta": {}, "logprobs": null, "finish_reason": finish_reason }]),
+                )))
+            }
+            Event::Error(e) => Some(sse_json(
+                &json!({ "error": { "message": e, "type": "server_error", "param": null, "code": null } }),
+            )),
+            Event::PromptLogprobs(_) => None,
+        }
+    }
 }

@@ -11,8 +11,11 @@ mod json_mode;
 mod lora;
 mod lora_routes;
 mod metrics;
+mod prompt;
+mod responses;
 mod routes;
 mod scheduler;
+mod tools;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -57,6 +60,8 @@ pub struct AppState {
     pub loaded: OnceLock<Loaded>,
     pub metrics: Arc<metrics::Metrics>,
     pub started: std::time::Instant,
+    /// Responses kept for `previous_response_id`.
+    pub responses: responses::ResponseStore,
 }
 
 pub struct Loaded {
@@ -84,6 +89,7 @@ impl AppState {
             loaded: OnceLock::new(),
             metrics: Arc::new(metrics::Metrics::new()),
             started: std::time::Instant::now(),
+            responses: Default::default(),
         })
     }
 
