@@ -65,6 +65,23 @@ fn render(
                 format!("the model's chat template is invalid: {e}"),
             )
         })?;
+    let (text, format) = render_template(&template, messages, tools)?;
+    let has_bos = tok
+        .bos_token_str()
+        .is_some_and(|b| !b.is_empty() && text.starts_with(b));
+    let tokens = tok
+        .encode(&text, !has_bos)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+    Ok(ChatPrompt { tokens, format })
+}
+
+/// The prompt text for `messages` and `tools` through `template`, and the template's call
+/// format: the one path every chat endpoint (and [`crate::render_chat_request`]) takes.
+pub fn render_template(
+    template: &verity_tokenizer::ChatTemplate,
+    messages: &[Message],
+    tools: Option<&Tools>,
+) -> Result<(String, ToolFormat), ApiError> {
     let format = ToolFormat::detect(template.source());
     let offered = tools.filter(|t| t.choice != ToolChoice::None);
     let template_tools: Option<Value> = offered
@@ -92,11 +109,5 @@ fn render(
         Err(e) if messages.iter().any(|m| m.role == "tool") => render_with(true).map_err(|_| e)?,
         Err(e) => return Err(e),
     };
-    let has_bos = tok
-        .bos_token_str()
-        .is_some_and(|b| !b.is_empty() && text.starts_with(b));
-    let tokens = tok
-        .encode(&text, !has_bos)
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
-    Ok(ChatPrompt { tokens, format })
+    Ok((text, format))
 }

@@ -143,14 +143,9 @@ pub fn conversation(
                         json!(json!({"tool_calls": calls}).to_string()),
                     );
                 } else {
-                    msg.insert(
-                        "content".into(),
-                        if m.content.is_some() {
-                            json!(text)
-                        } else {
-                            Value::Null
-                        },
-                    );
+                    // Null content becomes "" (as llama.cpp passes it): templates such as
+                    // Qwen3's test `'</think>' in content`, which fails on null.
+                    msg.insert("content".into(), json!(text));
                     msg.insert("tool_calls".into(), Value::Array(rendered));
                 }
             }
