@@ -168,24 +168,51 @@ fn next_mark() -> i64 {
 /// printing or comparing a cyclic value recurses without end (minijinja overflows the
 /// stack). A hostile chat template must get an error, not crash the process.
 fn acyclic(value: Value, mark: i64) -> Result<Value, Error> {
+    check_value(value, Some(mark))
+}
+
+/// `value | __verity_bound`: `value`, unless it holds more than [`MAX_VALUE_BYTES`] of text
+/// (a template that doubles a string in a loop would otherwise exhaust the server's
+/// memory in a few dozen instructions, before any fuel runs out).
+fn bound(value: Value) -> Result<Value, Error> {
+    check_value(value, None)
+}
+
+/// Largest value (bytes of text, summed over its parts) a template may assign.
+const MAX_VALUE_BYTES: usize = 16 << 20;
+
+fn check_value(value: Value, mark: Option<i64>) -> Result<Value, Error> {
     let mut stack = vec![value.clone()];
     let mut visited = 0;
+    let mut bytes = 0usize;
     while let Some(v) = stack.pop() {
         visited += 1;
         if visited > MAX_VISIT {
             return Err(Error::new(
                 ErrorKind::InvalidOperation,
-                "a namespace assignment holds too large a value",
+                "the template assigns too large a value",
             ));
+        }
+        if let Some(s) = v.as_str() {
+            bytes += s.len();
+            if bytes > MAX_VALUE_BYTES {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("the template builds a value of more than {MAX_VALUE_BYTES} bytes"),
+                ));
+            }
+            continue;
         }
         if v.as_object().is_none() {
             continue;
         }
-        if v.get_attr(MARK).ok().and_then(|m| i64::try_from(m).ok()) == Some(mark) {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                "the template assigns a namespace into itself (a cycle)",
-            ));
+        if let Some(mark) = mark {
+            if v.get_attr(MARK).ok().and_then(|m| i64::try_from(m).ok()) == Some(mark) {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "the template assigns a namespace into itself (a cycle)",
+                ));
+            }
         }
         if let Ok(items) = v.try_iter() {
             for k in items {
@@ -209,21 +236,95 @@ fn acyclic(value: Value, mark: i64) -> Result<Value, Error> {
 /// kept on the outer tags; nothing is emitted between the two.
 fn guard_namespace_assignments(source: &str) -> String {
     static SET_ATTR: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static SET_NAME: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static SET_BLOCK: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     let re = SET_ATTR.get_or_init(|| {
         regex::Regex::new(
             r"(?s)\{%(-|\+)?(\s*)set\s+([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)\s*=(.*?)(-|\+)?%\}",
         )
         .expect("valid regex")
     });
-    re.replace_all(source, |c: &regex::Captures| {
+    let guarded = re.replace_all(source, |c: &regex::Captures| {
         let open = c.get(1).map_or("", |m| m.as_str());
         let close = c.get(6).map_or("", |m| m.as_str());
         let (ns, attr, expr) = (&c[3], &c[4], &c[5]);
         format!(
             "{{%{open} set {ns}.{MARK} = __verity_mark() %}}{{% set {ns}.{attr} = ({expr}) | __verity_acyclic({ns}.{MARK}) {close}%}}"
         )
+    });
+    // `{% set NAME = EXPR %}` and `{% set NAME %}...{% endset %}`: bounded in size.
+    let re = SET_NAME.get_or_init(|| {
+        regex::Regex::new(r"(?s)\{%(-|\+)?\s*set\s+([A-Za-z_][A-Za-z0-9_]*)\s*=(.*?)(-|\+)?%\}")
+            .expect("valid regex")
+    });
+    let guarded = re.replace_all(&guarded, |c: &regex::Captures| {
+        let open = c.get(1).map_or("", |m| m.as_str());
+        let close = c.get(4).map_or("", |m| m.as_str());
+        format!(
+            "{{%{open} set {} = ({}) | __verity_bound {close}%}}",
+            &c[2], &c[3]
+        )
+    });
+    let re = SET_BLOCK.get_or_init(|| {
+        regex::Regex::new(r"\{%(-|\+)?\s*set\s+([A-Za-z_][A-Za-z0-9_]*)\s*(-|\+)?%\}")
+            .expect("valid regex")
+    });
+    let guarded = re.replace_all(&guarded, |c: &regex::Captures| {
+        let open = c.get(1).map_or("", |m| m.as_str());
+        let close = c.get(3).map_or("", |m| m.as_str());
+        format!("{{%{open} set {} | __verity_bound {close}%}}", &c[2])
+    });
+    // A macro's arguments are checked as it starts: a recursive macro that doubles its
+    // argument stops at twice the bound.
+    static MACRO: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = MACRO.get_or_init(|| {
+        regex::Regex::new(
+            r"(?s)(\{%(-|\+)?\s*macro\s+[A-Za-z_][A-Za-z0-9_]*\s*\((.*?)\)\s*(-|\+)?%\})",
+        )
+        .expect("valid regex")
+    });
+    re.replace_all(&guarded, |c: &regex::Captures| {
+        let params = macro_params(&c[3]);
+        if params.is_empty() {
+            return c[1].to_string();
+        }
+        // Whitespace control after the macro tag passes to the check that now follows it.
+        let close = c.get(4).map_or("", |m| m.as_str());
+        format!(
+            "{}{{% set __verity_args = [{}] | __verity_bound {close}%}}",
+            &c[1],
+            params.join(", ")
+        )
     })
     .into_owned()
+}
+
+/// Parameter names of a macro signature (`a, b=1, c='x,y'` → a, b, c).
+fn macro_params(sig: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let (mut depth, mut quote, mut start) = (0i32, None::<char>, 0);
+    let mut push = |part: &str| {
+        let name = part.split('=').next().unwrap_or("").trim();
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            names.push(name.to_string());
+        }
+    };
+    for (i, ch) in sig.char_indices() {
+        match (quote, ch) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(ch),
+            (None, '(' | '[' | '{') => depth += 1,
+            (None, ')' | ']' | '}') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                push(&sig[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    push(&sig[start..]);
+    names
 }
 
 impl ChatTemplate {
@@ -241,6 +342,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_function("__verity_mark", next_mark);
         env.add_filter("__verity_acyclic", acyclic);
+        env.add_filter("__verity_bound", bound);
         env.add_template_owned(NAME, source).map_err(|e| {
             TokenizerError::Template(format!("the template does not compile: {e:#}"))
         })?;

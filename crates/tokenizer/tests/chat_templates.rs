@@ -154,7 +154,10 @@ fn raise_exception_and_python_methods() {
         .render(&[ChatMessage::new("user", " x y ")], false)
         .unwrap();
     // transformers' tojson is json.dumps(ensure_ascii=False): ", " between items.
-    assert_eq!(out, "X Y|[\"a\", \"b\"]|True", "Python (Jinja2) prints True");
+    assert_eq!(
+        out, "X Y|[\"a\", \"b\"]|True",
+        "Python (Jinja2) prints True"
+    );
     let e = t
         .render(&[ChatMessage::new("system", "s")], false)
         .unwrap_err();
@@ -171,4 +174,35 @@ fn namespace_cycle_is_an_error_not_a_crash() {
     let t = ChatTemplate::new(&src, "<s>", "</s>").unwrap();
     let err = t.render(&conversation(), true).unwrap_err().to_string();
     assert!(err.contains("cycle"), "{err}");
+}
+
+/// A hostile template gets an error, quickly, and never exhausts time or memory: loops
+/// without end run out of fuel; strings doubled through `set`, namespaces, block sets or a
+/// recursive macro's arguments stop at the value bound; output stops at its bound.
+#[test]
+fn hostile_templates_are_errors_not_hangs_or_exhaustion() {
+    let doubling_sets = format!(
+        "{{% set s = 'xxxxxxxxxxxxxxxx' %}}{}{{{{ s|length }}}}",
+        "{% set s = s ~ s %}".repeat(40)
+    );
+    let cases = [
+        ("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", "too long"),
+        (doubling_sets.as_str(), "more than"),
+        ("{% set ns = namespace(s='x') %}{% for j in range(45) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}", "more than"),
+        ("{% set ns = namespace(l=[1]) %}{% for j in range(45) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|length }}", "too large"),
+        ("{% macro f(s, n) %}{% if n > 0 %}{{ f(s ~ s, n - 1) }}{% else %}{{ s|length }}{% endif %}{% endmacro %}{{ f('x', 45) }}", "more than"),
+        // A block set fills memory only as fast as fuel allows (bounded either way).
+        ("{% set s %}{% for i in range(10000) %}{% for j in range(10000) %}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx{% endfor %}{% endfor %}{% endset %}{{ s }}", ""),
+        ("{% for i in range(10000) %}{% for j in range(10000) %}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx{% endfor %}{% endfor %}", "output passed"),
+    ];
+    for (src, why) in cases {
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let start = std::time::Instant::now();
+        let e = t
+            .render(&[ChatMessage::new("user", "hi")], true)
+            .expect_err(src)
+            .to_string();
+        assert!(e.contains(why), "{src}: {e}");
+        eprintln!("{:?} {e}", start.elapsed());
+    }
 }
