@@ -17,6 +17,9 @@ use crate::common::{chat_prompt, load_model, LoraArgs, ModelArgs, SamplingArgs};
 ///   verity run -m ./Qwen2.5-0.5B-Instruct-Q4_K_M.gguf --json "Hi"
 ///   verity run --lora ./my-adapter/ "Hi"              # a PEFT adapter directory
 ///   verity run --lora style.gguf:0.5 --lora facts/ "Hi"   # two adapters, the first at half strength
+///   verity run --json-schema person.json "Invent a person"   # output valid against the schema
+///     (person.json: {"type": "object", "properties": {"name": {"type": "string"},
+///      "age": {"type": "integer", "minimum": 0}}, "required": ["name", "age"]})
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct RunArgs {
@@ -37,11 +40,37 @@ pub struct RunArgs {
     /// Print one JSON object with the answer, token counts and timings instead of streaming.
     #[arg(long)]
     pub json: bool,
+    /// Constrain the answer to JSON valid against this JSON Schema file (enforced token by
+    /// token; keywords that cannot be enforced, such as uniqueItems, are refused).
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let params = args.sampling.params()?;
+    let schema = match &args.json_schema {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--json-schema {}: {e}", path.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("--json-schema {}: not JSON: {e}", path.display()))?;
+            Some((path, v))
+        }
+    };
     let model = load_model(&args.model)?;
+    let mut constraint = match &schema {
+        None => None,
+        Some((path, v)) => {
+            let factory =
+                verity_constraint::ConstraintFactory::new(&model.tokenizer, model.hparams.n_vocab)
+                    .map_err(|e| anyhow::anyhow!("constrained decoding: {e}"))?;
+            let grammar = factory
+                .json_schema(v)
+                .map_err(|e| anyhow::anyhow!("--json-schema {}: {e}", path.display()))?;
+            Some(grammar.start())
+        }
+    };
     let use_template = !args.raw && model.tokenizer.chat_template().is_some();
     let prompt = if use_template {
         let mut messages = Vec::new();
@@ -68,17 +97,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     session.set_lora(args.lora.load(&model)?);
     let stdout = std::io::stdout();
     let json = args.json;
-    let gen = verity_engine::generate(&mut session, &prompt, &params, &mut |text| {
-        if !json {
-            let mut out = stdout.lock();
-            // A closed pipe (e.g. `| head`) just ends the answer early.
-            return out
-                .write_all(text.as_bytes())
-                .and_then(|_| out.flush())
-                .is_ok();
-        }
-        true
-    })?;
+    let filter = constraint
+        .as_mut()
+        .map(|c| c as &mut dyn verity_engine::TokenFilter);
+    let gen =
+        verity_engine::generate_filtered(&mut session, &prompt, &params, filter, &mut |text| {
+            if !json {
+                let mut out = stdout.lock();
+                // A closed pipe (e.g. `| head`) just ends the answer early.
+                return out
+                    .write_all(text.as_bytes())
+                    .and_then(|_| out.flush())
+                    .is_ok();
+            }
+            true
+        })?;
     let t = &gen.timings;
     if json {
         let v = json!({

@@ -29,6 +29,9 @@ pub enum EngineError {
     Empty,
     #[error("the adapter was loaded for another base model")]
     AdapterMismatch,
+    /// A token filter (constrained decoding) failed.
+    #[error("constrained decoding: {0}")]
+    Constraint(String),
 }
 
 /// How a KV cache stores keys and values.

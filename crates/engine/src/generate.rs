@@ -85,12 +85,35 @@ pub struct Generation {
     pub timings: Timings,
 }
 
+/// Restricts which tokens may come next (constrained decoding: `verity-constraint`).
+pub trait TokenFilter {
+    /// Set the logits of the tokens that may not come next to -inf.
+    fn apply(&mut self, logits: &mut [f32]) -> Result<(), String>;
+    /// The token that was chosen. Returns whether the output is complete (nothing more
+    /// may follow).
+    fn commit(&mut self, token: u32) -> Result<bool, String>;
+}
+
 /// Generate a continuation of `prompt`. `on_text` receives text as it becomes final and
 /// returns `false` to stop early.
 pub fn generate(
     session: &mut Session,
     prompt: &[u32],
     params: &GenerateParams,
+    on_text: &mut dyn FnMut(&str) -> bool,
+) -> Result<Generation, EngineError> {
+    generate_filtered(session, prompt, params, None, on_text)
+}
+
+/// [`generate`], with the tokens sampled from those `filter` allows; generation stops when
+/// the filter says the output is complete. `filter.commit` runs right after each token is
+/// chosen, before the network computes the next logits, so a filter can prepare its next
+/// answer meanwhile.
+pub fn generate_filtered(
+    session: &mut Session,
+    prompt: &[u32],
+    params: &GenerateParams,
+    mut filter: Option<&mut dyn TokenFilter>,
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Generation, EngineError> {
     if prompt.is_empty() {
@@ -127,11 +150,18 @@ pub fn generate(
     let mut finish = FinishReason::Length;
 
     while out_tokens.len() < params.max_tokens {
+        if let Some(f) = filter.as_deref_mut() {
+            f.apply(&mut logits).map_err(EngineError::Constraint)?;
+        }
         let tok = sampler.sample(&logits, &history);
         if !params.ignore_eos && tokenizer.is_end_of_generation(tok) {
             finish = FinishReason::Stop;
             break;
         }
+        let complete = match filter.as_deref_mut() {
+            Some(f) => f.commit(tok).map_err(EngineError::Constraint)?,
+            None => false,
+        };
         out_tokens.push(tok);
         history.push(tok);
         let (delta, stopped) = text.push(tok);
@@ -139,7 +169,7 @@ pub fn generate(
             finish = FinishReason::Cancelled;
             break;
         }
-        if stopped {
+        if stopped || complete {
             finish = FinishReason::Stop;
             break;
         }

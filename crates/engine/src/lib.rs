@@ -8,7 +8,10 @@ mod ops;
 mod sampling;
 
 pub use forward::{BatchItem, EngineError, KvCache, KvType, Logits, Runner, Session};
-pub use generate::{generate, FinishReason, GenerateParams, Generation, TextStream, Timings};
+pub use generate::{
+    generate, generate_filtered, FinishReason, GenerateParams, Generation, TextStream, Timings,
+    TokenFilter,
+};
 pub use lora::{same_lora, LoraSet};
 /// The transformer block's elementwise operations, shared with training so that a
 /// trained model's forward pass is the engine's.
