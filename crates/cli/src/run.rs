@@ -123,6 +123,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             "finish_reason": gen.finish_reason.as_str(),
             "tokens": { "prompt": t.prompt_tokens, "generated": t.generated_tokens },
             "output_token_ids": gen.tokens,
+            "constraint": constraint.as_ref().map(|c| {
+                let s = c.stats();
+                json!({
+                    "masks": s.masks,
+                    "mask_compute_ms": s.compute.as_secs_f64() * 1e3,
+                    "mask_wait_ms": s.waited.as_secs_f64() * 1e3,
+                })
+            }),
             "timings": {
                 "prompt_ms": t.prompt_ms,
                 "prompt_tokens_per_s": t.prompt_tokens_per_s(),

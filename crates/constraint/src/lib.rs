@@ -23,6 +23,7 @@ mod vocab;
 use std::sync::Arc;
 
 use llguidance::api::{GrammarWithLexer, ParserLimits, TopLevelGrammar};
+use llguidance::toktrie::TokEnv;
 use llguidance::{JsonCompileOptions, Matcher, ParserFactory};
 use serde_json::{json, Value};
 use verity_tokenizer::Tokenizer;
@@ -58,6 +59,7 @@ impl std::fmt::Debug for ConstraintFactory {
 #[derive(Clone)]
 pub struct Grammar {
     matcher: Arc<Matcher>,
+    env: TokEnv,
     n_vocab: usize,
     kind: &'static str,
 }
@@ -164,6 +166,7 @@ impl ConstraintFactory {
         })?;
         Ok(Grammar {
             matcher: Arc::new(matcher),
+            env: self.factory.tok_env().clone(),
             n_vocab: self.n_vocab,
             kind,
         })
@@ -190,12 +193,19 @@ impl Grammar {
     }
 
     /// A constraint that has already read `bytes` (text the model generated before the
-    /// constraint applied: for a tool call, what followed the trigger). Fails if `bytes`
-    /// cannot begin the grammar.
+    /// constraint applied: for a tool call, what followed the trigger, which may begin in
+    /// the middle of a token; [`Grammar::token_bytes`] spells tokens exactly). Fails if
+    /// `bytes` cannot begin the grammar. Its first mask is being computed when it returns.
     pub fn start_after(&self, bytes: &[u8]) -> Result<Constraint, String> {
         let mut c = Constraint::new_idle(self.matcher.deep_clone(), self.n_vocab);
         c.consume_bytes(bytes)?;
         Ok(c)
+    }
+
+    /// The bytes token `token` spells, exactly (a byte-fallback or partial UTF-8 token is
+    /// its bytes, not U+FFFD; a special token is 0xFF then its text).
+    pub fn token_bytes(&self, token: u32) -> &[u8] {
+        self.env.tok_trie().token(token)
     }
 
     /// `json_schema`, `json_object`, `lark` or `regex`.

@@ -443,7 +443,11 @@ fn a_constraint_can_start_after_text_already_generated() {
         }))
         .unwrap();
     // The model wrote `{"name":"get_we` before the constraint applied (say, after a
-    // trigger in the middle of a token); the constraint picks up from there.
+    // trigger in the middle of a token); the constraint picks up from there. The grammar
+    // spells tokens as the factory does.
+    for t in [0, 1, 100, 5000] {
+        assert_eq!(g.token_bytes(t), f.factory.token_bytes(t));
+    }
     let mut c = g.start_after(br#"{"name":"get_we"#).unwrap();
     let rest = br#"ather","arguments":{}}"#;
     let mut at = 0;
