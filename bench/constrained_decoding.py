@@ -111,10 +111,13 @@ def stream(port, body):
     return tokens, (last - first) if first else 0.0, ("".join(text), finish)
 
 
+TEMPERATURE = 1.0
+
+
 def request(prompt, seed, constrained, max_tokens):
     body = {
         "messages": [{"role": "user", "content": prompt}],
-        "temperature": 1.0,
+        "temperature": TEMPERATURE,
         "seed": seed,
         "max_tokens": max_tokens,
     }
@@ -164,7 +167,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--requests", type=int, default=6, help="requests per client")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--temperature", type=float, default=1.0,
+                    help="0 is greedy: no full-vocabulary sort per token, so the constraint's share shows more")
     a = ap.parse_args()
+    global TEMPERATURE
+    TEMPERATURE = a.temperature
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "verity"], cwd=ROOT, check=True)
     verity = ROOT / "target/release/verity"
     port = free_port()
@@ -231,7 +238,7 @@ def main():
         proc.terminate()
         proc.wait()
 
-    print(f"\nverity serve --parallel 8, {a.threads} threads, {a.rounds} rounds (medians)\n")
+    print(f"\nverity serve --parallel 8, {a.threads} threads, temperature {a.temperature}, {a.rounds} rounds (medians)\n")
     print("| clients | tokens per request | unconstrained ms/token | JSON-schema ms/token | cost ratio | ratios per round |")
     print("|---|---:|---:|---:|---:|---|")
     for name, toks, u, c, r, rs in rows:

@@ -526,3 +526,41 @@ fn json_whitespace_is_bounded() {
     assert!(!c.allows(token(b" ")).unwrap());
     assert!(c.allows(token(b"}")).unwrap());
 }
+
+/// What the hand-written JSON-object scanner this replaced checked, now of llguidance's
+/// `json_object`: prefixes of objects go on, whole objects complete, anything else stops.
+#[test]
+fn json_object_takes_objects_and_nothing_else() {
+    let g = fx().factory.json_object().unwrap();
+    for prefix in [
+        "",
+        "{",
+        r#"{"a""#,
+        r#"{"a": [1, 2.5e-3, true, null, "x\n""#,
+        r#"{"a":{"b":-0.5}"#,
+    ] {
+        let c = g
+            .start_after(prefix.as_bytes())
+            .unwrap_or_else(|e| panic!("{prefix}: {e}"));
+        assert!(!c.is_complete(), "{prefix}");
+    }
+    for whole in [r#"{"a": [1, {}]}"#, "{}"] {
+        assert!(
+            g.start_after(whole.as_bytes()).unwrap().is_complete(),
+            "{whole}"
+        );
+    }
+    for bad in [
+        "[1]",
+        "hello",
+        "{a",
+        r#"{"a" 1"#,
+        r#"{"a":01"#,
+        r#"{"a":tru e"#,
+        "{}}",
+        "{} x",
+        r#"{"a":[1,]"#,
+    ] {
+        assert!(g.start_after(bad.as_bytes()).is_err(), "{bad}");
+    }
+}
