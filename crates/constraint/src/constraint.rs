@@ -224,6 +224,10 @@ impl Constraint {
             if w == u32::MAX && chunk.len() == 32 {
                 continue;
             }
+            if w == 0 {
+                chunk.fill(f32::NEG_INFINITY);
+                continue;
+            }
             for (b, l) in chunk.iter_mut().enumerate() {
                 if w & (1u32 << b) == 0 {
                     *l = f32::NEG_INFINITY;
