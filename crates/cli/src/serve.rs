@@ -154,7 +154,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let hp = &model.hparams;
         let metadata = json!({
             "architecture": hp.arch.gguf_name(),
-            "path": path,
+            // The file's name only: clients never see the server's paths.
+            "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
             "n_ctx_train": hp.n_ctx_train,
             "n_vocab": hp.n_vocab,
             "n_layer": hp.n_layer,

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{http, Server};
+use common::{gauge, http, metrics_until, sample, OpenStream, Server};
 use serde_json::{json, Value};
 
 #[test]
@@ -51,6 +51,96 @@ fn health_models_tokenize() {
         body.contains("verity_requests_total") && body.contains("verity_queue_depth"),
         "{body}"
     );
+}
+
+/// The load gauges routers read, under verity's names and vLLM's (the Gateway API
+/// Inference Extension's endpoint picker reads vLLM's by default): with four long requests
+/// on two slots, two run and two wait; KV cache use is the tokens the running requests
+/// hold over slots × context, so it rises with prompt length, and it is 0 again once they
+/// end, though the idle slots keep their prefixes for reuse.
+#[test]
+fn metrics_report_waiting_running_and_kv_cache_use() {
+    let s = Server::start(&["--parallel", "2", "--ctx", "1024"]);
+    let port = s.port;
+    let capacity = 2.0 * 1024.0;
+    let both = |m: &str, verity: &str, vllm: &str| -> f64 {
+        let v = gauge(m, verity).unwrap_or_else(|| panic!("no {verity}:\n{m}"));
+        let (labels, w) = sample(m, vllm).unwrap_or_else(|| panic!("no {vllm}:\n{m}"));
+        assert_eq!(v, w, "{verity} and {vllm} differ:\n{m}");
+        assert!(
+            labels.starts_with("model_name=\"") && labels.ends_with(",engine=\"0\""),
+            "{labels}"
+        );
+        for name in [verity, vllm] {
+            assert!(
+                m.contains(&format!("# TYPE {name} gauge\n")),
+                "{name}:\n{m}"
+            );
+        }
+        v
+    };
+    // (waiting, running, KV cache use)
+    let state = |m: &str| {
+        (
+            both(m, "verity_queue_depth", "vllm:num_requests_waiting"),
+            both(m, "verity_active_slots", "vllm:num_requests_running"),
+            both(m, "verity_kv_cache_usage_ratio", "vllm:kv_cache_usage_perc"),
+        )
+    };
+    let (status, m) = http(port, "GET", "/metrics", None, &[]);
+    assert_eq!(status, 200);
+    assert_eq!(state(&m), (0.0, 0.0, 0.0), "{m}");
+    assert_eq!(gauge(&m, "verity_kv_cache_capacity_tokens"), Some(capacity));
+    assert!(
+        !m.contains("lora_requests_info"),
+        "LoRA info without adapters (vLLM reports it only with LoRA on):\n{m}"
+    );
+
+    // "The capital of France is" (5 tokens) `repeat` times; long enough to be running
+    // when the metrics are read, cancelled by dropping the stream.
+    let request = |repeat: usize| {
+        let prompt: Vec<u32> = [504u32, 3575, 282, 4649, 314].repeat(repeat);
+        json!({ "prompt": prompt, "max_tokens": 300, "ignore_eos": true, "stream": true, "temperature": 0.8, "seed": 1 }).to_string()
+    };
+    let open = |repeat: usize| OpenStream::start(port, "/v1/completions", &request(repeat));
+
+    // Two short prompts in the slots, two more waiting.
+    let mut running: Vec<OpenStream> = (0..2).map(|_| open(1)).collect();
+    for r in &mut running {
+        r.wait_first_token();
+    }
+    let waiting: Vec<OpenStream> = (0..2).map(|_| open(1)).collect();
+    let m = metrics_until(port, "two requests waiting", |m| {
+        gauge(m, "verity_queue_depth") == Some(2.0)
+    });
+    let (_, slots, short_use) = state(&m);
+    assert_eq!(slots, 2.0, "{m}");
+    // Each running request holds its 5 prompt tokens and at most 300 generated ones.
+    let tokens = gauge(&m, "verity_kv_cache_tokens").unwrap();
+    assert!((10.0..=610.0).contains(&tokens), "{m}");
+    assert_eq!(short_use, tokens / capacity, "{m}");
+    assert!(short_use > 0.0 && short_use <= 1.0, "{m}");
+
+    drop(running);
+    drop(waiting);
+    let m = metrics_until(port, "the cancelled requests gone", |m| {
+        gauge(m, "verity_active_slots") == Some(0.0) && gauge(m, "verity_queue_depth") == Some(0.0)
+    });
+    assert_eq!(state(&m), (0.0, 0.0, 0.0), "{m}");
+
+    // Two 600-token prompts: each holds at least its prompt.
+    let mut long: Vec<OpenStream> = (0..2).map(|_| open(120)).collect();
+    for r in &mut long {
+        r.wait_first_token();
+    }
+    let (_, m) = http(port, "GET", "/metrics", None, &[]);
+    let (waiting, slots, long_use) = state(&m);
+    assert_eq!((waiting, slots), (0.0, 2.0), "{m}");
+    assert!(
+        long_use >= 1200.0 / capacity && long_use <= 1.0,
+        "{long_use}:\n{m}"
+    );
+    assert!(long_use > short_use, "{long_use} <= {short_use}");
 }
 
 #[test]

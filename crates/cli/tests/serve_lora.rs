@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{http, Server};
+use common::{gauge, http, metrics_until, sample, OpenStream, Server};
 use serde_json::{json, Value};
 
 const N_LAYER: usize = 30;
@@ -256,6 +256,80 @@ fn mixed_adapter_batches_match_requests_run_alone() {
     assert_eq!(metric(&m, "verity_lora_adapters_running"), Some(0.0), "{m}");
 }
 
+/// `lora_requests_info`, under verity's name and vLLM's: one series whose labels name the
+/// adapters of running requests and of waiting ones, and `max_lora` (the slots), and
+/// whose value is when it was last updated (Unix seconds), as vLLM reports it.
+#[test]
+fn lora_requests_info_lists_running_and_waiting_adapters() {
+    let names = ["alpha", "beta"];
+    let (_tmp, paths) = adapters(&names);
+    let s = start(&lora_flags(&names, &paths), &["--parallel", "2"]);
+    let port = s.port;
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let started = unix_now();
+    let info = |m: &str| {
+        let (labels, t) = sample(m, "verity_lora_requests_info")
+            .unwrap_or_else(|| panic!("no verity_lora_requests_info:\n{m}"));
+        assert_eq!(
+            sample(m, "vllm:lora_requests_info"),
+            Some((labels.clone(), t)),
+            "{m}"
+        );
+        for name in ["verity_lora_requests_info", "vllm:lora_requests_info"] {
+            assert!(m.contains(&format!("# TYPE {name} gauge\n")), "{m}");
+            assert_eq!(m.matches(&format!("{name}{{")).count(), 1, "{m}");
+        }
+        (labels, t)
+    };
+    let idle = r#"max_lora="2",running_lora_adapters="",waiting_lora_adapters="""#;
+    let (_, m) = http(port, "GET", "/metrics", None, &[]);
+    assert_eq!(info(&m).0, idle);
+
+    // Long streams, cancelled by dropping them.
+    let open = |model: &str| {
+        let mut body = json!({ "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": true, "stream": true, "temperature": 0.8, "seed": 3 });
+        if !model.is_empty() {
+            body["model"] = json!(model);
+        }
+        OpenStream::start(port, "/v1/completions", &body.to_string())
+    };
+    // "alpha" and the base in the two slots, "beta" waiting.
+    let mut running = vec![open("alpha"), open("")];
+    for r in &mut running {
+        r.wait_first_token();
+    }
+    let waiting = open("beta");
+    let m = metrics_until(port, "beta waiting", |m| {
+        gauge(m, "verity_queue_depth") == Some(1.0)
+            && sample(m, "verity_lora_requests_info")
+                .is_some_and(|(l, _)| l.contains(r#"waiting_lora_adapters="beta""#))
+    });
+    let (labels, t) = info(&m);
+    assert_eq!(
+        labels,
+        r#"max_lora="2",running_lora_adapters="alpha",waiting_lora_adapters="beta""#
+    );
+    assert!(t >= started - 1.0 && t <= unix_now() + 1.0, "{t}");
+    assert_eq!(gauge(&m, "verity_active_slots"), Some(2.0), "{m}");
+    assert_eq!(gauge(&m, "verity_lora_adapters_running"), Some(1.0), "{m}");
+
+    drop(running);
+    drop(waiting);
+    let m = metrics_until(port, "the cancelled requests gone", |m| {
+        gauge(m, "verity_active_slots") == Some(0.0)
+            && gauge(m, "verity_queue_depth") == Some(0.0)
+            && sample(m, "verity_lora_requests_info").is_some_and(|(l, _)| l == idle)
+    });
+    let (_, later) = info(&m);
+    assert!(later >= t, "{later} < {t}");
+    assert_eq!(gauge(&m, "verity_lora_adapters_running"), Some(0.0), "{m}");
+}
+
 /// `/v1/models` lists adapters with their parent and the root digest of their path;
 /// unknown names are 404 `model_not_found`; the base answers to its other names.
 #[test]
@@ -277,7 +351,8 @@ fn models_list_adapters_and_unknown_models_are_404() {
         assert_eq!(e["object"], "model");
         assert_eq!(e["owned_by"], "verity");
         assert_eq!(e["parent"], base_id);
-        assert_eq!(e["root"], path.display().to_string());
+        // No server paths in what clients see.
+        assert_eq!(e["root"], e["id"]);
         assert_eq!(
             e["root_digest"],
             verity_audit::root_digest(path).unwrap(),

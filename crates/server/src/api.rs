@@ -105,12 +105,6 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-#[derive(Deserialize, Debug, Clone)]
-pub struct ResponseFormat {
-    #[serde(rename = "type")]
-    pub kind: String,
-}
-
 /// Fields every generation request shares (`user`, `metadata`, `store` and
 /// `service_tier` are accepted and ignored).
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -198,11 +192,13 @@ pub const CHAT_FIELDS: &[&str] = &[
     "logprobs",
     "top_logprobs",
     "response_format",
+    "grammar",
     "tools",
     "tool_choice",
     "parallel_tool_calls",
 ];
-pub const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "logprobs", "best_of", "suffix"];
+pub const COMPLETION_FIELDS: &[&str] =
+    &["prompt", "echo", "logprobs", "best_of", "suffix", "grammar"];
 
 /// Parse a request body, refusing fields the endpoint does not know (as OpenAI does:
 /// a misspelt parameter should not be silently ignored).
@@ -237,7 +233,10 @@ pub struct ChatRequest {
     pub max_completion_tokens: Option<i64>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
-    pub response_format: Option<ResponseFormat>,
+    /// `{"type": "text" | "json_object" | "json_schema", ...}` (checked in constraint.rs).
+    pub response_format: Option<Value>,
+    /// Extension: `{"type": "lark" | "regex", "value": "..."}` (checked in constraint.rs).
+    pub grammar: Option<Value>,
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
     pub parallel_tool_calls: Option<bool>,
@@ -262,6 +261,8 @@ pub struct CompletionRequest {
     pub logprobs: Option<i64>,
     pub best_of: Option<i64>,
     pub suffix: Option<String>,
+    /// Extension: `{"type": "lark" | "regex", "value": "..."}` (checked in constraint.rs).
+    pub grammar: Option<Value>,
     #[serde(flatten)]
     pub common: Common,
 }

@@ -60,19 +60,9 @@ pub(crate) async fn chat(
             ))
         }
     };
-    let json_mode = match req.response_format.as_ref().map(|r| r.kind.as_str()) {
-        None | Some("text") => false,
-        Some("json_object") => true,
-        Some(other) => {
-            let shown: String = other.chars().take(32).collect();
-            return Err(ApiError::bad_request(
-                format!(
-                    "response_format type '{shown}' is not supported (use 'text' or 'json_object')"
-                ),
-                Some("response_format"),
-            ));
-        }
-    };
+    let constraint =
+        crate::constraint::constraint_for(l, req.response_format.as_ref(), req.grammar.as_ref())
+            .await?;
 
     let ChatPrompt {
         tokens: prompt,
@@ -81,6 +71,7 @@ pub(crate) async fn chat(
     let tool_mode = tools
         .filter(|t| t.choice != ToolChoice::None)
         .map(|t| (format, t));
+    let constraint = with_tool_constraint(l, tool_mode.as_ref(), constraint).await?;
     check_context(&prompt, l, "messages")?;
     let room = l.scheduler.n_ctx - prompt.len();
     let max_tokens = settings.max_tokens.unwrap_or(room).min(room);
@@ -96,7 +87,7 @@ pub(crate) async fn chat(
             stop: settings.stop.clone(),
             logprobs: top_logprobs,
             prompt_logprobs: false,
-            json_mode,
+            constraint: constraint.clone(),
             ignore_eos: req.common.ignore_eos,
             adapter: adapter.clone(),
         };
@@ -171,6 +162,31 @@ pub(crate) async fn chat(
         "usage": usage(prompt_tokens, cached, completion),
     }))
     .into_response())
+}
+
+/// The constraint of a request with tools: the call format (arguments held to their
+/// schemas) when the model must call a tool or its template has no tool support;
+/// otherwise `constraint` (from `response_format` or `grammar`).
+pub(crate) async fn with_tool_constraint(
+    l: &Loaded,
+    tool_mode: Option<&(ToolFormat, Tools)>,
+    constraint: Option<Arc<verity_constraint::Grammar>>,
+) -> Result<Option<Arc<verity_constraint::Grammar>>, ApiError> {
+    let Some(grammar) = tool_mode.and_then(|(f, t)| tools::tool_grammar(*f, t)) else {
+        return Ok(constraint);
+    };
+    if constraint.is_some() {
+        return Err(ApiError::bad_request(
+            "a response format or grammar cannot be combined with tool calls the model must make (or with tools on a model whose template has no tool support); send tool_choice: none to use it",
+            Some("response_format"),
+        ));
+    }
+    let compiled = crate::constraint::compile(l, "tools", move |f| match grammar {
+        tools::ToolGrammar::JsonSchema(s) => f.json_schema(&s),
+        tools::ToolGrammar::Lark(src) => f.lark(&src),
+    })
+    .await?;
+    Ok(Some(compiled))
 }
 
 /// Calls as OpenAI reports them, each with a fresh id; one only when the client asked

@@ -52,6 +52,7 @@ pub(crate) async fn completions(
             ))
         }
     };
+    let constraint = crate::constraint::constraint_for(l, None, req.grammar.as_ref()).await?;
     let tok = &l.model.tokenizer;
     let prompts: Vec<Vec<u32>> = match &req.prompt {
         Prompt::Text(s) => vec![tok
@@ -100,7 +101,7 @@ pub(crate) async fn completions(
                     stop: settings.stop.clone(),
                     logprobs,
                     prompt_logprobs: req.echo && logprobs.is_some(),
-                    json_mode: false,
+                    constraint: constraint.clone(),
                     ignore_eos: req.common.ignore_eos,
                     adapter: adapter.clone(),
                 },

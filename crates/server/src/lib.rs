@@ -7,7 +7,7 @@
 mod api;
 mod chat;
 mod completions;
-mod json_mode;
+mod constraint;
 mod lora;
 mod lora_routes;
 mod metrics;
@@ -22,6 +22,26 @@ use std::sync::{Arc, OnceLock};
 
 pub use lora::{AdapterLoader, NewAdapter};
 pub use routes::router;
+
+/// The prompt text `/v1/chat/completions` gives the model for `request` (an OpenAI chat
+/// request body: `messages`, `tools`, `tool_choice`) through `template`: the server's own
+/// path, for tests and tools that check what a model is shown.
+pub fn render_chat_request(
+    template: &verity_tokenizer::ChatTemplate,
+    request: &serde_json::Value,
+) -> Result<String, String> {
+    let messages: Vec<api::Message> = serde_json::from_value(request["messages"].clone())
+        .map_err(|e| format!("messages: {e}"))?;
+    let tools = tools::parse_tools(
+        request.get("tools"),
+        request.get("tool_choice"),
+        request.get("parallel_tool_calls").and_then(|v| v.as_bool()),
+    )
+    .map_err(|e| e.message)?;
+    prompt::render_template(template, &messages, tools.as_ref())
+        .map(|(text, _)| text)
+        .map_err(|e| e.message)
+}
 
 /// How to serve.
 #[derive(Clone, Debug)]
@@ -69,6 +89,8 @@ pub struct Loaded {
     pub info: ModelInfo,
     scheduler: scheduler::Scheduler,
     adapters: Arc<lora::Registry>,
+    /// Compiles grammars for constrained decoding; built on first use (`constraint.rs`).
+    constraints: OnceLock<Result<Arc<verity_constraint::ConstraintFactory>, String>>,
 }
 
 /// What the loader hands the server: the base, its adapters, and how to load more.
@@ -140,6 +162,7 @@ impl AppState {
             info,
             scheduler,
             adapters: registry,
+            constraints: OnceLock::new(),
         });
         Ok(())
     }

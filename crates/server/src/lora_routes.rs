@@ -60,7 +60,8 @@ pub fn count_request(adapter: Option<&ServedAdapter>) {
 }
 
 /// `/v1/models` entries of the served adapters (vLLM's `parent` and `root`, plus the
-/// root digest of the adapter's path, as the base has).
+/// root digest of the adapter's path, as the base has). vLLM's `root` is the adapter's
+/// path; here it is its name: nothing a client sees reveals the server's file system.
 pub fn model_entries(l: &Loaded, created: u64) -> Vec<Value> {
     l.adapters
         .list()
@@ -72,7 +73,7 @@ pub fn model_entries(l: &Loaded, created: u64) -> Vec<Value> {
                 "created": created,
                 "owned_by": "verity",
                 "parent": l.info.id,
-                "root": a.path.display().to_string(),
+                "root": a.name,
                 "root_digest": a.digest,
             })
         })

@@ -136,12 +136,14 @@ fn content_text(content: &Value, at: &str) -> Result<String, ApiError> {
                     Some("input_text" | "output_text" | "text") => {
                         out.push_str(p.get("text").and_then(Value::as_str).unwrap_or(""))
                     }
-                    Some(other) => return Err(bad(
-                        format!(
+                    Some(other) => {
+                        return Err(bad(
+                            format!(
                             "{at}: content parts of type '{other}' are not supported (text only)"
                         ),
-                        "input",
-                    )),
+                            "input",
+                        ))
+                    }
                     None => {
                         return Err(bad(format!("{at}: a content part needs a 'type'"), "input"))
                     }
@@ -359,23 +361,7 @@ pub(crate) async fn create(
         return Err(bad("'input' is empty", "input"));
     }
     let text_format = req.text.as_ref().and_then(|t| t.get("format")).cloned();
-    let json_mode = match text_format
-        .as_ref()
-        .and_then(|f| f.get("type"))
-        .and_then(Value::as_str)
-    {
-        None | Some("text") => false,
-        Some("json_object") => true,
-        Some(other) => {
-            return Err(bad(
-                format!(
-                    "text.format type '{}' is not supported",
-                    other.chars().take(32).collect::<String>()
-                ),
-                "text",
-            ))
-        }
-    };
+    let constraint = crate::constraint::constraint_for_text_format(l, text_format.as_ref()).await?;
     let common = Common {
         model: req.model.clone(),
         stream: req.stream,
@@ -394,6 +380,8 @@ pub(crate) async fn create(
     let room = l.scheduler.n_ctx - prompt.len();
     let max_tokens = settings.max_tokens.unwrap_or(room).min(room);
     let tool_mode = tool_set.clone().filter(|t| t.choice != ToolChoice::None);
+    let with_format = tool_mode.clone().map(|t| (format, t));
+    let constraint = crate::chat::with_tool_constraint(l, with_format.as_ref(), constraint).await?;
     let spec = JobSpec {
         prompt,
         max_tokens,
@@ -401,7 +389,7 @@ pub(crate) async fn create(
         stop: Vec::new(),
         logprobs: None,
         prompt_logprobs: false,
-        json_mode,
+        constraint,
         ignore_eos: false,
         adapter: adapter.clone(),
     };
@@ -411,10 +399,7 @@ pub(crate) async fn create(
         id: new_item_id("resp"),
         created_at: now(),
         model: model_id,
-        req_tools: tool_set
-            .as_ref()
-            .map(|t| responses_tools(t))
-            .unwrap_or_default(),
+        req_tools: tool_set.as_ref().map(responses_tools).unwrap_or_default(),
         tool_choice: req.tool_choice.clone().unwrap_or(json!("auto")),
         parallel: req.parallel_tool_calls.unwrap_or(true),
         instructions: req.instructions.clone(),

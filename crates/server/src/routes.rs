@@ -31,6 +31,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(crate::chat::chat))
         .route("/v1/completions", post(crate::completions::completions))
+        .route("/v1/responses", post(crate::responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(crate::responses::retrieve).delete(crate::responses::delete),
+        )
         .route("/v1/models", get(models))
         .route("/v1/load_lora_adapter", post(lora_routes::load))
         .route("/v1/unload_lora_adapter", post(lora_routes::unload))
@@ -149,15 +154,17 @@ async fn health(State(state): St) -> Response {
 }
 
 async fn metrics(State(state): St) -> Response {
-    let depth = state
-        .loaded
-        .get()
-        .map(|l| l.scheduler.queue_depth())
-        .unwrap_or(0);
-    let adapters = state.loaded.get().map(|l| l.adapters.len()).unwrap_or(0);
+    let loaded = state.loaded.get();
+    let adapters_loaded = loaded.map_or(0, |l| l.adapters.len());
+    let scrape = crate::metrics::Scrape {
+        waiting: loaded.map_or(0, |l| l.scheduler.queue_depth()),
+        adapters_loaded,
+        model: loaded.map(|l| l.info.id.as_str()),
+        lora: loaded.is_some_and(|l| adapters_loaded > 0 || l.adapters.loader().is_some()),
+    };
     (
         [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(depth, adapters),
+        state.metrics.render(&scrape),
     )
         .into_response()
 }

@@ -3,22 +3,22 @@
 //! slots and chunks of waiting prompts go through the network in one forward pass;
 //! requests join and leave between steps.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
+use verity_constraint::{Constraint, Grammar};
 use verity_engine::{
     same_lora, BatchItem, KvCache, KvType, Logits, LoraSet, Runner, Sampler, SamplingParams,
     TextStream,
 };
 use verity_model::Model;
 
-use crate::json_mode::JsonPrefix;
 use crate::lora::{Registry, ServedAdapter};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SlotsState};
 
 /// Rows (tokens) per forward pass: decode tokens first, then prompt chunks fill the rest.
 const STEP_TOKENS: usize = 512;
@@ -34,8 +34,10 @@ pub struct JobSpec {
     pub logprobs: Option<usize>,
     /// Log-probabilities of the prompt's own tokens too (legacy completions `echo`).
     pub prompt_logprobs: bool,
-    /// Constrain the output to one JSON value.
-    pub json_mode: bool,
+    /// Constrain the output to a grammar (a JSON Schema, any JSON object, Lark, a regex):
+    /// each choice starts its own [`Constraint`] from it when admitted. The job ends with
+    /// "stop" when the grammar is complete.
+    pub constraint: Option<Arc<Grammar>>,
     /// Keep going past end-of-generation tokens.
     pub ignore_eos: bool,
     /// The adapter the request named, if not the base. Held until the job ends, which is
@@ -112,6 +114,8 @@ impl Scheduler {
         let queued = Arc::new(AtomicUsize::new(0));
         let draining = Arc::new(AtomicBool::new(false));
         let q = queued.clone();
+        let slots = parallel.max(1);
+        metrics.set_slots(SlotsState::idle(slots, slots * cache.0));
         std::thread::Builder::new()
             .name("verity-scheduler".into())
             .spawn(move || Worker::new(model, parallel, cache, rx, q, metrics, adapters).run())
@@ -165,7 +169,10 @@ struct Active {
     /// Sampled but not yet evaluated.
     pending: Option<u32>,
     text: TextStream<'static>,
-    json: Option<JsonPrefix>,
+    constraint: Option<Constraint>,
+    /// Logits wait for the constraint's mask, still being computed: the row samples in a
+    /// later step rather than hold up the others (see `after_forward`).
+    deferred: bool,
     first_token_at: Option<Instant>,
     /// Logits of the last evaluated position, for the next sample.
     logits: Vec<f32>,
@@ -186,6 +193,7 @@ fn static_tokenizer(model: &Arc<Model>) -> &'static verity_tokenizer::Tokenizer 
 enum Next {
     Continue,
     Finish(&'static str),
+    Fail(String),
 }
 
 struct Slot {
@@ -256,22 +264,25 @@ impl Worker {
         }
     }
 
-    /// Slots and adapters in use. Also called as a job ends, before its client hears of
-    /// it, so that a client never sees its own finished job counted.
+    /// Report the slots to `/metrics`: requests in them, the KV cache they hold, adapters
+    /// running and waiting. Called after admitting jobs, after each forward pass (before
+    /// its tokens are sent), and as a job ends, before its client hears of it, so that a
+    /// client never sees its own finished job counted.
     fn update_gauges(&self) {
-        self.metrics.active_slots.store(
-            self.slots.iter().filter(|s| s.active.is_some()).count(),
-            Ordering::Relaxed,
-        );
-        let running: BTreeSet<&str> = self
-            .slots
-            .iter()
-            .filter_map(|s| s.active.as_ref()?.job.spec.adapter.as_deref())
-            .map(|a| a.name.as_str())
-            .collect();
-        self.metrics
-            .lora_running
-            .store(running.len(), Ordering::Relaxed);
+        fn adapter(job: &Job) -> Option<&str> {
+            job.spec.adapter.as_deref().map(|a| a.name.as_str())
+        }
+        let busy = || self.slots.iter().filter(|s| s.active.is_some());
+        self.metrics.set_slots(SlotsState {
+            slots: self.slots.len(),
+            running: busy().count(),
+            kv_tokens: busy().map(|s| s.cache.len()).sum(),
+            kv_capacity: self.slots.iter().map(|s| s.cache.n_ctx()).sum(),
+            running_adapters: busy()
+                .filter_map(|s| adapter(&s.active.as_ref()?.job))
+                .collect(),
+            waiting_adapters: self.waiting.iter().filter_map(adapter).collect(),
+        });
     }
 
     /// After an unload, let idle caches drop the adapter they last ran with, so its
@@ -344,7 +355,9 @@ impl Worker {
                 generated: Vec::new(),
                 pending: None,
                 text: TextStream::new(static_tokenizer(&self.model), job.spec.stop.clone()),
-                json: job.spec.json_mode.then(JsonPrefix::default),
+                // Starts computing the first mask now, while the prompt is processed.
+                constraint: job.spec.constraint.as_ref().map(|g| g.start()),
+                deferred: false,
                 first_token_at: None,
                 logits: Vec::new(),
                 prompt_logprobs: Vec::new(),
@@ -355,6 +368,7 @@ impl Worker {
     }
 
     fn step(&mut self) {
+        self.sample_deferred(false);
         // Plan: which slot contributes which tokens.
         let mut plan: Vec<(usize, Vec<u32>, Logits)> = Vec::new();
         let mut budget = STEP_TOKENS;
@@ -388,6 +402,8 @@ impl Worker {
             }
         }
         if plan.is_empty() {
+            // Only rows waiting for their masks: nothing else to hold up, so wait.
+            self.sample_deferred(true);
             return;
         }
         // Rows of one adapter side by side: the engine runs each run of adjacent rows that
@@ -426,17 +442,51 @@ impl Worker {
             }
         };
 
-        // Hand each slot its rows.
+        // The caches now hold this step's tokens; report them before any client hears of
+        // its next token.
+        self.update_gauges();
+
+        // Hand each slot its rows: constrained rows last, so that one whose mask is still
+        // being computed never delays the others' tokens.
+        let mut rows = Vec::with_capacity(plan.len());
         let mut row = 0;
         for (i, toks, mode) in plan {
-            let rows = match mode {
+            let n = match mode {
                 Logits::None => 0,
                 Logits::Last => 1,
                 Logits::All => toks.len(),
             };
-            let mine = &logits[row * n_vocab..(row + rows) * n_vocab];
-            row += rows;
+            rows.push((i, toks, mode, row..row + n));
+            row += n;
+        }
+        rows.sort_by_key(|(i, ..)| self.is_constrained(*i));
+        for (i, toks, mode, range) in rows {
+            let mine = &logits[range.start * n_vocab..range.end * n_vocab];
             self.after_forward(i, &toks, mode, mine);
+        }
+    }
+
+    fn is_constrained(&self, i: usize) -> bool {
+        self.slots[i]
+            .active
+            .as_ref()
+            .is_some_and(|a| a.constraint.is_some())
+    }
+
+    /// Sample the rows whose logits waited for their constraint's mask: those whose mask
+    /// is ready, or (with `wait`) all of them.
+    fn sample_deferred(&mut self, wait: bool) {
+        for i in 0..self.slots.len() {
+            let ready = match self.slots[i].active.as_mut() {
+                Some(a) if a.deferred => wait || a.constraint.as_mut().is_none_or(|c| c.is_ready()),
+                _ => false,
+            };
+            if ready {
+                if let Some(a) = self.slots[i].active.as_mut() {
+                    a.deferred = false;
+                }
+                self.sample_next(i);
+            }
         }
     }
 
@@ -480,13 +530,31 @@ impl Worker {
             self.finish(i, Some("length"), None);
             return;
         }
+        // A mask still being computed would keep every other row waiting for this one:
+        // sample it in a later step instead (its token is the same whenever it is drawn).
+        let busy = a.constraint.as_mut().is_some_and(|c| !c.is_ready());
+        if busy && self.others_running(i) {
+            self.slots[i].active.as_mut().expect("active").deferred = true;
+            return;
+        }
         self.sample_next(i);
     }
 
+    /// Whether a slot other than `i` has work, or jobs are waiting.
+    fn others_running(&self, i: usize) -> bool {
+        !self.waiting.is_empty()
+            || self
+                .slots
+                .iter()
+                .enumerate()
+                .any(|(j, s)| j != i && s.active.is_some())
+    }
+
     fn sample_next(&mut self, i: usize) {
-        let next = self.sample_into(i);
-        if let Next::Finish(reason) = next {
-            self.finish(i, Some(reason), None);
+        match self.sample_into(i) {
+            Next::Continue => {}
+            Next::Finish(reason) => self.finish(i, Some(reason), None),
+            Next::Fail(e) => self.finish(i, None, Some(e)),
         }
     }
 
@@ -497,11 +565,11 @@ impl Worker {
         let cache_len = slot.cache.len();
         let n_ctx = slot.cache.n_ctx();
         let a = slot.active.as_mut().expect("active");
-        if let Some(json) = &a.json {
-            if json.is_complete() {
-                return Next::Finish("stop");
+        if let Some(c) = &mut a.constraint {
+            // Waits only if the mask is not ready (see `after_forward`).
+            if let Err(e) = c.apply(&mut a.logits) {
+                return Next::Fail(e);
             }
-            mask_for_json(&mut a.logits, json, tokenizer);
         }
         // Penalties look at recent tokens only.
         let spec = &a.job.spec;
@@ -517,10 +585,8 @@ impl Worker {
             a.first_token_at = Some(Instant::now());
             self.metrics.observe_ttft(a.job.submitted.elapsed());
         }
-        if !spec.ignore_eos
-            && tokenizer.is_end_of_generation(tok)
-            && a.json.as_ref().is_none_or(|j| j.is_complete())
-        {
+        // A constraint allows end of generation only where its output is complete.
+        if !spec.ignore_eos && tokenizer.is_end_of_generation(tok) {
             return Next::Finish("stop");
         }
         a.generated.push(tok);
@@ -530,14 +596,20 @@ impl Worker {
         if let Some(adapter) = &spec.adapter {
             adapter.counters.tokens.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(json) = &mut a.json {
-            json.push_str(&tokenizer.decode(&[tok], false).unwrap_or_default());
-        }
+        // Advancing the grammar starts computing the next mask on the constraint's helper
+        // thread, overlapped with the next forward pass.
+        let complete = match &mut a.constraint {
+            Some(c) => match c.commit(tok) {
+                Ok(done) => done,
+                Err(e) => return Next::Fail(format!("constrained decoding: {e}")),
+            },
+            None => false,
+        };
         let (text, stopped) = a.text.push(tok);
         if a.job.events.send(Event::Token { text, logprob }).is_err() {
             return Next::Finish("cancelled");
         }
-        if stopped {
+        if stopped || complete {
             Next::Finish("stop")
         } else if a.generated.len() >= a.job.spec.max_tokens || cache_len + 1 >= n_ctx {
             Next::Finish("length")
@@ -604,36 +676,5 @@ pub fn token_logprob(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
         token,
         logprob: logits[token as usize] - lse,
         top,
-    }
-}
-
-/// Set to -inf the logits of tokens that cannot continue a valid JSON value. Checks
-/// tokens from the most likely down and stops after enough valid ones, so a step costs a
-/// few hundred token checks rather than the whole vocabulary.
-fn mask_for_json(logits: &mut [f32], json: &JsonPrefix, tokenizer: &verity_tokenizer::Tokenizer) {
-    const KEEP: usize = 40;
-    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-    order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
-    let mut allowed = Vec::with_capacity(KEEP);
-    for &t in &order {
-        if allowed.len() >= KEEP {
-            break;
-        }
-        if tokenizer.is_end_of_generation(t) {
-            if json.is_complete() {
-                allowed.push(t);
-            }
-            continue;
-        }
-        let piece = tokenizer.decode(&[t], false).unwrap_or_default();
-        if !piece.is_empty() && json.accepts(&piece) {
-            allowed.push(t);
-        }
-    }
-    let keep: std::collections::HashSet<u32> = allowed.into_iter().collect();
-    for (t, l) in logits.iter_mut().enumerate() {
-        if !keep.contains(&(t as u32)) {
-            *l = f32::NEG_INFINITY;
-        }
     }
 }

@@ -10,8 +10,8 @@
 //! [`ChatTemplate`] renders Jinja chat templates (`tokenizer.chat_template`) with minijinja.
 
 mod chat;
-mod pyjson;
 mod gguf_vocab;
+mod pyjson;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

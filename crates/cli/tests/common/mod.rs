@@ -145,3 +145,80 @@ fn dechunk(s: &str) -> String {
     }
     out
 }
+
+/// A streamed generation request left open: the request runs until it ends or this is
+/// dropped (the server then cancels it).
+pub struct OpenStream {
+    stream: TcpStream,
+    seen: Vec<u8>,
+}
+
+impl OpenStream {
+    /// Send `body` (which should ask for `"stream": true`) to `path`; returns at once.
+    pub fn start(port: u16, path: &str, body: &str) -> OpenStream {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(300)))
+            .unwrap();
+        let req = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        stream.write_all(req.as_bytes()).expect("send request");
+        OpenStream {
+            stream,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Read until the first generated token has arrived (so the request holds a slot and
+    /// its prompt is in the cache).
+    pub fn wait_first_token(&mut self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&self.seen);
+            if text.contains("\"choices\"") {
+                return;
+            }
+            assert!(!text.contains("[DONE]"), "stream ended: {text}");
+            let n = self.stream.read(&mut buf).expect("read stream");
+            assert!(n > 0, "connection closed: {text}");
+            self.seen.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+/// The value of the first sample of `name` in Prometheus text, with its labels (the text
+/// between the braces, empty if none).
+pub fn sample(metrics: &str, name: &str) -> Option<(String, f64)> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
+            let (labels, v) = r.rsplit_once("} ")?;
+            (labels.to_string(), v)
+        } else {
+            (String::new(), rest.strip_prefix(' ')?)
+        };
+        Some((labels, value.trim().parse().ok()?))
+    })
+}
+
+/// The value of the first sample of `name`.
+pub fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    sample(metrics, name).map(|(_, v)| v)
+}
+
+/// Scrape `/metrics` until `done` holds for it (the state it waits for comes from other
+/// requests in flight); panics with the last scrape if that never happens.
+pub fn metrics_until(port: u16, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let (status, m) = http(port, "GET", "/metrics", None, &[]);
+        assert_eq!(status, 200, "{m}");
+        if done(&m) {
+            return m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "never saw {what}:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -8,9 +8,11 @@
 //! schemas in a system message and the output constrained to a JSON call.
 
 mod format;
+mod grammar;
 mod parse;
 
 pub use format::{conversation, ToolFormat};
+pub use grammar::{tool_grammar, ToolGrammar};
 pub use parse::{parse_calls, StreamSplitter, ToolCall};
 
 use serde_json::{json, Map, Value};

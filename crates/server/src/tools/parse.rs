@@ -124,7 +124,9 @@ fn llama3(text: &str) -> Option<(String, Vec<ToolCall>)> {
 }
 
 fn generic(text: &str) -> Option<(String, Vec<ToolCall>)> {
-    let (v, rest) = json_prefix(text)?;
+    let Some((v, rest)) = json_prefix(text) else {
+        return generic_cut(text);
+    };
     if !rest.trim().is_empty() {
         return None;
     }
@@ -141,6 +143,23 @@ fn generic(text: &str) -> Option<(String, Vec<ToolCall>)> {
         .map(call_of)
         .collect::<Option<Vec<_>>>()?;
     Some((String::new(), calls))
+}
+
+/// `{"tool_calls": [call, call, ...` cut off (the answer ran out of tokens): the calls
+/// that are complete.
+fn generic_cut(text: &str) -> Option<(String, Vec<ToolCall>)> {
+    let t = text.trim_start().strip_prefix('{')?.trim_start();
+    let t = t
+        .strip_prefix("\"tool_calls\"")?
+        .trim_start()
+        .strip_prefix(':')?;
+    let mut rest = t.trim_start().strip_prefix('[')?;
+    let mut calls = Vec::new();
+    while let Some((v, after)) = json_prefix(rest) {
+        calls.push(call_of(&v)?);
+        rest = after.trim_start().strip_prefix(',').unwrap_or("");
+    }
+    (!calls.is_empty()).then_some((String::new(), calls))
 }
 
 /// Streams an answer's content while holding back what may be a tool call, which is
