@@ -17,29 +17,10 @@ under `ref-llamacpp python` (as scripts/make-test-models does).
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-REF = os.environ.get("REF_LLAMACPP", "/work/shared/tools/ref-llamacpp")
-REEXEC = "VERITY_MAKE_SPLIT_REEXEC"
-
-
-def _import_gguf():
-    try:
-        import numpy  # noqa: F401
-    except ImportError:
-        if os.environ.get(REEXEC):
-            sys.exit("make-split-gguf: numpy is missing even under ref-llamacpp python")
-        os.environ[REEXEC] = "1"
-        os.execv(REF, [REF, "python", os.path.abspath(__file__), *sys.argv[1:]])
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        src = subprocess.check_output([REF, "src"], text=True).strip()
-        sys.path.insert(0, os.path.join(src, "vendor", "llama.cpp", "gguf-py"))
-    import gguf
-    return gguf
+from gguf_ref import import_gguf as _import_gguf
 
 
 def part_names(stem, n):

@@ -9,28 +9,9 @@ gguf-py needs numpy, which the reference's venv has: without it, the script runs
 under `ref-llamacpp python` (as scripts/make-split-gguf.py does).
 """
 import os
-import subprocess
 import sys
 
-REF = os.environ.get("REF_LLAMACPP", "/work/shared/tools/ref-llamacpp")
-REEXEC = "VERITY_SET_TEMPLATE_REEXEC"
-
-
-def _import_gguf():
-    try:
-        import numpy  # noqa: F401
-    except ImportError:
-        if os.environ.get(REEXEC):
-            sys.exit("set-chat-template: numpy is missing even under ref-llamacpp python")
-        os.environ[REEXEC] = "1"
-        os.execv(REF, [REF, "python", os.path.abspath(__file__), *sys.argv[1:]])
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        src = subprocess.check_output([REF, "src"], text=True).strip()
-        sys.path.insert(0, os.path.join(src, "vendor", "llama.cpp", "gguf-py"))
-    import gguf
-    return gguf
+from gguf_ref import import_gguf as _import_gguf
 
 
 def main():

@@ -6,7 +6,8 @@
 
 mod common;
 
-use std::path::PathBuf;
+use common::client_python;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -150,27 +151,6 @@ impl SchemaGen {
         }
         s
     }
-}
-
-fn client_python() -> PathBuf {
-    let venv = std::env::var_os("VERITY_CLIENT_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let assets = std::env::var_os("VERITY_ASSETS")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-                        .join(".cache/verity/assets")
-                });
-            assets.join("clients-venv")
-        });
-    let py = venv.join("bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run scripts/setup-client-venv",
-        py.display()
-    );
-    py
 }
 
 /// Validate each (schema, text) pair with Python's jsonschema (Draft 2020-12); returns the

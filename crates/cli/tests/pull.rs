@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::client_python;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -70,22 +72,6 @@ fn split_parts() -> Vec<PathBuf> {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     parts
-}
-
-fn client_python() -> PathBuf {
-    let venv = std::env::var_os("VERITY_CLIENT_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap())
-                .join(".cache/verity/assets/clients-venv")
-        });
-    let py = venv.join("bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run scripts/setup-client-venv",
-        py.display()
-    );
-    py
 }
 
 /// The fake Hub, its repositories and a private cache and store for one test.

@@ -4,31 +4,12 @@
 
 mod common;
 
+use common::client_python;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::Server;
-
-fn client_python() -> PathBuf {
-    let venv = std::env::var_os("VERITY_CLIENT_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let assets = std::env::var_os("VERITY_ASSETS")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-                        .join(".cache/verity/assets")
-                });
-            assets.join("clients-venv")
-        });
-    let py = venv.join("bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run scripts/setup-client-venv",
-        py.display()
-    );
-    py
-}
 
 fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")

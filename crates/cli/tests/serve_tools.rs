@@ -4,32 +4,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::client_python;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{http, Server};
 use serde_json::{json, Value};
-
-fn client_python() -> PathBuf {
-    let venv = std::env::var_os("VERITY_CLIENT_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let assets = std::env::var_os("VERITY_ASSETS")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/verity/assets")
-                });
-            assets.join("clients-venv")
-        });
-    let py = venv.join("bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run scripts/setup-client-venv",
-        py.display()
-    );
-    py
-}
 
 #[test]
 fn openai_and_agents_clients_call_tools() {

@@ -222,3 +222,27 @@ pub fn metrics_until(port: u16, what: &str, done: impl Fn(&str) -> bool) -> Stri
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The Python of the clients venv (`scripts/setup-client-venv`): openai, openai-agents,
+/// lm-eval, transformers, huggingface_hub, jsonschema.
+pub fn client_python() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let venv = std::env::var_os("VERITY_CLIENT_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let assets = std::env::var_os("VERITY_ASSETS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                        .join(".cache/verity/assets")
+                });
+            assets.join("clients-venv")
+        });
+    let py = venv.join("bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/setup-client-venv",
+        py.display()
+    );
+    py
+}
