@@ -23,8 +23,11 @@ pub(super) enum Record {
 fn keys_of(obj: &Map<String, Value>) -> String {
     const MAX_KEYS: usize = 8;
     const MAX_LEN: usize = 40;
-    let mut parts: Vec<String> = obj
-        .keys()
+    // Sorted: the message must not depend on how serde_json orders a map.
+    let mut keys: Vec<&String> = obj.keys().collect();
+    keys.sort();
+    let mut parts: Vec<String> = keys
+        .into_iter()
         .take(MAX_KEYS)
         .map(|k| {
             if k.chars().count() > MAX_LEN {
