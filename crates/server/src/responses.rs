@@ -602,7 +602,8 @@ fn stream_response(
                 }
             }
             Event::Done { finish_reason, prompt_tokens, cached_tokens, completion_tokens } => {
-                let (content_rest, calls) = match finish.tool_mode.as_ref() {
+                // Only the unsent content is needed here: output_items below parses the calls.
+                let (content_rest, _) = match finish.tool_mode.as_ref() {
                     Some(t) => std::mem::replace(splitter, tools::StreamSplitter::new(finish.format)).finish(t),
                     None => (String::new(), Vec::new()),
                 };
@@ -623,7 +624,6 @@ fn stream_response(
                     out.push(em.ev("response.output_item.done", json!({"output_index": 0, "item": item})));
                     output.push(item);
                 }
-                let _ = calls;
                 for c in call_items {
                     let index = output.len();
                     let mut added = c.clone();

@@ -134,7 +134,8 @@ impl RepoCache {
     }
 }
 
-fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+/// Files under `dir` (links followed, dot-files skipped), as '/'-separated relative paths.
+pub(crate) fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let Ok(name) = e.file_name().into_string() else {
             continue;

@@ -182,7 +182,8 @@ impl Hub {
         let url = format!(
             "{}/api/models/{repo}/revision/{}?blobs=true",
             self.endpoint,
-            encode_revision(revision)
+            // Branch names may hold '/', which the API wants encoded.
+            encode_component(revision)
         );
         let mut req = self.agent.get(&url);
         if let Some(a) = self.auth_for(&url) {
@@ -326,11 +327,6 @@ fn encode_component(s: &str) -> String {
         }
     }
     out
-}
-
-/// Branch names may hold '/', which the API wants encoded.
-fn encode_revision(rev: &str) -> String {
-    encode_component(rev)
 }
 
 fn host_of(url: &str) -> &str {

@@ -150,7 +150,7 @@ fn verity_store_models() -> Vec<LocalModel> {
             }]
         } else {
             let mut rels = Vec::new();
-            walk_files(&p, "", &mut rels);
+            crate::hf_cache::walk(&p, "", &mut rels);
             rels.into_iter()
                 .map(|rel| {
                     let path = p.join(&rel);
@@ -171,26 +171,6 @@ fn verity_store_models() -> Vec<LocalModel> {
         });
     }
     out
-}
-
-fn walk_files(dir: &Path, prefix: &str, out: &mut Vec<String>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let p = e.path();
-        if p.is_dir() {
-            walk_files(&p, &rel, out);
-        } else if p.is_file() {
-            out.push(rel);
-        }
-    }
 }
 
 /// A snapshot file's blob name, when it is an LFS SHA-256.
