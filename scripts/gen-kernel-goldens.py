@@ -62,6 +62,18 @@ def kquant_blocks(ty, n_blocks):
             rest = rng.integers(0, 256, 128 + 64 + 16, dtype=np.uint8)
             d = f16_bytes([rng.uniform(-0.01, 0.01)])
             blocks.append(np.concatenate([rest, d]))
+        elif ty == T.Q2_K:
+            rest = rng.integers(0, 256, 16 + 64, dtype=np.uint8)
+            d = f16_bytes([rng.uniform(0.001, 0.05), rng.uniform(0.001, 0.05)])
+            blocks.append(np.concatenate([rest, d]))
+        elif ty == T.Q3_K:
+            rest = rng.integers(0, 256, 32 + 64 + 12, dtype=np.uint8)
+            d = f16_bytes([rng.uniform(-0.01, 0.01)])
+            blocks.append(np.concatenate([rest, d]))
+        elif ty == T.IQ4_XS:
+            d = f16_bytes([rng.uniform(-0.01, 0.01)])
+            rest = rng.integers(0, 256, 2 + 4 + 128, dtype=np.uint8)
+            blocks.append(np.concatenate([d, rest]))
         else:
             raise ValueError(ty)
     return np.concatenate(blocks)
@@ -88,6 +100,25 @@ def main():
         deq = dequantize(raw, ty).astype(np.float32).reshape(-1)
         assert deq.shape[0] == n_blocks * QK_K
         cases.append({"type": ty.name, "n": n_blocks * QK_K, "src": "", "bytes": hexs(raw), "f32": hexs(deq)})
+
+    # Low-bit types (appended last, so the cases above keep their random draws): K-quant-like
+    # blocks of random bits; IQ4_NL blocks of 32 (random bits, f16 scale); MXFP4 quantized
+    # by gguf-py, with exponents from a zero block to large values.
+    for ty in [T.Q2_K, T.Q3_K, T.IQ4_XS]:
+        raw = kquant_blocks(ty, 3)
+        deq = dequantize(raw, ty).astype(np.float32).reshape(-1)
+        cases.append({"type": ty.name, "n": 3 * QK_K, "src": "", "bytes": hexs(raw), "f32": hexs(deq)})
+    nl = np.concatenate([np.concatenate([f16_bytes([rng.uniform(-0.05, 0.05)]),
+                                         rng.integers(0, 256, 16, dtype=np.uint8)]) for _ in range(8)])
+    cases.append({"type": "IQ4_NL", "n": 256, "src": "", "bytes": hexs(nl),
+                  "f32": hexs(dequantize(nl, T.IQ4_NL).astype(np.float32).reshape(-1))})
+    src = random_source(256)
+    src[64:96] = 0.0
+    src[96:128] *= np.float32(1e3)
+    src[128:160] *= np.float32(1e-30)
+    q = np.ascontiguousarray(quantize(src, T.MXFP4)).view(np.uint8).reshape(-1)
+    cases.append({"type": "MXFP4", "n": 256, "src": hexs(src), "bytes": hexs(q),
+                  "f32": hexs(dequantize(q, T.MXFP4).astype(np.float32).reshape(-1))})
 
     with open(OUT, "w") as f:
         f.write('{"seed": %d, "cases": [\n' % SEED)

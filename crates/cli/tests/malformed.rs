@@ -127,9 +127,9 @@ fn malformed_files_give_one_line_errors() {
     let offset_at = type_at + 4;
 
     let mut bad = original.clone();
-    bad[type_at..type_at + 4].copy_from_slice(&10u32.to_le_bytes()); // Q2_K
+    bad[type_at..type_at + 4].copy_from_slice(&16u32.to_le_bytes()); // IQ2_XXS
     let p = m.write("tensor-type.gguf", &bad);
-    expect_clean_error(&p, "unsupported tensor type", "Q2_K");
+    expect_clean_error(&p, "unsupported tensor type", "IQ2_XXS");
 
     let mut bad = original.clone();
     bad[type_at..type_at + 4].copy_from_slice(&1000u32.to_le_bytes());

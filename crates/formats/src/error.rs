@@ -24,7 +24,7 @@ pub enum FormatError {
     },
     #[error("invalid {what}: {detail}")]
     Invalid { what: String, detail: String },
-    #[error("tensor '{name}' has unsupported type {ty}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K")]
+    #[error("tensor '{name}' has unsupported type {ty}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4")]
     UnsupportedTensorType { name: String, ty: String },
     #[error(
         "tensor '{name}' lies outside the file (bytes {start}..{end}, data section is {len} bytes)"

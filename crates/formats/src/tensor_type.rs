@@ -17,6 +17,11 @@ pub enum TensorType {
     Q5_K,
     Q6_K,
     Q8_K,
+    Q2_K,
+    Q3_K,
+    IQ4_NL,
+    IQ4_XS,
+    MXFP4,
 }
 
 /// Super-block size of the K-quants.
@@ -38,7 +43,12 @@ impl TensorType {
             13 => Self::Q5_K,
             14 => Self::Q6_K,
             15 => Self::Q8_K,
+            10 => Self::Q2_K,
+            11 => Self::Q3_K,
+            20 => Self::IQ4_NL,
+            23 => Self::IQ4_XS,
             30 => Self::BF16,
+            39 => Self::MXFP4,
             other => return Err(ggml_type_name(other)),
         })
     }
@@ -57,7 +67,12 @@ impl TensorType {
             Self::Q5_K => 13,
             Self::Q6_K => 14,
             Self::Q8_K => 15,
+            Self::Q2_K => 10,
+            Self::Q3_K => 11,
+            Self::IQ4_NL => 20,
+            Self::IQ4_XS => 23,
             Self::BF16 => 30,
+            Self::MXFP4 => 39,
         }
     }
 
@@ -76,6 +91,11 @@ impl TensorType {
             Self::Q5_K => "Q5_K",
             Self::Q6_K => "Q6_K",
             Self::Q8_K => "Q8_K",
+            Self::Q2_K => "Q2_K",
+            Self::Q3_K => "Q3_K",
+            Self::IQ4_NL => "IQ4_NL",
+            Self::IQ4_XS => "IQ4_XS",
+            Self::MXFP4 => "MXFP4",
         }
     }
 
@@ -83,8 +103,21 @@ impl TensorType {
     pub fn block_size(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::Q8_1 => 32,
-            Self::Q4_K | Self::Q5_K | Self::Q6_K | Self::Q8_K => QK_K,
+            Self::Q4_0
+            | Self::Q4_1
+            | Self::Q5_0
+            | Self::Q5_1
+            | Self::Q8_0
+            | Self::Q8_1
+            | Self::IQ4_NL
+            | Self::MXFP4 => 32,
+            Self::Q4_K
+            | Self::Q5_K
+            | Self::Q6_K
+            | Self::Q8_K
+            | Self::Q2_K
+            | Self::Q3_K
+            | Self::IQ4_XS => QK_K,
         }
     }
 
@@ -103,6 +136,16 @@ impl TensorType {
             Self::Q5_K => 2 + 2 + 12 + 32 + 128,
             Self::Q6_K => 128 + 64 + 16 + 2,
             Self::Q8_K => 4 + 256 + 2 * 16,
+            // scales: [u8; 16], qs: [u8; 64], d: f16, dmin: f16
+            Self::Q2_K => 16 + 64 + 2 + 2,
+            // hmask: [u8; 32], qs: [u8; 64], scales: [u8; 12], d: f16
+            Self::Q3_K => 32 + 64 + 12 + 2,
+            // d: f16, qs: [u8; 16]
+            Self::IQ4_NL => 2 + 16,
+            // d: f16, scales_h: u16, scales_l: [u8; 4], qs: [u8; 128]
+            Self::IQ4_XS => 2 + 2 + 4 + 128,
+            // e: u8 (E8M0), qs: [u8; 16]
+            Self::MXFP4 => 1 + 16,
         }
     }
 
@@ -134,16 +177,12 @@ fn ggml_type_name(id: u32) -> String {
     let known = [
         (4, "Q4_2 (removed)"),
         (5, "Q4_3 (removed)"),
-        (10, "Q2_K"),
-        (11, "Q3_K"),
         (16, "IQ2_XXS"),
         (17, "IQ2_XS"),
         (18, "IQ3_XXS"),
         (19, "IQ1_S"),
-        (20, "IQ4_NL"),
         (21, "IQ3_S"),
         (22, "IQ2_S"),
-        (23, "IQ4_XS"),
         (24, "I8"),
         (25, "I16"),
         (26, "I32"),
@@ -152,7 +191,7 @@ fn ggml_type_name(id: u32) -> String {
         (29, "IQ1_M"),
         (34, "TQ1_0"),
         (35, "TQ2_0"),
-        (39, "MXFP4"),
+        (40, "NVFP4"),
     ];
     known
         .iter()
@@ -181,5 +220,27 @@ mod tests {
         assert_eq!(TensorType::Q6_K.row_bytes(512), Some(420));
         assert_eq!(TensorType::Q8_0.row_bytes(33), None);
         assert_eq!(TensorType::F16.row_bytes(3), Some(6));
+    }
+
+    #[test]
+    fn low_bit_types_have_ggml_geometry() {
+        // ggml-common.h's static_asserts: (ggml id, elements, bytes per block).
+        for (ty, id, bs, bb) in [
+            (TensorType::Q2_K, 10, 256, 84),
+            (TensorType::Q3_K, 11, 256, 110),
+            (TensorType::IQ4_NL, 20, 32, 18),
+            (TensorType::IQ4_XS, 23, 256, 136),
+            (TensorType::MXFP4, 39, 32, 17),
+        ] {
+            assert_eq!(TensorType::from_ggml_id(id), Ok(ty));
+            assert_eq!(
+                (ty.ggml_id(), ty.block_size(), ty.block_bytes()),
+                (id, bs, bb)
+            );
+            assert!(ty.is_quantized());
+        }
+        assert_eq!(TensorType::IQ4_XS.bits_per_weight(), 4.25);
+        assert_eq!(TensorType::MXFP4.row_bytes(64), Some(34));
+        assert_eq!(TensorType::Q3_K.row_bytes(100), None);
     }
 }

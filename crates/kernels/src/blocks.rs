@@ -15,6 +15,11 @@
 //! | Q5_K | 176 | `d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]` |
 //! | Q6_K | 210 | `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16` |
 //! | Q8_K | 292 | `d: f32, qs: [i8; 256], bsums: [i16; 16]` |
+//! | Q2_K | 84  | `scales: [u8; 16], qs: [u8; 64], d: f16, dmin: f16` |
+//! | Q3_K | 110 | `hmask: [u8; 32], qs: [u8; 64], scales: [u8; 12], d: f16` |
+//! | IQ4_NL | 18 | `d: f16, qs: [u8; 16]` |
+//! | IQ4_XS | 136 | `d: f16, scales_h: u16, scales_l: [u8; 4], qs: [u8; 128]` |
+//! | MXFP4 | 17 | `e: u8 (E8M0), qs: [u8; 16]` |
 
 use half::f16;
 
@@ -33,6 +38,11 @@ pub const Q4_K_BYTES: usize = 144;
 pub const Q5_K_BYTES: usize = 176;
 pub const Q6_K_BYTES: usize = 210;
 pub const Q8_K_BYTES: usize = 292;
+pub const Q2_K_BYTES: usize = 84;
+pub const Q3_K_BYTES: usize = 110;
+pub const IQ4_NL_BYTES: usize = 18;
+pub const IQ4_XS_BYTES: usize = 136;
+pub const MXFP4_BYTES: usize = 17;
 
 /// Offsets inside a Q8_K block.
 pub const Q8_K_QS: usize = 4;

@@ -13,6 +13,8 @@
 //! | Q4_0, Q5_0, Q8_0 | Q8_0 |
 //! | Q4_1, Q5_1 | Q8_1 (stores `s = d * sum(q)` to fold in the weight minimum) |
 //! | Q4_K, Q5_K, Q6_K | Q8_K (f32 scale, 256 quants, 16 block sums) |
+//! | Q2_K, Q3_K, IQ4_XS | Q8_K |
+//! | IQ4_NL, MXFP4 | Q8_0 |
 //! | F16 | F16 (activations rounded to f16) |
 //! | BF16 | BF16 (activations rounded to bf16) |
 //! | F32 | F32 |
@@ -38,6 +40,10 @@
 //!   zmm (`kquant512`), an AVX-512 Q8_K activation quantizer, and zmm attention.
 //! * NEON: dot products for every weight type (`neon`); batches use the row-dot path.
 //!
+//! The low-bit types (Q2_K, Q3_K, IQ4_NL, IQ4_XS, MXFP4) live in `lowbit` (scalar reference),
+//! `lowbit_x86` (AVX2, with VNNI for IQ4_NL / MXFP4 at the AVX-512 level, and one-row-against-
+//! four kernels for batches) and `lowbit_neon`.
+//!
 //! Every path computes each block's integer sum exactly and accumulates the float terms in
 //! the same order, so **all paths give bit-identical results**. Each output element is a
 //! single dot product whose order does not depend on the batch size or on threading, so
@@ -48,6 +54,7 @@ pub mod attention_train;
 pub mod backward;
 mod blocks;
 mod dequant;
+mod lowbit;
 mod quant;
 mod scalar;
 
@@ -59,6 +66,10 @@ mod gemm;
 mod gemm_f;
 #[cfg(target_arch = "x86_64")]
 mod kquant512;
+#[cfg(target_arch = "aarch64")]
+mod lowbit_neon;
+#[cfg(target_arch = "x86_64")]
+mod lowbit_x86;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 
@@ -218,10 +229,10 @@ pub fn vec_dot_type(ty: TensorType) -> TensorType {
         F32 => F32,
         F16 => F16,
         BF16 => BF16,
-        Q4_0 | Q5_0 | Q8_0 => Q8_0,
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL | MXFP4 => Q8_0,
         Q4_1 | Q5_1 => Q8_1,
         Q8_1 => Q8_1,
-        Q4_K | Q5_K | Q6_K | Q8_K => Q8_K,
+        Q4_K | Q5_K | Q6_K | Q8_K | Q2_K | Q3_K | IQ4_XS => Q8_K,
     }
 }
 
@@ -265,6 +276,9 @@ type Dot4Fn = fn(&[u8], [&[u8]; 4], [&[f32]; 4], usize) -> [f32; 4];
 /// A kernel that unpacks each weight block once for four activation rows, for the types
 /// and levels that have one; each of its four results equals [`dot_kernel`]'s, bit for bit.
 fn dot4_kernel(ty: TensorType, level: SimdLevel) -> Option<Dot4Fn> {
+    if lowbit::is_lowbit(ty) {
+        return lowbit::dot4_kernel(ty, level);
+    }
     #[cfg(target_arch = "x86_64")]
     use TensorType::*;
     #[cfg(target_arch = "x86_64")]
@@ -295,6 +309,9 @@ fn dot4_kernel(ty: TensorType, level: SimdLevel) -> Option<Dot4Fn> {
 
 fn dot_kernel(ty: TensorType, level: SimdLevel) -> DotFn {
     use TensorType::*;
+    if let Some(f) = lowbit::dot_kernel(ty, level) {
+        return f;
+    }
     #[cfg(target_arch = "x86_64")]
     if level == SimdLevel::Avx512 && avx2::vnni::available() {
         match ty {
@@ -338,6 +355,7 @@ fn dot_kernel(ty: TensorType, level: SimdLevel) -> DotFn {
             Q5_K => plain!(avx2::dot_q5_k),
             Q6_K => plain!(avx2::dot_q6_k),
             Q8_1 | Q8_K => panic!("{ty} is an activation type, not a weight type for matmul"),
+            Q2_K | Q3_K | IQ4_NL | IQ4_XS | MXFP4 => unreachable!("lowbit's dot_kernel has {ty}"),
         };
     }
     #[cfg(target_arch = "aarch64")]
@@ -355,6 +373,7 @@ fn dot_kernel(ty: TensorType, level: SimdLevel) -> DotFn {
             Q5_K => plain!(neon::dot_q5_k),
             Q6_K => plain!(neon::dot_q6_k),
             Q8_1 | Q8_K => panic!("{ty} is an activation type, not a weight type for matmul"),
+            Q2_K | Q3_K | IQ4_NL | IQ4_XS | MXFP4 => unreachable!("lowbit's dot_kernel has {ty}"),
         };
     }
     let _ = level;
@@ -371,6 +390,7 @@ fn dot_kernel(ty: TensorType, level: SimdLevel) -> DotFn {
         Q5_K => plain!(scalar::dot_q5_k),
         Q6_K => plain!(scalar::dot_q6_k),
         Q8_1 | Q8_K => panic!("{ty} is an activation type, not a weight type for matmul"),
+        Q2_K | Q3_K | IQ4_NL | IQ4_XS | MXFP4 => unreachable!("lowbit's dot_kernel has {ty}"),
     }
 }
 
@@ -409,6 +429,7 @@ pub fn dequantize_row(ty: TensorType, src: &[u8], dst: &mut [f32]) {
         Q5_K => dequant::q5_k(src, dst),
         Q6_K => dequant::q6_k(src, dst),
         Q8_K => dequant::q8_k(src, dst),
+        Q2_K | Q3_K | IQ4_NL | IQ4_XS | MXFP4 => lowbit::dequantize(ty, src, dst),
     }
 }
 
@@ -443,9 +464,9 @@ fn prepare_dst(ty: TensorType, n: usize, dst: &mut Vec<u8>) -> Result<usize, Str
 /// Quantize `src` to type `ty`, appending the bytes to `dst`, the way ggml writes model
 /// files (`quantize_row_*_ref`; for F16/BF16 round to nearest even).
 ///
-/// Implemented: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q8_K. The other
-/// K-quants (whose quantizers search for scales) return `Err`, as does a length that is not
-/// a whole number of blocks.
+/// Implemented: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q8_K, MXFP4. The other
+/// K-quants and IQ4 types (whose quantizers search for scales) return `Err`, as does a length
+/// that is not a whole number of blocks.
 pub fn quantize_row(ty: TensorType, src: &[f32], dst: &mut Vec<u8>) -> Result<(), String> {
     use TensorType::*;
     let f: QuantFn = match ty {
@@ -459,7 +480,10 @@ pub fn quantize_row(ty: TensorType, src: &[f32], dst: &mut Vec<u8>) -> Result<()
         Q8_0 => quant::ref_q8_0,
         Q8_1 => quant::ref_q8_1,
         Q8_K => quant::q8_k,
-        Q4_K | Q5_K | Q6_K => return Err(format!("quantizing to {ty} is not implemented")),
+        MXFP4 => lowbit::quantize_mxfp4,
+        Q4_K | Q5_K | Q6_K | Q2_K | Q3_K | IQ4_NL | IQ4_XS => {
+            return Err(format!("quantizing to {ty} is not implemented"))
+        }
     };
     let start = prepare_dst(ty, src.len(), dst)?;
     f(src, &mut dst[start..]);

@@ -67,14 +67,7 @@ fn simd_dot_handles_extreme_quants() {
             let mut data = random_weights(&mut rng, ty, 1, cols);
             // Overwrite everything but the scale fields with `fill`.
             let bb = ty.block_bytes();
-            let scale_ranges: &[(usize, usize)] = match ty {
-                TensorType::Q4_0 | TensorType::Q5_0 | TensorType::Q8_0 => &[(0, 2)],
-                TensorType::Q4_1 | TensorType::Q5_1 | TensorType::Q4_K | TensorType::Q5_K => {
-                    &[(0, 4)]
-                }
-                TensorType::Q6_K => &[(208, 210)],
-                _ => unreachable!(),
-            };
+            let scale_ranges = scale_ranges(ty);
             for b in data.chunks_exact_mut(bb) {
                 for (i, v) in b.iter_mut().enumerate() {
                     if !scale_ranges.iter().any(|&(s, e)| i >= s && i < e) {
@@ -476,6 +469,8 @@ fn bench_matmul() {
         TensorType::Q8_0,
         TensorType::Q4_K,
         TensorType::Q6_K,
+        TensorType::Q3_K,
+        TensorType::IQ4_XS,
         TensorType::F16,
     ] {
         let data = random_weights(&mut rng, ty, rows, cols);

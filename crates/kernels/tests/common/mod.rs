@@ -47,7 +47,7 @@ pub fn f16b(x: f32) -> [u8; 2] {
     half::f16::from_f32(x).to_bits().to_le_bytes()
 }
 
-pub const WEIGHT_TYPES: [TensorType; 11] = [
+pub const WEIGHT_TYPES: [TensorType; 16] = [
     TensorType::F32,
     TensorType::F16,
     TensorType::BF16,
@@ -59,7 +59,26 @@ pub const WEIGHT_TYPES: [TensorType; 11] = [
     TensorType::Q4_K,
     TensorType::Q5_K,
     TensorType::Q6_K,
+    TensorType::Q2_K,
+    TensorType::Q3_K,
+    TensorType::IQ4_NL,
+    TensorType::IQ4_XS,
+    TensorType::MXFP4,
 ];
+
+/// Byte ranges of a block of `ty` that hold its float scales (the rest is quant bits).
+pub fn scale_ranges(ty: TensorType) -> &'static [(usize, usize)] {
+    use TensorType::*;
+    match ty {
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL | IQ4_XS => &[(0, 2)],
+        Q4_1 | Q5_1 | Q4_K | Q5_K => &[(0, 4)],
+        Q6_K => &[(208, 210)],
+        Q2_K => &[(80, 84)],
+        Q3_K => &[(108, 110)],
+        MXFP4 => &[(0, 1)],
+        _ => unreachable!("{ty} has no block scales"),
+    }
+}
 
 /// A random `rows x cols` weight matrix of type `ty`: `quantize_row` of random data for the
 /// float types, else random quant bits with sane scales.
@@ -87,7 +106,7 @@ fn weights(
     let n = rows * cols;
     let quantize = match ty {
         F32 | F16 | BF16 => true,
-        Q4_K | Q5_K | Q6_K => false,
+        Q4_K | Q5_K | Q6_K | Q2_K | Q3_K | IQ4_NL | IQ4_XS => false,
         _ => quantize_legacy,
     };
     if quantize {
@@ -116,6 +135,15 @@ fn weights(
                 b[2..4].copy_from_slice(&f16b(d * 0.05));
             }
             Q6_K => b[208..210].copy_from_slice(&f16b(d * 0.05 * rng.f32().signum())),
+            Q2_K => {
+                b[80..82].copy_from_slice(&f16b(d * 0.2));
+                b[82..84].copy_from_slice(&f16b(d * 0.1));
+            }
+            Q3_K => b[108..110].copy_from_slice(&f16b(d * 0.05 * rng.f32().signum())),
+            IQ4_NL => b[0..2].copy_from_slice(&f16b(d * 0.05)),
+            IQ4_XS => b[0..2].copy_from_slice(&f16b(d * 0.005 * rng.f32().signum())),
+            // 2^-10 .. 2^-5: E2M1 values (<= 12 doubled) near the others' magnitudes.
+            MXFP4 => b[0] = 118 + (rng.next_u64() % 6) as u8,
             _ => unreachable!(),
         }
     }
