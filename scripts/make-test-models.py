@@ -73,7 +73,10 @@ ARCHS = {
 
 # (arch, file-type label, llama-quantize type, --pure). Every type appears at least once,
 # every arch has >= 3 types. Labels: Q4_K / Q5_K are `--pure` Q4_K_M / Q5_K_M (all matrices
-# Q4_K / Q5_K); Q4_K_M is the normal (non-pure) Q4_K + Q6_K mixture.
+# Q4_K / Q5_K); Q4_K_M is the normal (non-pure) Q4_K + Q6_K mixture; Q3_K is `--pure` Q3_K_M.
+# MXFP4: llama-quantize's only MXFP4 file type, MXFP4_MOE, puts MXFP4 in expert tensors and
+# Q8_0 elsewhere, so the dense models get every matrix in MXFP4 through its per-tensor override
+# (EXTRA_ARGS): still llama.cpp's own quantizer (quantize_row_mxfp4_ref).
 QUANTS = [
     ("qwen2", "F16", "F16", True),
     ("qwen2", "Q8_0", "Q8_0", True),
@@ -97,7 +100,19 @@ QUANTS = [
     ("llama", "Q5_K", "Q5_K_M", True),
     ("llama", "Q6_K", "Q6_K", True),
     ("llama", "Q4_K_M", "Q4_K_M", False),
+    # The low-bit types (issue 16).
+    ("qwen2", "Q2_K", "Q2_K", True),
+    ("qwen2", "IQ4_NL", "IQ4_NL", True),
+    ("qwen3", "Q3_K", "Q3_K_M", True),
+    ("qwen3", "IQ4_XS", "IQ4_XS", True),
+    ("qwen3", "MXFP4", "MXFP4_MOE", True),
+    ("llama", "Q2_K", "Q2_K", True),
+    ("llama", "Q3_K", "Q3_K_M", True),
+    ("llama", "IQ4_NL", "IQ4_NL", True),
+    ("llama", "IQ4_XS", "IQ4_XS", True),
+    ("llama", "MXFP4", "MXFP4_MOE", True),
 ]
+EXTRA_ARGS = {"MXFP4": ["--tensor-type", "weight=mxfp4"]}
 
 GOLDEN_SEED = 1234
 GOLDEN_N_TOKENS = 16
@@ -309,7 +324,7 @@ def build_models(outdir, expected):
             print(f"ok      {dst.name}")
         else:
             cmd = [REF, "bin", "llama-quantize"] + (["--pure"] if pure else []) + \
-                [str(src), str(dst), qtype, "2"]
+                EXTRA_ARGS.get(label, []) + [str(src), str(dst), qtype, "2"]
             print("run     " + " ".join(cmd))
             r = subprocess.run(cmd, capture_output=True, text=True)
             log = outdir / (dst.name + ".quantize.log")
@@ -397,8 +412,10 @@ def main():
         manifest = {"dir": "${VERITY_ASSETS:-~/.cache/verity/assets}/test-models",
                     "models": [{"file": base_name(a), "arch": a, "type": "F32", "pure": True}
                                for a in ARCHS] +
-                              [{"file": quant_name(a, l), "arch": a, "type": l,
-                                "llama_quantize_type": q, "pure": p} for a, l, q, p in QUANTS],
+                              [dict({"file": quant_name(a, l), "arch": a, "type": l,
+                                     "llama_quantize_type": q, "pure": p},
+                                    **({"llama_quantize_args": EXTRA_ARGS[l]} if l in EXTRA_ARGS else {}))
+                               for a, l, q, p in QUANTS],
                     "sha256": sums}
         with open(manifest_path, "w") as f:
             json.dump(manifest, f, indent=1)
