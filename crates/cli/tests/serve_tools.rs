@@ -176,3 +176,166 @@ fn a_template_that_loops_forever_cannot_take_the_server_down() {
     let (_, models) = http(port, "GET", "/v1/models", None, &[]);
     assert!(!models.contains(tmp.path().to_str().unwrap()), "{models}");
 }
+
+/// The default model with `template` (a file of the reference's template collection)
+/// as its chat template, written with the reference's gguf-py.
+fn with_template(dir: &Path, template: &str) -> std::path::PathBuf {
+    let assets = std::env::var_os("VERITY_ASSETS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/verity/assets")
+        });
+    let model = dir.join("with-template.gguf");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/set-chat-template.py");
+    let o = Command::new("python3")
+        .arg(script)
+        .arg(verity_store::resolve(None).unwrap())
+        .arg(&model)
+        .arg(assets.join("chat-templates").join(template))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    model
+}
+
+/// `auto` mode with a Hermes-format template (Qwen2.5's): the model writes free text, or
+/// opens `<tool_call>` itself, from which point the call is held to the schema (an enum
+/// the model would not pick: it wants "Paris"). `logit_bias` on `<` (token 44) is what
+/// makes this small model open a call; it has no say once the grammar holds the output.
+#[test]
+fn auto_mode_holds_a_call_to_its_schema_once_the_model_opens_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = with_template(tmp.path(), "Qwen-Qwen2.5-7B-Instruct.jinja");
+    let s = Server::start(&["--model", model.to_str().unwrap()]);
+    let tool = weather_tool(json!({
+        "type": "object",
+        "properties": {"city": {"type": "string", "enum": ["Lyon", "Nice"]},
+                       "unit": {"type": "string", "enum": ["c", "f"]}},
+        "required": ["city"], "additionalProperties": false,
+    }));
+    let request = |bias: i64, stream: bool| {
+        json!({
+            "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+            "tools": [tool], "temperature": 0, "max_tokens": 60, "stream": stream,
+            "parallel_tool_calls": false, "logit_bias": {"44": bias},
+        })
+    };
+    let valid = |args: &str| {
+        let v: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{args}: {e}"));
+        let o = v.as_object().unwrap();
+        assert!(o.keys().all(|k| k == "city" || k == "unit"), "{args}");
+        assert!(
+            ["Lyon", "Nice"].contains(&o["city"].as_str().unwrap()),
+            "{args}"
+        );
+        if let Some(u) = o.get("unit") {
+            assert!(["c", "f"].contains(&u.as_str().unwrap()), "{args}");
+        }
+    };
+
+    // Free text stays free: without the nudge the model answers in prose.
+    let (status, v) = chat(s.port, &request(0, false));
+    assert_eq!(status, 200, "{v}");
+    let choice = &v["choices"][0];
+    assert!(choice["message"]["tool_calls"].is_null(), "{v}");
+    assert!(
+        choice["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Paris"),
+        "{v}"
+    );
+
+    // Nudged, it opens a call; the call obeys the schema.
+    let (status, v) = chat(s.port, &request(5, false));
+    assert_eq!(status, 200, "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "parallel_tool_calls: false: {v}");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let args = calls[0]["function"]["arguments"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    valid(&args);
+
+    // Streamed: id and name first, then the arguments in fragments that add up to the same.
+    let (status, body) = http(
+        s.port,
+        "POST",
+        "/v1/chat/completions",
+        Some(&request(5, true).to_string()),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let deltas: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .flat_map(|c| {
+            c["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(deltas[0]["function"]["name"], "get_weather", "{body}");
+    assert!(deltas[0]["id"].as_str().is_some_and(|id| !id.is_empty()));
+    let fragments: Vec<&str> = deltas[1..]
+        .iter()
+        .map(|d| d["function"]["arguments"].as_str().unwrap())
+        .collect();
+    assert!(
+        fragments.len() >= 3,
+        "arguments in fragments: {fragments:?}"
+    );
+    assert_eq!(fragments.concat(), args);
+}
+
+#[test]
+fn logit_bias_is_checked() {
+    let s = Server::start(&[]);
+    let user = json!([{"role": "user", "content": "hi"}]);
+    for (bias, want) in [
+        (json!({"99999999": 1}), "vocabulary"),
+        (json!({"x": 1}), "token ids"),
+        (json!({"5": 101}), "-100 to 100"),
+    ] {
+        let (status, v) = chat(
+            s.port,
+            &json!({"messages": user, "logit_bias": bias, "max_tokens": 2}),
+        );
+        assert_eq!(status, 400, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(want), "{msg}");
+        assert_eq!(v["error"]["param"], "logit_bias");
+    }
+    // -100 bans a token: greedy "The capital of France is" no longer says " Paris".
+    let (_, tok) = http(
+        s.port,
+        "POST",
+        "/tokenize",
+        Some(r#"{"content": " Paris"}"#),
+        &[],
+    );
+    let id = serde_json::from_str::<Value>(&tok).unwrap()["tokens"][0].clone();
+    let completion = |bias: Value| {
+        let (_, text) = http(
+            s.port,
+            "POST",
+            "/v1/completions",
+            Some(&json!({"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0, "logit_bias": bias}).to_string()),
+            &[],
+        );
+        serde_json::from_str::<Value>(&text).unwrap()["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(completion(json!({})).starts_with(" Paris"));
+    let mut ban = serde_json::Map::new();
+    ban.insert(id.to_string(), json!(-100));
+    assert!(!completion(Value::Object(ban)).contains("Paris"));
+}

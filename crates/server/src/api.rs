@@ -273,6 +273,8 @@ pub struct Settings {
     pub stop: Vec<String>,
     pub n: usize,
     pub max_tokens: Option<usize>,
+    /// (token id, bias); ids are checked against the vocabulary on submit.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 fn range(v: Option<f64>, name: &str, lo: f64, hi: f64, default: f64) -> Result<f32, ApiError> {
@@ -293,14 +295,7 @@ const MAX_STOPS: usize = 4;
 
 impl Common {
     pub fn settings(&self, max_tokens_override: Option<i64>) -> Result<Settings, ApiError> {
-        if let Some(lb) = &self.logit_bias {
-            if !lb.is_empty() {
-                return Err(ApiError::bad_request(
-                    "logit_bias is not supported",
-                    Some("logit_bias"),
-                ));
-            }
-        }
+        let logit_bias = logit_bias(self.logit_bias.as_ref())?;
         let temperature = range(self.temperature, "temperature", 0.0, 2.0, 1.0)?;
         let top_p = range(self.top_p, "top_p", 0.0, 1.0, 1.0)?;
         if top_p == 0.0 {
@@ -376,8 +371,43 @@ impl Common {
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
             n,
             max_tokens,
+            logit_bias,
         })
     }
+}
+
+/// Most tokens `logit_bias` may name, as OpenAI allows.
+const MAX_LOGIT_BIAS: usize = 300;
+
+/// OpenAI's `logit_bias`: token ids (as strings) to a bias in [-100, 100] added to the
+/// token's logit before sampling; -100 bans a token, 100 all but forces it.
+fn logit_bias(map: Option<&serde_json::Map<String, Value>>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(map) = map else {
+        return Ok(Vec::new());
+    };
+    let bad = |msg: String| ApiError::bad_request(msg, Some("logit_bias"));
+    if map.len() > MAX_LOGIT_BIAS {
+        return Err(bad(format!(
+            "logit_bias names {} tokens; at most {MAX_LOGIT_BIAS} are allowed",
+            map.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        let id: u32 = k
+            .parse()
+            .map_err(|_| bad(format!("logit_bias keys are token ids, got {k:?}")))?;
+        let bias = v
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| {
+                bad(format!(
+                    "logit_bias[{k}] must be a number from -100 to 100, got {v}"
+                ))
+            })?;
+        out.push((id, bias as f32));
+    }
+    Ok(out)
 }
 
 impl Message {

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::api::*;
+use crate::lazy::LazyConstraint;
 use crate::lora_routes;
 use crate::routes::*;
 use crate::scheduler::{Event, JobSpec, TokenLogprob};
@@ -71,7 +72,7 @@ pub(crate) async fn chat(
     let tool_mode = tools
         .filter(|t| t.choice != ToolChoice::None)
         .map(|t| (format, t));
-    let constraint = with_tool_constraint(l, tool_mode.as_ref(), constraint).await?;
+    let (constraint, lazy) = with_tool_constraint(l, tool_mode.as_ref(), constraint).await?;
     check_context(&prompt, l, "messages")?;
     let room = l.scheduler.n_ctx - prompt.len();
     let max_tokens = settings.max_tokens.unwrap_or(room).min(room);
@@ -88,6 +89,8 @@ pub(crate) async fn chat(
             logprobs: top_logprobs,
             prompt_logprobs: false,
             constraint: constraint.clone(),
+            lazy: lazy.clone(),
+            logit_bias: settings.logit_bias.clone(),
             ignore_eos: req.common.ignore_eos,
             adapter: adapter.clone(),
         };
@@ -165,15 +168,41 @@ pub(crate) async fn chat(
 }
 
 /// The constraint of a request with tools: the call format (arguments held to their
-/// schemas) when the model must call a tool or its template has no tool support;
+/// schemas) when the model must call a tool or its template has no tool support; in
+/// `auto` mode a lazy one that holds a call to the schemas once the model opens it;
 /// otherwise `constraint` (from `response_format` or `grammar`).
 pub(crate) async fn with_tool_constraint(
     l: &Loaded,
     tool_mode: Option<&(ToolFormat, Tools)>,
     constraint: Option<Arc<verity_constraint::Grammar>>,
-) -> Result<Option<Arc<verity_constraint::Grammar>>, ApiError> {
-    let Some(grammar) = tool_mode.and_then(|(f, t)| tools::tool_grammar(*f, t)) else {
-        return Ok(constraint);
+) -> Result<
+    (
+        Option<Arc<verity_constraint::Grammar>>,
+        Option<LazyConstraint>,
+    ),
+    ApiError,
+> {
+    let Some((format, tools)) = tool_mode else {
+        return Ok((constraint, None));
+    };
+    let Some(grammar) = tools::tool_grammar(*format, tools) else {
+        if constraint.is_some() {
+            return Ok((constraint, None));
+        }
+        let Some(lazy) = tools::lazy_tool_grammar(*format, tools) else {
+            return Ok((None, None));
+        };
+        let source = lazy.lark;
+        let compiled = crate::constraint::compile(l, "tools", move |f| f.lark(&source)).await?;
+        return Ok((
+            None,
+            Some(LazyConstraint {
+                trigger: lazy.trigger.as_bytes().to_vec(),
+                at_start: lazy.at_start,
+                grammar: compiled,
+                max_calls: lazy.max_calls,
+            }),
+        ));
     };
     if constraint.is_some() {
         return Err(ApiError::bad_request(
@@ -186,7 +215,7 @@ pub(crate) async fn with_tool_constraint(
         tools::ToolGrammar::Lark(src) => f.lark(&src),
     })
     .await?;
-    Ok(Some(compiled))
+    Ok((Some(compiled), None))
 }
 
 /// Calls as OpenAI reports them, each with a fresh id; one only when the client asked
@@ -239,14 +268,12 @@ fn chat_stream(
     let totals = Arc::new(std::sync::Mutex::new((0usize, 0usize, 0usize, 0usize)));
     let totals_end = totals.clone();
     // Per choice: content streams while a possible tool call is held back.
+    let fresh = |t: &(ToolFormat, Tools)| tools::StreamSplitter::new(t.0, t.1.clone());
     let splitters: Arc<std::sync::Mutex<Vec<tools::StreamSplitter>>> =
         Arc::new(std::sync::Mutex::new(
-            (0..n)
-                .map(|_| {
-                    tools::StreamSplitter::new(
-                        tool_mode.as_ref().map_or(ToolFormat::Generic, |t| t.0),
-                    )
-                })
+            tool_mode
+                .iter()
+                .flat_map(|t| (0..n).map(|_| fresh(t)))
                 .collect(),
         ));
     let tool_mode = Arc::new(tool_mode);
@@ -257,16 +284,20 @@ fn chat_stream(
         let splitters = splitters.clone();
         let tool_mode = tool_mode.clone();
         let events: Vec<Result<SseEvent, Infallible>> = match (ev, tool_mode.as_ref()) {
-            (Event::Token { text, .. }, Some(_)) => {
+            (Event::Token { text, .. }, Some((format, _))) => {
                 let mut s = splitters.lock().unwrap_or_else(|e| e.into_inner());
-                let out = s[i].push(&text);
-                if out.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![sse_json(&chunk(json!([{ "index": i, "delta": { "content": out }, "logprobs": null, "finish_reason": null }])))]
-                }
+                let pieces = s[i].push(&text);
+                piece_chunks(i, *format, pieces, &chunk)
             }
-            (Event::Done { finish_reason, prompt_tokens, cached_tokens, completion_tokens }, Some((format, tools))) => {
+            (
+                Event::Done {
+                    finish_reason,
+                    prompt_tokens,
+                    cached_tokens,
+                    completion_tokens,
+                },
+                Some(t),
+            ) => {
                 {
                     let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
                     t.0 = prompt_tokens;
@@ -276,25 +307,23 @@ fn chat_stream(
                 }
                 let splitter = std::mem::replace(
                     &mut splitters.lock().unwrap_or_else(|e| e.into_inner())[i],
-                    tools::StreamSplitter::new(*format),
+                    fresh(t),
                 );
-                let (rest, calls) = splitter.finish(tools);
-                let calls = calls_json(*format, tools, calls);
-                let mut out = Vec::new();
-                if !rest.is_empty() {
-                    out.push(sse_json(&chunk(json!([{ "index": i, "delta": { "content": rest }, "logprobs": null, "finish_reason": null }]))));
-                }
-                // As OpenAI streams calls: index, id, type and name first, then the
-                // arguments.
-                for (k, c) in calls.iter().enumerate() {
-                    out.push(sse_json(&chunk(json!([{ "index": i, "delta": { "tool_calls": [{ "index": k, "id": c["id"], "type": "function", "function": { "name": c["function"]["name"], "arguments": "" } }] }, "logprobs": null, "finish_reason": null }]))));
-                    out.push(sse_json(&chunk(json!([{ "index": i, "delta": { "tool_calls": [{ "index": k, "function": { "arguments": c["function"]["arguments"] } }] }, "logprobs": null, "finish_reason": null }]))));
-                }
-                let reason = if calls.is_empty() { finish_reason } else { "tool_calls" };
-                out.push(sse_json(&chunk(json!([{ "index": i, "delta": {}, "logprobs": null, "finish_reason": reason }]))));
+                let (pieces, calls) = splitter.finish();
+                let mut out = piece_chunks(i, t.0, pieces, &chunk);
+                let reason = if calls.is_empty() {
+                    finish_reason
+                } else {
+                    "tool_calls"
+                };
+                out.push(sse_json(&chunk(
+                    json!([{ "index": i, "delta": {}, "logprobs": null, "finish_reason": reason }]),
+                )));
                 out
             }
-            (ev, _) => plain_event(i, ev, &chunk, &totals, &model, with_logprobs).into_iter().collect(),
+            (ev, _) => plain_event(i, ev, &chunk, &totals, &model, with_logprobs)
+                .into_iter()
+                .collect(),
         };
         stream::iter(events)
     });
@@ -313,6 +342,34 @@ fn chat_stream(
     .flatten();
     let s = stream::iter(first).chain(body).chain(tail);
     Sse::new(Box::pin(s) as BoxedEvents).keep_alive(KeepAlive::default())
+}
+
+/// Pieces of a choice with tools as chunks; as OpenAI streams calls: index, id, type and
+/// name first, then the arguments in fragments.
+fn piece_chunks(
+    i: usize,
+    format: ToolFormat,
+    pieces: Vec<tools::Piece>,
+    chunk: &dyn Fn(Value) -> Value,
+) -> Vec<Result<SseEvent, Infallible>> {
+    let delta = |d: Value| {
+        sse_json(&chunk(
+            json!([{ "index": i, "delta": d, "logprobs": null, "finish_reason": null }]),
+        ))
+    };
+    pieces
+        .into_iter()
+        .map(|p| match p {
+            tools::Piece::Content(c) => delta(json!({ "content": c })),
+            tools::Piece::CallStart { index, name } => {
+                let id = tools::call_id(format, index as u64);
+                delta(json!({ "tool_calls": [{ "index": index, "id": id, "type": "function", "function": { "name": name, "arguments": "" } }] }))
+            }
+            tools::Piece::Arguments { index, fragment } => {
+                delta(json!({ "tool_calls": [{ "index": index, "function": { "arguments": fragment } }] }))
+            }
+        })
+        .collect()
 }
 
 /// One event of a choice without tools, as a chunk.

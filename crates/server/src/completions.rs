@@ -102,6 +102,8 @@ pub(crate) async fn completions(
                     logprobs,
                     prompt_logprobs: req.echo && logprobs.is_some(),
                     constraint: constraint.clone(),
+                    lazy: None,
+                    logit_bias: settings.logit_bias.clone(),
                     ignore_eos: req.common.ignore_eos,
                     adapter: adapter.clone(),
                 },

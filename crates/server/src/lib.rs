@@ -8,6 +8,7 @@ mod api;
 mod chat;
 mod completions;
 mod constraint;
+mod lazy;
 mod lora;
 mod lora_routes;
 mod metrics;

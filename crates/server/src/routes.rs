@@ -282,6 +282,17 @@ pub(crate) fn check_context(prompt: &[u32], l: &Loaded, param: &str) -> Result<(
 }
 
 pub(crate) fn submit(l: &Loaded, spec: JobSpec) -> Result<UnboundedReceiver<Event>, ApiError> {
+    let n_vocab = l.model.hparams.n_vocab;
+    if let Some((id, _)) = spec
+        .logit_bias
+        .iter()
+        .find(|(id, _)| *id as usize >= n_vocab)
+    {
+        return Err(ApiError::bad_request(
+            format!("logit_bias names token {id}, but the vocabulary has {n_vocab} tokens"),
+            Some("logit_bias"),
+        ));
+    }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     l.scheduler.submit(spec, tx).map_err(|e| match e {
         SubmitError::QueueFull => ApiError::new(

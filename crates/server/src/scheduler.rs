@@ -17,6 +17,7 @@ use verity_engine::{
 };
 use verity_model::Model;
 
+use crate::lazy::{LazyConstraint, LazyWatch};
 use crate::lora::{Registry, ServedAdapter};
 use crate::metrics::{Metrics, SlotsState};
 
@@ -38,6 +39,11 @@ pub struct JobSpec {
     /// each choice starts its own [`Constraint`] from it when admitted. The job ends with
     /// "stop" when the grammar is complete.
     pub constraint: Option<Arc<Grammar>>,
+    /// A grammar that applies from a trigger on (tool calls in `auto` mode); only
+    /// without `constraint`.
+    pub lazy: Option<LazyConstraint>,
+    /// Added to the logits of these tokens before sampling (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
     /// Keep going past end-of-generation tokens.
     pub ignore_eos: bool,
     /// The adapter the request named, if not the base. Held until the job ends, which is
@@ -170,6 +176,8 @@ struct Active {
     pending: Option<u32>,
     text: TextStream<'static>,
     constraint: Option<Constraint>,
+    /// Watches for a lazy constraint's trigger (`constraint` is the open call's).
+    lazy: Option<LazyWatch>,
     /// Logits wait for the constraint's mask, still being computed: the row samples in a
     /// later step rather than hold up the others (see `after_forward`).
     deferred: bool,
@@ -357,6 +365,7 @@ impl Worker {
                 text: TextStream::new(static_tokenizer(&self.model), job.spec.stop.clone()),
                 // Starts computing the first mask now, while the prompt is processed.
                 constraint: job.spec.constraint.as_ref().map(|g| g.start()),
+                lazy: job.spec.lazy.clone().map(LazyWatch::new),
                 deferred: false,
                 first_token_at: None,
                 logits: Vec::new(),
@@ -565,6 +574,9 @@ impl Worker {
         let cache_len = slot.cache.len();
         let n_ctx = slot.cache.n_ctx();
         let a = slot.active.as_mut().expect("active");
+        for &(tok, bias) in &a.job.spec.logit_bias {
+            a.logits[tok as usize] += bias;
+        }
         if let Some(c) = &mut a.constraint {
             // Waits only if the mask is not ready (see `after_forward`).
             if let Err(e) = c.apply(&mut a.logits) {
@@ -598,13 +610,26 @@ impl Worker {
         }
         // Advancing the grammar starts computing the next mask on the constraint's helper
         // thread, overlapped with the next forward pass.
-        let complete = match &mut a.constraint {
+        let mut complete = match &mut a.constraint {
             Some(c) => match c.commit(tok) {
                 Ok(done) => done,
                 Err(e) => return Next::Fail(format!("constrained decoding: {e}")),
             },
             None => false,
         };
+        if let Some(watch) = &mut a.lazy {
+            match watch.push(tok, a.constraint.is_none()) {
+                // The token completed a call (or opened and closed one): what follows
+                // is free again.
+                Some(c) if c.is_complete() => complete = watch.call_done(),
+                Some(c) => a.constraint = Some(c),
+                None if complete => {
+                    a.constraint = None;
+                    complete = watch.call_done();
+                }
+                None => {}
+            }
+        }
         let (text, stopped) = a.text.push(tok);
         if a.job.events.send(Event::Token { text, logprob }).is_err() {
             return Next::Finish("cancelled");

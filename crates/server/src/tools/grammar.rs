@@ -39,13 +39,82 @@ fn call_schema(tools: &Tools, args_key: &str) -> Value {
     }
 }
 
-/// Lark's `%json {...}` with the layout options.
+/// JSON laid out as Python's `json.dumps` writes it (`", "` and `": "`), which is how the
+/// templates show calls to the models: a call the model opened itself keeps its own style.
+fn dumps_layout() -> Value {
+    json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
+}
+
+/// Lark's `%json {...}` with the compact layout.
 fn lark_json(schema: &Value) -> String {
+    lark_json_with(schema, layout())
+}
+
+fn lark_json_with(schema: &Value, layout: Value) -> String {
     let mut s = schema.clone();
     if let Value::Object(o) = &mut s {
-        o.insert("x-guidance".into(), layout());
+        o.insert("x-guidance".into(), layout);
     }
     format!("%json {s}")
+}
+
+/// A call the model may open in `auto` mode: held to the tools' schemas from its
+/// trigger on.
+pub struct LazyToolGrammar {
+    pub trigger: &'static str,
+    pub at_start: bool,
+    /// One call (Hermes) or the whole call list (Mistral, Llama 3), trigger included.
+    pub lark: String,
+    pub max_calls: usize,
+}
+
+/// The lazy grammar for `auto` mode, for formats whose calls the model opens with a
+/// marker; `None` when calls are forced (see [`tool_grammar`]) or the format has none.
+pub fn lazy_tool_grammar(format: ToolFormat, tools: &Tools) -> Option<LazyToolGrammar> {
+    if tools.callable().is_empty() || tools.forced() {
+        return None;
+    }
+    let many = tools.parallel;
+    match format {
+        ToolFormat::Hermes => Some(LazyToolGrammar {
+            trigger: "<tool_call>",
+            at_start: false,
+            lark: format!(
+                "start: \"<tool_call>\" \"\\n\"? body \"\\n\"? \"</tool_call>\"\nbody: {}\n",
+                lark_json_with(&call_schema(tools, "arguments"), dumps_layout())
+            ),
+            max_calls: if many { MAX_PARALLEL_CALLS } else { 1 },
+        }),
+        ToolFormat::Mistral => {
+            let max = if many { MAX_PARALLEL_CALLS } else { 1 };
+            let arr = json!({"type": "array", "items": call_schema(tools, "arguments"),
+                               "minItems": 1, "maxItems": max});
+            Some(LazyToolGrammar {
+                trigger: "[TOOL_CALLS]",
+                at_start: false,
+                lark: format!(
+                    "start: \"[TOOL_CALLS]\" \" \"? body\nbody: {}\n",
+                    lark_json_with(&arr, dumps_layout())
+                ),
+                max_calls: 1,
+            })
+        }
+        ToolFormat::Llama3 => {
+            let body = lark_json_with(&call_schema(tools, "parameters"), dumps_layout());
+            let start = if many {
+                "body (\"; \" body){0,7}"
+            } else {
+                "body"
+            };
+            Some(LazyToolGrammar {
+                trigger: "{",
+                at_start: true,
+                lark: format!("start: {start}\nbody: {body}\n"),
+                max_calls: 1,
+            })
+        }
+        ToolFormat::Generic => None,
+    }
 }
 
 /// The grammar for this request, if its output is to be constrained.

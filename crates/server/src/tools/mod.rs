@@ -10,10 +10,12 @@
 mod format;
 mod grammar;
 mod parse;
+mod stream;
 
 pub use format::{conversation, ToolFormat};
-pub use grammar::{tool_grammar, ToolGrammar};
-pub use parse::{parse_calls, StreamSplitter, ToolCall};
+pub use grammar::{lazy_tool_grammar, tool_grammar, ToolGrammar};
+pub use parse::{parse_calls, ToolCall};
+pub use stream::{Piece, StreamSplitter};
 
 use serde_json::{json, Map, Value};
 

@@ -1,5 +1,8 @@
 //! A model's output back into OpenAI tool calls, whole or as it streams.
 
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{ToolFormat, Tools};
@@ -32,28 +35,61 @@ pub fn parse_calls(format: ToolFormat, text: &str, tools: &Tools) -> (String, Ve
     }
 }
 
-/// One JSON value at the start of `s` (after whitespace), and the rest.
-fn json_prefix(s: &str) -> Option<(Value, &str)> {
+/// One JSON value at the start of `s` (after whitespace), its text, and the rest.
+fn json_prefix(s: &str) -> Option<(Value, &str, &str)> {
     let trimmed = s.trim_start();
     let mut it = serde_json::Deserializer::from_str(trimmed).into_iter::<Value>();
     let v = it.next()?.ok()?;
-    Some((v, &trimmed[it.byte_offset()..]))
+    let end = it.byte_offset();
+    Some((v, &trimmed[..end], &trimmed[end..]))
 }
 
-/// `{"name": .., "arguments"|"parameters": ..}` as a call.
-fn call_of(v: &Value) -> Option<ToolCall> {
-    let name = v.get("name")?.as_str()?.to_string();
-    let args = v
+/// `{"name": .., "arguments"|"parameters": ..}` (its text) as a call. The arguments keep
+/// the model's own spelling of numbers and strings, with the whitespace between tokens
+/// removed, so the streamed fragments (see [`StreamSplitter`]) add up to them exactly.
+fn call_of(raw: &str) -> Option<ToolCall> {
+    let fields: HashMap<String, Box<RawValue>> = serde_json::from_str(raw).ok()?;
+    let name: String = serde_json::from_str(fields.get("name")?.get()).ok()?;
+    let args = fields
         .get("arguments")
-        .or_else(|| v.get("parameters"))
-        .cloned()
-        .unwrap_or(Value::Object(Default::default()));
-    let arguments = match args {
-        // Some models write the arguments as a JSON string already.
-        Value::String(s) if serde_json::from_str::<Value>(&s).is_ok() => s,
-        other => other.to_string(),
-    };
-    Some(ToolCall { name, arguments })
+        .or_else(|| fields.get("parameters"))
+        .map_or("{}", |a| a.get());
+    Some(ToolCall {
+        name,
+        arguments: arguments_text(args),
+    })
+}
+
+fn arguments_text(raw: &str) -> String {
+    // Some models write the arguments as a JSON string already.
+    if let Ok(s) = serde_json::from_str::<String>(raw) {
+        if serde_json::from_str::<Value>(&s).is_ok() {
+            return s;
+        }
+    }
+    minify(raw)
+}
+
+/// JSON text without whitespace between tokens. Works on a prefix too: the result for a
+/// prefix is a prefix of the result for the whole.
+pub(super) fn minify(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in raw.chars() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if !c.is_whitespace() {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn hermes(text: &str) -> Option<(String, Vec<ToolCall>)> {
@@ -63,15 +99,18 @@ fn hermes(text: &str) -> Option<(String, Vec<ToolCall>)> {
     let mut calls = Vec::new();
     let mut rest = &text[first..];
     while let Some(at) = rest.find(OPEN) {
-        let (v, after) = json_prefix(&rest[at + OPEN.len()..])?;
-        calls.push(call_of(&v)?);
+        let (_, raw, after) = json_prefix(&rest[at + OPEN.len()..])?;
+        calls.push(call_of(raw)?);
         let after = after.trim_start();
         rest = after.strip_prefix(CLOSE).unwrap_or(after);
     }
-    if !rest.trim().is_empty() {
-        return None;
-    }
-    Some((text[..first].trim_end().to_string(), calls))
+    // Text after the calls (the model went on after its last call) is content too.
+    let content = [text[..first].trim_end(), rest.trim()]
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    Some((content, calls))
 }
 
 fn mistral(text: &str) -> Option<(String, Vec<ToolCall>)> {
@@ -82,18 +121,19 @@ fn mistral(text: &str) -> Option<(String, Vec<ToolCall>)> {
     while let Some(body) = rest.trim_start().strip_prefix(OPEN) {
         if body.trim_start().starts_with('[') {
             // [TOOL_CALLS][{"name": .., "arguments": ..}, ..]
-            let (v, after) = json_prefix(body)?;
-            for c in v.as_array()? {
-                calls.push(call_of(c)?);
+            let (_, raw, after) = json_prefix(body)?;
+            let items: Vec<Box<RawValue>> = serde_json::from_str(raw).ok()?;
+            for c in items {
+                calls.push(call_of(c.get())?);
             }
             rest = after;
         } else {
             // [TOOL_CALLS]name[ARGS]{..}
             let (name, args) = body.split_once("[ARGS]")?;
-            let (v, after) = json_prefix(args)?;
+            let (_, raw, after) = json_prefix(args)?;
             calls.push(ToolCall {
                 name: name.trim().to_string(),
-                arguments: v.to_string(),
+                arguments: arguments_text(raw),
             });
             rest = after;
         }
@@ -111,9 +151,9 @@ fn llama3(text: &str) -> Option<(String, Vec<ToolCall>)> {
     let mut rest = body;
     let mut calls = Vec::new();
     loop {
-        let (v, after) = json_prefix(rest)?;
+        let (v, raw, after) = json_prefix(rest)?;
         v.get("parameters").or_else(|| v.get("arguments"))?;
-        calls.push(call_of(&v)?);
+        calls.push(call_of(raw)?);
         let after = after.trim_start();
         rest = after.strip_prefix(';').unwrap_or(after);
         if rest.trim().is_empty() || rest.trim() == "<|eom_id|>" {
@@ -124,7 +164,7 @@ fn llama3(text: &str) -> Option<(String, Vec<ToolCall>)> {
 }
 
 fn generic(text: &str) -> Option<(String, Vec<ToolCall>)> {
-    let Some((v, rest)) = json_prefix(text) else {
+    let Some((v, _, rest)) = json_prefix(text) else {
         return generic_cut(text);
     };
     if !rest.trim().is_empty() {
@@ -136,11 +176,12 @@ fn generic(text: &str) -> Option<(String, Vec<ToolCall>)> {
             Vec::new(),
         ));
     }
-    let calls = v
-        .get("tool_calls")?
-        .as_array()?
+    v.get("tool_calls")?.as_array()?;
+    let outer: HashMap<String, Box<RawValue>> = serde_json::from_str(text.trim()).ok()?;
+    let items: Vec<Box<RawValue>> = serde_json::from_str(outer.get("tool_calls")?.get()).ok()?;
+    let calls = items
         .iter()
-        .map(call_of)
+        .map(|c| call_of(c.get()))
         .collect::<Option<Vec<_>>>()?;
     Some((String::new(), calls))
 }
@@ -155,109 +196,19 @@ fn generic_cut(text: &str) -> Option<(String, Vec<ToolCall>)> {
         .strip_prefix(':')?;
     let mut rest = t.trim_start().strip_prefix('[')?;
     let mut calls = Vec::new();
-    while let Some((v, after)) = json_prefix(rest) {
-        calls.push(call_of(&v)?);
+    while let Some((_, raw, after)) = json_prefix(rest) {
+        calls.push(call_of(raw)?);
         rest = after.trim_start().strip_prefix(',').unwrap_or("");
     }
     (!calls.is_empty()).then_some((String::new(), calls))
 }
 
-/// Streams an answer's content while holding back what may be a tool call, which is
-/// parsed once the answer is complete.
-pub struct StreamSplitter {
-    format: ToolFormat,
-    text: String,
-    /// Bytes of `text` already sent as content.
-    sent: usize,
-    /// A call started (or, for whole-answer formats, may have): hold everything.
-    holding: bool,
-}
-
-impl StreamSplitter {
-    pub fn new(format: ToolFormat) -> Self {
-        StreamSplitter {
-            format,
-            text: String::new(),
-            sent: 0,
-            holding: false,
-        }
-    }
-
-    /// Add generated text; returns the content that can be sent now.
-    pub fn push(&mut self, delta: &str) -> String {
-        self.text.push_str(delta);
-        if self.holding {
-            return String::new();
-        }
-        let safe_end = match self.format.marker() {
-            Some(marker) => match self.text[self.sent..].find(marker) {
-                Some(at) => {
-                    self.holding = true;
-                    self.sent + at
-                }
-                // Hold a tail that could be the start of the marker.
-                None => {
-                    let tail = (1..marker.len())
-                        .rev()
-                        .find(|&k| self.text.ends_with(&marker[..k]))
-                        .unwrap_or(0);
-                    self.text.len() - tail
-                }
-            },
-            None => {
-                // The whole answer is the call (Llama 3) or JSON (generic): decide at the
-                // first non-space character.
-                match self.text.trim_start().chars().next() {
-                    None => self.sent,
-                    Some('{') | Some('<') | Some('[') => {
-                        self.holding = true;
-                        self.sent
-                    }
-                    Some(_) if self.format == ToolFormat::Generic => {
-                        self.holding = true;
-                        self.sent
-                    }
-                    Some(_) => self.text.len(),
-                }
-            }
-        };
-        let safe_end = floor_char_boundary(&self.text, safe_end);
-        let out = self.text[self.sent..safe_end].to_string();
-        self.sent = safe_end;
-        out
-    }
-
-    /// The answer is complete: the content not yet sent, and the calls.
-    pub fn finish(self, tools: &Tools) -> (String, Vec<ToolCall>) {
-        let (content, calls) = parse_calls(self.format, &self.text, tools);
-        if calls.is_empty() {
-            // No call after all: what was held is content. (For the generic format the
-            // content is the "response" field, none of which was sent.)
-            if self.format == ToolFormat::Generic {
-                return (content, calls);
-            }
-            return (self.text[self.sent..].to_string(), calls);
-        }
-        // Content before the call that is still unsent.
-        let rest = content.get(self.sent..).unwrap_or("").to_string();
-        (rest, calls)
-    }
-}
-
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
-    i = i.min(s.len());
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::tools::{parse_tools, ToolChoice};
 
-    fn tools() -> Tools {
+    pub(crate) fn tools() -> Tools {
         let v = serde_json::json!([
             {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
             {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}
@@ -265,7 +216,7 @@ mod tests {
         parse_tools(Some(&v), None, None).unwrap().unwrap()
     }
 
-    fn call(name: &str, args: &str) -> ToolCall {
+    pub(crate) fn call(name: &str, args: &str) -> ToolCall {
         ToolCall {
             name: name.into(),
             arguments: args.into(),
@@ -273,7 +224,7 @@ mod tests {
     }
 
     /// Each family's output, written as its model writes it.
-    const CASES: &[(ToolFormat, &str, &str)] = &[
+    pub(crate) const CASES: &[(ToolFormat, &str, &str)] = &[
         (ToolFormat::Hermes, "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n</tool_call>", "Let me check."),
         (ToolFormat::Llama3, "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}; {\"name\": \"add\", \"parameters\": {\"a\": 1, \"b\": 2}}", ""),
         (ToolFormat::Llama3, "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}; {\"name\": \"add\", \"parameters\": {\"a\": 1, \"b\": 2}}<|eom_id|>", ""),
@@ -292,20 +243,6 @@ mod tests {
         for &(format, text, content) in CASES {
             let (c, calls) = parse_calls(format, text, &t);
             assert_eq!((c.as_str(), &calls), (content, &want), "{format:?}: {text}");
-            // Streamed in every split of 3 characters: the same content, the same calls.
-            let mut s = StreamSplitter::new(format);
-            let mut streamed = String::new();
-            let chars: Vec<char> = text.chars().collect();
-            for piece in chars.chunks(3) {
-                streamed.push_str(&s.push(&piece.iter().collect::<String>()));
-            }
-            let (rest, calls) = s.finish(&t);
-            streamed.push_str(&rest);
-            assert_eq!(
-                (streamed.trim_end(), &calls),
-                (content, &want),
-                "{format:?} streamed"
-            );
         }
     }
 
@@ -315,10 +252,6 @@ mod tests {
         for format in [ToolFormat::Hermes, ToolFormat::Mistral, ToolFormat::Llama3] {
             let text = "The weather is <b>fine</b> [today].";
             assert_eq!(parse_calls(format, text, &t), (text.to_string(), vec![]));
-            let mut s = StreamSplitter::new(format);
-            let mut out = s.push(text);
-            out.push_str(&s.finish(&t).0);
-            assert_eq!(out, text);
         }
         assert_eq!(
             parse_calls(ToolFormat::Generic, "{\"response\": \"hi\"}", &t),

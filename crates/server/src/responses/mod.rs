@@ -5,7 +5,6 @@
 //! `store: false` keeps none).
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,18 +12,18 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::stream::{self, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+mod stream;
 
 use crate::api::*;
 use crate::lora_routes::{self, select_model};
 use crate::prompt::{chat_prompt, ChatPrompt};
 use crate::routes::*;
-use crate::scheduler::{Event, JobSpec};
+use crate::scheduler::JobSpec;
 use crate::tools::{self, ToolChoice, ToolFormat, Tools};
 
 /// Responses kept for `previous_response_id`.
@@ -381,7 +380,8 @@ pub(crate) async fn create(
     let max_tokens = settings.max_tokens.unwrap_or(room).min(room);
     let tool_mode = tool_set.clone().filter(|t| t.choice != ToolChoice::None);
     let with_format = tool_mode.clone().map(|t| (format, t));
-    let constraint = crate::chat::with_tool_constraint(l, with_format.as_ref(), constraint).await?;
+    let (constraint, lazy) =
+        crate::chat::with_tool_constraint(l, with_format.as_ref(), constraint).await?;
     let spec = JobSpec {
         prompt,
         max_tokens,
@@ -390,6 +390,8 @@ pub(crate) async fn create(
         logprobs: None,
         prompt_logprobs: false,
         constraint,
+        lazy,
+        logit_bias: Vec::new(),
         ignore_eos: false,
         adapter: adapter.clone(),
     };
@@ -421,7 +423,7 @@ pub(crate) async fn create(
         tool_mode,
     };
     if req.stream {
-        return Ok(stream_response(base, finish, rx).into_response());
+        return Ok(stream::stream_response(base, finish, rx).into_response());
     }
     let c = collect(rx).await?;
     let response = finish.complete(
@@ -536,122 +538,6 @@ impl Finish {
         }
         response
     }
-}
-
-type Events = Vec<Result<SseEvent, Infallible>>;
-
-/// Numbered server-sent events of the Responses API.
-struct Emitter {
-    seq: u64,
-}
-
-impl Emitter {
-    fn ev(&mut self, kind: &str, mut data: Value) -> Result<SseEvent, Infallible> {
-        data["type"] = json!(kind);
-        data["sequence_number"] = json!(self.seq);
-        self.seq += 1;
-        Ok(SseEvent::default().event(kind).data(data.to_string()))
-    }
-}
-
-fn stream_response(
-    base: Base,
-    finish: Finish,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
-) -> Sse<axum::response::sse::KeepAliveStream<BoxedEvents>> {
-    let state = Arc::new(Mutex::new((
-        Emitter { seq: 0 },
-        tools::StreamSplitter::new(
-            finish
-                .tool_mode
-                .as_ref()
-                .map_or(ToolFormat::Generic, |_| finish.format),
-        ),
-        String::new(),  // all text
-        None::<String>, // the message item's id, once opened
-    )));
-    let msg_id = new_item_id("msg");
-    let mut first: Events = Vec::new();
-    {
-        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-        let created = base.object("in_progress", Vec::new(), Value::Null, Value::Null);
-        first.push(s.0.ev("response.created", json!({"response": created})));
-        first.push(s.0.ev("response.in_progress", json!({"response": created})));
-    }
-    let base = Arc::new(base);
-    let finish = Arc::new(finish);
-    let tools_on = finish.tool_mode.is_some();
-    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).flat_map(move |ev| {
-        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-        let (em, splitter, all, opened) = &mut *s;
-        let mut out: Events = Vec::new();
-        let open_message = |em: &mut Emitter, opened: &mut Option<String>, out: &mut Events| {
-            if opened.is_none() {
-                *opened = Some(msg_id.clone());
-                out.push(em.ev("response.output_item.added", json!({"output_index": 0, "item": {"type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []}})));
-                out.push(em.ev("response.content_part.added", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})));
-            }
-        };
-        match ev {
-            Event::Token { text, .. } => {
-                all.push_str(&text);
-                let delta = if tools_on { splitter.push(&text) } else { text };
-                if !delta.is_empty() {
-                    open_message(em, opened, &mut out);
-                    out.push(em.ev("response.output_text.delta", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": delta, "logprobs": []})));
-                }
-            }
-            Event::Done { finish_reason, prompt_tokens, cached_tokens, completion_tokens } => {
-                // Only the unsent content is needed here: output_items below parses the calls.
-                let (content_rest, _) = match finish.tool_mode.as_ref() {
-                    Some(t) => std::mem::replace(splitter, tools::StreamSplitter::new(finish.format)).finish(t),
-                    None => (String::new(), Vec::new()),
-                };
-                let (message_items, call_items) = output_items(finish.format, all, finish.tool_mode.as_ref());
-                let mut output = Vec::new();
-                if let Some(m) = message_items.first() {
-                    let text = m["content"][0]["text"].as_str().unwrap_or("").to_string();
-                    if !content_rest.is_empty() || opened.is_none() {
-                        open_message(em, opened, &mut out);
-                        if !content_rest.is_empty() {
-                            out.push(em.ev("response.output_text.delta", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": content_rest, "logprobs": []})));
-                        }
-                    }
-                    let part = json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
-                    out.push(em.ev("response.output_text.done", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []})));
-                    out.push(em.ev("response.content_part.done", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "part": part})));
-                    let item = json!({"type": "message", "id": msg_id, "status": "completed", "role": "assistant", "content": [part]});
-                    out.push(em.ev("response.output_item.done", json!({"output_index": 0, "item": item})));
-                    output.push(item);
-                }
-                for c in call_items {
-                    let index = output.len();
-                    let mut added = c.clone();
-                    added["arguments"] = json!("");
-                    added["status"] = json!("in_progress");
-                    out.push(em.ev("response.output_item.added", json!({"output_index": index, "item": added})));
-                    out.push(em.ev("response.function_call_arguments.delta", json!({"item_id": c["id"], "output_index": index, "delta": c["arguments"]})));
-                    out.push(em.ev("response.function_call_arguments.done", json!({"item_id": c["id"], "output_index": index, "name": c["name"], "arguments": c["arguments"]})));
-                    out.push(em.ev("response.output_item.done", json!({"output_index": index, "item": c})));
-                    output.push(c);
-                }
-                let response = finish.done(&base, output, finish_reason, prompt_tokens, cached_tokens, completion_tokens);
-                let kind = if response["status"] == "incomplete" { "response.incomplete" } else { "response.completed" };
-                out.push(em.ev(kind, json!({"response": response})));
-            }
-            Event::Error(e) => {
-                let failed = base.object("failed", Vec::new(), Value::Null, Value::Null);
-                out.push(em.ev("error", json!({"code": "server_error", "message": e, "param": null})));
-                let mut f = failed;
-                f["error"] = json!({"code": "server_error", "message": e});
-                out.push(em.ev("response.failed", json!({"response": f})));
-            }
-            Event::PromptLogprobs(_) => {}
-        }
-        stream::iter(out)
-    });
-    let s = stream::iter(first).chain(body);
-    Sse::new(Box::pin(s) as BoxedEvents).keep_alive(KeepAlive::default())
 }
 
 pub(crate) async fn retrieve(
