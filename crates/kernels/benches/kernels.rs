@@ -31,7 +31,7 @@ fn f16b(x: f32) -> [u8; 2] {
 fn weights(rng: &mut Rng, ty: TensorType, rows: usize, cols: usize) -> Vec<u8> {
     use TensorType::*;
     let n = rows * cols;
-    if matches!(ty, F32 | F16 | BF16 | Q8_0 | Q4_1) {
+    if matches!(ty, F32 | F16 | BF16 | Q8_0 | Q4_1 | MXFP4) {
         let src: Vec<f32> = (0..n).map(|_| rng.f32() * 0.1).collect();
         let mut out = Vec::new();
         quantize_row(ty, &src, &mut out).unwrap();
@@ -48,6 +48,11 @@ fn weights(rng: &mut Rng, ty: TensorType, rows: usize, cols: usize) -> Vec<u8> {
                 b[2..4].copy_from_slice(&f16b(0.0005));
             }
             Q6_K => b[208..210].copy_from_slice(&f16b(0.0005)),
+            Q2_K => {
+                b[80..82].copy_from_slice(&f16b(0.001));
+                b[82..84].copy_from_slice(&f16b(0.0005));
+            }
+            Q3_K => b[108..110].copy_from_slice(&f16b(0.0005)),
             _ => b[0..2].copy_from_slice(&f16b(0.01)),
         }
     }
@@ -88,6 +93,11 @@ fn main() {
         TensorType::Q5_1,
         TensorType::Q4_K,
         TensorType::Q6_K,
+        TensorType::Q2_K,
+        TensorType::Q3_K,
+        TensorType::IQ4_NL,
+        TensorType::IQ4_XS,
+        TensorType::MXFP4,
         TensorType::F16,
         TensorType::BF16,
     ] {

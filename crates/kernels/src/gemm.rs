@@ -17,6 +17,9 @@ use crate::TensorType;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
+#[path = "gemm_lowbit.rs"]
+mod lowbit;
+
 /// Rows per panel (one zmm of i32 / f32 lanes).
 pub const PR: usize = 16;
 /// How many panels ahead of the one being computed its weights are prefetched.
@@ -39,7 +42,21 @@ pub fn available() -> bool {
 /// Weight types this module handles.
 pub fn supported(ty: TensorType) -> bool {
     use TensorType::*;
-    matches!(ty, Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q5_K | Q6_K)
+    matches!(
+        ty,
+        Q8_0 | Q4_0
+            | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q4_K
+            | Q5_K
+            | Q6_K
+            | Q2_K
+            | Q3_K
+            | IQ4_NL
+            | IQ4_XS
+            | MXFP4
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -49,8 +66,13 @@ enum Kind {
     B32 { off: i32, min: bool },
     /// Q4_K / Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins.
     K4,
-    /// Q6_K: 16 groups of 16 with i8 scales; quants stored + 32.
-    K6,
+    /// IQ4_XS: 8 sub-blocks of 32 with signed scales (in `sc` and, paired, `mn`); quants
+    /// stored + 128.
+    KX,
+    /// Q6_K, Q3_K: 16 groups of 16 with signed scales; quants stored + `1 << shift`.
+    K6 { shift: u32 },
+    /// Q2_K: 16 groups of 16 with scales (`sc`) and mins (paired, in `sc_pairs`).
+    K2,
 }
 
 fn kind(ty: TensorType) -> Kind {
@@ -66,8 +88,15 @@ fn kind(ty: TensorType) -> Kind {
             min: false,
         },
         Q4_1 | Q5_1 => Kind::B32 { off: 0, min: true },
+        IQ4_NL | MXFP4 => Kind::B32 {
+            off: 128,
+            min: false,
+        },
         Q4_K | Q5_K => Kind::K4,
-        Q6_K => Kind::K6,
+        IQ4_XS => Kind::KX,
+        Q6_K => Kind::K6 { shift: 5 },
+        Q3_K => Kind::K6 { shift: 2 },
+        Q2_K => Kind::K2,
         _ => unreachable!("gemm: unsupported type {ty}"),
     }
 }
@@ -83,9 +112,11 @@ struct Panel {
     m: Vec<f32>,
     /// K-quants, per block, per sub-block, 16 rows: integer scales.
     sc: Vec<i32>,
-    /// K4: per block, per pair of sub-blocks, 16 rows: the two mins as i16 pairs.
+    /// K4: per block, per pair of sub-blocks, 16 rows: the two mins as i16 pairs (KX:
+    /// the two scales).
     mn: Vec<i32>,
-    /// K6: per block, per pair of groups, 16 rows: the two i8 scales as i16 pairs.
+    /// K6: per block, per pair of groups, 16 rows: the two i8 scales as i16 pairs (K2: the
+    /// two mins).
     sc_pairs: Vec<i32>,
     /// B32: the raw f16 bits of `d` and `m`, gathered before widening them all at once.
     d16: Vec<u16>,
@@ -182,7 +213,7 @@ fn prepare_act<'a>(kind: Kind, q: &'a [u8], arb: usize, batch: usize, cols: usiz
     let (qoff, bbytes, belems) = match kind {
         Kind::B32 { min: false, .. } => (2, Q8_0_BYTES, QK),
         Kind::B32 { min: true, .. } => (4, Q8_1_BYTES, QK),
-        Kind::K4 | Kind::K6 => (Q8_K_QS, Q8_K_BYTES, QK_K),
+        _ => (Q8_K_QS, Q8_K_BYTES, QK_K),
     };
     let nb = cols / belems;
     let mut a = Act {
@@ -211,7 +242,7 @@ fn prepare_act<'a>(kind: Kind, q: &'a [u8], arb: usize, batch: usize, cols: usiz
                         a.offsum.push(off * s);
                     }
                 }
-                Kind::K4 => {
+                Kind::K4 | Kind::KX => {
                     a.d.push(rd_f32(blk, 0));
                     // Sums of pairs of bsums (|s| <= 32 * 127, an i16), two per i32.
                     let s = |j: usize| {
@@ -223,7 +254,7 @@ fn prepare_act<'a>(kind: Kind, q: &'a [u8], arb: usize, batch: usize, cols: usiz
                         a.bs.push((s(2 * jp) | (s(2 * jp + 1) << 16)) as i32);
                     }
                 }
-                Kind::K6 => {
+                Kind::K6 { .. } | Kind::K2 => {
                     a.d.push(rd_f32(blk, 0));
                     for j in 0..8 {
                         let lo = rd_i16(blk, Q8_K_BSUMS + 4 * j) as u16 as u32;
@@ -250,11 +281,11 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
     p.d.resize(nb * PR, 0.0);
     p.m.resize(nb * PR, 0.0);
     match kind {
-        Kind::K4 => {
+        Kind::K4 | Kind::KX => {
             p.sc.resize(nb * 8 * PR, 0);
             p.mn.resize(nb * 4 * PR, 0);
         }
-        Kind::K6 => {
+        Kind::K6 { .. } | Kind::K2 => {
             p.sc.resize(nb * 16 * PR, 0);
             p.sc_pairs.resize(nb * 8 * PR, 0);
         }
@@ -262,8 +293,8 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
     }
     assert!(w.len() >= (PR - 1) * wrb + ty.row_bytes(cols).unwrap());
     if let Kind::B32 { min, .. } = kind {
-        // The f16 scale bits are gathered while the quants are unpacked (one pass over
-        // the weights), then widened 16 at a time.
+        // The f16 scale bits (MXFP4: the E8M0 byte) are gathered while the quants are
+        // unpacked (one pass over the weights), then widened 16 at a time.
         p.d16.resize(nb * PR, 0);
         p.m16.resize(nb * PR, 0);
         // SAFETY: `available()` was checked before any panel work; the rows were checked
@@ -283,7 +314,13 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
                 p.d16.as_mut_ptr(),
                 m16,
             );
-            widen_f16(&p.d16, &mut p.d);
+            if ty == MXFP4 {
+                for (d, &e) in p.d.iter_mut().zip(&p.d16) {
+                    *d = crate::lowbit::e8m0_half(e as u8);
+                }
+            } else {
+                widen_f16(&p.d16, &mut p.d);
+            }
             if min {
                 widen_f16(&p.m16, &mut p.m);
             }
@@ -329,7 +366,7 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
                         p.sc_pairs[(ib * 8 + j) * PR + r] = (lo | (hi << 16)) as i32;
                     }
                 }
-                _ => unreachable!(),
+                _ => lowbit::block_scales(ty, &row[ib * ty.block_bytes()..], ib, r, p),
             }
         }
     }
@@ -376,6 +413,7 @@ unsafe fn chunk_vals(ty: TensorType, row: *const u8, kc: usize) -> __m256i {
         _mm256_and_si256(m, _mm256_set1_epi8(0x10))
     };
     match ty {
+        Q2_K | Q3_K | IQ4_NL | IQ4_XS | MXFP4 => lowbit::chunk_vals(ty, row, kc),
         Q8_0 => _mm256_xor_si256(
             ld(row.add(kc * Q8_0_BYTES + 2)),
             _mm256_set1_epi8(0x80u8 as i8),
@@ -451,12 +489,17 @@ unsafe fn unpack_quants(
         Q5_1 => unpack_quants_t::<4>(w, wrb, cols, q, d16, m16),
         Q4_K => unpack_quants_t::<5>(w, wrb, cols, q, d16, m16),
         Q5_K => unpack_quants_t::<6>(w, wrb, cols, q, d16, m16),
-        _ => unpack_quants_t::<7>(w, wrb, cols, q, d16, m16),
+        Q6_K => unpack_quants_t::<7>(w, wrb, cols, q, d16, m16),
+        Q2_K => unpack_quants_t::<8>(w, wrb, cols, q, d16, m16),
+        Q3_K => unpack_quants_t::<9>(w, wrb, cols, q, d16, m16),
+        IQ4_NL => unpack_quants_t::<10>(w, wrb, cols, q, d16, m16),
+        IQ4_XS => unpack_quants_t::<11>(w, wrb, cols, q, d16, m16),
+        _ => unpack_quants_t::<12>(w, wrb, cols, q, d16, m16),
     }
 }
 
 /// The types [`unpack_quants_t`] is instantiated for, by index.
-const PANEL_TYPES: [TensorType; 8] = [
+const PANEL_TYPES: [TensorType; 13] = [
     TensorType::Q8_0,
     TensorType::Q4_0,
     TensorType::Q4_1,
@@ -465,6 +508,11 @@ const PANEL_TYPES: [TensorType; 8] = [
     TensorType::Q4_K,
     TensorType::Q5_K,
     TensorType::Q6_K,
+    TensorType::Q2_K,
+    TensorType::Q3_K,
+    TensorType::IQ4_NL,
+    TensorType::IQ4_XS,
+    TensorType::MXFP4,
 ];
 
 #[inline]
@@ -497,7 +545,11 @@ unsafe fn unpack_quants_t<const T: usize>(
         if block_bytes > 0 && !d16.is_null() {
             for r in 0..PR {
                 let x = w.add(r * wrb + kc * block_bytes);
-                *d16.add(kc * PR + r) = std::ptr::read_unaligned(x as *const u16);
+                *d16.add(kc * PR + r) = if ty == TensorType::MXFP4 {
+                    *x as u16
+                } else {
+                    std::ptr::read_unaligned(x as *const u16)
+                };
                 if !m16.is_null() {
                     *m16.add(kc * PR + r) = std::ptr::read_unaligned(x.add(2) as *const u16);
                 }
@@ -604,7 +656,7 @@ unsafe fn run<const N: usize>(
                 }
             }
         }
-        Kind::K4 => {
+        Kind::K4 | Kind::KX => {
             for ib in 0..nb {
                 let dw = _mm512_loadu_ps(p.d.as_ptr().add(ib * PR));
                 let mw = _mm512_loadu_ps(p.m.as_ptr().add(ib * PR));
@@ -627,15 +679,23 @@ unsafe fn run<const N: usize>(
                 }
                 for c in 0..N {
                     let yd = _mm512_set1_ps(*a.d.get_unchecked(ai(c, ib)));
-                    let v1 = _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(isum[c]));
-                    let v2 = _mm512_mul_ps(_mm512_mul_ps(mw, yd), _mm512_cvtepi32_ps(summ[c]));
-                    acc[c][lane] = _mm512_add_ps(acc[c][lane], _mm512_sub_ps(v1, v2));
+                    let v = if kind == Kind::KX {
+                        // `summ` is sum_j sc_j * sum(y_j): take the + 128 back out.
+                        let is = _mm512_sub_epi32(isum[c], _mm512_slli_epi32::<7>(summ[c]));
+                        _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(is))
+                    } else {
+                        let v1 = _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(isum[c]));
+                        let v2 = _mm512_mul_ps(_mm512_mul_ps(mw, yd), _mm512_cvtepi32_ps(summ[c]));
+                        _mm512_sub_ps(v1, v2)
+                    };
+                    acc[c][lane] = _mm512_add_ps(acc[c][lane], v);
                 }
             }
         }
-        Kind::K6 => {
+        Kind::K6 { .. } | Kind::K2 => {
             for ib in 0..nb {
                 let dw = _mm512_loadu_ps(p.d.as_ptr().add(ib * PR));
+                let mw = _mm512_loadu_ps(p.m.as_ptr().add(ib * PR));
                 let lane = ib & 3;
                 let mut isum = [_mm512_setzero_si512(); N];
                 for g in 0..16 {
@@ -654,9 +714,18 @@ unsafe fn run<const N: usize>(
                         let bs = _mm512_set1_epi32(*a.bs.get_unchecked(ai(c, ib) * 8 + j));
                         corr = _mm512_dpwssd_epi32(corr, scp, bs);
                     }
-                    let is = _mm512_sub_epi32(isum[c], _mm512_slli_epi32(corr, 5));
                     let yd = _mm512_set1_ps(*a.d.get_unchecked(ai(c, ib)));
-                    let v = _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(is));
+                    let v = if let Kind::K6 { shift } = kind {
+                        // `corr` is sum_g sc_g * bsum_g: take the offset back out.
+                        let sh = _mm_cvtsi32_si128(shift as i32);
+                        let is = _mm512_sub_epi32(isum[c], _mm512_sll_epi32(corr, sh));
+                        _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(is))
+                    } else {
+                        // Q2_K: `corr` is the mins' sum, sum_g m_g * bsum_g.
+                        let v1 = _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(isum[c]));
+                        let v2 = _mm512_mul_ps(_mm512_mul_ps(mw, yd), _mm512_cvtepi32_ps(corr));
+                        _mm512_sub_ps(v1, v2)
+                    };
                     acc[c][lane] = _mm512_add_ps(acc[c][lane], v);
                 }
             }

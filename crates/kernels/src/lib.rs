@@ -41,8 +41,8 @@
 //! * NEON: dot products for every weight type (`neon`); batches use the row-dot path.
 //!
 //! The low-bit types (Q2_K, Q3_K, IQ4_NL, IQ4_XS, MXFP4) live in `lowbit` (scalar reference),
-//! `lowbit_x86` (AVX2, with VNNI for IQ4_NL / MXFP4 at the AVX-512 level, and one-row-against-
-//! four kernels for batches) and `lowbit_neon`.
+//! `lowbit_x86` (AVX2 one-row and four-row dots, VNNI for IQ4_NL / MXFP4 at the AVX-512
+//! level) and `lowbit_neon`; the AVX-512 VNNI panel kernel (`gemm`) takes their batches too.
 //!
 //! Every path computes each block's integer sum exactly and accumulates the float terms in
 //! the same order, so **all paths give bit-identical results**. Each output element is a
