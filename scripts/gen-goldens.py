@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Generate the SmolLM2 reference goldens in tests/golden/ from llama.cpp.
+"""Generate a real model's reference goldens in tests/golden/ from llama.cpp.
 
 Run through the reference wrapper (it provides `import llama_cpp` against the pinned build):
 
-    /work/shared/tools/ref-llamacpp python scripts/gen-goldens.py
+    /work/shared/tools/ref-llamacpp python scripts/gen-goldens.py [smollm2|gemma3]
+
+(`gemma3`: Gemma 3 270M Q4_K_M, $VERITY_MODEL_GEMMA3 or
+~/.cache/verity/models/gemma-3-270m-q4_k_m.gguf, from scripts/fetch-models; it writes
+gemma3-logits.json and gemma3-greedy.json over the same text.)
 
 Writes:
   tests/golden/text.txt            (only if missing) the evaluation text: the first
@@ -25,9 +29,15 @@ import llama_cpp
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
-MODEL = Path(os.environ.get("VERITY_MODEL_SMOLLM2")
-             or Path.home() / ".cache/verity/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-EXPECTED_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+WHICH = sys.argv[1] if len(sys.argv) > 1 else "smollm2"
+MODELS = {
+    "smollm2": ("VERITY_MODEL_SMOLLM2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+    "gemma3": ("VERITY_MODEL_GEMMA3", "gemma-3-270m-q4_k_m.gguf",
+               "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+}
+_env, _file, EXPECTED_SHA = MODELS[WHICH]
+MODEL = Path(os.environ.get(_env) or Path.home() / ".cache/verity/models" / _file)
 TEXT_SOURCE = Path("/usr/share/common-licenses/GPL-3")
 TOP_K = 32
 N_CTX = 2048
@@ -86,7 +96,7 @@ def main():
     llm = llama_cpp.Llama(model_path=str(MODEL), logits_all=True, n_ctx=N_CTX, n_batch=512,
                           n_threads=2, seed=0, verbose=False)
     declared = model_add_bos(llm)
-    add_bos = bool(declared)  # SmolLM2 declares add_bos_token = false -> no BOS
+    add_bos = bool(declared)  # SmolLM2 declares add_bos_token = false -> no BOS; Gemma true
     print(f"model {MODEL} sha256 {sha}; tokenizer.ggml.add_bos_token={declared} -> add_bos={add_bos}")
     n_vocab = llm.n_vocab()
     eos = llm.token_eos()
@@ -116,7 +126,7 @@ def main():
     out = {"model_sha256": sha, "text_file": "text.txt", "add_bos": add_bos,
            "n_vocab": n_vocab, "n_ctx": N_CTX, "tokens": [int(t) for t in tokens],
            "top_k": TOP_K, "positions": positions}
-    with open(GOLDEN / "smollm2-logits.json", "w") as f:
+    with open(GOLDEN / f"{WHICH}-logits.json", "w") as f:
         json.dump(out, f, separators=(",", ":"))
         f.write("\n")
 
@@ -146,7 +156,7 @@ def main():
                         "prompt_tokens": [int(t) for t in ptoks],
                         "output_tokens": out_toks, "output_text": text_out,
                         "output_margins": margins})
-    with open(GOLDEN / "smollm2-greedy.json", "w") as f:
+    with open(GOLDEN / f"{WHICH}-greedy.json", "w") as f:
         json.dump(results, f, indent=1, ensure_ascii=False)
         f.write("\n")
 

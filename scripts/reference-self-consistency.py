@@ -6,7 +6,7 @@ verity: mean KL and top-1 agreement over tests/golden/text.txt, and how many of 
 greedy tokens of each golden prompt stay identical. This is the noise floor that any
 second implementation quantizing activations the way llama.cpp does will meet.
 
-    /work/shared/tools/ref-llamacpp python scripts/reference-self-consistency.py
+    /work/shared/tools/ref-llamacpp python scripts/reference-self-consistency.py [smollm2|gemma3]
 """
 import json
 import os
@@ -16,7 +16,12 @@ import llama_cpp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = os.environ.get("VERITY_MODEL_SMOLLM2", str(Path.home() / ".cache/verity/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+import sys
+WHICH = sys.argv[1] if len(sys.argv) > 1 else "smollm2"
+MODEL = {
+    "smollm2": os.environ.get("VERITY_MODEL_SMOLLM2", str(Path.home() / ".cache/verity/models/SmolLM2-135M-Instruct.Q4_1.gguf")),
+    "gemma3": os.environ.get("VERITY_MODEL_GEMMA3", str(Path.home() / ".cache/verity/models/gemma-3-270m-q4_k_m.gguf")),
+}[WHICH]
 
 
 def load(flash_attn):
@@ -30,8 +35,8 @@ def log_softmax(x):
 
 
 def main():
-    tokens = json.load(open(ROOT / "tests/golden/smollm2-logits.json"))["tokens"]
-    greedy = json.load(open(ROOT / "tests/golden/smollm2-greedy.json"))
+    tokens = json.load(open(ROOT / f"tests/golden/{WHICH}-logits.json"))["tokens"]
+    greedy = json.load(open(ROOT / f"tests/golden/{WHICH}-greedy.json"))
     scores = {}
     for fa in (False, True):
         llm = load(fa)

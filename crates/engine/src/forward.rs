@@ -4,13 +4,18 @@ use std::sync::Arc;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use verity_kernels::attention::{attention_f16_seqs, attention_f32_seqs, AttnSeq, AttnShape};
+use verity_kernels::attention::{
+    attention_f16_seqs_windowed, attention_f32_seqs_windowed, AttnSeq, AttnShape,
+};
 use verity_kernels::{get_row, matmul};
+use verity_model::arch::FfnActivation;
 use verity_model::{Model, Proj};
 
 use crate::lora::{self, LoraScratch, LoraSet};
 
-use crate::ops::{add_in_place, par_rows, rms_norm, rms_norm_in_place, swiglu, Rope};
+use crate::ops::{
+    add_in_place, geglu, par_rows, rms_norm, rms_norm_in_place, scale_in_place, swiglu, Rope,
+};
 
 /// Tokens processed in one batch during prompt processing.
 const MAX_BATCH: usize = 256;
@@ -233,15 +238,19 @@ struct Scratch {
 pub struct Runner {
     model: Arc<Model>,
     rope: Rope,
+    /// The rotation of sliding-window layers (their own base, for Gemma 3).
+    rope_window: Rope,
     scratch: Scratch,
 }
 
 impl Runner {
     pub fn new(model: Arc<Model>) -> Self {
         let rope = Rope::for_model(&model);
+        let rope_window = Rope::for_window_layers(&model);
         Runner {
             model,
             rope,
+            rope_window,
             scratch: Scratch::default(),
         }
     }
@@ -327,6 +336,10 @@ impl Runner {
         for (r, &tok) in items.iter().flat_map(|it| it.tokens.iter()).enumerate() {
             get_row(&embd, tok as usize, &mut s.x[r * d..(r + 1) * d]);
         }
+        let spec = hp.arch.spec();
+        if spec.embed_scale_sqrt_dim {
+            scale_in_place(&mut s.x, (d as f32).sqrt());
+        }
 
         let shape = AttnShape {
             n_head: hp.n_head,
@@ -366,7 +379,13 @@ impl Runner {
                     }
                 }
             }
-            let (rope, rows) = (&self.rope, &s.rows);
+            let window = hp.layer_window(l);
+            let rope = if window.is_some() {
+                &self.rope_window
+            } else {
+                &self.rope
+            };
+            let rows = &s.rows;
             par_rows(&mut s.q, qd, &|r, q| rope.apply(q, rows[r].1));
             par_rows(&mut s.k, kvd, &|r, k| rope.apply(k, rows[r].1));
             for (r, &(i, pos)) in s.rows.iter().enumerate() {
@@ -414,11 +433,12 @@ impl Runner {
                     }),
                 }
             }
+            let w = window.unwrap_or(0);
             if !seqs.is_empty() {
-                attention_f16_seqs(&mut seqs, shape, scale);
+                attention_f16_seqs_windowed(&mut seqs, shape, scale, w);
             }
             if !seqs32.is_empty() {
-                attention_f32_seqs(&mut seqs32, shape, scale);
+                attention_f32_seqs_windowed(&mut seqs32, shape, scale, w);
             }
             s.attn_seqs = recycle(seqs);
             s.attn_seqs32 = recycle(seqs32);
@@ -427,6 +447,9 @@ impl Runner {
             if !s.lora_groups.is_empty() {
                 let g = &s.lora_groups;
                 lora::apply(g, l, Proj::O, &s.attn, qd, &mut s.proj, d, &mut s.lora);
+            }
+            if let Some(wn) = &layer.post_attn_norm {
+                par_rows(&mut s.proj, d, &|_, p| rms_norm_in_place(p, wn, hp.rms_eps));
             }
             add_in_place(&mut s.x, &s.proj);
 
@@ -442,13 +465,21 @@ impl Runner {
                 lora::apply(g, l, Proj::Up, &s.h, d, &mut s.up, ff, &mut s.lora);
             }
             let up = &s.up;
-            par_rows(&mut s.gate, ff, &|r, g| {
-                swiglu(g, &up[r * ff..(r + 1) * ff])
-            });
+            match spec.ffn {
+                FfnActivation::Silu => par_rows(&mut s.gate, ff, &|r, g| {
+                    swiglu(g, &up[r * ff..(r + 1) * ff])
+                }),
+                FfnActivation::GeluTanh => {
+                    par_rows(&mut s.gate, ff, &|r, g| geglu(g, &up[r * ff..(r + 1) * ff]))
+                }
+            }
             matmul(&layer.w_down.view(), &s.gate, n, &mut s.proj);
             if !s.lora_groups.is_empty() {
                 let g = &s.lora_groups;
                 lora::apply(g, l, Proj::Down, &s.gate, ff, &mut s.proj, d, &mut s.lora);
+            }
+            if let Some(wn) = &layer.post_ffn_norm {
+                par_rows(&mut s.proj, d, &|_, p| rms_norm_in_place(p, wn, hp.rms_eps));
             }
             add_in_place(&mut s.x, &s.proj);
         }

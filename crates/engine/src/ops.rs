@@ -32,6 +32,44 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// GeGLU as ggml computes it: `gelu(gate) * up` with GELU's tanh form read from a table
+/// of every f16 input (ggml's `GGML_GELU_FP16`): the gate rounded to f16, the GELU
+/// rounded to f16; exact 0 and identity beyond ±10.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_table();
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        let a = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x
+        } else {
+            table[half::f16::from_f32(x).to_bits() as usize]
+        };
+        *g = a * u;
+    }
+}
+
+fn gelu_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| {
+                let x = half::f16::from_bits(bits).to_f32();
+                let y = 0.5 * x * (1.0 + (0.797_884_6 * x * (1.0 + 0.044_715 * x * x)).tanh());
+                half::f16::from_f32(y).to_f32()
+            })
+            .collect()
+    })
+}
+
+/// Multiply every element by `k`.
+pub fn scale_in_place(x: &mut [f32], k: f32) {
+    for v in x {
+        *v *= k;
+    }
+}
+
 pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
@@ -94,6 +132,18 @@ impl Rope {
             hp.rope_theta,
             hp.rope_freq_scale,
             model.weights.rope_freqs.as_deref(),
+            hp.rope_style == verity_model::RopeStyle::NeoX,
+        )
+    }
+
+    /// The rotation of `model`'s sliding-window layers: their own base, unscaled.
+    pub fn for_window_layers(model: &verity_model::Model) -> Self {
+        let hp = &model.hparams;
+        Rope::new(
+            hp.head_dim,
+            hp.rope_theta_window,
+            1.0,
+            None,
             hp.rope_style == verity_model::RopeStyle::NeoX,
         )
     }

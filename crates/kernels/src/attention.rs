@@ -82,6 +82,7 @@ pub fn attention_f16_with(
         }],
         shape,
         scale,
+        0,
     )
 }
 
@@ -102,7 +103,29 @@ pub struct AttnSeq<'a, T = f16> {
 /// region (so a batch of one-token decodes keeps every thread busy). Each sequence's
 /// result is exactly what [`attention_f16`] gives it alone.
 pub fn attention_f16_seqs(seqs: &mut [AttnSeq<'_>], shape: AttnShape, scale: f32) {
-    attention_f16_seqs_with(crate::simd_level(), seqs, shape, scale)
+    attention_f16_seqs_with(crate::simd_level(), seqs, shape, scale, 0)
+}
+
+/// [`attention_f16_seqs`] over a sliding window: a query at position `p` attends to the
+/// `window` positions up to and including `p` (0: to all of them).
+pub fn attention_f16_seqs_windowed(
+    seqs: &mut [AttnSeq<'_>],
+    shape: AttnShape,
+    scale: f32,
+    window: usize,
+) {
+    attention_f16_seqs_with(crate::simd_level(), seqs, shape, scale, window)
+}
+
+/// The keys a query at position `p0 + t` attends to: `(first, count)`.
+fn key_range(p0: usize, t: usize, window: usize) -> (usize, usize) {
+    let end = p0 + t + 1;
+    let first = if window > 0 {
+        end.saturating_sub(window)
+    } else {
+        0
+    };
+    (first, end - first)
 }
 
 /// [`attention_f16_seqs`] at an explicit SIMD level.
@@ -112,6 +135,7 @@ pub fn attention_f16_seqs_with(
     seqs: &mut [AttnSeq<'_>],
     shape: AttnShape,
     scale: f32,
+    window: usize,
 ) {
     check(seqs, shape);
     #[cfg(target_arch = "x86_64")]
@@ -126,9 +150,9 @@ pub fn attention_f16_seqs_with(
     let (group, hd) = (shape.n_head / shape.n_head_kv, shape.head_dim);
     let kvd = shape.n_head_kv * hd;
     for_each_task(seqs, shape, &|s, t, kvh, o| {
-        let n_keys = s.p0 + t + 1;
+        let (first, n_keys) = key_range(s.p0, t, window);
         let qs = &s.q[t * shape.n_head * hd + kvh * group * hd..][..group * hd];
-        let (k, v) = (s.k, s.v);
+        let (k, v) = (&s.k[first * kvd..], &s.v[first * kvd..]);
         SCORES.with(|cell| {
             let sc = &mut *cell.borrow_mut();
             sc.resize(group * n_keys + group * hd, 0.0);
@@ -189,7 +213,17 @@ pub fn attention_f16_seqs_with(
 /// level and for every batch: each (query, KV head) is one task with a fixed order of
 /// operations.
 pub fn attention_f32_seqs(seqs: &mut [AttnSeq<'_, f32>], shape: AttnShape, scale: f32) {
-    attention_f32_seqs_with(crate::simd_level(), seqs, shape, scale)
+    attention_f32_seqs_with(crate::simd_level(), seqs, shape, scale, 0)
+}
+
+/// [`attention_f32_seqs`] over a sliding window (see [`attention_f16_seqs_windowed`]).
+pub fn attention_f32_seqs_windowed(
+    seqs: &mut [AttnSeq<'_, f32>],
+    shape: AttnShape,
+    scale: f32,
+    window: usize,
+) {
+    attention_f32_seqs_with(crate::simd_level(), seqs, shape, scale, window)
 }
 
 /// [`attention_f32_seqs`] at an explicit SIMD level (for tests and benchmarks); every
@@ -200,16 +234,18 @@ pub fn attention_f32_seqs_with(
     seqs: &mut [AttnSeq<'_, f32>],
     shape: AttnShape,
     scale: f32,
+    window: usize,
 ) {
     check(seqs, shape);
     let (group, hd) = (shape.n_head / shape.n_head_kv, shape.head_dim);
     let kvd = shape.n_head_kv * hd;
     for_each_task(seqs, shape, &|s, t, kvh, o| {
-        let n_keys = s.p0 + t + 1;
+        let (first, n_keys) = key_range(s.p0, t, window);
+        let keys = first * kvd..(first + n_keys) * kvd;
         let row = crate::attention_train::Row {
             q: &s.q[t * shape.n_head * hd + kvh * group * hd..][..group * hd],
-            k: &s.k[..n_keys * kvd],
-            v: &s.v[..n_keys * kvd],
+            k: &s.k[keys.clone()],
+            v: &s.v[keys],
             n_keys,
             kvd,
             off: kvh * hd,

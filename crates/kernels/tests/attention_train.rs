@@ -471,7 +471,7 @@ fn engine_f32_attention_is_the_training_forward() {
                             p0,
                         })
                         .collect();
-                    attention_f32_seqs_with(level, &mut seqs, ash, c.scale);
+                    attention_f32_seqs_with(level, &mut seqs, ash, c.scale, 0);
                     drop(seqs);
                     for (&(s0, _, n), out) in parts.iter().zip(&outs) {
                         got[(s0 + p0) * qd..][..n * qd].copy_from_slice(out);

@@ -687,7 +687,7 @@ fn attention_over_several_sequences_equals_each_alone() {
                 p0,
             })
             .collect();
-        attention_f16_seqs_with(level, &mut seqs, shape, scale);
+        attention_f16_seqs_with(level, &mut seqs, shape, scale, 0);
         drop(seqs);
         for (s, &(p0, n)) in parts.iter().enumerate() {
             let mut alone = vec![0f32; n * qd];

@@ -4,67 +4,205 @@
 use serde_json::Value as Json;
 use verity_formats::gguf::Gguf;
 
-/// Architectures verity runs. Mistral and SmolLM2 are `Llama` (same graph).
+/// Architectures verity runs. Each has one [`ArchSpec`] in [`ARCHS`]: everything the
+/// loader and the forward pass need to know about it. Mistral and SmolLM2 are `Llama`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
-    /// Llama 2 / 3.x, Mistral, SmolLM2 and other `LlamaForCausalLM` models.
     Llama,
-    /// Qwen2 / Qwen2.5: biases on the q, k and v projections.
     Qwen2,
-    /// Qwen3: per-head RMSNorm on queries and keys.
     Qwen3,
+    Gemma3,
 }
 
+/// Where a block normalizes its sublayers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// Before attention and before the FFN (Llama).
+    Pre,
+    /// Before and after each (Gemma 2/3): the sublayer's output is normalized again
+    /// before the residual add.
+    PreAndPost,
+}
+
+/// The gated FFN's activation: `down(act(gate(x)) * up(x))`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FfnActivation {
+    /// SwiGLU.
+    Silu,
+    /// GeGLU with the tanh approximation of GELU.
+    GeluTanh,
+}
+
+/// Which layers attend over a sliding window (when the file gives a window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowLayers {
+    /// All layers attend to the whole context.
+    None,
+    /// In every run of `n` layers, all but the last are windowed (Gemma 3: 5 local, 1
+    /// global); the file may override `n` (`attention.sliding_window_pattern`).
+    AllButLastOf(usize),
+}
+
+/// One architecture, described: names in both formats and the features the forward pass
+/// composes. Adding an architecture adds an entry to [`ARCHS`]; only an operation the
+/// engine does not have yet needs engine code.
+#[derive(Debug)]
+pub struct ArchSpec {
+    pub arch: Arch,
+    /// GGUF `general.architecture` values.
+    pub gguf_names: &'static [&'static str],
+    /// `config.json` `model_type` values; the first is written by `convert`.
+    pub hf_model_types: &'static [&'static str],
+    /// `config.json` `architectures[0]` written by `convert`.
+    pub hf_class: &'static str,
+    /// For error messages and `inspect`.
+    pub description: &'static str,
+    /// Biases on the q, k and v projections.
+    pub qkv_bias: bool,
+    /// RMSNorm over each query and key head.
+    pub qk_norm: bool,
+    pub norm: NormPlacement,
+    /// Added to every norm weight read from a Hugging Face checkpoint: Gemma stores
+    /// `w - 1` (its RMSNorm multiplies by `1 + w`); GGUF converters add the 1.
+    pub hf_norm_offset: f32,
+    pub ffn: FfnActivation,
+    /// Token embeddings are multiplied by √n_embd (Gemma).
+    pub embed_scale_sqrt_dim: bool,
+    /// RoPE layout of the GGUF tensors (Hugging Face checkpoints are always NeoX).
+    pub gguf_rope: RopeStyle,
+    pub window_layers: WindowLayers,
+    /// RoPE base of windowed layers when the file does not give one
+    /// (`rope.freq_base_swa`); `None`: the same base as the other layers.
+    pub window_rope_base: Option<f32>,
+    /// Hugging Face name of the norm before the FFN (Llama calls it
+    /// `post_attention_layernorm`; Gemma uses that name for the norm after attention).
+    pub hf_ffn_norm: &'static str,
+}
+
+/// The architecture table.
+pub static ARCHS: &[ArchSpec] = &[
+    ArchSpec {
+        arch: Arch::Llama,
+        gguf_names: &["llama", "mistral"],
+        hf_model_types: &["llama", "mistral"],
+        hf_class: "LlamaForCausalLM",
+        description: "llama (Llama 2/3.x, Mistral, SmolLM2)",
+        qkv_bias: false,
+        qk_norm: false,
+        norm: NormPlacement::Pre,
+        hf_norm_offset: 0.0,
+        ffn: FfnActivation::Silu,
+        embed_scale_sqrt_dim: false,
+        gguf_rope: RopeStyle::Interleaved,
+        window_layers: WindowLayers::None,
+        window_rope_base: None,
+        hf_ffn_norm: "post_attention_layernorm",
+    },
+    ArchSpec {
+        arch: Arch::Qwen2,
+        gguf_names: &["qwen2"],
+        hf_model_types: &["qwen2"],
+        hf_class: "Qwen2ForCausalLM",
+        description: "qwen2 (Qwen2/2.5)",
+        qkv_bias: true,
+        qk_norm: false,
+        norm: NormPlacement::Pre,
+        hf_norm_offset: 0.0,
+        ffn: FfnActivation::Silu,
+        embed_scale_sqrt_dim: false,
+        gguf_rope: RopeStyle::NeoX,
+        window_layers: WindowLayers::None,
+        window_rope_base: None,
+        hf_ffn_norm: "post_attention_layernorm",
+    },
+    ArchSpec {
+        arch: Arch::Qwen3,
+        gguf_names: &["qwen3"],
+        hf_model_types: &["qwen3"],
+        hf_class: "Qwen3ForCausalLM",
+        description: "qwen3",
+        qkv_bias: false,
+        qk_norm: true,
+        norm: NormPlacement::Pre,
+        hf_norm_offset: 0.0,
+        ffn: FfnActivation::Silu,
+        embed_scale_sqrt_dim: false,
+        gguf_rope: RopeStyle::NeoX,
+        window_layers: WindowLayers::None,
+        window_rope_base: None,
+        hf_ffn_norm: "post_attention_layernorm",
+    },
+    ArchSpec {
+        arch: Arch::Gemma3,
+        gguf_names: &["gemma3"],
+        hf_model_types: &["gemma3_text"],
+        hf_class: "Gemma3ForCausalLM",
+        description: "gemma3 (Gemma 3 text)",
+        qkv_bias: false,
+        qk_norm: true,
+        norm: NormPlacement::PreAndPost,
+        hf_norm_offset: 1.0,
+        ffn: FfnActivation::GeluTanh,
+        embed_scale_sqrt_dim: true,
+        gguf_rope: RopeStyle::NeoX,
+        window_layers: WindowLayers::AllButLastOf(6),
+        window_rope_base: Some(10000.0),
+        hf_ffn_norm: "pre_feedforward_layernorm",
+    },
+];
+
 impl Arch {
+    /// This architecture's description.
+    pub fn spec(self) -> &'static ArchSpec {
+        ARCHS
+            .iter()
+            .find(|s| s.arch == self)
+            .expect("every Arch has an entry in ARCHS")
+    }
+
     /// From GGUF's `general.architecture`.
     pub fn from_gguf_name(name: &str) -> Option<Self> {
-        match name {
-            "llama" | "mistral" => Some(Arch::Llama),
-            "qwen2" => Some(Arch::Qwen2),
-            "qwen3" => Some(Arch::Qwen3),
-            _ => None,
-        }
+        ARCHS
+            .iter()
+            .find(|s| s.gguf_names.contains(&name))
+            .map(|s| s.arch)
     }
 
     /// From `config.json`'s `model_type`.
     pub fn from_hf_model_type(name: &str) -> Option<Self> {
-        match name {
-            "llama" | "mistral" => Some(Arch::Llama),
-            "qwen2" => Some(Arch::Qwen2),
-            "qwen3" => Some(Arch::Qwen3),
-            _ => None,
-        }
+        ARCHS
+            .iter()
+            .find(|s| s.hf_model_types.contains(&name))
+            .map(|s| s.arch)
     }
 
     /// Name in GGUF (`general.architecture`).
     pub fn gguf_name(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Qwen2 => "qwen2",
-            Arch::Qwen3 => "qwen3",
-        }
+        self.spec().gguf_names[0]
     }
 
     /// `model_type` and `architectures[0]` for config.json.
     pub fn hf_names(self) -> (&'static str, &'static str) {
-        match self {
-            Arch::Llama => ("llama", "LlamaForCausalLM"),
-            Arch::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
-            Arch::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
-        }
+        let s = self.spec();
+        (s.hf_model_types[0], s.hf_class)
     }
 
     pub fn has_qkv_bias(self) -> bool {
-        self == Arch::Qwen2
+        self.spec().qkv_bias
     }
 
     pub fn has_qk_norm(self) -> bool {
-        self == Arch::Qwen3
+        self.spec().qk_norm
     }
 
-    /// Supported names, for error messages.
-    pub const SUPPORTED: &'static str =
-        "llama (Llama 2/3.x, Mistral, SmolLM2), qwen2 (Qwen2/2.5), qwen3";
+    /// Supported architectures, for error messages.
+    pub fn supported() -> String {
+        ARCHS
+            .iter()
+            .map(|s| s.description)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// How RoPE pairs the dimensions of a head.
@@ -130,6 +268,22 @@ pub struct HParams {
     pub rms_eps: f32,
     /// Output projection shares the token embedding.
     pub tied_embeddings: bool,
+    /// Sliding-window length of the windowed layers (0: none is windowed).
+    pub window: usize,
+    /// Per layer: whether it attends over the window only.
+    pub windowed: Vec<bool>,
+    /// RoPE base of the windowed layers.
+    pub rope_theta_window: f32,
+}
+
+/// Which of `n_layer` layers are windowed (none when there is no window).
+fn window_layers(kind: WindowLayers, n_layer: usize, window: usize) -> Result<Vec<bool>, String> {
+    Ok(match kind {
+        _ if window == 0 => vec![false; n_layer],
+        WindowLayers::None => vec![false; n_layer],
+        WindowLayers::AllButLastOf(0) => vec![true; n_layer],
+        WindowLayers::AllButLastOf(n) => (0..n_layer).map(|l| l % n < n - 1).collect(),
+    })
 }
 
 /// Largest sizes we accept from a file, so a hostile header cannot make us allocate wildly.
@@ -146,7 +300,7 @@ impl HParams {
         let arch = Arch::from_gguf_name(arch_name).ok_or_else(|| {
             format!(
                 "unsupported architecture '{arch_name}' (supported: {})",
-                Arch::SUPPORTED
+                Arch::supported()
             )
         })?;
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -185,9 +339,35 @@ impl HParams {
             // Llama 3 scaling arrives as the rope_freqs tensor; YaRN at these lengths is off by default.
             Some(_) => 1.0,
         };
+        let spec = arch.spec();
+        let n_layer = req("block_count")?;
+        let window = g
+            .get_u64(&key("attention.sliding_window"))
+            .map_or(0, |w| w as usize);
+        let windowed = match g.get_u64(&key("attention.sliding_window_pattern")) {
+            Some(n) => window_layers(WindowLayers::AllButLastOf(n as usize), n_layer, window)?,
+            None => match g
+                .get_array(&key("attention.sliding_window_pattern"))
+                .map(|a| {
+                    a.iter()
+                        .map(|v| v.as_bool().unwrap_or(false))
+                        .collect::<Vec<_>>()
+                }) {
+                Some(v) if v.len() == n_layer => v,
+                Some(v) => {
+                    return Err(format!(
+                        "{} has {} entries for {n_layer} layers",
+                        key("attention.sliding_window_pattern"),
+                        v.len()
+                    ))
+                }
+                None => window_layers(spec.window_layers, n_layer, window)?,
+            },
+        };
+        let rope_theta = g.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32;
         let hp = HParams {
             arch,
-            n_layer: req("block_count")?,
+            n_layer,
             n_embd,
             n_ff: req("feed_forward_length")?,
             n_head,
@@ -195,18 +375,21 @@ impl HParams {
             head_dim,
             n_vocab,
             n_ctx_train: g.get_u64(&key("context_length")).unwrap_or(4096) as usize,
-            rope_theta: g.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32,
+            rope_theta,
             rope_freq_scale,
-            rope_style: if arch == Arch::Llama {
-                RopeStyle::Interleaved
-            } else {
-                RopeStyle::NeoX
-            },
+            rope_style: spec.gguf_rope,
             llama3_rope: None,
             rms_eps: g
                 .get_f64(&key("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5) as f32,
             tied_embeddings: g.tensor("output.weight").is_none(),
+            window,
+            windowed,
+            rope_theta_window: g
+                .get_f64(&key("rope.freq_base_swa"))
+                .map(|v| v as f32)
+                .or(spec.window_rope_base)
+                .unwrap_or(rope_theta),
         };
         hp.validate()?;
         Ok(hp)
@@ -221,7 +404,7 @@ impl HParams {
         let arch = Arch::from_hf_model_type(model_type).ok_or_else(|| {
             format!(
                 "unsupported model_type '{model_type}' (supported: {})",
-                Arch::SUPPORTED
+                Arch::supported()
             )
         })?;
         let int = |k: &str| c.get(k).and_then(Json::as_u64).map(|v| v as usize);
@@ -264,9 +447,35 @@ impl HParams {
             .and_then(|r| r.get("factor").and_then(Json::as_f64))
             .map(|f| 1.0 / f.max(1e-6) as f32)
             .unwrap_or(1.0);
+        let spec = arch.spec();
+        let n_layer = req("num_hidden_layers")?;
+        let window = int("sliding_window").unwrap_or(0);
+        let windowed = match (
+            c.get("layer_types").and_then(Json::as_array),
+            int("sliding_window_pattern"),
+        ) {
+            (Some(types), _) if types.len() == n_layer => types
+                .iter()
+                .map(|t| t.as_str() == Some("sliding_attention"))
+                .collect(),
+            (Some(types), _) => {
+                return Err(format!(
+                    "config.json: layer_types has {} entries for {n_layer} layers",
+                    types.len()
+                ))
+            }
+            (None, Some(n)) => window_layers(WindowLayers::AllButLastOf(n), n_layer, window)?,
+            (None, None) => window_layers(spec.window_layers, n_layer, window)?,
+        };
+        let windowed = if window == 0 {
+            vec![false; n_layer]
+        } else {
+            windowed
+        };
+        let rope_theta = float("rope_theta").unwrap_or(10000.0) as f32;
         let hp = HParams {
             arch,
-            n_layer: req("num_hidden_layers")?,
+            n_layer,
             n_embd,
             n_ff: req("intermediate_size")?,
             n_head,
@@ -274,7 +483,7 @@ impl HParams {
             head_dim: int("head_dim").unwrap_or(n_embd.checked_div(n_head).unwrap_or(0)),
             n_vocab: req("vocab_size")?,
             n_ctx_train: int("max_position_embeddings").unwrap_or(4096),
-            rope_theta: float("rope_theta").unwrap_or(10000.0) as f32,
+            rope_theta,
             rope_freq_scale,
             rope_style: RopeStyle::NeoX,
             llama3_rope,
@@ -282,7 +491,13 @@ impl HParams {
             tied_embeddings: c
                 .get("tie_word_embeddings")
                 .and_then(Json::as_bool)
-                .unwrap_or(false),
+                .unwrap_or(arch == Arch::Gemma3),
+            window,
+            windowed,
+            rope_theta_window: float("rope_local_base_freq")
+                .map(|v| v as f32)
+                .or(spec.window_rope_base)
+                .unwrap_or(rope_theta),
         };
         hp.validate()?;
         Ok(hp)
@@ -323,7 +538,21 @@ impl HParams {
         if !valid {
             return Err("rope theta or RMS epsilon is not a positive number".into());
         }
+        if self.window > self.n_ctx_train.max(1 << 20) {
+            return Err(format!(
+                "sliding window {} is larger than the context ({})",
+                self.window, self.n_ctx_train
+            ));
+        }
+        if !(self.rope_theta_window.is_finite() && self.rope_theta_window > 0.0) {
+            return Err("the windowed layers' rope theta is not a positive number".into());
+        }
         Ok(())
+    }
+
+    /// The window layer `l` attends over, if it is windowed.
+    pub fn layer_window(&self, l: usize) -> Option<usize> {
+        (self.window > 0 && self.windowed.get(l).copied().unwrap_or(false)).then_some(self.window)
     }
 
     pub fn q_dim(&self) -> usize {
@@ -352,6 +581,10 @@ pub enum LayerTensor {
     Gate,
     Up,
     Down,
+    /// After attention, before the residual add ([`NormPlacement::PreAndPost`]).
+    PostAttnNorm,
+    /// After the FFN, before the residual add.
+    PostFfnNorm,
 }
 
 impl LayerTensor {
@@ -371,6 +604,8 @@ impl LayerTensor {
             Self::Gate => "ffn_gate.weight",
             Self::Up => "ffn_up.weight",
             Self::Down => "ffn_down.weight",
+            Self::PostAttnNorm => "post_attention_norm.weight",
+            Self::PostFfnNorm => "post_ffw_norm.weight",
         };
         format!("blk.{layer}.{n}")
     }
@@ -391,14 +626,40 @@ impl LayerTensor {
             Self::Gate => "mlp.gate_proj.weight",
             Self::Up => "mlp.up_proj.weight",
             Self::Down => "mlp.down_proj.weight",
+            Self::PostAttnNorm => "post_attention_layernorm.weight",
+            Self::PostFfnNorm => "post_feedforward_layernorm.weight",
         };
         format!("model.layers.{layer}.{n}")
+    }
+
+    /// The Hugging Face name in `arch`'s checkpoints (the FFN's norm is named per
+    /// architecture).
+    pub fn hf_name_in(self, arch: Arch, layer: usize) -> String {
+        match self {
+            Self::FfnNorm => format!("model.layers.{layer}.{}.weight", arch.spec().hf_ffn_norm),
+            _ => self.hf_name(layer),
+        }
+    }
+
+    /// A norm's weight (Gemma checkpoints store these as `w - 1`).
+    pub fn is_norm(self) -> bool {
+        matches!(
+            self,
+            Self::AttnNorm
+                | Self::FfnNorm
+                | Self::QNorm
+                | Self::KNorm
+                | Self::PostAttnNorm
+                | Self::PostFfnNorm
+        )
     }
 
     /// Expected (rows, cols); vectors are (1, n).
     pub fn shape(self, hp: &HParams) -> (usize, usize) {
         match self {
-            Self::AttnNorm | Self::FfnNorm => (1, hp.n_embd),
+            Self::AttnNorm | Self::FfnNorm | Self::PostAttnNorm | Self::PostFfnNorm => {
+                (1, hp.n_embd)
+            }
             Self::Q => (hp.q_dim(), hp.n_embd),
             Self::K | Self::V => (hp.kv_dim(), hp.n_embd),
             Self::QBias => (1, hp.q_dim()),
@@ -415,11 +676,12 @@ impl LayerTensor {
         match self {
             Self::QBias | Self::KBias | Self::VBias => arch.has_qkv_bias(),
             Self::QNorm | Self::KNorm => arch.has_qk_norm(),
+            Self::PostAttnNorm | Self::PostFfnNorm => arch.spec().norm == NormPlacement::PreAndPost,
             _ => true,
         }
     }
 
-    pub const ALL: [LayerTensor; 14] = [
+    pub const ALL: [LayerTensor; 16] = [
         Self::AttnNorm,
         Self::Q,
         Self::K,
@@ -434,6 +696,8 @@ impl LayerTensor {
         Self::Gate,
         Self::Up,
         Self::Down,
+        Self::PostAttnNorm,
+        Self::PostFfnNorm,
     ];
 }
 

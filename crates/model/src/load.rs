@@ -47,7 +47,11 @@ pub struct Layer {
     pub bv: Option<Vec<f32>>,
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
+    /// Normalizes attention's output before the residual add (Gemma).
+    pub post_attn_norm: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
+    /// Normalizes the FFN's output before the residual add (Gemma).
+    pub post_ffn_norm: Option<Vec<f32>>,
     pub w_gate: Tensor,
     pub w_up: Tensor,
     pub w_down: Tensor,
@@ -197,7 +201,13 @@ fn load_gguf(path: &Path) -> Result<Model, LoadErrorKind> {
     let gguf = parts.0[0].clone();
     let hparams = HParams::from_gguf(&gguf).map_err(LoadErrorKind::Invalid)?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
-    let weights = load_weights(&parts, &hparams, |t| t.gguf_name(), |t, l| t.gguf_name(l))?;
+    let weights = load_weights(
+        &parts,
+        &hparams,
+        |t| t.gguf_name(),
+        |t, l| t.gguf_name(l),
+        0.0,
+    )?;
     check_vocab(&hparams, &tokenizer)?;
     Ok(Model {
         path: path.to_path_buf(),
@@ -214,7 +224,14 @@ fn load_hf(dir: &Path) -> Result<Model, LoadErrorKind> {
     let hf = Arc::new(HfDir::open(dir)?);
     let hparams = HParams::from_hf_config(&hf.config).map_err(LoadErrorKind::Invalid)?;
     let tokenizer = Tokenizer::from_hf_dir(&hf)?;
-    let mut weights = load_weights(&hf, &hparams, |t| t.hf_name(), |t, l| t.hf_name(l))?;
+    let arch = hparams.arch;
+    let mut weights = load_weights(
+        &hf,
+        &hparams,
+        |t| t.hf_name(),
+        |t, l| t.hf_name_in(arch, l),
+        arch.spec().hf_norm_offset,
+    )?;
     if let Some(s) = hparams.llama3_rope {
         weights.rope_freqs = Some(s.freq_factors(hparams.head_dim, hparams.rope_theta));
     }
@@ -247,7 +264,14 @@ fn load_weights<S: Source>(
     hp: &HParams,
     global_name: impl Fn(GlobalTensor) -> &'static str,
     layer_name: impl Fn(LayerTensor, usize) -> String,
+    norm_offset: f32,
 ) -> Result<Weights, LoadErrorKind> {
+    let norm = |mut w: Vec<f32>| {
+        if norm_offset != 0.0 {
+            w.iter_mut().for_each(|x| *x += norm_offset);
+        }
+        w
+    };
     let matrix = |name: &str, rows: usize, cols: usize| -> Result<Option<Tensor>, LoadErrorKind> {
         let Some((ty, shape, bytes)) = src.find(name)? else {
             return Ok(None);
@@ -270,7 +294,7 @@ fn load_weights<S: Source>(
         hp.n_vocab,
         hp.n_embd,
     )?;
-    let output_norm = required(global_name(GlobalTensor::OutputNorm), 1, hp.n_embd)?.to_f32();
+    let output_norm = norm(required(global_name(GlobalTensor::OutputNorm), 1, hp.n_embd)?.to_f32());
     let output = if hp.tied_embeddings {
         None
     } else {
@@ -283,6 +307,7 @@ fn load_weights<S: Source>(
         matrix(rope_name, 1, hp.head_dim / 2)?.map(|t| t.to_f32())
     };
 
+    let norm_if = |t: LayerTensor, w: Vec<f32>| if t.is_norm() { norm(w) } else { w };
     let mut layers = Vec::with_capacity(hp.n_layer);
     for l in 0..hp.n_layer {
         let get = |t: LayerTensor| -> Result<Tensor, LoadErrorKind> {
@@ -291,13 +316,13 @@ fn load_weights<S: Source>(
         };
         let opt_vec = |t: LayerTensor| -> Result<Option<Vec<f32>>, LoadErrorKind> {
             if t.present_in(hp.arch) {
-                Ok(Some(get(t)?.to_f32()))
+                Ok(Some(norm_if(t, get(t)?.to_f32())))
             } else {
                 Ok(None)
             }
         };
         layers.push(Layer {
-            attn_norm: get(LayerTensor::AttnNorm)?.to_f32(),
+            attn_norm: norm(get(LayerTensor::AttnNorm)?.to_f32()),
             wq: get(LayerTensor::Q)?,
             wk: get(LayerTensor::K)?,
             wv: get(LayerTensor::V)?,
@@ -307,7 +332,9 @@ fn load_weights<S: Source>(
             bv: opt_vec(LayerTensor::VBias)?,
             q_norm: opt_vec(LayerTensor::QNorm)?,
             k_norm: opt_vec(LayerTensor::KNorm)?,
-            ffn_norm: get(LayerTensor::FfnNorm)?.to_f32(),
+            post_attn_norm: opt_vec(LayerTensor::PostAttnNorm)?,
+            ffn_norm: norm(get(LayerTensor::FfnNorm)?.to_f32()),
+            post_ffn_norm: opt_vec(LayerTensor::PostFfnNorm)?,
             w_gate: get(LayerTensor::Gate)?,
             w_up: get(LayerTensor::Up)?,
             w_down: get(LayerTensor::Down)?,
