@@ -42,7 +42,8 @@
 //!
 //! The low-bit types (Q2_K, Q3_K, IQ4_NL, IQ4_XS, MXFP4) live in `lowbit` (scalar reference),
 //! `lowbit_x86` (AVX2 one-row and four-row dots, VNNI for IQ4_NL / MXFP4 at the AVX-512
-//! level) and `lowbit_neon`; the AVX-512 VNNI panel kernel (`gemm`) takes their batches too.
+//! level), `lowbit512` (batch-1 Q2_K / Q3_K / IQ4_XS on zmm) and `lowbit_neon`; the AVX-512
+//! VNNI panel kernel (`gemm`) takes their batches too.
 //!
 //! Every path computes each block's integer sum exactly and accumulates the float terms in
 //! the same order, so **all paths give bit-identical results**. Each output element is a
@@ -66,6 +67,8 @@ mod gemm;
 mod gemm_f;
 #[cfg(target_arch = "x86_64")]
 mod kquant512;
+#[cfg(target_arch = "x86_64")]
+mod lowbit512;
 #[cfg(target_arch = "aarch64")]
 mod lowbit_neon;
 #[cfg(target_arch = "x86_64")]

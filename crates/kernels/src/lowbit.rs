@@ -54,6 +54,37 @@ pub fn iq4_xs_scales(b: &[u8]) -> [i8; 8] {
     })
 }
 
+/// [`q3_k_scales`] plus 32 (0..64) as 16 bytes in four u32, with ggml's `aux` shuffle:
+/// decoding byte by byte costs the SIMD kernels as much as their products.
+#[inline(always)]
+pub fn q3_k_scales_biased(b: &[u8]) -> [u32; 4] {
+    const M4: u32 = 0x0F0F_0F0F;
+    const M2: u32 = 0x0303_0303;
+    let (a0, a1, t) = (rd_u32(b, 0), rd_u32(b, 4), rd_u32(b, 8));
+    [
+        (a0 & M4) | ((t & M2) << 4),
+        (a1 & M4) | (((t >> 2) & M2) << 4),
+        ((a0 >> 4) & M4) | (((t >> 4) & M2) << 4),
+        ((a1 >> 4) & M4) | (((t >> 6) & M2) << 4),
+    ]
+}
+
+/// [`iq4_xs_scales`] plus 32 (0..64), byte `k` for sub-block `k`: the low nibbles and the
+/// 2-bit high fields spread to bytes with shifts and masks (as [`q3_k_scales_biased`], for
+/// the SIMD kernels).
+#[inline(always)]
+pub fn iq4_xs_scales_biased(b: &[u8]) -> u64 {
+    let mut lo = rd_u32(b, 4) as u64;
+    lo = (lo | (lo << 16)) & 0x0000_FFFF_0000_FFFF;
+    lo = (lo | (lo << 8)) & 0x00FF_00FF_00FF_00FF;
+    lo = (lo | (lo << 4)) & 0x0F0F_0F0F_0F0F_0F0F;
+    let mut hi = u16::from_le_bytes([b[2], b[3]]) as u64;
+    hi = (hi | (hi << 24)) & 0x0000_00FF_0000_00FF;
+    hi = (hi | (hi << 12)) & 0x000F_000F_000F_000F;
+    hi = (hi | (hi << 6)) & 0x0303_0303_0303_0303;
+    lo | (hi << 4)
+}
+
 /// The 2-bit quant of element `e` (0..256) of a Q2_K / Q3_K block's 64 `qs` bytes: 32 bytes
 /// per half of 128 values, and four 32-value runs per byte, two bits apart.
 #[inline(always)]
@@ -324,4 +355,34 @@ pub(crate) fn dot4_kernel(ty: TensorType, level: SimdLevel) -> Option<Dot4Fn> {
     }
     let _ = (ty, level);
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_scale_decoders_match_the_plain_ones() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b: [u8; 16] = std::array::from_fn(|i| {
+                (x.rotate_left(8 * i as u32 % 64) ^ (i as u64 * 0x35)) as u8
+            });
+            let q3: Vec<i8> = q3_k_scales_biased(&b[..12])
+                .iter()
+                .flat_map(|u| u.to_le_bytes())
+                .map(|v| v as i8 - 32)
+                .collect();
+            assert_eq!(q3, q3_k_scales(&b[..12]), "{b:?}");
+            let iq: Vec<i8> = iq4_xs_scales_biased(&b[..8])
+                .to_le_bytes()
+                .iter()
+                .map(|&v| v as i8 - 32)
+                .collect();
+            assert_eq!(iq, iq4_xs_scales(&b[..8]), "{b:?}");
+        }
+    }
 }

@@ -5,7 +5,9 @@
 use std::arch::aarch64::*;
 
 use crate::blocks::*;
-use crate::lowbit::{e8m0_half, iq4_xs_scales, q3_k_scales, KVALUES_IQ4NL, KVALUES_MXFP4};
+use crate::lowbit::{
+    e8m0_half, iq4_xs_scales_biased, q3_k_scales_biased, KVALUES_IQ4NL, KVALUES_MXFP4,
+};
 use crate::{DotFn, TensorType};
 
 /// The NEON kernel for one of the low-bit types.
@@ -74,9 +76,9 @@ pub fn dot_q3_k(w: &[u8], a: &[u8], n: usize) -> f32 {
     for ib in 0..n / QK_K {
         let x = &w[ib * Q3_K_BYTES..(ib + 1) * Q3_K_BYTES];
         let y = &a[ib * Q8_K_BYTES..(ib + 1) * Q8_K_BYTES];
-        let sc = q3_k_scales(&x[96..108]);
+        let sc = q3_k_scales_biased(&x[96..108]);
         let mut isum = 0i32;
-        for (g, &s) in sc.iter().enumerate() {
+        for (g, s) in sc.iter().flat_map(|u| u.to_le_bytes()).enumerate() {
             // SAFETY: as above. Value e of the group: bit e / 32 of hmask[e % 32] set means
             // the 2 low bits as they are, clear means minus 4.
             let d = unsafe {
@@ -90,7 +92,7 @@ pub fn dot_q3_k(w: &[u8], a: &[u8], n: usize) -> f32 {
                 );
                 isum16(v, vld1q_s8(y.as_ptr().add(Q8_K_QS + 16 * g) as *const i8))
             };
-            isum += s as i32 * d;
+            isum += (s as i32 - 32) * d;
         }
         acc.add(ib, (rd_f16(x, 108) * rd_f32(y, 0)) * isum as f32);
     }
@@ -113,7 +115,7 @@ pub fn dot_iq4_xs(w: &[u8], a: &[u8], n: usize) -> f32 {
     for ib in 0..n / QK_K {
         let x = &w[ib * IQ4_XS_BYTES..(ib + 1) * IQ4_XS_BYTES];
         let y = &a[ib * Q8_K_BYTES..(ib + 1) * Q8_K_BYTES];
-        let sc = iq4_xs_scales(x);
+        let sc = iq4_xs_scales_biased(x).to_le_bytes();
         let mut isum = 0i32;
         for (k, &s) in sc.iter().enumerate() {
             // SAFETY: as above.
@@ -125,7 +127,7 @@ pub fn dot_iq4_xs(w: &[u8], a: &[u8], n: usize) -> f32 {
                     y.as_ptr().add(Q8_K_QS + 32 * k),
                 )
             };
-            isum += s as i32 * d;
+            isum += (s as i32 - 32) * d;
         }
         acc.add(ib, (rd_f16(x, 0) * rd_f32(y, 0)) * isum as f32);
     }

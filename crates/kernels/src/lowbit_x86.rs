@@ -8,7 +8,9 @@
 
 use crate::avx2::{f16_at, f16_x4, f32_at, hsum_i32_8, prefetch_ahead, reduce4_i32};
 use crate::blocks::*;
-use crate::lowbit::{e8m0_half, iq4_xs_scales, q3_k_scales, KVALUES_IQ4NL, KVALUES_MXFP4};
+use crate::lowbit::{
+    e8m0_half, iq4_xs_scales_biased, q3_k_scales_biased, KVALUES_IQ4NL, KVALUES_MXFP4,
+};
 use crate::{Dot4Fn, DotFn, SimdLevel, TensorType};
 use std::arch::x86_64::*;
 
@@ -19,6 +21,14 @@ pub(crate) fn dot_kernel(ty: TensorType, level: SimdLevel) -> Option<DotFn> {
         match ty {
             IQ4_NL => return Some(vnni::dot_iq4_nl),
             MXFP4 => return Some(vnni::dot_mxfp4),
+            _ => {}
+        }
+    }
+    if level == SimdLevel::Avx512 && crate::lowbit512::available() {
+        match ty {
+            Q2_K => return Some(crate::lowbit512::dot_q2_k),
+            Q3_K => return Some(crate::lowbit512::dot_q3_k),
+            IQ4_XS => return Some(crate::lowbit512::dot_iq4_xs),
             _ => {}
         }
     }
@@ -243,8 +253,11 @@ unsafe fn q3_k_n<const N: usize>(
     for ib in 0..nb {
         let x = wp.add(ib * Q3_K_BYTES);
         prefetch_ahead(x, Q3_K_BYTES);
-        let sc = q3_k_scales(std::slice::from_raw_parts(x.add(96), 12));
-        let sc8 = _mm_loadu_si128(sc.as_ptr() as *const __m128i);
+        let sc = q3_k_scales_biased(std::slice::from_raw_parts(x.add(96), 12));
+        let sc8 = _mm_sub_epi8(
+            _mm_loadu_si128(sc.as_ptr() as *const __m128i),
+            _mm_set1_epi8(32),
+        );
         let sc16 = _mm256_cvtepi8_epi16(sc8);
         let s = group_scales(
             _mm_cvtepi8_epi16(sc8),
@@ -288,7 +301,9 @@ unsafe fn iq4_xs_n<const N: usize>(
     for ib in 0..nb {
         let x = wp.add(ib * IQ4_XS_BYTES);
         prefetch_ahead(x, IQ4_XS_BYTES);
-        let sc = iq4_xs_scales(std::slice::from_raw_parts(x, 8));
+        let sc = iq4_xs_scales_biased(std::slice::from_raw_parts(x, 8));
+        let sc8 = _mm_sub_epi8(_mm_cvtsi64_si128(sc as i64), _mm_set1_epi8(32));
+        let sc16 = both_halves(_mm_cvtepi8_epi16(sc8));
         // Sub-block k: values 32k..32k+32, from 16 bytes of nibbles (low ones first).
         let mut q = [_mm256_setzero_si256(); 8];
         for p in 0..4 {
@@ -302,13 +317,15 @@ unsafe fn iq4_xs_n<const N: usize>(
         for r in 0..N {
             let y = ap[r].add(ib * Q8_K_BYTES);
             let mut sumi = _mm256_setzero_si256();
-            for k in 0..8 {
+            for (k, &qk) in q.iter().enumerate() {
                 // |q| times y with q's sign: pairs of products fit in i16 (|q|, |y| <= 127).
                 let yv = load(y.add(Q8_K_QS + 32 * k));
-                let p =
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(q[k], q[k]), _mm256_sign_epi8(yv, q[k]));
-                sumi =
-                    _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(sc[k] as i16)));
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(qk, qk), _mm256_sign_epi8(yv, qk));
+                let s = _mm256_shuffle_epi8(
+                    sc16,
+                    _mm256_set1_epi16(((2 * k as i16 + 1) << 8) | (2 * k as i16)),
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
             }
             acc[r].add(ib, (d * f32_at(y)) * hsum_i32_8(sumi) as f32);
         }
