@@ -220,7 +220,7 @@ pub(crate) fn build(g: &Gguf) -> Result<GgufVocab, TokenizerError> {
     let model = g
         .get_str("tokenizer.ggml.model")
         .ok_or_else(|| TokenizerError::MissingKey("tokenizer.ggml.model".into()))?;
-    let tokens = strings(g, "tokenizer.ggml.tokens")?;
+    let mut tokens = strings(g, "tokenizer.ggml.tokens")?;
     let n = tokens.len();
     if n == 0 {
         return Err(TokenizerError::BadMetadata {
@@ -238,6 +238,16 @@ pub(crate) fn build(g: &Gguf) -> Result<GgufVocab, TokenizerError> {
         }
         None => vec![1; n],
     };
+    if model == "llama" {
+        // llama.cpp's converter writes the spaces of user-defined SentencePiece pieces as ' '
+        // ("pre-normalized"); the model and the tokenizer.json have them as '▁' (Gemma's runs of
+        // spaces), and only then do they match what the normalizer makes of the text.
+        for (t, &ty) in tokens.iter_mut().zip(&types) {
+            if ty == TT_USER_DEFINED && t.contains(' ') {
+                *t = t.replace(' ', "\u{2581}");
+            }
+        }
+    }
     let bos_id = token_id(g, "tokenizer.ggml.bos_token_id", n);
     let eos_id = token_id(g, "tokenizer.ggml.eos_token_id", n);
     let unk_id = token_id(g, "tokenizer.ggml.unknown_token_id", n);
@@ -280,7 +290,7 @@ pub(crate) fn build(g: &Gguf) -> Result<GgufVocab, TokenizerError> {
                 }
             };
             let vocab = vocab_map(&tokens);
-            let merges = spm_merges(&tokens, &scores, &vocab);
+            let merges = spm_merges(&tokens, &scores, &types, &vocab);
             let unk = unk_id.map(|u| tokens[u as usize].clone()).unwrap_or_else(|| "<unk>".to_string());
             let bpe = BPE::builder()
                 .vocab_and_merges(vocab, merges)
@@ -426,10 +436,21 @@ fn vocab_map(tokens: &[String]) -> Vocab {
 /// Merges of a SentencePiece vocabulary, derived like Hugging Face's `SentencePieceExtractor`:
 /// every split of a piece into two pieces of the vocabulary is a merge, ranked by the merged
 /// piece's score (highest first; ties keep vocabulary order).
-fn spm_merges(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(String, String)> {
-    let mut merges: Vec<(u32, u32, f32)> = Vec::new();
+///
+/// User-defined pieces come first, longest first: SentencePiece matches them whole, leftmost
+/// longest, before any merge (their GGUF score, -1000, says nothing), and so do the merges
+/// of Gemma's tokenizer.json (a run of 40 spaces is the 31-space piece, then the 9-space one).
+fn spm_merges(
+    tokens: &[String],
+    scores: &[f32],
+    types: &[i64],
+    vocab: &Vocab,
+) -> Vec<(String, String)> {
+    use std::cmp::Ordering;
+    // (left, right, user-defined piece length in chars (0 for others), score)
+    let mut merges: Vec<(u32, u32, usize, f32)> = Vec::new();
     let mut local: Vec<(u32, u32)> = Vec::new();
-    for (piece, &score) in tokens.iter().zip(scores) {
+    for ((piece, &score), &ty) in tokens.iter().zip(scores).zip(types) {
         local.clear();
         for (idx, _) in piece.char_indices().skip(1) {
             let (l, r) = piece.split_at(idx);
@@ -438,12 +459,20 @@ fn spm_merges(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(String, 
             }
         }
         local.sort();
-        merges.extend(local.iter().map(|&(l, r)| (l, r, score)));
+        let user = if ty == TT_USER_DEFINED {
+            piece.chars().count()
+        } else {
+            0
+        };
+        merges.extend(local.iter().map(|&(l, r)| (l, r, user, score)));
     }
-    merges.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
+    merges.sort_by(|a, b| {
+        b.2.cmp(&a.2)
+            .then_with(|| b.3.partial_cmp(&a.3).unwrap_or(Ordering::Equal))
+    });
     merges
         .into_iter()
-        .map(|(l, r, _)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
+        .map(|(l, r, _, _)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
         .collect()
 }
 

@@ -382,7 +382,11 @@ impl Tokenizer {
     /// shown as U+FFFD).
     pub fn token_text(&self, id: u32) -> Option<String> {
         let piece = self.inner.id_to_token(id)?;
-        if self.inner.get_added_tokens_decoder().contains_key(&id) {
+        if let Some(added) = self.inner.get_added_tokens_decoder().get(&id) {
+            // User-defined pieces keep `▁` for spaces (Gemma's `▁▁`, ...): show them as spaces.
+            if self.style == PieceStyle::SentencePiece && !added.special {
+                return Some(piece.replace('\u{2581}', " "));
+            }
             return Some(piece);
         }
         Some(match self.style {
