@@ -7,6 +7,12 @@ use std::sync::Arc;
 use serde_json::Value;
 use verity_engine::{generate, GenerateParams, SamplingParams, Session};
 
+/// Architectures (the golden's GGUF `"arch"`) whose random-weight goldens in
+/// `tests/golden/random/` are written by `scripts/make-test-models` but not yet run by
+/// `random_models_match_reference`: skipped with a printed note until the engine runs them.
+/// Empty this as each architecture lands.
+const NOT_YET_RUN: &[&str] = &["phi3", "smollm3", "qwen3moe"];
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -255,8 +261,9 @@ fn nrmse(ours: &[f32], reference: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
-/// Random-weight Qwen2 / Qwen3 / Llama 3 models in every tensor type, quantized by
-/// llama-quantize: logits within 2 % normalised RMS error of llama.cpp's.
+/// Random-weight Qwen2 / Qwen3 / Llama 3 models in every tensor type, and Gemma 3 / Phi-3
+/// (plain and LongRoPE) / SmolLM3 / Qwen3-MoE ones, quantized by llama-quantize: logits within
+/// 2 % normalised RMS error of llama.cpp's (architectures in `NOT_YET_RUN` skipped).
 #[test]
 fn random_models_match_reference() {
     let dir = repo_root().join("tests/golden/random");
@@ -274,6 +281,13 @@ fn random_models_match_reference() {
         let g: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         if g.get("logits_file").is_none() {
             continue; // manifest.json
+        }
+        if NOT_YET_RUN.contains(&g["arch"].as_str().unwrap()) {
+            eprintln!(
+                "not yet run (NOT_YET_RUN): {}",
+                path.file_name().unwrap().to_string_lossy()
+            );
+            continue;
         }
         let file = models.join(g["model"].as_str().unwrap());
         assert!(
@@ -294,7 +308,8 @@ fn random_models_match_reference() {
         let e = nrmse(&ours, &reference);
         checked.push(format!(
             "{}-{}: {:.4}%",
-            g["arch"].as_str().unwrap(),
+            // "variant" names the model (phi3, phi3-longrope, ...); older goldens lack it
+            g.get("variant").unwrap_or(&g["arch"]).as_str().unwrap(),
             g["type"].as_str().unwrap(),
             e * 100.0
         ));
