@@ -91,6 +91,11 @@ pub struct Report {
     /// Parameters by component: embeddings, attention, mlp, norms, output, other.
     pub parameters: BTreeMap<String, u64>,
     pub total_parameters: u64,
+    /// Mixture of experts: (experts per layer, experts used per token).
+    pub experts: Option<(u64, u64)>,
+    /// Parameters one token runs through: all but the unused experts' (mixture of
+    /// experts only).
+    pub active_parameters: Option<u64>,
     pub tensor_count: usize,
     pub types: Vec<TypeMix>,
     pub bits_per_weight: f64,
@@ -241,11 +246,15 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
     let stats: Vec<Option<Stats>> = mf.tensors.par_iter().map(|e| scan(&mf, e)).collect();
     let mut tensors = Vec::with_capacity(mf.tensors.len());
     let mut parameters: BTreeMap<String, u64> = BTreeMap::new();
+    let mut expert_parameters = 0u64;
     let mut types: BTreeMap<String, TypeMix> = BTreeMap::new();
     for (e, st) in mf.tensors.iter().zip(stats) {
         let comp = component(&e.name);
         let n = e.n_elements();
         *parameters.entry(comp.to_string()).or_default() += n;
+        if e.name.contains("_exps.") || e.name.contains(".experts.") {
+            expert_parameters += n;
+        }
         let tm = types.entry(e.type_name.clone()).or_insert(TypeMix {
             ty: e.type_name.clone(),
             tensors: 0,
@@ -455,6 +464,16 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
         .map(str::to_string);
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
 
+    let count = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| hyperparameters.get(*k).and_then(Json::as_u64))
+    };
+    let experts = count(&["expert_count", "num_experts", "num_local_experts"])
+        .zip(count(&["expert_used_count", "num_experts_per_tok"]));
+    let active_parameters = experts
+        .filter(|&(n, used)| n > 0 && used <= n)
+        .map(|(n, used)| total_parameters - expert_parameters + expert_parameters / n * used);
+
     Ok(Report {
         path: mf.path.display().to_string(),
         format,
@@ -464,6 +483,8 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
         hyperparameters,
         parameters,
         total_parameters,
+        experts,
+        active_parameters,
         tensor_count: mf.tensors.len(),
         types,
         bits_per_weight,

@@ -135,7 +135,7 @@ fn run_tg_parallel(
             c
         })
         .collect();
-    let mut runner = Runner::new(model.clone());
+    let mut runner = Runner::for_context(model.clone(), n);
     let t0 = Instant::now();
     for step in 0..n {
         let mut items: Vec<BatchItem> = caches

@@ -93,6 +93,13 @@ fn print_report(r: &Report, tensors: bool) {
     for (k, v) in &r.parameters {
         println!("    {k:<12}{:>14}  {:>8}", v, human_count(*v));
     }
+    if let (Some((n, used)), Some(active)) = (r.experts, r.active_parameters) {
+        println!("  experts       {n} per layer, {used} used per token");
+        println!(
+            "  active        {} parameters per token ({active})",
+            human_count(active)
+        );
+    }
     println!(
         "  tensors       {}, {:.2} bits per weight",
         r.tensor_count, r.bits_per_weight

@@ -12,6 +12,7 @@ use verity_model::arch::FfnActivation;
 use verity_model::{Model, Proj};
 
 use crate::lora::{self, LoraScratch, LoraSet};
+use crate::moe::{moe_ffn, MoeScratch};
 
 use crate::ops::{
     add_in_place, geglu, par_rows, rms_norm, rms_norm_in_place, scale_in_place, swiglu, Rope,
@@ -230,6 +231,7 @@ struct Scratch {
     /// Contiguous rows that share an adapter set: (first row, rows, set).
     lora_groups: Vec<(usize, usize, Arc<LoraSet>)>,
     lora: LoraScratch,
+    moe: MoeScratch,
 }
 
 /// Runs the network: the model, its RoPE tables and scratch buffers, shared by every
@@ -245,7 +247,13 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(model: Arc<Model>) -> Self {
-        let rope = Rope::for_model(&model);
+        Self::for_context(model, 0)
+    }
+
+    /// A runner for sequences of up to `n_ctx` positions (LongRoPE models pick their RoPE
+    /// factors by it; others are the same for every context).
+    pub fn for_context(model: Arc<Model>, n_ctx: usize) -> Self {
+        let rope = Rope::for_context(&model, n_ctx);
         let rope_window = Rope::for_window_layers(&model);
         Runner {
             model,
@@ -386,8 +394,10 @@ impl Runner {
                 &self.rope
             };
             let rows = &s.rows;
-            par_rows(&mut s.q, qd, &|r, q| rope.apply(q, rows[r].1));
-            par_rows(&mut s.k, kvd, &|r, k| rope.apply(k, rows[r].1));
+            if !hp.no_rope[l] {
+                par_rows(&mut s.q, qd, &|r, q| rope.apply(q, rows[r].1));
+                par_rows(&mut s.k, kvd, &|r, k| rope.apply(k, rows[r].1));
+            }
             for (r, &(i, pos)) in s.rows.iter().enumerate() {
                 let (src_k, src_v) = (&s.k[r * kvd..(r + 1) * kvd], &s.v[r * kvd..(r + 1) * kvd]);
                 let at = pos * kvd..(pos + 1) * kvd;
@@ -457,26 +467,30 @@ impl Runner {
             par_rows(&mut s.h, d, &|r, h| {
                 rms_norm(&x[r * d..(r + 1) * d], &layer.ffn_norm, hp.rms_eps, h)
             });
-            matmul(&layer.w_gate.view(), &s.h, n, &mut s.gate);
-            matmul(&layer.w_up.view(), &s.h, n, &mut s.up);
-            if !s.lora_groups.is_empty() {
-                let g = &s.lora_groups;
-                lora::apply(g, l, Proj::Gate, &s.h, d, &mut s.gate, ff, &mut s.lora);
-                lora::apply(g, l, Proj::Up, &s.h, d, &mut s.up, ff, &mut s.lora);
-            }
-            let up = &s.up;
-            match spec.ffn {
-                FfnActivation::Silu => par_rows(&mut s.gate, ff, &|r, g| {
-                    swiglu(g, &up[r * ff..(r + 1) * ff])
-                }),
-                FfnActivation::GeluTanh => {
-                    par_rows(&mut s.gate, ff, &|r, g| geglu(g, &up[r * ff..(r + 1) * ff]))
+            if let Some(moe) = &layer.moe {
+                moe_ffn(moe, hp, &s.h[..n * d], n, &mut s.proj, &mut s.moe);
+            } else {
+                matmul(&layer.w_gate.view(), &s.h, n, &mut s.gate);
+                matmul(&layer.w_up.view(), &s.h, n, &mut s.up);
+                if !s.lora_groups.is_empty() {
+                    let g = &s.lora_groups;
+                    lora::apply(g, l, Proj::Gate, &s.h, d, &mut s.gate, ff, &mut s.lora);
+                    lora::apply(g, l, Proj::Up, &s.h, d, &mut s.up, ff, &mut s.lora);
                 }
-            }
-            matmul(&layer.w_down.view(), &s.gate, n, &mut s.proj);
-            if !s.lora_groups.is_empty() {
-                let g = &s.lora_groups;
-                lora::apply(g, l, Proj::Down, &s.gate, ff, &mut s.proj, d, &mut s.lora);
+                let up = &s.up;
+                match spec.ffn {
+                    FfnActivation::Silu => par_rows(&mut s.gate, ff, &|r, g| {
+                        swiglu(g, &up[r * ff..(r + 1) * ff])
+                    }),
+                    FfnActivation::GeluTanh => {
+                        par_rows(&mut s.gate, ff, &|r, g| geglu(g, &up[r * ff..(r + 1) * ff]))
+                    }
+                }
+                matmul(&layer.w_down.view(), &s.gate, n, &mut s.proj);
+                if !s.lora_groups.is_empty() {
+                    let g = &s.lora_groups;
+                    lora::apply(g, l, Proj::Down, &s.gate, ff, &mut s.proj, d, &mut s.lora);
+                }
             }
             if let Some(wn) = &layer.post_ffn_norm {
                 par_rows(&mut s.proj, d, &|_, p| rms_norm_in_place(p, wn, hp.rms_eps));
@@ -533,7 +547,7 @@ impl Session {
         };
         let cache = KvCache::with_type(&model, n_ctx, ty);
         Session {
-            runner: Runner::new(model),
+            runner: Runner::for_context(model, n_ctx),
             cache,
         }
     }

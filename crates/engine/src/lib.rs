@@ -4,6 +4,7 @@
 mod forward;
 mod generate;
 mod lora;
+mod moe;
 mod ops;
 mod sampling;
 

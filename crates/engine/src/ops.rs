@@ -103,6 +103,10 @@ pub struct Rope {
     /// Per-pair frequency divisors (Llama 3 scaling), or all ones.
     factors: Vec<f32>,
     neox: bool,
+    /// Multiplies cos and sin (LongRoPE's attention factor); 1.0 otherwise.
+    mscale: f32,
+    /// Elements per head: the rotated dimensions come first, the rest pass through.
+    stride: usize,
 }
 
 impl Rope {
@@ -121,31 +125,44 @@ impl Rope {
             freq_scale,
             factors,
             neox,
+            mscale: 1.0,
+            stride: head_dim,
         }
     }
 
     /// The rotation of `model`'s attention (head size, base, scaling, layout).
     pub fn for_model(model: &verity_model::Model) -> Self {
+        Self::for_context(model, 0)
+    }
+
+    /// [`Rope::for_model`] for sequences of up to `n_ctx` positions (LongRoPE picks its
+    /// factors by context length).
+    pub fn for_context(model: &verity_model::Model, n_ctx: usize) -> Self {
         let hp = &model.hparams;
-        Rope::new(
-            hp.head_dim,
+        let mut rope = Rope::new(
+            hp.n_rot,
             hp.rope_theta,
             hp.rope_freq_scale,
-            model.weights.rope_freqs.as_deref(),
+            model.weights.rope_freqs_for(hp, n_ctx),
             hp.rope_style == verity_model::RopeStyle::NeoX,
-        )
+        );
+        rope.mscale = hp.rope_attn_factor;
+        rope.stride = hp.head_dim;
+        rope
     }
 
     /// The rotation of `model`'s sliding-window layers: their own base, unscaled.
     pub fn for_window_layers(model: &verity_model::Model) -> Self {
         let hp = &model.hparams;
-        Rope::new(
-            hp.head_dim,
+        let mut rope = Rope::new(
+            hp.n_rot,
             hp.rope_theta_window,
             1.0,
             None,
             hp.rope_style == verity_model::RopeStyle::NeoX,
-        )
+        );
+        rope.stride = hp.head_dim;
+        rope
     }
 
     /// Rotate every head of `x` (heads of `2 * factors.len()` values) for position `pos`.
@@ -168,10 +185,15 @@ impl Rope {
         for (i, &ff) in self.factors.iter().enumerate().take(256) {
             let theta = self.freq_scale * base / ff;
             let (sin, cos) = theta.sin_cos();
+            let (sin, cos) = if self.mscale == 1.0 {
+                (sin, cos)
+            } else {
+                (sin * self.mscale, cos * self.mscale)
+            };
             angles[i] = (if inverse { -sin } else { sin }, cos);
             base *= self.step;
         }
-        for head in x.chunks_exact_mut(half * 2) {
+        for head in x.chunks_exact_mut(self.stride) {
             for (i, &(sin, cos)) in angles.iter().enumerate().take(half) {
                 let (a, b) = if self.neox {
                     (i, i + half)

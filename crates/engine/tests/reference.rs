@@ -7,12 +7,6 @@ use std::sync::Arc;
 use serde_json::Value;
 use verity_engine::{generate, GenerateParams, SamplingParams, Session};
 
-/// Architectures (the golden's GGUF `"arch"`) whose random-weight goldens in
-/// `tests/golden/random/` are written by `scripts/make-test-models` but not yet run by
-/// `random_models_match_reference`: skipped with a printed note until the engine runs them.
-/// Empty this as each architecture lands.
-const NOT_YET_RUN: &[&str] = &["phi3", "smollm3", "qwen3moe"];
-
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -263,7 +257,7 @@ fn nrmse(ours: &[f32], reference: &[f32]) -> f64 {
 
 /// Random-weight Qwen2 / Qwen3 / Llama 3 models in every tensor type, and Gemma 3 / Phi-3
 /// (plain and LongRoPE) / SmolLM3 / Qwen3-MoE ones, quantized by llama-quantize: logits within
-/// 2 % normalised RMS error of llama.cpp's (architectures in `NOT_YET_RUN` skipped).
+/// 2 % normalised RMS error of llama.cpp's.
 #[test]
 fn random_models_match_reference() {
     let dir = repo_root().join("tests/golden/random");
@@ -281,13 +275,6 @@ fn random_models_match_reference() {
         let g: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         if g.get("logits_file").is_none() {
             continue; // manifest.json
-        }
-        if NOT_YET_RUN.contains(&g["arch"].as_str().unwrap()) {
-            eprintln!(
-                "not yet run (NOT_YET_RUN): {}",
-                path.file_name().unwrap().to_string_lossy()
-            );
-            continue;
         }
         let file = models.join(g["model"].as_str().unwrap());
         assert!(

@@ -12,6 +12,9 @@ pub enum Arch {
     Qwen2,
     Qwen3,
     Gemma3,
+    Phi3,
+    SmolLM3,
+    Qwen3Moe,
 }
 
 /// Where a block normalizes its sublayers.
@@ -77,27 +80,46 @@ pub struct ArchSpec {
     /// Hugging Face name of the norm before the FFN (Llama calls it
     /// `post_attention_layernorm`; Gemma uses that name for the norm after attention).
     pub hf_ffn_norm: &'static str,
+    /// q, k and v are one matrix in the file (rows q, then k, then v): Phi-3.
+    pub fused_qkv: bool,
+    /// gate and up are one matrix of `2 * n_ff` rows (gate first): Phi-3.
+    pub fused_gate_up: bool,
+    /// Layers that skip RoPE: every `n`-th (SmolLM3: 4, NoPE layers); 0: none.
+    pub no_rope_every: usize,
+    /// Every layer's FFN is a mixture of experts: a router picks `expert_used_count`
+    /// of `expert_count` experts per token (softmax gating).
+    pub moe: bool,
+    /// The picked experts' weights are renormalised to sum to 1 (Qwen3-MoE).
+    pub moe_norm_weights: bool,
 }
+
+/// Llama's features; other entries say only where they differ.
+const LLAMA_LIKE: ArchSpec = ArchSpec {
+    arch: Arch::Llama,
+    gguf_names: &["llama", "mistral"],
+    hf_model_types: &["llama", "mistral"],
+    hf_class: "LlamaForCausalLM",
+    description: "llama (Llama 2/3.x, Mistral, SmolLM2)",
+    qkv_bias: false,
+    qk_norm: false,
+    norm: NormPlacement::Pre,
+    hf_norm_offset: 0.0,
+    ffn: FfnActivation::Silu,
+    embed_scale_sqrt_dim: false,
+    gguf_rope: RopeStyle::Interleaved,
+    window_layers: WindowLayers::None,
+    window_rope_base: None,
+    hf_ffn_norm: "post_attention_layernorm",
+    fused_qkv: false,
+    fused_gate_up: false,
+    no_rope_every: 0,
+    moe: false,
+    moe_norm_weights: false,
+};
 
 /// The architecture table.
 pub static ARCHS: &[ArchSpec] = &[
-    ArchSpec {
-        arch: Arch::Llama,
-        gguf_names: &["llama", "mistral"],
-        hf_model_types: &["llama", "mistral"],
-        hf_class: "LlamaForCausalLM",
-        description: "llama (Llama 2/3.x, Mistral, SmolLM2)",
-        qkv_bias: false,
-        qk_norm: false,
-        norm: NormPlacement::Pre,
-        hf_norm_offset: 0.0,
-        ffn: FfnActivation::Silu,
-        embed_scale_sqrt_dim: false,
-        gguf_rope: RopeStyle::Interleaved,
-        window_layers: WindowLayers::None,
-        window_rope_base: None,
-        hf_ffn_norm: "post_attention_layernorm",
-    },
+    LLAMA_LIKE,
     ArchSpec {
         arch: Arch::Qwen2,
         gguf_names: &["qwen2"],
@@ -105,15 +127,8 @@ pub static ARCHS: &[ArchSpec] = &[
         hf_class: "Qwen2ForCausalLM",
         description: "qwen2 (Qwen2/2.5)",
         qkv_bias: true,
-        qk_norm: false,
-        norm: NormPlacement::Pre,
-        hf_norm_offset: 0.0,
-        ffn: FfnActivation::Silu,
-        embed_scale_sqrt_dim: false,
         gguf_rope: RopeStyle::NeoX,
-        window_layers: WindowLayers::None,
-        window_rope_base: None,
-        hf_ffn_norm: "post_attention_layernorm",
+        ..LLAMA_LIKE
     },
     ArchSpec {
         arch: Arch::Qwen3,
@@ -121,16 +136,9 @@ pub static ARCHS: &[ArchSpec] = &[
         hf_model_types: &["qwen3"],
         hf_class: "Qwen3ForCausalLM",
         description: "qwen3",
-        qkv_bias: false,
         qk_norm: true,
-        norm: NormPlacement::Pre,
-        hf_norm_offset: 0.0,
-        ffn: FfnActivation::Silu,
-        embed_scale_sqrt_dim: false,
         gguf_rope: RopeStyle::NeoX,
-        window_layers: WindowLayers::None,
-        window_rope_base: None,
-        hf_ffn_norm: "post_attention_layernorm",
+        ..LLAMA_LIKE
     },
     ArchSpec {
         arch: Arch::Gemma3,
@@ -138,7 +146,6 @@ pub static ARCHS: &[ArchSpec] = &[
         hf_model_types: &["gemma3_text"],
         hf_class: "Gemma3ForCausalLM",
         description: "gemma3 (Gemma 3 text)",
-        qkv_bias: false,
         qk_norm: true,
         norm: NormPlacement::PreAndPost,
         hf_norm_offset: 1.0,
@@ -148,6 +155,42 @@ pub static ARCHS: &[ArchSpec] = &[
         window_layers: WindowLayers::AllButLastOf(6),
         window_rope_base: Some(10000.0),
         hf_ffn_norm: "pre_feedforward_layernorm",
+        ..LLAMA_LIKE
+    },
+    ArchSpec {
+        arch: Arch::Phi3,
+        gguf_names: &["phi3"],
+        hf_model_types: &["phi3"],
+        hf_class: "Phi3ForCausalLM",
+        description: "phi3 (Phi-3, Phi-4-mini)",
+        gguf_rope: RopeStyle::NeoX,
+        // llama.cpp ignores Phi-3's `sliding_window` (its converters wrote it wrongly);
+        // the reference's behaviour is what its files are made for.
+        window_layers: WindowLayers::None,
+        fused_qkv: true,
+        fused_gate_up: true,
+        ..LLAMA_LIKE
+    },
+    ArchSpec {
+        arch: Arch::SmolLM3,
+        gguf_names: &["smollm3"],
+        hf_model_types: &["smollm3"],
+        hf_class: "SmolLM3ForCausalLM",
+        description: "smollm3",
+        no_rope_every: 4,
+        ..LLAMA_LIKE
+    },
+    ArchSpec {
+        arch: Arch::Qwen3Moe,
+        gguf_names: &["qwen3moe"],
+        hf_model_types: &["qwen3_moe"],
+        hf_class: "Qwen3MoeForCausalLM",
+        description: "qwen3moe (Qwen3 mixture of experts)",
+        qk_norm: true,
+        gguf_rope: RopeStyle::NeoX,
+        moe: true,
+        moe_norm_weights: true,
+        ..LLAMA_LIKE
     },
 ];
 
@@ -274,6 +317,27 @@ pub struct HParams {
     pub windowed: Vec<bool>,
     /// RoPE base of the windowed layers.
     pub rope_theta_window: f32,
+    /// Per layer: whether it skips RoPE (SmolLM3's NoPE layers).
+    pub no_rope: Vec<bool>,
+    /// Multiplies RoPE's cos and sin (`rope.scaling.attn_factor`: LongRoPE models).
+    pub rope_attn_factor: f32,
+    /// Dimensions of each head that RoPE rotates (the first ones; Phi-4-mini: 3/4).
+    pub n_rot: usize,
+    /// LongRoPE: contexts longer than this use the long factors
+    /// (`rope.scaling.original_context_length`).
+    pub n_ctx_orig: usize,
+    /// Experts per MoE layer (0: dense).
+    pub n_expert: usize,
+    /// Experts each token uses.
+    pub n_expert_used: usize,
+    /// Feed-forward length of one expert.
+    pub n_ff_exp: usize,
+}
+
+/// Which of `n_layer` layers skip RoPE.
+fn no_rope_layers(spec: &ArchSpec, n_layer: usize) -> Vec<bool> {
+    let n = spec.no_rope_every;
+    (0..n_layer).map(|l| n > 0 && (l + 1) % n == 0).collect()
 }
 
 /// Which of `n_layer` layers are windowed (none when there is no window).
@@ -290,6 +354,7 @@ fn window_layers(kind: WindowLayers, n_layer: usize, window: usize) -> Result<Ve
 const MAX_LAYERS: usize = 1024;
 const MAX_DIM: usize = 1 << 20;
 const MAX_VOCAB: usize = 1 << 22;
+const MAX_EXPERTS: usize = 512;
 
 impl HParams {
     /// Read from GGUF metadata (`{arch}.*` keys).
@@ -390,6 +455,25 @@ impl HParams {
                 .map(|v| v as f32)
                 .or(spec.window_rope_base)
                 .unwrap_or(rope_theta),
+            no_rope: no_rope_layers(spec, n_layer),
+            rope_attn_factor: g.get_f64(&key("rope.scaling.attn_factor")).unwrap_or(1.0) as f32,
+            n_rot: g
+                .get_u64(&key("rope.dimension_count"))
+                .map_or(head_dim, |v| v as usize),
+            n_ctx_orig: g
+                .get_u64(&key("rope.scaling.original_context_length"))
+                .map_or(usize::MAX, |v| v as usize),
+            n_expert: if spec.moe { req("expert_count")? } else { 0 },
+            n_expert_used: if spec.moe {
+                req("expert_used_count")?
+            } else {
+                0
+            },
+            n_ff_exp: if spec.moe {
+                req("expert_feed_forward_length")?
+            } else {
+                0
+            },
         };
         hp.validate()?;
         Ok(hp)
@@ -498,6 +582,40 @@ impl HParams {
                 .map(|v| v as f32)
                 .or(spec.window_rope_base)
                 .unwrap_or(rope_theta),
+            no_rope: match c.get("no_rope_layers").and_then(Json::as_array) {
+                // SmolLM3: 1 = the layer uses RoPE.
+                Some(v) if v.len() == n_layer => v.iter().map(|x| x.as_u64() == Some(0)).collect(),
+                Some(v) => {
+                    return Err(format!(
+                        "config.json: no_rope_layers has {} entries for {n_layer} layers",
+                        v.len()
+                    ))
+                }
+                None => no_rope_layers(spec, n_layer),
+            },
+            rope_attn_factor: 1.0,
+            n_ctx_orig: c
+                .get("original_max_position_embeddings")
+                .and_then(Json::as_u64)
+                .map_or(usize::MAX, |v| v as usize),
+            n_rot: float("partial_rotary_factor").map_or(
+                int("head_dim").unwrap_or(n_embd.checked_div(n_head).unwrap_or(0)),
+                |f| {
+                    (f * int("head_dim").unwrap_or(n_embd.checked_div(n_head).unwrap_or(0)) as f64)
+                        as usize
+                },
+            ),
+            n_expert: if spec.moe { req("num_experts")? } else { 0 },
+            n_expert_used: if spec.moe {
+                req("num_experts_per_tok")?
+            } else {
+                0
+            },
+            n_ff_exp: if spec.moe {
+                req("moe_intermediate_size")?
+            } else {
+                0
+            },
         };
         hp.validate()?;
         Ok(hp)
@@ -514,6 +632,11 @@ impl HParams {
         check("layer count", self.n_layer, MAX_LAYERS)?;
         check("embedding length", self.n_embd, MAX_DIM)?;
         check("feed-forward length", self.n_ff, MAX_DIM)?;
+        if self.arch.spec().moe {
+            check("expert count", self.n_expert, MAX_EXPERTS)?;
+            check("experts used per token", self.n_expert_used, self.n_expert)?;
+            check("expert feed-forward length", self.n_ff_exp, MAX_DIM)?;
+        }
         check("head count", self.n_head, MAX_DIM)?;
         check("KV head count", self.n_head_kv, MAX_DIM)?;
         // RoPE keeps one head's angles on the stack.
@@ -543,6 +666,15 @@ impl HParams {
                 "sliding window {} is larger than the context ({})",
                 self.window, self.n_ctx_train
             ));
+        }
+        if self.n_rot > self.head_dim || !self.n_rot.is_multiple_of(2) {
+            return Err(format!(
+                "RoPE dimension count {} must be even and at most the head dimension {}",
+                self.n_rot, self.head_dim
+            ));
+        }
+        if !(self.rope_attn_factor.is_finite() && self.rope_attn_factor > 0.0) {
+            return Err("rope.scaling.attn_factor is not a positive number".into());
         }
         if !(self.rope_theta_window.is_finite() && self.rope_theta_window > 0.0) {
             return Err("the windowed layers' rope theta is not a positive number".into());
@@ -585,6 +717,10 @@ pub enum LayerTensor {
     PostAttnNorm,
     /// After the FFN, before the residual add.
     PostFfnNorm,
+    /// q, k and v in one matrix ([`ArchSpec::fused_qkv`]); split into Q, K, V at load.
+    Qkv,
+    /// gate and up in one matrix ([`ArchSpec::fused_gate_up`]); split at load.
+    GateUp,
 }
 
 impl LayerTensor {
@@ -606,6 +742,8 @@ impl LayerTensor {
             Self::Down => "ffn_down.weight",
             Self::PostAttnNorm => "post_attention_norm.weight",
             Self::PostFfnNorm => "post_ffw_norm.weight",
+            Self::Qkv => "attn_qkv.weight",
+            Self::GateUp => "ffn_up.weight",
         };
         format!("blk.{layer}.{n}")
     }
@@ -628,6 +766,8 @@ impl LayerTensor {
             Self::Down => "mlp.down_proj.weight",
             Self::PostAttnNorm => "post_attention_layernorm.weight",
             Self::PostFfnNorm => "post_feedforward_layernorm.weight",
+            Self::Qkv => "self_attn.qkv_proj.weight",
+            Self::GateUp => "mlp.gate_up_proj.weight",
         };
         format!("model.layers.{layer}.{n}")
     }
@@ -667,6 +807,8 @@ impl LayerTensor {
             Self::QNorm | Self::KNorm => (1, hp.head_dim),
             Self::Output => (hp.n_embd, hp.q_dim()),
             Self::Gate | Self::Up => (hp.n_ff, hp.n_embd),
+            Self::Qkv => (hp.q_dim() + 2 * hp.kv_dim(), hp.n_embd),
+            Self::GateUp => (2 * hp.n_ff, hp.n_embd),
             Self::Down => (hp.n_embd, hp.n_ff),
         }
     }
@@ -677,11 +819,15 @@ impl LayerTensor {
             Self::QBias | Self::KBias | Self::VBias => arch.has_qkv_bias(),
             Self::QNorm | Self::KNorm => arch.has_qk_norm(),
             Self::PostAttnNorm | Self::PostFfnNorm => arch.spec().norm == NormPlacement::PreAndPost,
+            Self::Qkv => arch.spec().fused_qkv,
+            Self::Q | Self::K | Self::V => !arch.spec().fused_qkv,
+            Self::GateUp => arch.spec().fused_gate_up,
+            Self::Gate | Self::Up => !arch.spec().fused_gate_up,
             _ => true,
         }
     }
 
-    pub const ALL: [LayerTensor; 16] = [
+    pub const ALL: [LayerTensor; 18] = [
         Self::AttnNorm,
         Self::Q,
         Self::K,
@@ -698,6 +844,8 @@ impl LayerTensor {
         Self::Down,
         Self::PostAttnNorm,
         Self::PostFfnNorm,
+        Self::Qkv,
+        Self::GateUp,
     ];
 }
 
@@ -708,6 +856,10 @@ pub enum GlobalTensor {
     OutputNorm,
     Output,
     RopeFreqs,
+    /// LongRoPE's per-pair divisors for contexts up to the original length (Phi-3).
+    RopeFactorsShort,
+    /// LongRoPE's divisors for longer contexts.
+    RopeFactorsLong,
 }
 
 impl GlobalTensor {
@@ -717,6 +869,8 @@ impl GlobalTensor {
             Self::OutputNorm => "output_norm.weight",
             Self::Output => "output.weight",
             Self::RopeFreqs => "rope_freqs.weight",
+            Self::RopeFactorsShort => "rope_factors_short.weight",
+            Self::RopeFactorsLong => "rope_factors_long.weight",
         }
     }
 
@@ -725,7 +879,7 @@ impl GlobalTensor {
             Self::TokenEmbedding => "model.embed_tokens.weight",
             Self::OutputNorm => "model.norm.weight",
             Self::Output => "lm_head.weight",
-            Self::RopeFreqs => "",
+            Self::RopeFreqs | Self::RopeFactorsShort | Self::RopeFactorsLong => "",
         }
     }
 }

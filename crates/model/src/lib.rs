@@ -13,5 +13,5 @@ mod tensor;
 
 pub use adapter::{Adapter, AdapterError, AdapterFile, AdapterFormat, Proj};
 pub use arch::{Arch, HParams, RopeStyle};
-pub use load::{load, open_gguf_parts, Layer, LoadError, Model, ModelFormat, Weights};
+pub use load::{load, open_gguf_parts, Layer, LoadError, Model, ModelFormat, Moe, Weights};
 pub use tensor::Tensor;

@@ -35,6 +35,16 @@ pub enum ModelFormat {
     HfSafetensors,
 }
 
+/// A mixture-of-experts FFN: the router, and each expert's gate, up and down matrices
+/// (views into the file's 3-D tensors, one expert after another).
+pub struct Moe {
+    /// `[n_expert][n_embd]`: one logit per expert.
+    pub router: Tensor,
+    pub gate: Vec<Tensor>,
+    pub up: Vec<Tensor>,
+    pub down: Vec<Tensor>,
+}
+
 /// One transformer block's weights.
 pub struct Layer {
     pub attn_norm: Vec<f32>,
@@ -52,9 +62,12 @@ pub struct Layer {
     pub ffn_norm: Vec<f32>,
     /// Normalizes the FFN's output before the residual add (Gemma).
     pub post_ffn_norm: Option<Vec<f32>>,
+    /// The dense FFN (empty, zero rows, in a mixture-of-experts layer).
     pub w_gate: Tensor,
     pub w_up: Tensor,
     pub w_down: Tensor,
+    /// The experts, in a mixture-of-experts layer.
+    pub moe: Option<Moe>,
 }
 
 pub struct Weights {
@@ -63,8 +76,22 @@ pub struct Weights {
     pub output_norm: Vec<f32>,
     /// `None` when tied to `token_embd`.
     pub output: Option<Tensor>,
-    /// Per-pair RoPE frequency divisors (Llama 3 scaling), length head_dim / 2.
+    /// Per-pair RoPE frequency divisors (Llama 3 scaling, or LongRoPE's short factors),
+    /// length n_rot / 2.
     pub rope_freqs: Option<Vec<f32>>,
+    /// LongRoPE's factors for contexts beyond `HParams::n_ctx_orig`.
+    pub rope_freqs_long: Option<Vec<f32>>,
+}
+
+impl Weights {
+    /// The RoPE frequency divisors for a context of `n_ctx` positions (llama.cpp's rule:
+    /// LongRoPE's long factors only beyond the original context).
+    pub fn rope_freqs_for(&self, hp: &HParams, n_ctx: usize) -> Option<&[f32]> {
+        match &self.rope_freqs_long {
+            Some(long) if n_ctx > hp.n_ctx_orig => Some(long),
+            _ => self.rope_freqs.as_deref(),
+        }
+    }
 }
 
 impl Weights {
@@ -113,6 +140,12 @@ impl Model {
         for l in &w.layers {
             for t in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
                 n += t.bytes().len();
+            }
+            if let Some(m) = &l.moe {
+                n += m.router.bytes().len();
+                for t in m.gate.iter().chain(&m.up).chain(&m.down) {
+                    n += t.bytes().len();
+                }
             }
         }
         n
@@ -300,12 +333,22 @@ fn load_weights<S: Source>(
     } else {
         matrix(global_name(GlobalTensor::Output), hp.n_vocab, hp.n_embd)?
     };
-    let rope_name = global_name(GlobalTensor::RopeFreqs);
-    let rope_freqs = if rope_name.is_empty() {
+    // Llama 3's factors, or LongRoPE's for contexts up to the original length (verity's
+    // contexts are: see ARCHITECTURE.md).
+    let mut rope_freqs = None;
+    for t in [GlobalTensor::RopeFreqs, GlobalTensor::RopeFactorsShort] {
+        let name = global_name(t);
+        if rope_freqs.is_none() && !name.is_empty() {
+            rope_freqs = matrix(name, 1, hp.n_rot / 2)?.map(|t| t.to_f32());
+        }
+    }
+    let long_name = global_name(GlobalTensor::RopeFactorsLong);
+    let rope_freqs_long = if long_name.is_empty() {
         None
     } else {
-        matrix(rope_name, 1, hp.head_dim / 2)?.map(|t| t.to_f32())
+        matrix(long_name, 1, hp.n_rot / 2)?.map(|t| t.to_f32())
     };
+    let spec = hp.arch.spec();
 
     let norm_if = |t: LayerTensor, w: Vec<f32>| if t.is_norm() { norm(w) } else { w };
     let mut layers = Vec::with_capacity(hp.n_layer);
@@ -321,11 +364,41 @@ fn load_weights<S: Source>(
                 Ok(None)
             }
         };
+        let (wq, wk, wv) = if spec.fused_qkv {
+            let mut p = get(LayerTensor::Qkv)?
+                .split_rows(&[hp.q_dim(), hp.kv_dim(), hp.kv_dim()])
+                .into_iter();
+            let mut next = || p.next().expect("three parts");
+            (next(), next(), next())
+        } else {
+            (
+                get(LayerTensor::Q)?,
+                get(LayerTensor::K)?,
+                get(LayerTensor::V)?,
+            )
+        };
+        let moe = if spec.moe {
+            Some(load_moe(src, hp, l, &layer_name)?)
+        } else {
+            None
+        };
+        let empty = || Tensor::owned(verity_formats::TensorType::F32, 0, hp.n_embd, Vec::new());
+        let (w_gate, w_up) = if spec.moe {
+            (empty(), empty())
+        } else if spec.fused_gate_up {
+            let mut p = get(LayerTensor::GateUp)?
+                .split_rows(&[hp.n_ff, hp.n_ff])
+                .into_iter();
+            let gate = p.next().expect("two parts");
+            (gate, p.next().expect("two parts"))
+        } else {
+            (get(LayerTensor::Gate)?, get(LayerTensor::Up)?)
+        };
         layers.push(Layer {
             attn_norm: norm(get(LayerTensor::AttnNorm)?.to_f32()),
-            wq: get(LayerTensor::Q)?,
-            wk: get(LayerTensor::K)?,
-            wv: get(LayerTensor::V)?,
+            wq,
+            wk,
+            wv,
             wo: get(LayerTensor::Output)?,
             bq: opt_vec(LayerTensor::QBias)?,
             bk: opt_vec(LayerTensor::KBias)?,
@@ -335,9 +408,14 @@ fn load_weights<S: Source>(
             post_attn_norm: opt_vec(LayerTensor::PostAttnNorm)?,
             ffn_norm: norm(get(LayerTensor::FfnNorm)?.to_f32()),
             post_ffn_norm: opt_vec(LayerTensor::PostFfnNorm)?,
-            w_gate: get(LayerTensor::Gate)?,
-            w_up: get(LayerTensor::Up)?,
-            w_down: get(LayerTensor::Down)?,
+            w_gate,
+            w_up,
+            w_down: if spec.moe {
+                empty()
+            } else {
+                get(LayerTensor::Down)?
+            },
+            moe,
         });
     }
     Ok(Weights {
@@ -346,5 +424,51 @@ fn load_weights<S: Source>(
         output_norm,
         output,
         rope_freqs,
+        rope_freqs_long,
+    })
+}
+
+/// A layer's experts from GGUF's 3-D tensors (`ffn_{gate,up,down}_exps.weight`, ggml shape
+/// `[cols, rows, n_expert]`) and its router (`ffn_gate_inp.weight`).
+fn load_moe<S: Source>(
+    src: &S,
+    hp: &HParams,
+    l: usize,
+    layer_name: &impl Fn(LayerTensor, usize) -> String,
+) -> Result<Moe, LoadErrorKind> {
+    // Only GGUF names them this way; a Hugging Face checkpoint has one tensor per expert.
+    let prefix = layer_name(LayerTensor::AttnNorm, l);
+    let Some(blk) = prefix.strip_suffix("attn_norm.weight") else {
+        return Err(LoadErrorKind::Invalid(
+            "mixture-of-experts models load from GGUF only for now; convert the checkpoint with llama.cpp's convert_hf_to_gguf.py".into(),
+        ));
+    };
+    let (e, d, f) = (hp.n_expert, hp.n_embd, hp.n_ff_exp);
+    let experts = |what: &str, rows: usize, cols: usize| -> Result<Vec<Tensor>, LoadErrorKind> {
+        let name = format!("{blk}ffn_{what}_exps.weight");
+        let (ty, shape, bytes) = src
+            .find(&name)?
+            .ok_or_else(|| LoadErrorKind::Invalid(format!("missing tensor '{name}'")))?;
+        if shape.len() != 3 || shape[0] != cols || shape[1] != rows || shape[2] != e {
+            return Err(LoadErrorKind::Invalid(format!(
+                "tensor '{name}' has shape {shape:?}, expected [{cols}, {rows}, {e}] from the hyperparameters ({e} experts)"
+            )));
+        }
+        Ok(Tensor::mapped(ty, rows * e, cols, bytes, src.owner()).split_rows(&vec![rows; e]))
+    };
+    let router_name = format!("{blk}ffn_gate_inp.weight");
+    let (ty, shape, bytes) = src
+        .find(&router_name)?
+        .ok_or_else(|| LoadErrorKind::Invalid(format!("missing tensor '{router_name}'")))?;
+    if shape.len() != 2 || shape[0] != d || shape[1] != e {
+        return Err(LoadErrorKind::Invalid(format!(
+            "tensor '{router_name}' has shape {shape:?}, expected [{d}, {e}] ({e} experts)"
+        )));
+    }
+    Ok(Moe {
+        router: Tensor::mapped(ty, e, d, bytes, src.owner()),
+        gate: experts("gate", f, d)?,
+        up: experts("up", f, d)?,
+        down: experts("down", d, f)?,
     })
 }

@@ -62,6 +62,30 @@ impl Tensor {
         }
     }
 
+    /// Consecutive row ranges of this matrix as matrices of their own (a fused q/k/v or
+    /// gate/up matrix as its parts); mapped bytes stay mapped.
+    pub(crate) fn split_rows(self, parts: &[usize]) -> Vec<Tensor> {
+        assert_eq!(parts.iter().sum::<usize>(), self.rows, "split_rows: parts");
+        let row_bytes = self.bytes().len() / self.rows.max(1);
+        let mut out = Vec::with_capacity(parts.len());
+        let mut at = 0;
+        for &rows in parts {
+            let range = at * row_bytes..(at + rows) * row_bytes;
+            out.push(match &self.data {
+                Data::Mapped { _owner, .. } => Tensor::mapped(
+                    self.ty,
+                    rows,
+                    self.cols,
+                    &self.bytes()[range],
+                    _owner.clone(),
+                ),
+                Data::Owned(v) => Tensor::owned(self.ty, rows, self.cols, v[range].to_vec()),
+            });
+            at += rows;
+        }
+        out
+    }
+
     pub fn bytes(&self) -> &[u8] {
         match &self.data {
             // SAFETY: see `Data::Mapped`.

@@ -239,7 +239,7 @@ impl Worker {
             })
             .collect();
         Worker {
-            runner: Runner::new(model.clone()),
+            runner: Runner::for_context(model.clone(), n_ctx),
             model,
             slots,
             rx,

@@ -149,15 +149,14 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// Whether the engine's forward pass can be differentiated here for this model.
 pub fn check_supported(model: &Model) -> Result<(), String> {
-    if model
-        .weights
-        .layers
-        .iter()
-        .any(|l| l.q_norm.is_some() || l.k_norm.is_some())
-    {
+    use verity_model::Arch;
+    // The training graph is Llama's: pre-norms, SwiGLU, RoPE on every layer, separate
+    // q/k/v and gate/up modules (what PEFT names), no q/k norms.
+    let arch = model.hparams.arch;
+    if !matches!(arch, Arch::Llama | Arch::Qwen2) {
         return Err(format!(
-            "tuning {} models (per-head q/k norms) is not supported yet; Llama, Mistral, SmolLM2 and Qwen2 bases are",
-            model.hparams.arch.gguf_name()
+            "tuning {} models is not supported yet; Llama, Mistral, SmolLM2 and Qwen2 bases are",
+            arch.gguf_name()
         ));
     }
     Ok(())
