@@ -68,6 +68,11 @@ pub struct KvCache {
     history: Vec<u32>,
     /// The adapters these keys and values were computed with.
     lora: Option<Arc<LoraSet>>,
+    /// Per layer: its sliding window (0: the layer keeps every position). A windowed
+    /// layer keeps only the rows its window can still reach.
+    windows: Vec<usize>,
+    /// Per layer: the position of its first stored row.
+    base: Vec<usize>,
 }
 
 impl KvCache {
@@ -79,23 +84,38 @@ impl KvCache {
     /// Room for `n_ctx` positions stored as `ty`.
     pub fn with_type(model: &Model, n_ctx: usize, ty: KvType) -> Self {
         let hp = &model.hparams;
-        let len = n_ctx * hp.kv_dim();
+        let windows: Vec<usize> = (0..hp.n_layer)
+            .map(|l| hp.layer_window(l).unwrap_or(0))
+            .collect();
+        // A windowed layer starts with room for twice its window; it shifts its rows down
+        // when full (once per window of tokens), or grows for a longer batch.
+        let rows = |l: usize| match windows[l] {
+            0 => n_ctx,
+            w => (2 * w).min(n_ctx),
+        };
+        let kvd = hp.kv_dim();
         let store = match ty {
             KvType::F16 => KvStore::F16 {
-                k: (0..hp.n_layer).map(|_| vec![f16::ZERO; len]).collect(),
-                v: (0..hp.n_layer).map(|_| vec![f16::ZERO; len]).collect(),
+                k: (0..hp.n_layer)
+                    .map(|l| vec![f16::ZERO; rows(l) * kvd])
+                    .collect(),
+                v: (0..hp.n_layer)
+                    .map(|l| vec![f16::ZERO; rows(l) * kvd])
+                    .collect(),
             },
             KvType::F32 => KvStore::F32 {
-                k: (0..hp.n_layer).map(|_| vec![0f32; len]).collect(),
-                v: (0..hp.n_layer).map(|_| vec![0f32; len]).collect(),
+                k: (0..hp.n_layer).map(|l| vec![0f32; rows(l) * kvd]).collect(),
+                v: (0..hp.n_layer).map(|l| vec![0f32; rows(l) * kvd]).collect(),
             },
         };
         KvCache {
             n_ctx,
-            kv_dim: hp.kv_dim(),
+            kv_dim: kvd,
             store,
             history: Vec::new(),
             lora: None,
+            base: vec![0; windows.len()],
+            windows,
         }
     }
 
@@ -139,41 +159,123 @@ impl KvCache {
         &self.history
     }
 
-    /// Forget everything after the first `n` positions (keeps a shared prefix).
+    /// Forget everything after the first `n` positions (keeps a shared prefix). Where a
+    /// windowed layer has already dropped rows the next position would need, everything
+    /// is forgotten ([`KvCache::common_prefix`] never suggests such an `n`).
     pub fn truncate(&mut self, n: usize) {
-        self.history.truncate(n);
+        if n < self.history.len() && !self.can_resume_at(n) {
+            self.history.clear();
+        } else {
+            self.history.truncate(n);
+        }
+        if self.history.is_empty() {
+            self.base.iter_mut().for_each(|b| *b = 0);
+        }
     }
 
-    /// Length of the common prefix between the cache and `tokens`.
+    /// Length of the longest prefix shared with `tokens` that this cache can resume from.
     pub fn common_prefix(&self, tokens: &[u32]) -> usize {
-        self.history
+        let n = self
+            .history
             .iter()
             .zip(tokens)
             .take_while(|(a, b)| a == b)
-            .count()
+            .count();
+        if n == self.history.len() || self.can_resume_at(n) {
+            n
+        } else {
+            0
+        }
     }
 
-    /// Replace this cache's contents with the first `n` positions of `other`, which must
-    /// store the same type (panics otherwise: a caller's bug).
+    /// Whether every windowed layer still holds the rows a query at position `n` reads.
+    fn can_resume_at(&self, n: usize) -> bool {
+        self.windows
+            .iter()
+            .zip(&self.base)
+            .all(|(&w, &b)| w == 0 || b + w <= n + 1)
+    }
+
+    /// Make room in every windowed layer for `n` more positions: drop the rows no query
+    /// from the next position on can reach (shifting the rest down), growing the layer
+    /// if a long batch needs more than it has.
+    fn make_room(&mut self, n: usize) {
+        let (p0, kvd) = (self.history.len(), self.kv_dim);
+        for l in 0..self.windows.len() {
+            let w = self.windows[l];
+            if w == 0 {
+                continue;
+            }
+            let cap = self.layer_rows(l);
+            if p0 + n - self.base[l] <= cap {
+                continue;
+            }
+            let keep_from = (p0 + 1).saturating_sub(w).max(self.base[l]);
+            let (from, to) = ((keep_from - self.base[l]) * kvd, (p0 - self.base[l]) * kvd);
+            let need = (p0 + n - keep_from) * kvd;
+            fn shift<T: Copy + Default>(v: &mut Vec<T>, from: usize, to: usize, need: usize) {
+                v.copy_within(from..to, 0);
+                if v.len() < need {
+                    v.resize(need, T::default());
+                }
+            }
+            match &mut self.store {
+                KvStore::F16 { k, v } => {
+                    shift(&mut k[l], from, to, need);
+                    shift(&mut v[l], from, to, need);
+                }
+                KvStore::F32 { k, v } => {
+                    shift(&mut k[l], from, to, need);
+                    shift(&mut v[l], from, to, need);
+                }
+            }
+            self.base[l] = keep_from;
+        }
+    }
+
+    /// Rows layer `l` has room for.
+    fn layer_rows(&self, l: usize) -> usize {
+        let len = match &self.store {
+            KvStore::F16 { k, .. } => k[l].len(),
+            KvStore::F32 { k, .. } => k[l].len(),
+        };
+        len / self.kv_dim.max(1)
+    }
+
+    /// Replace this cache's contents with the first `n` positions of `other` (a cache of
+    /// the same model), which must store the same type (panics otherwise: a caller's
+    /// bug). Copies nothing when `other` can no longer resume at `n`.
     pub fn copy_prefix_from(&mut self, other: &KvCache, n: usize) {
-        let n = n.min(other.len()).min(self.n_ctx);
-        let len = n * self.kv_dim;
-        fn copy<T: Copy>(dst: &mut [Vec<T>], src: &[Vec<T>], len: usize) {
-            for (d, s) in dst.iter_mut().zip(src) {
-                d[..len].copy_from_slice(&s[..len]);
+        let mut n = n.min(other.len()).min(self.n_ctx);
+        if n < other.len() && !other.can_resume_at(n) {
+            n = 0;
+        }
+        let kvd = self.kv_dim;
+        let rows: Vec<usize> = other.base.iter().map(|&b| n.saturating_sub(b)).collect();
+        fn copy<T: Copy + Default>(dst: &mut [Vec<T>], src: &[Vec<T>], rows: &[usize], kvd: usize) {
+            for ((d, s), &r) in dst.iter_mut().zip(src).zip(rows) {
+                if d.len() < r * kvd {
+                    d.resize(r * kvd, T::default());
+                }
+                d[..r * kvd].copy_from_slice(&s[..r * kvd]);
             }
         }
         match (&mut self.store, &other.store) {
             (KvStore::F16 { k, v }, KvStore::F16 { k: ok, v: ov }) => {
-                copy(k, ok, len);
-                copy(v, ov, len);
+                copy(k, ok, &rows, kvd);
+                copy(v, ov, &rows, kvd);
             }
             (KvStore::F32 { k, v }, KvStore::F32 { k: ok, v: ov }) => {
-                copy(k, ok, len);
-                copy(v, ov, len);
+                copy(k, ok, &rows, kvd);
+                copy(v, ov, &rows, kvd);
             }
             _ => panic!("copy_prefix_from: caches of different KV types"),
         }
+        self.base = if n == 0 {
+            vec![0; other.base.len()]
+        } else {
+            other.base.clone()
+        };
         self.history.clear();
         self.history.extend_from_slice(&other.history[..n]);
         self.lora = other.lora.clone();
@@ -324,6 +426,9 @@ impl Runner {
                 s.rows.push((i, p0 + t));
             }
         }
+        for it in items.iter_mut() {
+            it.cache.make_room(it.tokens.len());
+        }
         let n = s.rows.len();
         let (d, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
         for (buf, len) in [
@@ -400,7 +505,8 @@ impl Runner {
             }
             for (r, &(i, pos)) in s.rows.iter().enumerate() {
                 let (src_k, src_v) = (&s.k[r * kvd..(r + 1) * kvd], &s.v[r * kvd..(r + 1) * kvd]);
-                let at = pos * kvd..(pos + 1) * kvd;
+                let row = pos - items[i].cache.base[l];
+                let at = row * kvd..(row + 1) * kvd;
                 match &mut items[i].cache.store {
                     KvStore::F16 { k, v } => {
                         k[l][at.clone()].convert_from_f32_slice(src_k);
@@ -423,7 +529,8 @@ impl Runner {
                 let (q_i, q_tail) = q_rest.split_at(n_i * qd);
                 let (out_i, out_tail) = std::mem::take(&mut out_rest).split_at_mut(n_i * qd);
                 (q_rest, out_rest) = (q_tail, out_tail);
-                let p0 = it.cache.len();
+                // Positions relative to the layer's first stored row.
+                let p0 = it.cache.len() - it.cache.base[l];
                 match &it.cache.store {
                     KvStore::F16 { k, v } => seqs.push(AttnSeq {
                         q: q_i,

@@ -106,3 +106,81 @@ fn context_overflow_is_an_error_not_a_panic() {
     let err = s.eval(&[]).unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
 }
+
+/// A model with sliding-window layers (the tiny random Gemma 3 of `scripts/make-test-models`:
+/// window 8, five windowed layers in six), whose KV cache keeps only what the windows reach:
+/// one pass, token by token, odd chunks, a prefix resumed after `truncate` and a copied
+/// prefix all give the same logits bit for bit, however often the windowed layers dropped
+/// and shifted rows.
+#[test]
+fn windowed_layers_keep_only_their_window_and_the_same_logits() {
+    let assets = std::env::var_os("VERITY_ASSETS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/verity/assets")
+        });
+    let path = assets.join("test-models/gemma3-tiny-Q8_0.gguf");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/make-test-models",
+        path.display()
+    );
+    let model = Arc::new(verity_model::load(&path).unwrap());
+    assert!(model.hparams.layer_window(0) == Some(8) && model.hparams.layer_window(5).is_none());
+    let n_vocab = model.hparams.n_vocab;
+    let tokens: Vec<u32> = (0..60).map(|i| (i * 37 % 500) as u32 + 3).collect();
+    let n_ctx = 64;
+
+    let whole = Session::new(model.clone(), n_ctx)
+        .eval_all(&tokens)
+        .unwrap();
+
+    let mut one = Session::new(model.clone(), n_ctx);
+    let mut by_token = Vec::new();
+    for &t in &tokens {
+        by_token.extend_from_slice(&one.eval_all(&[t]).unwrap());
+    }
+    assert_eq!(by_token, whole, "token by token");
+
+    let mut chunked = Session::new(model.clone(), n_ctx);
+    let mut by_chunk = Vec::new();
+    for c in tokens.chunks(7) {
+        by_chunk.extend_from_slice(&chunked.eval_all(c).unwrap());
+    }
+    assert_eq!(by_chunk, whole, "chunks of 7");
+
+    // Resume at a position the windows still reach (the last chunk, 56..60, made the
+    // windowed layers drop every row before 49): the rest recomputed equals the rest.
+    let at = chunked.common_prefix(&tokens[..57]);
+    assert_eq!(at, 57);
+    chunked.truncate(at);
+    assert_eq!(chunked.n_past(), 57);
+    let rest = chunked.eval_all(&tokens[57..]).unwrap();
+    assert_eq!(rest, whole[57 * n_vocab..], "resumed at 57");
+    // A position the windows have moved past cannot be resumed: nothing is kept.
+    assert_eq!(chunked.common_prefix(&tokens[..20]), 0);
+    chunked.truncate(20);
+    assert_eq!(chunked.n_past(), 0);
+
+    // A copied prefix continues exactly as the original.
+    let mut src = KvCache::new(&model, n_ctx);
+    let mut runner = Runner::new(model.clone());
+    runner
+        .forward(&mut [BatchItem {
+            cache: &mut src,
+            tokens: &tokens[..40],
+            logits: Logits::None,
+        }])
+        .unwrap();
+    let mut dst = KvCache::new(&model, n_ctx);
+    dst.copy_prefix_from(&src, 40);
+    let cont = runner
+        .forward(&mut [BatchItem {
+            cache: &mut dst,
+            tokens: &tokens[40..],
+            logits: Logits::All,
+        }])
+        .unwrap()
+        .to_vec();
+    assert_eq!(cont, whole[40 * n_vocab..], "copied prefix");
+}
