@@ -6,9 +6,10 @@
 //! `dequantize_row_*`; dot products run against the activation type ggml pairs with each
 //! (Q8_K for Q2_K, Q3_K, IQ4_XS; Q8_0 for IQ4_NL, MXFP4); each block's integer sum is exact
 //! and its one float term is accumulated with [`Acc4`], the order the SIMD paths
-//! (`lowbit_x86`, `lowbit_neon`) follow, so every path gives the same bits. Sub-block scales
-//! are folded into the integer sum (ggml's AVX2 code does the same; its generic C code forms
-//! a float term per IQ4_XS sub-block instead, a last-bit difference).
+//! (`lowbit_x86`, `lowbit512`, `lowbit_neon`, `gemm_lowbit`) follow, so every path gives the
+//! same bits. Sub-block scales are folded into the integer sum (ggml's AVX2 code does the
+//! same; its generic C code forms a float term per IQ4_XS sub-block instead, a last-bit
+//! difference).
 
 use crate::blocks::*;
 use crate::{Dot4Fn, DotFn, SimdLevel, TensorType};
