@@ -122,3 +122,93 @@ for name, body in {
     "bad.jsonl": b"\x00" + b'{"text": 1}\n{"oops": []}\n',
 }.items():
     (C / "tune_data" / name).write_bytes(body)
+
+# The architectures of issue 16, small enough for the fuzzer (max_len 65536): matrices in Q8_0,
+# norms and LongRoPE factors in F32, so the mutations reach the MoE, window, per-layer and
+# LongRoPE checks of HParams and the loader. Their own generator keeps the seeds above as they were.
+arng = np.random.default_rng(16)
+
+
+def tiny_arch_gguf(path, arch, n_layer=2, moe=False, fused=False, qk_norm=False, post_norms=False,
+                   meta=lambda w: None, extra=lambda w: None):
+    w = gguf.GGUFWriter(str(path), arch)
+    n_embd, n_ff, n_vocab, hd, n_head, n_head_kv = 32, 32, len(TOKENS), 16, 2, 1
+    w.add_block_count(n_layer); w.add_context_length(64); w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff); w.add_head_count(n_head); w.add_head_count_kv(n_head_kv)
+    w.add_key_length(hd); w.add_value_length(hd)
+    w.add_layer_norm_rms_eps(1e-6); w.add_rope_freq_base(10000.0)
+    meta(w)
+    w.add_tokenizer_model("gpt2"); w.add_tokenizer_pre("default")
+    w.add_token_list(TOKENS); w.add_token_types([3, 3, 3, 3] + [1] * (n_vocab - 4))
+    w.add_token_merges(["a b", "ab c"]); w.add_bos_token_id(0); w.add_eos_token_id(1)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+
+    def mat(name, *shape):  # numpy [.., rows, cols] -> GGUF ne [cols, rows, ..]
+        data = (arng.standard_normal(shape) * 0.1).astype(np.float32)
+        w.add_tensor(name, gguf.quants.quantize(data, q8), raw_dtype=q8)
+
+    def norm(name, n):
+        w.add_tensor(name, (1.0 + 0.1 * arng.standard_normal(n)).astype(np.float32))
+
+    mat("token_embd.weight", n_vocab, n_embd)
+    norm("output_norm.weight", n_embd)
+    extra(w)
+    q_dim, kv_dim = n_head * hd, n_head_kv * hd
+    for l in range(n_layer):
+        p = f"blk.{l}."
+        norm(p + "attn_norm.weight", n_embd)
+        if fused:
+            mat(p + "attn_qkv.weight", q_dim + 2 * kv_dim, n_embd)
+        else:
+            mat(p + "attn_q.weight", q_dim, n_embd)
+            mat(p + "attn_k.weight", kv_dim, n_embd)
+            mat(p + "attn_v.weight", kv_dim, n_embd)
+        if qk_norm:
+            norm(p + "attn_q_norm.weight", hd); norm(p + "attn_k_norm.weight", hd)
+        mat(p + "attn_output.weight", n_embd, q_dim)
+        norm(p + "ffn_norm.weight", n_embd)
+        if post_norms:
+            norm(p + "post_attention_norm.weight", n_embd); norm(p + "post_ffw_norm.weight", n_embd)
+        if moe:
+            n_exp, n_ff_exp = moe
+            mat(p + "ffn_gate_inp.weight", n_exp, n_embd)
+            mat(p + "ffn_gate_exps.weight", n_exp, n_ff_exp, n_embd)
+            mat(p + "ffn_up_exps.weight", n_exp, n_ff_exp, n_embd)
+            mat(p + "ffn_down_exps.weight", n_exp, n_embd, n_ff_exp)
+        elif fused:
+            mat(p + "ffn_up.weight", 2 * n_ff, n_embd)
+            mat(p + "ffn_down.weight", n_embd, n_ff)
+        else:
+            mat(p + "ffn_gate.weight", n_ff, n_embd)
+            mat(p + "ffn_up.weight", n_ff, n_embd)
+            mat(p + "ffn_down.weight", n_embd, n_ff)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    assert path.stat().st_size <= 65536, path
+
+
+def gemma3_meta(w):
+    w.add_sliding_window(4); w.add_sliding_window_pattern([True, False]); w.add_rope_freq_base_swa(10000.0)
+
+
+def phi3_meta(w):
+    w.add_rope_dimension_count(12); w.add_sliding_window(2047)
+    w.add_rope_scaling_orig_ctx_len(16); w.add_rope_scaling_attn_factors(1.2)
+
+
+def phi3_factors(w):
+    for name in ["rope_factors_long.weight", "rope_factors_short.weight"]:
+        w.add_tensor(name, (1.0 + arng.random(6)).astype(np.float32))
+
+
+def smollm3_meta(w):
+    w.add_rope_dimension_count(16); w.add_vocab_size(len(TOKENS))
+
+
+def qwen3moe_meta(w):
+    w.add_expert_count(4); w.add_expert_used_count(2); w.add_expert_feed_forward_length(32)
+
+
+tiny_arch_gguf(C / "gguf" / "gemma3.gguf", "gemma3", qk_norm=True, post_norms=True, meta=gemma3_meta)
+tiny_arch_gguf(C / "gguf" / "phi3-longrope.gguf", "phi3", fused=True, meta=phi3_meta, extra=phi3_factors)
+tiny_arch_gguf(C / "gguf" / "smollm3.gguf", "smollm3", n_layer=4, meta=smollm3_meta)
+tiny_arch_gguf(C / "gguf" / "qwen3moe.gguf", "qwen3moe", n_layer=1, moe=(4, 32), qk_norm=True, meta=qwen3moe_meta)

@@ -450,12 +450,15 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
 
     let memory = hparams.as_ref().map(|hp| {
         let context = if ctx > 0 { ctx } else { hp.n_ctx_train };
-        let kv = 2 * hp.n_layer as u64 * context as u64 * hp.kv_dim() as u64 * 2;
+        // Saturating: a hostile file's context length can be any u64.
+        let kv = [hp.n_layer, context, hp.kv_dim()]
+            .iter()
+            .fold(4u64, |a, &b| a.saturating_mul(b as u64));
         Memory {
             context,
             weights_bytes: total_bytes,
             kv_cache_bytes: kv,
-            total_bytes: total_bytes + kv,
+            total_bytes: total_bytes.saturating_add(kv),
         }
     });
     let chat_template_kind = chat_template
@@ -684,7 +687,13 @@ fn expected(hp: &HParams, gguf_names: bool) -> Vec<(String, Vec<usize>, bool)> {
         (g(GlobalTensor::Output), vec![hp.n_embd, hp.n_vocab], false),
     ];
     if gguf_names {
-        v.push((g(GlobalTensor::RopeFreqs), vec![hp.head_dim / 2], false));
+        for t in [
+            GlobalTensor::RopeFreqs,
+            GlobalTensor::RopeFactorsShort,
+            GlobalTensor::RopeFactorsLong,
+        ] {
+            v.push((g(t), vec![hp.n_rot / 2], false));
+        }
     }
     for l in 0..hp.n_layer {
         for t in LayerTensor::ALL {
@@ -699,6 +708,18 @@ fn expected(hp: &HParams, gguf_names: bool) -> Vec<(String, Vec<usize>, bool)> {
             let (r, c) = t.shape(hp);
             let shape = if r == 1 { vec![c] } else { vec![c, r] };
             v.push((name, shape, true));
+        }
+        // A mixture-of-experts layer: its router and its experts' 3-D tensors (GGUF only).
+        if hp.arch.spec().moe && gguf_names {
+            let (d, e, f) = (hp.n_embd, hp.n_expert, hp.n_ff_exp);
+            for (n, shape) in [
+                ("ffn_gate_inp", vec![d, e]),
+                ("ffn_gate_exps", vec![d, f, e]),
+                ("ffn_up_exps", vec![d, f, e]),
+                ("ffn_down_exps", vec![f, d, e]),
+            ] {
+                v.push((format!("blk.{l}.{n}.weight"), shape, true));
+            }
         }
     }
     v

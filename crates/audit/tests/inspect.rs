@@ -120,6 +120,24 @@ fn tiny_models_match_gguf_py() {
     }
 }
 
+/// The architectures of issue 16: every tensor is one the table expects (experts, LongRoPE
+/// factors, post-norms, fused matrices), so a valid file has no findings.
+#[test]
+fn new_architectures_have_no_findings() {
+    for name in [
+        "gemma3-tiny-F32.gguf",
+        "phi3-tiny-F32.gguf",
+        "phi3-longrope-partial-tiny-F32.gguf",
+        "smollm3-tiny-F32.gguf",
+        "qwen3moe-tiny-F32.gguf",
+    ] {
+        let r = inspect(&common::test_model(name), 0).unwrap();
+        assert!(r.findings.is_empty(), "{name}: {:?}", r.findings);
+    }
+    let r = inspect(&common::test_model("qwen3moe-tiny-F32.gguf"), 0).unwrap();
+    assert_eq!(r.experts, Some((8, 2)));
+}
+
 #[test]
 fn nan_and_zero_tensors_are_errors() {
     let dir = tempfile::tempdir().unwrap();

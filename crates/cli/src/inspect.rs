@@ -58,10 +58,14 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         .count();
     if errors > 0 {
         bail!(
-            "{}: {errors} finding{} {} errors",
+            "{}: {errors} finding{} {}",
             report.path,
             if errors == 1 { "" } else { "s" },
-            if errors == 1 { "is an error" } else { "are" }
+            if errors == 1 {
+                "is an error"
+            } else {
+                "are errors"
+            }
         );
     }
     Ok(())

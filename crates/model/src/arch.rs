@@ -2,7 +2,7 @@
 //! for Hugging Face checkpoints.
 
 use serde_json::Value as Json;
-use verity_formats::gguf::Gguf;
+use verity_formats::gguf::{Gguf, Value};
 
 /// Architectures verity runs. Each has one [`ArchSpec`] in [`ARCHS`]: everything the
 /// loader and the forward pass need to know about it. Mistral and SmolLM2 are `Llama`.
@@ -350,11 +350,33 @@ fn window_layers(kind: WindowLayers, n_layer: usize, window: usize) -> Result<Ve
     })
 }
 
+/// A metadata value for an error message: its type, and its value when that is short.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Str(_) => "a string".into(),
+        Value::Array(a) => format!("an array of {}", a.len()),
+        Value::Bool(b) => format!("bool {b}"),
+        Value::F32(x) => format!("f32 {x}"),
+        Value::F64(x) => format!("f64 {x}"),
+        _ => format!("{} {}", v.type_name(), v.as_i64().unwrap_or(i64::MAX)),
+    }
+}
+
 /// Largest sizes we accept from a file, so a hostile header cannot make us allocate wildly.
 const MAX_LAYERS: usize = 1024;
 const MAX_DIM: usize = 1 << 20;
 const MAX_VOCAB: usize = 1 << 22;
 const MAX_EXPERTS: usize = 512;
+
+/// The layer count, checked before anything is allocated per layer.
+fn layer_count(n: usize) -> Result<usize, String> {
+    if n == 0 || n > MAX_LAYERS {
+        return Err(format!(
+            "layer count = {n} is out of range (1..={MAX_LAYERS})"
+        ));
+    }
+    Ok(n)
+}
 
 impl HParams {
     /// Read from GGUF metadata (`{arch}.*` keys).
@@ -369,64 +391,103 @@ impl HParams {
             )
         })?;
         let key = |k: &str| format!("{arch_name}.{k}");
-        let req = |k: &str| -> Result<usize, String> {
-            let v = g
-                .get_u64(&key(k))
-                .ok_or_else(|| format!("missing or non-integer metadata {}", key(k)))?;
-            usize::try_from(v).map_err(|_| format!("{} = {v} is too large", key(k)))
+        // A count: absent is `None`; present, it must be a non-negative integer.
+        let count = |k: &str| -> Result<Option<usize>, String> {
+            let Some(v) = g.get(&key(k)) else {
+                return Ok(None);
+            };
+            let n = v
+                .as_u64()
+                .ok_or_else(|| format!("metadata {} is {}, not a count", key(k), describe(v)))?;
+            usize::try_from(n)
+                .map(Some)
+                .map_err(|_| format!("{} = {n} is too large", key(k)))
+        };
+        let missing = |k: &str| format!("missing metadata {}", key(k));
+        let req = |k: &str| -> Result<usize, String> { count(k)?.ok_or_else(|| missing(k)) };
+        let n_layer = layer_count(req("block_count")?)?;
+        // Counts llama.cpp also reads as per-layer arrays: verity needs one value for all.
+        let per_layer = |k: &str| -> Result<Option<usize>, String> {
+            let Some(a) = g.get_array(&key(k)) else {
+                return count(k);
+            };
+            if a.len() != n_layer {
+                return Err(format!(
+                    "{} has {} entries for {n_layer} layers",
+                    key(k),
+                    a.len()
+                ));
+            }
+            match a.first().and_then(Value::as_u64) {
+                Some(n) if a.iter().all(|v| v.as_u64() == Some(n)) => Ok(Some(n as usize)),
+                Some(_) => Err(format!(
+                    "{} differs between layers; verity needs one value for every layer",
+                    key(k)
+                )),
+                None => Err(format!("{} is not a list of counts", key(k))),
+            }
         };
         let n_embd = req("embedding_length")?;
-        let n_head = req("attention.head_count")?;
-        let n_head_kv = g
-            .get_u64(&key("attention.head_count_kv"))
-            .map(|v| v as usize)
-            .unwrap_or(n_head);
-        let head_dim = match g.get_u64(&key("attention.key_length")) {
-            Some(v) => v as usize,
+        let n_head =
+            per_layer("attention.head_count")?.ok_or_else(|| missing("attention.head_count"))?;
+        let n_head_kv = per_layer("attention.head_count_kv")?.unwrap_or(n_head);
+        let head_dim = match count("attention.key_length")? {
+            Some(v) => v,
             None if n_head > 0 => n_embd / n_head,
             None => 0,
         };
+        if count("attention.value_length")?.is_some_and(|v| v != head_dim) {
+            return Err(format!(
+                "{} differs from the key length {head_dim}; verity needs them equal",
+                key("attention.value_length")
+            ));
+        }
         let token_embd_rows = g
             .tensor("token_embd.weight")
             .and_then(|t| t.shape.get(1).copied());
-        let n_vocab = match g.get_u64(&key("vocab_size")) {
-            Some(v) => v as usize,
+        let n_vocab = match count("vocab_size")? {
+            Some(v) => v,
             None => token_embd_rows.ok_or("no vocab_size and no token_embd.weight")?,
         };
         let rope_freq_scale = match g.get_str(&key("rope.scaling.type")) {
-            Some("linear") => {
-                1.0 / g
-                    .get_f64(&key("rope.scaling.factor"))
-                    .unwrap_or(1.0)
-                    .max(1e-6) as f32
-            }
+            // A factor that is not a positive number fails `validate`.
+            Some("linear") => 1.0 / g.get_f64(&key("rope.scaling.factor")).unwrap_or(1.0) as f32,
             Some("none") | None => 1.0,
             // Llama 3 scaling arrives as the rope_freqs tensor; YaRN at these lengths is off by default.
             Some(_) => 1.0,
         };
         let spec = arch.spec();
-        let n_layer = req("block_count")?;
-        let window = g
-            .get_u64(&key("attention.sliding_window"))
-            .map_or(0, |w| w as usize);
-        let windowed = match g.get_u64(&key("attention.sliding_window_pattern")) {
-            Some(n) => window_layers(WindowLayers::AllButLastOf(n as usize), n_layer, window)?,
-            None => match g
-                .get_array(&key("attention.sliding_window_pattern"))
-                .map(|a| {
-                    a.iter()
-                        .map(|v| v.as_bool().unwrap_or(false))
-                        .collect::<Vec<_>>()
-                }) {
-                Some(v) if v.len() == n_layer => v,
-                Some(v) => {
+        let window = count("attention.sliding_window")?.unwrap_or(0);
+        let pattern_key = key("attention.sliding_window_pattern");
+        let windowed = match g.get(&pattern_key) {
+            None => window_layers(spec.window_layers, n_layer, window)?,
+            Some(Value::Array(a)) if a.len() == n_layer => {
+                let mut v = Vec::with_capacity(n_layer);
+                for (i, x) in a.iter().enumerate() {
+                    v.push(x.as_bool().ok_or_else(|| {
+                        format!("entry {i} of {pattern_key} is {}, not a bool", describe(x))
+                    })?);
+                }
+                v
+            }
+            Some(Value::Array(a)) => {
+                return Err(format!(
+                    "{pattern_key} has {} entries for {n_layer} layers",
+                    a.len()
+                ))
+            }
+            Some(v) => match v.as_u64() {
+                Some(n) => window_layers(
+                    WindowLayers::AllButLastOf(usize::try_from(n).unwrap_or(usize::MAX)),
+                    n_layer,
+                    window,
+                )?,
+                None => {
                     return Err(format!(
-                        "{} has {} entries for {n_layer} layers",
-                        key("attention.sliding_window_pattern"),
-                        v.len()
+                        "{pattern_key} is {}, not a layer count or one bool per layer",
+                        describe(v)
                     ))
                 }
-                None => window_layers(spec.window_layers, n_layer, window)?,
             },
         };
         let rope_theta = g.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32;
@@ -434,12 +495,13 @@ impl HParams {
             arch,
             n_layer,
             n_embd,
-            n_ff: req("feed_forward_length")?,
+            n_ff: per_layer("feed_forward_length")?
+                .ok_or_else(|| missing("feed_forward_length"))?,
             n_head,
             n_head_kv,
             head_dim,
             n_vocab,
-            n_ctx_train: g.get_u64(&key("context_length")).unwrap_or(4096) as usize,
+            n_ctx_train: count("context_length")?.unwrap_or(4096),
             rope_theta,
             rope_freq_scale,
             rope_style: spec.gguf_rope,
@@ -457,20 +519,17 @@ impl HParams {
                 .unwrap_or(rope_theta),
             no_rope: no_rope_layers(spec, n_layer),
             rope_attn_factor: g.get_f64(&key("rope.scaling.attn_factor")).unwrap_or(1.0) as f32,
-            n_rot: g
-                .get_u64(&key("rope.dimension_count"))
-                .map_or(head_dim, |v| v as usize),
-            n_ctx_orig: g
-                .get_u64(&key("rope.scaling.original_context_length"))
-                .map_or(usize::MAX, |v| v as usize),
+            n_rot: count("rope.dimension_count")?.unwrap_or(head_dim),
+            n_ctx_orig: count("rope.scaling.original_context_length")?.unwrap_or(usize::MAX),
             n_expert: if spec.moe { req("expert_count")? } else { 0 },
             n_expert_used: if spec.moe {
-                req("expert_used_count")?
+                per_layer("expert_used_count")?.ok_or_else(|| missing("expert_used_count"))?
             } else {
                 0
             },
             n_ff_exp: if spec.moe {
-                req("expert_feed_forward_length")?
+                per_layer("expert_feed_forward_length")?
+                    .ok_or_else(|| missing("expert_feed_forward_length"))?
             } else {
                 0
             },
@@ -532,7 +591,7 @@ impl HParams {
             .map(|f| 1.0 / f.max(1e-6) as f32)
             .unwrap_or(1.0);
         let spec = arch.spec();
-        let n_layer = req("num_hidden_layers")?;
+        let n_layer = layer_count(req("num_hidden_layers")?)?;
         let window = int("sliding_window").unwrap_or(0);
         let windowed = match (
             c.get("layer_types").and_then(Json::as_array),
@@ -630,11 +689,19 @@ impl HParams {
             }
         };
         check("layer count", self.n_layer, MAX_LAYERS)?;
+        if self.n_ctx_train == 0 {
+            return Err("context length is 0".into());
+        }
         check("embedding length", self.n_embd, MAX_DIM)?;
         check("feed-forward length", self.n_ff, MAX_DIM)?;
         if self.arch.spec().moe {
             check("expert count", self.n_expert, MAX_EXPERTS)?;
-            check("experts used per token", self.n_expert_used, self.n_expert)?;
+            if self.n_expert_used == 0 || self.n_expert_used > self.n_expert {
+                return Err(format!(
+                    "experts used per token = {} is out of range (1..={}, the expert count)",
+                    self.n_expert_used, self.n_expert
+                ));
+            }
             check("expert feed-forward length", self.n_ff_exp, MAX_DIM)?;
         }
         check("head count", self.n_head, MAX_DIM)?;
@@ -661,20 +728,27 @@ impl HParams {
         if !valid {
             return Err("rope theta or RMS epsilon is not a positive number".into());
         }
-        if self.window > self.n_ctx_train.max(1 << 20) {
+        // Only windowed layers use the window (Phi-3 files carry one llama.cpp ignores).
+        if self.windowed.iter().any(|&w| w) && self.window > self.n_ctx_train {
             return Err(format!(
                 "sliding window {} is larger than the context ({})",
                 self.window, self.n_ctx_train
             ));
         }
-        if self.n_rot > self.head_dim || !self.n_rot.is_multiple_of(2) {
+        if self.n_rot == 0 || self.n_rot > self.head_dim || !self.n_rot.is_multiple_of(2) {
             return Err(format!(
-                "RoPE dimension count {} must be even and at most the head dimension {}",
+                "RoPE dimension count {} must be even, positive and at most the head dimension {}",
                 self.n_rot, self.head_dim
             ));
         }
         if !(self.rope_attn_factor.is_finite() && self.rope_attn_factor > 0.0) {
-            return Err("rope.scaling.attn_factor is not a positive number".into());
+            return Err(format!(
+                "rope.scaling.attn_factor = {} is not a positive number",
+                self.rope_attn_factor
+            ));
+        }
+        if !(self.rope_freq_scale.is_finite() && self.rope_freq_scale > 0.0) {
+            return Err("rope.scaling.factor is not a positive number".into());
         }
         if !(self.rope_theta_window.is_finite() && self.rope_theta_window > 0.0) {
             return Err("the windowed layers' rope theta is not a positive number".into());
@@ -821,8 +895,10 @@ impl LayerTensor {
             Self::PostAttnNorm | Self::PostFfnNorm => arch.spec().norm == NormPlacement::PreAndPost,
             Self::Qkv => arch.spec().fused_qkv,
             Self::Q | Self::K | Self::V => !arch.spec().fused_qkv,
-            Self::GateUp => arch.spec().fused_gate_up,
-            Self::Gate | Self::Up => !arch.spec().fused_gate_up,
+            // A mixture-of-experts layer has no dense FFN (its experts are not LayerTensors).
+            Self::GateUp => arch.spec().fused_gate_up && !arch.spec().moe,
+            Self::Gate | Self::Up => !arch.spec().fused_gate_up && !arch.spec().moe,
+            Self::Down => !arch.spec().moe,
             _ => true,
         }
     }

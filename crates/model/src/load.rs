@@ -333,20 +333,32 @@ fn load_weights<S: Source>(
     } else {
         matrix(global_name(GlobalTensor::Output), hp.n_vocab, hp.n_embd)?
     };
+    // Each divides a pair's rotation frequency: a positive number.
+    let factors = |name: &str| -> Result<Option<Vec<f32>>, LoadErrorKind> {
+        let Some(f) = matrix(name, 1, hp.n_rot / 2)?.map(|t| t.to_f32()) else {
+            return Ok(None);
+        };
+        if f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(LoadErrorKind::Invalid(format!(
+                "tensor '{name}' holds a RoPE factor that is not a positive number"
+            )));
+        }
+        Ok(Some(f))
+    };
     // Llama 3's factors, or LongRoPE's for contexts up to the original length (verity's
     // contexts are: see ARCHITECTURE.md).
     let mut rope_freqs = None;
     for t in [GlobalTensor::RopeFreqs, GlobalTensor::RopeFactorsShort] {
         let name = global_name(t);
         if rope_freqs.is_none() && !name.is_empty() {
-            rope_freqs = matrix(name, 1, hp.n_rot / 2)?.map(|t| t.to_f32());
+            rope_freqs = factors(name)?;
         }
     }
     let long_name = global_name(GlobalTensor::RopeFactorsLong);
     let rope_freqs_long = if long_name.is_empty() {
         None
     } else {
-        matrix(long_name, 1, hp.n_rot / 2)?.map(|t| t.to_f32())
+        factors(long_name)?
     };
     let spec = hp.arch.spec();
 
