@@ -4,7 +4,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use verity_model::adapter::permute_rows;
-use verity_model::arch::{GlobalTensor, LayerTensor};
+use verity_model::arch::{FfnActivation, GlobalTensor, LayerTensor};
 use verity_model::{Model, Proj, RopeStyle, Tensor};
 
 use crate::merge::Merge;
@@ -216,9 +216,21 @@ pub fn write_hf_merged(
         config["rope_scaling"] =
             json!({ "rope_type": "linear", "factor": 1.0 / hp.rope_freq_scale });
     }
-    if let Some(freqs) = &w.rope_freqs {
-        config["rope_scaling"] = llama3_scaling_for(freqs, hp.head_dim, hp.rope_theta)?;
+    match (&w.rope_freqs, &w.rope_freqs_long) {
+        (Some(short), Some(long)) => {
+            config["rope_scaling"] = json!({
+                "rope_type": "longrope", "type": "longrope",
+                "short_factor": short, "long_factor": long,
+                "attention_factor": hp.rope_attn_factor,
+            });
+            config["original_max_position_embeddings"] = json!(hp.n_ctx_orig);
+        }
+        (Some(freqs), None) => {
+            config["rope_scaling"] = llama3_scaling_for(freqs, hp.head_dim, hp.rope_theta)?;
+        }
+        _ => {}
     }
+    arch_config(model, &mut config);
     write_json(&dir.join("config.json"), &config)?;
     write_json(
         &dir.join("generation_config.json"),
@@ -240,13 +252,14 @@ pub fn write_hf_merged(
         let (s, d) = matrix(o);
         tensors.push((GlobalTensor::Output.hf_name().into(), s, d));
     }
+    let norm_offset = hp.arch.spec().hf_norm_offset;
     tensors.push((
         GlobalTensor::OutputNorm.hf_name().into(),
         vec![hp.n_embd],
-        w.output_norm.clone(),
+        w.output_norm.iter().map(|x| x - norm_offset).collect(),
     ));
     for (l, layer) in w.layers.iter().enumerate() {
-        let mut add_matrix = |kind: LayerTensor, t: &Tensor, heads: Option<usize>| {
+        let entry = |kind: LayerTensor, t: &Tensor, heads: Option<usize>| {
             let (s, mut d) = matrix(t);
             if let (Some(m), Some(proj)) = (
                 merge,
@@ -257,15 +270,53 @@ pub fn write_hf_merged(
             if let (true, Some(h)) = (unpermute, heads) {
                 d = permute_rows(&d, t.cols, h, t.rows / h, true);
             }
-            tensors.push((kind.hf_name(l), s, d));
+            (kind.hf_name(l), s, d)
         };
-        add_matrix(LayerTensor::Q, &layer.wq, Some(hp.n_head));
-        add_matrix(LayerTensor::K, &layer.wk, Some(hp.n_head_kv));
-        add_matrix(LayerTensor::V, &layer.wv, None);
-        add_matrix(LayerTensor::Output, &layer.wo, None);
-        add_matrix(LayerTensor::Gate, &layer.w_gate, None);
-        add_matrix(LayerTensor::Up, &layer.w_up, None);
-        add_matrix(LayerTensor::Down, &layer.w_down, None);
+        let spec = hp.arch.spec();
+        if spec.fused_qkv {
+            // One matrix, rows q then k then v, as the checkpoint has it.
+            let (mut rows, mut data) = (0, Vec::new());
+            for t in [&layer.wq, &layer.wk, &layer.wv] {
+                rows += t.rows;
+                data.extend(t.to_f32());
+            }
+            tensors.push((LayerTensor::Qkv.hf_name(l), vec![rows, hp.n_embd], data));
+        } else {
+            tensors.push(entry(LayerTensor::Q, &layer.wq, Some(hp.n_head)));
+            tensors.push(entry(LayerTensor::K, &layer.wk, Some(hp.n_head_kv)));
+            tensors.push(entry(LayerTensor::V, &layer.wv, None));
+        }
+        tensors.push(entry(LayerTensor::Output, &layer.wo, None));
+        if let Some(moe) = &layer.moe {
+            let p = format!("model.layers.{l}.mlp");
+            tensors.push((
+                format!("{p}.gate.weight"),
+                vec![moe.router.rows, moe.router.cols],
+                moe.router.to_f32(),
+            ));
+            for (e, ((g, u), d)) in moe.gate.iter().zip(&moe.up).zip(&moe.down).enumerate() {
+                for (name, t) in [("gate_proj", g), ("up_proj", u), ("down_proj", d)] {
+                    tensors.push((
+                        format!("{p}.experts.{e}.{name}.weight"),
+                        vec![t.rows, t.cols],
+                        t.to_f32(),
+                    ));
+                }
+            }
+        } else if spec.fused_gate_up {
+            let mut data = layer.w_gate.to_f32();
+            data.extend(layer.w_up.to_f32());
+            tensors.push((
+                LayerTensor::GateUp.hf_name(l),
+                vec![2 * hp.n_ff, hp.n_embd],
+                data,
+            ));
+            tensors.push(entry(LayerTensor::Down, &layer.w_down, None));
+        } else {
+            tensors.push(entry(LayerTensor::Gate, &layer.w_gate, None));
+            tensors.push(entry(LayerTensor::Up, &layer.w_up, None));
+            tensors.push(entry(LayerTensor::Down, &layer.w_down, None));
+        }
         let vectors = [
             (LayerTensor::AttnNorm, Some(&layer.attn_norm)),
             (LayerTensor::FfnNorm, Some(&layer.ffn_norm)),
@@ -274,10 +325,19 @@ pub fn write_hf_merged(
             (LayerTensor::VBias, layer.bv.as_ref()),
             (LayerTensor::QNorm, layer.q_norm.as_ref()),
             (LayerTensor::KNorm, layer.k_norm.as_ref()),
+            (LayerTensor::PostAttnNorm, layer.post_attn_norm.as_ref()),
+            (LayerTensor::PostFfnNorm, layer.post_ffn_norm.as_ref()),
         ];
         for (kind, v) in vectors {
             if let Some(v) = v {
-                tensors.push((kind.hf_name(l), vec![v.len()], v.clone()));
+                // Gemma's checkpoints store norms as `w - 1`.
+                let offset = if kind.is_norm() {
+                    spec.hf_norm_offset
+                } else {
+                    0.0
+                };
+                let v: Vec<f32> = v.iter().map(|x| x - offset).collect();
+                tensors.push((kind.hf_name_in(hp.arch, l), vec![v.len()], v));
             }
         }
     }
@@ -349,6 +409,52 @@ pub fn write_hf_merged(
         &json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
     )?;
     Ok(n)
+}
+
+/// The `config.json` fields of the architecture's features beyond Llama's.
+fn arch_config(model: &Model, config: &mut serde_json::Value) {
+    let hp = &model.hparams;
+    let spec = hp.arch.spec();
+    if spec.ffn == FfnActivation::GeluTanh {
+        config["hidden_act"] = json!("gelu_pytorch_tanh");
+        config["hidden_activation"] = json!("gelu_pytorch_tanh");
+    }
+    if spec.embed_scale_sqrt_dim {
+        // Gemma: queries scaled by 1/sqrt(head_dim), as verity computes it.
+        config["query_pre_attn_scalar"] = json!(hp.head_dim);
+    }
+    if hp.window > 0 {
+        config["sliding_window"] = json!(hp.window);
+        let types: Vec<&str> = hp
+            .windowed
+            .iter()
+            .map(|&w| {
+                if w {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        config["layer_types"] = json!(types);
+        config["rope_local_base_freq"] = json!(hp.rope_theta_window);
+    }
+    if hp.no_rope.iter().any(|&n| n) {
+        // SmolLM3: 1 = the layer uses RoPE.
+        let v: Vec<u8> = hp.no_rope.iter().map(|&n| u8::from(!n)).collect();
+        config["no_rope_layers"] = json!(v);
+    }
+    if hp.n_rot != hp.head_dim {
+        config["partial_rotary_factor"] = json!(hp.n_rot as f64 / hp.head_dim as f64);
+    }
+    if spec.moe {
+        config["num_experts"] = json!(hp.n_expert);
+        config["num_experts_per_tok"] = json!(hp.n_expert_used);
+        config["moe_intermediate_size"] = json!(hp.n_ff_exp);
+        config["norm_topk_prob"] = json!(spec.moe_norm_weights);
+        config["decoder_sparse_step"] = json!(1);
+        config["mlp_only_layers"] = json!([]);
+    }
 }
 
 /// config.json `rope_scaling` that reproduces GGUF's `rope_freqs` factors.

@@ -84,13 +84,24 @@ fn convert(input: &Path, out: &Path, dtype: &str) {
 }
 
 /// F32 GGUFs of each architecture (Llama 3 with rope_freqs and permuted q/k, Qwen2 with
-/// biases, Qwen3 with q/k norms): the HF directory gives the same logits (1e-4), and its
-/// BF16 variant within 2 %.
+/// biases, Qwen3 with q/k norms, Gemma 3 with windows and `w - 1` norms, Phi-3 fused and
+/// with LongRoPE, SmolLM3 with NoPE layers, Qwen3-MoE with experts): the HF directory gives
+/// the same logits (1e-4), and its BF16 variant within 2 %.
 #[test]
 fn f32_models_convert_exactly() {
     let models = assets_dir().join("test-models");
     let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 500).collect();
-    for arch in ["llama", "qwen2", "qwen3"] {
+    for arch in [
+        "llama",
+        "qwen2",
+        "qwen3",
+        "gemma3",
+        "phi3",
+        "phi3-longrope",
+        "phi3-longrope-partial",
+        "smollm3",
+        "qwen3moe",
+    ] {
         let gguf = models.join(format!("{arch}-tiny-F32.gguf"));
         assert!(
             gguf.exists(),

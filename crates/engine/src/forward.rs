@@ -430,7 +430,9 @@ impl Runner {
             it.cache.make_room(it.tokens.len());
         }
         let n = s.rows.len();
-        let (d, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
+        // A mixture-of-experts model has no dense FFN: its buffers are the experts' own.
+        let ff = if hp.arch.spec().moe { 0 } else { hp.n_ff };
+        let (d, qd, kvd) = (hp.n_embd, hp.q_dim(), hp.kv_dim());
         for (buf, len) in [
             (&mut s.x, n * d),
             (&mut s.h, n * d),

@@ -308,6 +308,8 @@ pub struct HParams {
     pub rope_style: RopeStyle,
     /// Llama 3 scaling given as parameters (HF); GGUF stores the factors as a tensor instead.
     pub llama3_rope: Option<Llama3RopeScaling>,
+    /// LongRoPE's (short, long) factors given in `config.json`; GGUF stores them as tensors.
+    pub longrope: Option<(Vec<f32>, Vec<f32>)>,
     pub rms_eps: f32,
     /// Output projection shares the token embedding.
     pub tied_embeddings: bool,
@@ -332,6 +334,21 @@ pub struct HParams {
     pub n_expert_used: usize,
     /// Feed-forward length of one expert.
     pub n_ff_exp: usize,
+}
+
+/// LongRoPE's attention factor: as given, or as transformers derives it from how far the
+/// context was stretched (`sqrt(1 + ln(s) / ln(original))`).
+fn longrope_attn_factor(given: Option<f64>, max_pos: Option<usize>, orig: Option<usize>) -> f32 {
+    if let Some(f) = given {
+        return f as f32;
+    }
+    match (max_pos, orig) {
+        (Some(m), Some(o)) if m > o && o > 1 => {
+            let s = m as f64 / o as f64;
+            (1.0 + s.ln() / (o as f64).ln()).sqrt() as f32
+        }
+        _ => 1.0,
+    }
 }
 
 /// Which of `n_layer` layers skip RoPE.
@@ -506,6 +523,7 @@ impl HParams {
             rope_freq_scale,
             rope_style: spec.gguf_rope,
             llama3_rope: None,
+            longrope: None,
             rms_eps: g
                 .get_f64(&key("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5) as f32,
@@ -555,6 +573,28 @@ impl HParams {
         let float = |k: &str| c.get(k).and_then(Json::as_f64);
         let n_embd = req("hidden_size")?;
         let n_head = req("num_attention_heads")?;
+        let factors = |k: &str| -> Option<Vec<f32>> {
+            let a = c.get("rope_scaling")?.get(k)?.as_array()?;
+            a.iter().map(|v| v.as_f64().map(|x| x as f32)).collect()
+        };
+        let is_longrope = c.get("rope_scaling").is_some_and(|r| {
+            r.get("rope_type")
+                .or_else(|| r.get("type"))
+                .and_then(Json::as_str)
+                == Some("longrope")
+        });
+        let longrope = if is_longrope {
+            match (factors("short_factor"), factors("long_factor")) {
+                (Some(s), Some(l)) => Some((s, l)),
+                _ => {
+                    return Err(
+                        "config.json: rope_scaling longrope needs numeric short_factor and long_factor lists".into(),
+                    )
+                }
+            }
+        } else {
+            None
+        };
         let llama3_rope = c
             .get("rope_scaling")
             .filter(|r| !r.is_null())
@@ -630,6 +670,7 @@ impl HParams {
             rope_freq_scale,
             rope_style: RopeStyle::NeoX,
             llama3_rope,
+            longrope: longrope.clone(),
             rms_eps: float("rms_norm_eps").unwrap_or(1e-6) as f32,
             tied_embeddings: c
                 .get("tie_word_embeddings")
@@ -652,7 +693,16 @@ impl HParams {
                 }
                 None => no_rope_layers(spec, n_layer),
             },
-            rope_attn_factor: 1.0,
+            rope_attn_factor: match (&longrope, c.get("original_max_position_embeddings")) {
+                (None, _) => 1.0,
+                (Some(_), orig) => longrope_attn_factor(
+                    c["rope_scaling"]
+                        .get("attention_factor")
+                        .and_then(Json::as_f64),
+                    int("max_position_embeddings"),
+                    orig.and_then(Json::as_u64).map(|v| v as usize),
+                ),
+            },
             n_ctx_orig: c
                 .get("original_max_position_embeddings")
                 .and_then(Json::as_u64)

@@ -268,6 +268,18 @@ fn load_hf(dir: &Path) -> Result<Model, LoadErrorKind> {
     if let Some(s) = hparams.llama3_rope {
         weights.rope_freqs = Some(s.freq_factors(hparams.head_dim, hparams.rope_theta));
     }
+    if let Some((short, long)) = &hparams.longrope {
+        for f in [short, long] {
+            if f.len() != hparams.n_rot / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                return Err(LoadErrorKind::Invalid(format!(
+                    "config.json: rope_scaling factors must be {} positive numbers",
+                    hparams.n_rot / 2
+                )));
+            }
+        }
+        weights.rope_freqs = Some(short.clone());
+        weights.rope_freqs_long = Some(long.clone());
+    }
     check_vocab(&hparams, &tokenizer)?;
     Ok(Model {
         path: dir.to_path_buf(),
@@ -448,14 +460,34 @@ fn load_moe<S: Source>(
     l: usize,
     layer_name: &impl Fn(LayerTensor, usize) -> String,
 ) -> Result<Moe, LoadErrorKind> {
-    // Only GGUF names them this way; a Hugging Face checkpoint has one tensor per expert.
     let prefix = layer_name(LayerTensor::AttnNorm, l);
-    let Some(blk) = prefix.strip_suffix("attn_norm.weight") else {
-        return Err(LoadErrorKind::Invalid(
-            "mixture-of-experts models load from GGUF only for now; convert the checkpoint with llama.cpp's convert_hf_to_gguf.py".into(),
-        ));
-    };
     let (e, d, f) = (hp.n_expert, hp.n_embd, hp.n_ff_exp);
+    let Some(blk) = prefix.strip_suffix("attn_norm.weight") else {
+        // A Hugging Face checkpoint: one tensor per expert, the router as `mlp.gate`.
+        let p = format!("model.layers.{l}.mlp");
+        let matrix = |name: String, rows: usize, cols: usize| -> Result<Tensor, LoadErrorKind> {
+            let (ty, shape, bytes) = src
+                .find(&name)?
+                .ok_or_else(|| LoadErrorKind::Invalid(format!("missing tensor '{name}'")))?;
+            if shape != [cols, rows] {
+                return Err(LoadErrorKind::Invalid(format!(
+                    "tensor '{name}' has shape {shape:?}, expected [{cols}, {rows}] ({e} experts)"
+                )));
+            }
+            Ok(Tensor::mapped(ty, rows, cols, bytes, src.owner()))
+        };
+        let experts = |what: &str, rows: usize, cols: usize| {
+            (0..e)
+                .map(|x| matrix(format!("{p}.experts.{x}.{what}.weight"), rows, cols))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        return Ok(Moe {
+            router: matrix(format!("{p}.gate.weight"), e, d)?,
+            gate: experts("gate_proj", f, d)?,
+            up: experts("up_proj", f, d)?,
+            down: experts("down_proj", d, f)?,
+        });
+    };
     let experts = |what: &str, rows: usize, cols: usize| -> Result<Vec<Tensor>, LoadErrorKind> {
         let name = format!("{blk}ffn_{what}_exps.weight");
         let (ty, shape, bytes) = src
