@@ -211,6 +211,8 @@ pub fn write_hf_merged(
         },
         "bos_token_id": tok.bos_id(),
         "eos_token_id": tok.eos_id(),
+        // Some classes default to an id past a small vocabulary (Phi-3: 32000).
+        "pad_token_id": null,
     });
     if hp.rope_freq_scale != 1.0 {
         config["rope_scaling"] =

@@ -272,3 +272,69 @@ fn sharded_safetensors_load() {
         .unwrap();
     assert_eq!(la, lb);
 }
+
+/// The Hugging Face directories written for the new architectures are what transformers
+/// expects: it loads each (Gemma 3 text, Phi-3 with LongRoPE and partial rotary, SmolLM3's
+/// NoPE layers, Qwen3-MoE) and its logits equal verity's (fp32, within 0.1 %).
+#[test]
+fn converted_directories_load_in_transformers() {
+    let assets = assets_dir();
+    let python = assets.join("peft-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-peft-venv",
+        python.display()
+    );
+    let script = repo_root().join("crates/cli/tests/clients/hf_logits.py");
+    let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 500).collect();
+    let list = tokens
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    for arch in [
+        "gemma3",
+        "phi3-longrope",
+        "phi3-longrope-partial",
+        "smollm3",
+        "qwen3moe",
+    ] {
+        let gguf = assets.join(format!("test-models/{arch}-tiny-F32.gguf"));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("hf");
+        convert(&gguf, &dir, "f32");
+        let model = Arc::new(verity_model::load(&dir).unwrap());
+        // A context of 32 (the LongRoPE model's original length): transformers picks
+        // LongRoPE's factors by the sequence's length, llama.cpp and verity by the
+        // context's, so only there do both use the short ones.
+        let ours = verity_engine::Session::new(model, 32)
+            .eval_all(&tokens)
+            .unwrap();
+        let ours_file = tmp.path().join("ours.f32");
+        let bytes: Vec<u8> = ours.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&ours_file, bytes).unwrap();
+        let out = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(&dir)
+            .arg(&ours_file)
+            .arg(&list)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{arch}: transformers failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let e: f64 = stdout
+            .split("nrmse ")
+            .nth(1)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{arch}: {stdout}"));
+        eprintln!("{arch}: transformers {}", stdout.trim());
+        assert!(
+            e <= 1e-3,
+            "{arch}: normalised RMS error vs transformers {e}"
+        );
+    }
+}
