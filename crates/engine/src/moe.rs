@@ -6,11 +6,22 @@
 //! A row's result is the same whatever else is in the batch: each expert's product is
 //! computed row by row by [`matmul`], and a row's k expert outputs are weighted and
 //! summed in the order of its own ranking (as llama.cpp sums them).
+//!
+//! A prompt runs expert after expert, each product split over the threads ([`serial`]). A
+//! decode step (a few rows per expert) runs all its picked experts in one parallel region,
+//! one expert a task, when they share out evenly over the threads ([`experts_as_tasks`]),
+//! else every gate and up product in one region and every down product in a second
+//! ([`products_as_tasks`]): one or two regions a layer instead of three per picked expert.
 
-use verity_kernels::matmul;
+use verity_kernels::{matmul, WeightView};
 use verity_model::{HParams, Moe};
 
-use crate::ops::swiglu;
+use crate::ops::{par_rows, swiglu};
+
+/// Up to this many rows per picked expert, a step runs its experts' products side by side,
+/// one product (or expert) a task; above it, expert after expert, each product parallel
+/// inside ([`serial`]).
+const SIDE_BY_SIDE_MAX_ROWS: usize = 4;
 
 /// Reusable buffers.
 #[derive(Default)]
@@ -20,6 +31,9 @@ pub(crate) struct MoeScratch {
     picks: Vec<(usize, f32)>,
     /// Per expert: the (row, rank) pairs that picked it.
     by_expert: Vec<Vec<(usize, usize)>>,
+    /// The experts some row picked, in expert order, with the offset of their rows in the
+    /// packed buffers (in rows).
+    active: Vec<(usize, usize)>,
     x: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
@@ -37,7 +51,23 @@ pub(crate) fn moe_ffn(
     out: &mut [f32],
     s: &mut MoeScratch,
 ) {
-    let (d, n_exp, k, ff) = (hp.n_embd, hp.n_expert, hp.n_expert_used, hp.n_ff_exp);
+    let max_rows = route(moe, hp, h, n, s);
+    let threads = verity_pool::num_threads().max(1);
+    let n_act = s.active.len();
+    if max_rows > SIDE_BY_SIDE_MAX_ROWS {
+        serial(moe, hp, h, s);
+    } else if n_act.is_multiple_of(threads) || n_act >= 4 * threads {
+        experts_as_tasks(moe, hp, h, s);
+    } else {
+        products_as_tasks(moe, hp, h, s, threads);
+    }
+    combine(hp, n, out, s);
+}
+
+/// The router's picks for the `n` rows of `h`, grouped by expert; returns the most rows
+/// an expert got.
+fn route(moe: &Moe, hp: &HParams, h: &[f32], n: usize, s: &mut MoeScratch) -> usize {
+    let (d, n_exp, k) = (hp.n_embd, hp.n_expert, hp.n_expert_used);
     s.logits.resize(n * n_exp, 0.0);
     matmul(&moe.router.view(), h, n, &mut s.logits);
     s.picks.clear();
@@ -49,33 +79,23 @@ pub(crate) fn moe_ffn(
     for (i, &(e, _)) in s.picks.iter().enumerate() {
         s.by_expert[e].push((i / k, i % k));
     }
-    s.outs.resize(n * k * d, 0.0);
+    s.active.clear();
+    let mut total = 0;
+    let mut max_rows = 0;
     for (e, rows) in s.by_expert.iter().enumerate() {
-        let m = rows.len();
-        if m == 0 {
-            continue;
-        }
-        s.x.resize(m * d, 0.0);
-        for (dst, &(r, _)) in s.x.chunks_exact_mut(d).zip(rows) {
-            dst.copy_from_slice(&h[r * d..(r + 1) * d]);
-        }
-        s.gate.resize(m * ff, 0.0);
-        s.up.resize(m * ff, 0.0);
-        matmul(&moe.gate[e].view(), &s.x, m, &mut s.gate);
-        matmul(&moe.up[e].view(), &s.x, m, &mut s.up);
-        for (g, u) in s.gate.chunks_exact_mut(ff).zip(s.up.chunks_exact(ff)) {
-            swiglu(g, u);
-        }
-        s.y.resize(m * d, 0.0);
-        matmul(&moe.down[e].view(), &s.gate, m, &mut s.y);
-        for (y, &(r, j)) in s.y.chunks_exact(d).zip(rows) {
-            let w = s.picks[r * k + j].1;
-            let dst = &mut s.outs[(r * k + j) * d..(r * k + j + 1) * d];
-            for (o, &v) in dst.iter_mut().zip(y) {
-                *o = v * w;
-            }
+        if !rows.is_empty() {
+            s.active.push((e, total));
+            total += rows.len();
+            max_rows = max_rows.max(rows.len());
         }
     }
+    s.outs.resize(n * k * d, 0.0);
+    max_rows
+}
+
+/// Each row's k weighted expert outputs summed in the order of its ranking.
+fn combine(hp: &HParams, n: usize, out: &mut [f32], s: &MoeScratch) {
+    let (d, k) = (hp.n_embd, hp.n_expert_used);
     for (r, dst) in out.chunks_exact_mut(d).enumerate().take(n) {
         let row = &s.outs[r * k * d..(r + 1) * k * d];
         dst.copy_from_slice(&row[..d]);
@@ -87,17 +107,256 @@ pub(crate) fn moe_ffn(
     }
 }
 
+/// Expert after expert: gate and up over the rows that picked it, SwiGLU, down, each
+/// product split over the threads by [`matmul`]. For prompts, where an expert has many rows.
+fn serial(moe: &Moe, hp: &HParams, h: &[f32], s: &mut MoeScratch) {
+    let (d, k, ff) = (hp.n_embd, hp.n_expert_used, hp.n_ff_exp);
+    for &(e, _) in &s.active {
+        let rows = &s.by_expert[e];
+        let m = rows.len();
+        s.x.resize(m * d, 0.0);
+        for (dst, &(r, _)) in s.x.chunks_exact_mut(d).zip(rows) {
+            dst.copy_from_slice(&h[r * d..(r + 1) * d]);
+        }
+        s.gate.resize(m * ff, 0.0);
+        s.up.resize(m * ff, 0.0);
+        matmul(&moe.gate[e].view(), &s.x, m, &mut s.gate);
+        matmul(&moe.up[e].view(), &s.x, m, &mut s.up);
+        let up = &s.up;
+        par_rows(&mut s.gate, ff, &|r, g| {
+            swiglu(g, &up[r * ff..(r + 1) * ff])
+        });
+        s.y.resize(m * d, 0.0);
+        matmul(&moe.down[e].view(), &s.gate, m, &mut s.y);
+        weigh(&s.y, rows, &s.picks, k, d, &mut s.outs);
+    }
+}
+
+/// Each picked expert's rows of `h`, packed expert after expert into `s.x`; returns the
+/// number of rows.
+fn gather(h: &[f32], d: usize, s: &mut MoeScratch) -> usize {
+    let total: usize = s.active.iter().map(|&(e, _)| s.by_expert[e].len()).sum();
+    s.x.resize(total * d, 0.0);
+    for &(e, off) in &s.active {
+        let rows = &s.by_expert[e];
+        let x = &mut s.x[off * d..(off + rows.len()) * d];
+        for (dst, &(r, _)) in x.chunks_exact_mut(d).zip(rows) {
+            dst.copy_from_slice(&h[r * d..(r + 1) * d]);
+        }
+    }
+    total
+}
+
+/// All picked experts at once, one a task (gate, up, SwiGLU, down on that thread), in one
+/// parallel region; for decoding when the experts share out evenly over the threads.
+/// Inside a task [`matmul`] runs on that thread alone; its result for a row does not
+/// depend on the thread count, the batch or the rows it is given, so this gives exactly
+/// what [`serial`] gives.
+fn experts_as_tasks(moe: &Moe, hp: &HParams, h: &[f32], s: &mut MoeScratch) {
+    let (d, k, ff) = (hp.n_embd, hp.n_expert_used, hp.n_ff_exp);
+    let total = gather(h, d, s);
+    s.gate.resize(total * ff, 0.0);
+    s.up.resize(total * ff, 0.0);
+    s.y.resize(total * d, 0.0);
+    {
+        let mut tasks = Vec::with_capacity(s.active.len());
+        let (mut gate, mut up, mut y) = (&mut s.gate[..], &mut s.up[..], &mut s.y[..]);
+        for &(e, off) in &s.active {
+            let m = s.by_expert[e].len();
+            let (g, rest) = std::mem::take(&mut gate).split_at_mut(m * ff);
+            gate = rest;
+            let (u, rest) = std::mem::take(&mut up).split_at_mut(m * ff);
+            up = rest;
+            let (o, rest) = std::mem::take(&mut y).split_at_mut(m * d);
+            y = rest;
+            tasks.push((e, &s.x[off * d..(off + m) * d], g, u, o));
+        }
+        verity_pool::for_each_chunk_mut(&mut tasks, 1, &|_, t| {
+            for (e, x, g, u, o) in t {
+                let m = x.len() / d;
+                matmul(&moe.gate[*e].view(), x, m, g);
+                matmul(&moe.up[*e].view(), x, m, u);
+                swiglu(g, u);
+                matmul(&moe.down[*e].view(), g, m, o);
+            }
+        });
+    }
+    for &(e, off) in &s.active {
+        let rows = &s.by_expert[e];
+        let y = &s.y[off * d..(off + rows.len()) * d];
+        weigh(y, rows, &s.picks, k, d, &mut s.outs);
+    }
+}
+
+/// All picked experts at once, for decoding: one parallel region for every expert's gate
+/// and up products, one for every down product, the tasks being whole products (or row
+/// ranges of them, when there are too few products for the threads). Exactly what
+/// [`serial`] gives, as [`experts_as_tasks`]; `threads` only sets how finely the products
+/// are split.
+fn products_as_tasks(moe: &Moe, hp: &HParams, h: &[f32], s: &mut MoeScratch, threads: usize) {
+    let (d, k, ff) = (hp.n_embd, hp.n_expert_used, hp.n_ff_exp);
+    let total = gather(h, d, s);
+    let threads = threads.max(1);
+    let n_act = s.active.len();
+
+    // gate and up: output of expert i, matrix w, row range c as [m][len] at its own place;
+    // with one range per matrix that is the expert's [m][ff] block of `gate` / `up`.
+    let parts = (2 * threads).div_ceil(2 * n_act).clamp(1, ff.div_ceil(16));
+    s.gate.resize(total * ff, 0.0);
+    s.up.resize(total * ff, 0.0);
+    {
+        let mut tasks = Vec::with_capacity(2 * n_act * parts);
+        for (out, mats) in [(&mut s.gate, &moe.gate), (&mut s.up, &moe.up)] {
+            let mut rest: &mut [f32] = out;
+            for &(e, off) in &s.active {
+                let m = s.by_expert[e].len();
+                for (r0, r1) in ranges(ff, parts) {
+                    let (y, tail) = std::mem::take(&mut rest).split_at_mut(m * (r1 - r0));
+                    rest = tail;
+                    tasks.push(Task {
+                        w: rows_of(mats[e].view(), r0, r1),
+                        x: &s.x[off * d..(off + m) * d],
+                        m,
+                        y,
+                    });
+                }
+            }
+        }
+        run(&mut tasks);
+    }
+    if parts > 1 {
+        // [range][m][len] -> [m][ff] per expert (gate and up alike)
+        for buf in [&mut s.gate, &mut s.up] {
+            s.y.resize(total * ff, 0.0);
+            s.y.copy_from_slice(buf);
+            for &(e, off) in &s.active {
+                let m = s.by_expert[e].len();
+                let src = &s.y[off * ff..(off + m) * ff];
+                let dst = &mut buf[off * ff..(off + m) * ff];
+                let mut at = 0;
+                for (r0, r1) in ranges(ff, parts) {
+                    let len = r1 - r0;
+                    for b in 0..m {
+                        dst[b * ff + r0..b * ff + r1].copy_from_slice(&src[at..at + len]);
+                        at += len;
+                    }
+                }
+            }
+        }
+    }
+    let up = &s.up;
+    par_rows(&mut s.gate, ff, &|r, g| {
+        swiglu(g, &up[r * ff..(r + 1) * ff])
+    });
+
+    // down: [range][m][len] per expert, then weighted into `outs`.
+    let parts = (2 * threads).div_ceil(n_act).clamp(1, d.div_ceil(16));
+    s.y.resize(total * d, 0.0);
+    {
+        let mut tasks = Vec::with_capacity(n_act * parts);
+        let mut rest: &mut [f32] = &mut s.y;
+        for &(e, off) in &s.active {
+            let m = s.by_expert[e].len();
+            for (r0, r1) in ranges(d, parts) {
+                let (y, tail) = std::mem::take(&mut rest).split_at_mut(m * (r1 - r0));
+                rest = tail;
+                tasks.push(Task {
+                    w: rows_of(moe.down[e].view(), r0, r1),
+                    x: &s.gate[off * ff..(off + m) * ff],
+                    m,
+                    y,
+                });
+            }
+        }
+        run(&mut tasks);
+    }
+    for &(e, off) in &s.active {
+        let rows = &s.by_expert[e];
+        let src = &s.y[off * d..(off + rows.len()) * d];
+        let mut at = 0;
+        for (r0, r1) in ranges(d, parts) {
+            for &(r, j) in rows {
+                let w = s.picks[r * k + j].1;
+                let dst = &mut s.outs[(r * k + j) * d + r0..(r * k + j) * d + r1];
+                for (o, &v) in dst.iter_mut().zip(&src[at..at + (r1 - r0)]) {
+                    *o = v * w;
+                }
+                at += r1 - r0;
+            }
+        }
+    }
+}
+
+/// One product of [`products_as_tasks`]: `y = w · x` for `m` rows.
+struct Task<'a> {
+    w: WeightView<'a>,
+    x: &'a [f32],
+    m: usize,
+    y: &'a mut [f32],
+}
+
+/// Run the products in parallel, one per task.
+fn run(tasks: &mut [Task]) {
+    verity_pool::for_each_chunk_mut(tasks, 1, &|_, t| {
+        for t in t {
+            matmul(&t.w, t.x, t.m, t.y);
+        }
+    });
+}
+
+/// Rows `r0..r1` of a weight matrix.
+fn rows_of(w: WeightView<'_>, r0: usize, r1: usize) -> WeightView<'_> {
+    let rb = w.row_bytes();
+    WeightView {
+        rows: r1 - r0,
+        data: &w.data[r0 * rb..r1 * rb],
+        ..w
+    }
+}
+
+/// `0..n` in `parts` ranges of nearly equal length.
+fn ranges(n: usize, parts: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..parts).map(move |p| (p * n / parts, (p + 1) * n / parts))
+}
+
+/// Each pick's output, weighted, to its place in `outs`.
+fn weigh(
+    y: &[f32],
+    rows: &[(usize, usize)],
+    picks: &[(usize, f32)],
+    k: usize,
+    d: usize,
+    outs: &mut [f32],
+) {
+    for (y, &(r, j)) in y.chunks_exact(d).zip(rows) {
+        let w = picks[r * k + j].1;
+        let dst = &mut outs[(r * k + j) * d..(r * k + j + 1) * d];
+        for (o, &v) in dst.iter_mut().zip(y) {
+            *o = v * w;
+        }
+    }
+}
+
 /// Softmax over the router's logits, the `k` best experts (ties: the lower index), their
 /// probabilities (renormalised to sum to 1 with `norm`); appended to `picks`.
 fn pick(logits: &[f32], k: usize, norm: bool, picks: &mut Vec<(usize, f32)>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| (l - max).exp() as f64).sum();
     let inv = (1.0 / sum) as f32;
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    // The k best, best first, by insertion: a later index goes after an equal logit.
     let first = picks.len();
-    for &e in &order[..k] {
-        picks.push((e, (logits[e] - max).exp() * inv));
+    for (e, &l) in logits.iter().enumerate() {
+        let top = &picks[first..];
+        let at = top.partition_point(|&(p, _)| logits[p].total_cmp(&l).is_ge());
+        if at < k {
+            if top.len() == k {
+                picks.pop();
+            }
+            picks.insert(first + at, (e, 0.0));
+        }
+    }
+    for p in &mut picks[first..] {
+        p.1 = (logits[p.0] - max).exp() * inv;
     }
     if norm {
         let total: f32 = picks[first..].iter().map(|p| p.1).sum();
@@ -112,6 +371,63 @@ fn pick(logits: &[f32], k: usize, norm: bool, picks: &mut Vec<(usize, f32)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The decoding paths give what the prompt path gives, bit for bit, however finely they
+    /// split the products; a row gives the same alone as in a batch.
+    #[test]
+    fn decoding_and_prompt_paths_agree() {
+        let assets = std::env::var_os("VERITY_ASSETS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").unwrap())
+                    .join(".cache/verity/assets")
+            });
+        let path = assets.join("test-models/qwen3moe-tiny-Q8_0.gguf");
+        assert!(
+            path.exists(),
+            "{} is missing: run scripts/make-test-models",
+            path.display()
+        );
+        let model = verity_model::load(&path).unwrap();
+        let hp = &model.hparams;
+        let moe = model.weights.layers[0].moe.as_ref().unwrap();
+        let d = hp.n_embd;
+        let h: Vec<f32> = (0..5 * d)
+            .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let mut s = MoeScratch::default();
+        for n in 1..=5 {
+            let h = &h[..n * d];
+            route(moe, hp, h, n, &mut s);
+            serial(moe, hp, h, &mut s);
+            let want = s.outs.clone();
+            for threads in [1, 2, 3, 8, 64] {
+                route(moe, hp, h, n, &mut s);
+                products_as_tasks(moe, hp, h, &mut s, threads);
+                assert!(s.outs == want, "{n} rows, {threads} threads");
+            }
+            route(moe, hp, h, n, &mut s);
+            experts_as_tasks(moe, hp, h, &mut s);
+            assert!(s.outs == want, "{n} rows, experts as tasks");
+            // each row alone
+            for r in 0..n {
+                let k = hp.n_expert_used;
+                let row = &h[r * d..(r + 1) * d];
+                route(moe, hp, row, 1, &mut s);
+                products_as_tasks(moe, hp, row, &mut s, 2);
+                assert!(
+                    s.outs[..k * d] == want[r * k * d..(r + 1) * k * d],
+                    "row {r} of {n}"
+                );
+                route(moe, hp, row, 1, &mut s);
+                experts_as_tasks(moe, hp, row, &mut s);
+                assert!(
+                    s.outs[..k * d] == want[r * k * d..(r + 1) * k * d],
+                    "row {r} of {n}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn picks_the_best_and_renormalises() {

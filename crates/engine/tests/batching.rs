@@ -184,3 +184,115 @@ fn windowed_layers_keep_only_their_window_and_the_same_logits() {
         .to_vec();
     assert_eq!(cont, whole[40 * n_vocab..], "copied prefix");
 }
+
+/// A mixture-of-experts model (the tiny random qwen3moe of `scripts/make-test-models`: 8
+/// experts, 2 used): a prompt at once (each expert over many rows, one expert after
+/// another), token by token and in small chunks (all picked experts together), and beside
+/// other sequences in one batch give the same logits bit for bit. In Q8_0 and in F32 (whose
+/// products do not quantize the activations, so the last bit of every expert output counts).
+#[test]
+fn moe_rows_do_not_depend_on_the_batch() {
+    moe_rows_do_not_depend_on_the_batch_in("qwen3moe-tiny-Q8_0.gguf");
+    moe_rows_do_not_depend_on_the_batch_in("qwen3moe-tiny-F32.gguf");
+}
+
+fn moe_rows_do_not_depend_on_the_batch_in(file: &str) {
+    let assets = std::env::var_os("VERITY_ASSETS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/verity/assets")
+        });
+    let path = assets.join("test-models").join(file);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/make-test-models",
+        path.display()
+    );
+    let model = Arc::new(verity_model::load(&path).unwrap());
+    assert!(model.hparams.n_expert == 8 && model.hparams.n_expert_used == 2);
+    let n_vocab = model.hparams.n_vocab;
+    let tokens: Vec<u32> = (0..48).map(|i| (i * 53 % 400) as u32 + 5).collect();
+    let other: Vec<u32> = (0..20).map(|i| (i * 31 % 300) as u32 + 7).collect();
+    let n_ctx = 64;
+
+    let whole = Session::new(model.clone(), n_ctx)
+        .eval_all(&tokens)
+        .unwrap();
+
+    let mut one = Session::new(model.clone(), n_ctx);
+    let mut by_token = Vec::new();
+    for &t in &tokens {
+        by_token.extend_from_slice(&one.eval_all(&[t]).unwrap());
+    }
+    assert_eq!(by_token, whole, "token by token");
+
+    let mut chunked = Session::new(model.clone(), n_ctx);
+    let mut by_chunk = Vec::new();
+    for c in tokens.chunks(3) {
+        by_chunk.extend_from_slice(&chunked.eval_all(c).unwrap());
+    }
+    assert_eq!(by_chunk, whole, "chunks of 3");
+
+    // The last 8 tokens beside another sequence's prompt, then one decode step for both.
+    let mut runner = Runner::new(model.clone());
+    let mut a = KvCache::new(&model, n_ctx);
+    let mut b = KvCache::new(&model, n_ctx);
+    runner
+        .forward(&mut [BatchItem {
+            cache: &mut a,
+            tokens: &tokens[..40],
+            logits: Logits::None,
+        }])
+        .unwrap();
+    let together = runner
+        .forward(&mut [
+            BatchItem {
+                cache: &mut a,
+                tokens: &tokens[40..],
+                logits: Logits::All,
+            },
+            BatchItem {
+                cache: &mut b,
+                tokens: &other,
+                logits: Logits::All,
+            },
+        ])
+        .unwrap()
+        .to_vec();
+    assert_eq!(
+        together[..8 * n_vocab],
+        whole[40 * n_vocab..],
+        "beside another prompt"
+    );
+    let other_alone = Session::new(model.clone(), n_ctx).eval_all(&other).unwrap();
+    assert_eq!(together[8 * n_vocab..], other_alone[..], "the other prompt");
+    let step = runner
+        .forward(&mut [
+            BatchItem {
+                cache: &mut a,
+                tokens: &[42],
+                logits: Logits::Last,
+            },
+            BatchItem {
+                cache: &mut b,
+                tokens: &[43],
+                logits: Logits::Last,
+            },
+        ])
+        .unwrap()
+        .to_vec();
+    let mut s = Session::new(model.clone(), n_ctx);
+    s.eval_all(&tokens).unwrap();
+    assert_eq!(
+        step[..n_vocab],
+        s.eval(&[42]).unwrap()[..],
+        "decode step, first"
+    );
+    let mut s = Session::new(model.clone(), n_ctx);
+    s.eval_all(&other).unwrap();
+    assert_eq!(
+        step[n_vocab..],
+        s.eval(&[43]).unwrap()[..],
+        "decode step, second"
+    );
+}
