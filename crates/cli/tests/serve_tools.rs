@@ -127,16 +127,7 @@ fn a_template_that_loops_forever_cannot_take_the_server_down() {
         "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
     )
     .unwrap();
-    let model = tmp.path().join("hostile.gguf");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/set-chat-template.py");
-    let o = Command::new("python3")
-        .arg(script)
-        .arg(verity_store::resolve(None).unwrap())
-        .arg(&model)
-        .arg(&template)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let model = set_template(tmp.path(), &template);
     let s = Server::start(&["--model", model.to_str().unwrap(), "--parallel", "2"]);
     let port = s.port;
     let started = Instant::now();
@@ -178,20 +169,26 @@ fn a_template_that_loops_forever_cannot_take_the_server_down() {
 }
 
 /// The default model with `template` (a file of the reference's template collection)
-/// as its chat template, written with the reference's gguf-py.
+/// as its chat template.
 fn with_template(dir: &Path, template: &str) -> std::path::PathBuf {
     let assets = std::env::var_os("VERITY_ASSETS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
             std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/verity/assets")
         });
+    set_template(dir, &assets.join("chat-templates").join(template))
+}
+
+/// The default model with the chat template in file `template`, written into `dir` with
+/// the reference's gguf-py (`scripts/set-chat-template.py`).
+fn set_template(dir: &Path, template: &Path) -> std::path::PathBuf {
     let model = dir.join("with-template.gguf");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/set-chat-template.py");
     let o = Command::new("python3")
         .arg(script)
         .arg(verity_store::resolve(None).unwrap())
         .arg(&model)
-        .arg(assets.join("chat-templates").join(template))
+        .arg(template)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

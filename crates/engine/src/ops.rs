@@ -139,28 +139,31 @@ impl Rope {
     /// factors by context length).
     pub fn for_context(model: &verity_model::Model, n_ctx: usize) -> Self {
         let hp = &model.hparams;
-        let mut rope = Rope::new(
-            hp.n_rot,
+        let mut rope = Self::for_heads(
+            hp,
             hp.rope_theta,
             hp.rope_freq_scale,
             model.weights.rope_freqs_for(hp, n_ctx),
-            hp.rope_style == verity_model::RopeStyle::NeoX,
         );
         rope.mscale = hp.rope_attn_factor;
-        rope.stride = hp.head_dim;
         rope
     }
 
     /// The rotation of `model`'s sliding-window layers: their own base, unscaled.
     pub fn for_window_layers(model: &verity_model::Model) -> Self {
         let hp = &model.hparams;
-        let mut rope = Rope::new(
-            hp.n_rot,
-            hp.rope_theta_window,
-            1.0,
-            None,
-            hp.rope_style == verity_model::RopeStyle::NeoX,
-        );
+        Self::for_heads(hp, hp.rope_theta_window, 1.0, None)
+    }
+
+    /// A rotation of the first `n_rot` dimensions of `hp`'s heads.
+    fn for_heads(
+        hp: &verity_model::HParams,
+        theta: f32,
+        freq_scale: f32,
+        factors: Option<&[f32]>,
+    ) -> Self {
+        let neox = hp.rope_style == verity_model::RopeStyle::NeoX;
+        let mut rope = Rope::new(hp.n_rot, theta, freq_scale, factors, neox);
         rope.stride = hp.head_dim;
         rope
     }

@@ -114,40 +114,13 @@ fn context_overflow_is_an_error_not_a_panic() {
 /// and shifted rows.
 #[test]
 fn windowed_layers_keep_only_their_window_and_the_same_logits() {
-    let assets = std::env::var_os("VERITY_ASSETS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/verity/assets")
-        });
-    let path = assets.join("test-models/gemma3-tiny-Q8_0.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/make-test-models",
-        path.display()
-    );
-    let model = Arc::new(verity_model::load(&path).unwrap());
+    let model = test_model("gemma3-tiny-Q8_0.gguf");
     assert!(model.hparams.layer_window(0) == Some(8) && model.hparams.layer_window(5).is_none());
     let n_vocab = model.hparams.n_vocab;
     let tokens: Vec<u32> = (0..60).map(|i| (i * 37 % 500) as u32 + 3).collect();
     let n_ctx = 64;
 
-    let whole = Session::new(model.clone(), n_ctx)
-        .eval_all(&tokens)
-        .unwrap();
-
-    let mut one = Session::new(model.clone(), n_ctx);
-    let mut by_token = Vec::new();
-    for &t in &tokens {
-        by_token.extend_from_slice(&one.eval_all(&[t]).unwrap());
-    }
-    assert_eq!(by_token, whole, "token by token");
-
-    let mut chunked = Session::new(model.clone(), n_ctx);
-    let mut by_chunk = Vec::new();
-    for c in tokens.chunks(7) {
-        by_chunk.extend_from_slice(&chunked.eval_all(c).unwrap());
-    }
-    assert_eq!(by_chunk, whole, "chunks of 7");
+    let (whole, mut chunked) = same_whole_by_token_and_in_chunks(&model, &tokens, n_ctx, 7);
 
     // Resume at a position the windows still reach (the last chunk, 56..60, made the
     // windowed layers drop every row before 49): the rest recomputed equals the rest.
@@ -197,41 +170,14 @@ fn moe_rows_do_not_depend_on_the_batch() {
 }
 
 fn moe_rows_do_not_depend_on_the_batch_in(file: &str) {
-    let assets = std::env::var_os("VERITY_ASSETS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/verity/assets")
-        });
-    let path = assets.join("test-models").join(file);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/make-test-models",
-        path.display()
-    );
-    let model = Arc::new(verity_model::load(&path).unwrap());
+    let model = test_model(file);
     assert!(model.hparams.n_expert == 8 && model.hparams.n_expert_used == 2);
     let n_vocab = model.hparams.n_vocab;
     let tokens: Vec<u32> = (0..48).map(|i| (i * 53 % 400) as u32 + 5).collect();
     let other: Vec<u32> = (0..20).map(|i| (i * 31 % 300) as u32 + 7).collect();
     let n_ctx = 64;
 
-    let whole = Session::new(model.clone(), n_ctx)
-        .eval_all(&tokens)
-        .unwrap();
-
-    let mut one = Session::new(model.clone(), n_ctx);
-    let mut by_token = Vec::new();
-    for &t in &tokens {
-        by_token.extend_from_slice(&one.eval_all(&[t]).unwrap());
-    }
-    assert_eq!(by_token, whole, "token by token");
-
-    let mut chunked = Session::new(model.clone(), n_ctx);
-    let mut by_chunk = Vec::new();
-    for c in tokens.chunks(3) {
-        by_chunk.extend_from_slice(&chunked.eval_all(c).unwrap());
-    }
-    assert_eq!(by_chunk, whole, "chunks of 3");
+    let (whole, _) = same_whole_by_token_and_in_chunks(&model, &tokens, n_ctx, 3);
 
     // The last 8 tokens beside another sequence's prompt, then one decode step for both.
     let mut runner = Runner::new(model.clone());
@@ -295,4 +241,46 @@ fn moe_rows_do_not_depend_on_the_batch_in(file: &str) {
         s.eval(&[43]).unwrap()[..],
         "decode step, second"
     );
+}
+
+/// A random-weight model of `scripts/make-test-models`.
+fn test_model(file: &str) -> Arc<verity_model::Model> {
+    let assets = std::env::var_os("VERITY_ASSETS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/verity/assets")
+        });
+    let path = assets.join("test-models").join(file);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/make-test-models",
+        path.display()
+    );
+    Arc::new(verity_model::load(&path).unwrap())
+}
+
+/// Every logit of `tokens` in one pass; asserts that token by token and in chunks of
+/// `chunk` give the same bits. Returns them and the chunked session (for more checks).
+fn same_whole_by_token_and_in_chunks(
+    model: &Arc<verity_model::Model>,
+    tokens: &[u32],
+    n_ctx: usize,
+    chunk: usize,
+) -> (Vec<f32>, Session) {
+    let whole = Session::new(model.clone(), n_ctx).eval_all(tokens).unwrap();
+
+    let mut one = Session::new(model.clone(), n_ctx);
+    let mut by_token = Vec::new();
+    for &t in tokens {
+        by_token.extend_from_slice(&one.eval_all(&[t]).unwrap());
+    }
+    assert_eq!(by_token, whole, "token by token");
+
+    let mut chunked = Session::new(model.clone(), n_ctx);
+    let mut by_chunk = Vec::new();
+    for c in tokens.chunks(chunk) {
+        by_chunk.extend_from_slice(&chunked.eval_all(c).unwrap());
+    }
+    assert_eq!(by_chunk, whole, "chunks of {chunk}");
+    (whole, chunked)
 }

@@ -573,6 +573,7 @@ impl HParams {
         let float = |k: &str| c.get(k).and_then(Json::as_f64);
         let n_embd = req("hidden_size")?;
         let n_head = req("num_attention_heads")?;
+        let head_dim = int("head_dim").unwrap_or(n_embd.checked_div(n_head).unwrap_or(0));
         let factors = |k: &str| -> Option<Vec<f32>> {
             let a = c.get("rope_scaling")?.get(k)?.as_array()?;
             a.iter().map(|v| v.as_f64().map(|x| x as f32)).collect()
@@ -663,7 +664,7 @@ impl HParams {
             n_ff: req("intermediate_size")?,
             n_head,
             n_head_kv: int("num_key_value_heads").unwrap_or(n_head),
-            head_dim: int("head_dim").unwrap_or(n_embd.checked_div(n_head).unwrap_or(0)),
+            head_dim,
             n_vocab: req("vocab_size")?,
             n_ctx_train: int("max_position_embeddings").unwrap_or(4096),
             rope_theta,
@@ -707,13 +708,8 @@ impl HParams {
                 .get("original_max_position_embeddings")
                 .and_then(Json::as_u64)
                 .map_or(usize::MAX, |v| v as usize),
-            n_rot: float("partial_rotary_factor").map_or(
-                int("head_dim").unwrap_or(n_embd.checked_div(n_head).unwrap_or(0)),
-                |f| {
-                    (f * int("head_dim").unwrap_or(n_embd.checked_div(n_head).unwrap_or(0)) as f64)
-                        as usize
-                },
-            ),
+            n_rot: float("partial_rotary_factor")
+                .map_or(head_dim, |f| (f * head_dim as f64) as usize),
             n_expert: if spec.moe { req("num_experts")? } else { 0 },
             n_expert_used: if spec.moe {
                 req("num_experts_per_tok")?
