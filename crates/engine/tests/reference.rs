@@ -29,10 +29,7 @@ fn assets_dir() -> PathBuf {
 fn gemma3() -> Arc<verity_model::Model> {
     let path = std::env::var_os("VERITY_MODEL_GEMMA3")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-                .join(".cache/verity/models/gemma-3-270m-q4_k_m.gguf")
-        });
+        .unwrap_or_else(|| verity_store::store_dir().join("gemma-3-270m-q4_k_m.gguf"));
     assert!(
         path.exists(),
         "{} is missing: run scripts/fetch-models",
