@@ -2,7 +2,8 @@
 //! rounding anywhere).
 //!
 //! A micro-batch is `n` rows (tokens) of packed examples: `segments` lists each example's
-//! `(start, len)`, and a row attends causally to the rows of its own segment only. Query
+//! `(start, len)`, and a row attends causally to the rows of its own segment only (with a
+//! sliding window, to the last `window` of them). Query
 //! and key rows arrive already rotated (RoPE is the caller's). Query head `h` uses KV head
 //! `h / (n_head / n_head_kv)`.
 //!
@@ -44,6 +45,9 @@ pub struct TrainShape {
     pub n_head_kv: usize,
     /// Elements per head.
     pub head_dim: usize,
+    /// Sliding window: a row attends to itself and the `window − 1` rows before it
+    /// (Gemma's and Mistral's windowed layers); 0 attends to the whole segment.
+    pub window: usize,
 }
 
 /// Rows (queries) and columns (keys) of a block.
@@ -203,6 +207,8 @@ struct Dims {
     group: usize,
     qd: usize,
     kvd: usize,
+    /// Keys a row sees, itself included (`usize::MAX`: the whole segment).
+    win: usize,
 }
 
 impl Dims {
@@ -237,6 +243,7 @@ impl Dims {
             group: s.n_head / s.n_head_kv,
             qd,
             kvd,
+            win: if s.window == 0 { usize::MAX } else { s.window },
         }
     }
 
@@ -481,8 +488,12 @@ fn fwd_task<const MR: usize, const NR: usize>(
                     inv[r] = 0.0;
                     continue;
                 }
-                let (live, masked) = row.split_at_mut(i0 + r + 1);
+                let i = i0 + r;
+                let (seen, masked) = row.split_at_mut(i + 1);
                 masked.fill(0.0);
+                // Keys before the sliding window are masked like the future ones.
+                let (before, live) = seen.split_at_mut((i + 1).saturating_sub(c.d.win));
+                before.fill(0.0);
                 for x in live.iter_mut() {
                     *x *= c.scale;
                 }
@@ -691,12 +702,17 @@ fn bwd_task<const MR: usize, const NR: usize>(
             let (j0, kb) = (jb * BLK, &kk[jb * BLK * hdp..][..BLK * hdp]);
             for ib in jb..nb {
                 let i0 = ib * BLK;
+                if i0 >= (j0 + BLK - 1).saturating_add(c.d.win) {
+                    break; // every query of this block and after is past the keys' window
+                }
                 gemm::<MR, NR>(BLK, BLK, hdp, kb, hdp, &qt[i0..], lp, pt, BLK, false, pk);
                 let vb = &vv[j0 * hdp..][..BLK * hdp];
                 gemm::<MR, NR>(BLK, BLK, hdp, vb, hdp, &dt[i0..], lp, dpt, BLK, false, pk);
-                // Live queries of key row j: i0 + i ≥ j0 + j (causal) and i0 + i < len.
-                let hi = BLK.min(len - i0);
+                // Live queries of key row j: i0 + i ≥ j0 + j (causal), i0 + i < len and
+                // i0 + i < j0 + j + win (the sliding window).
+                let rows = BLK.min(len - i0);
                 for j in 0..BLK {
+                    let hi = rows.min((j0 + j).saturating_add(c.d.win).saturating_sub(i0));
                     let lo = (j0 + j).saturating_sub(i0).min(hi);
                     let (p, dp) = (&mut pt[j * BLK..][..BLK], &mut dpt[j * BLK..][..BLK]);
                     let (l, d) = (&ls[i0..][..BLK], &dsum[i0..][..BLK]);

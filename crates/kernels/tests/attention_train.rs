@@ -56,12 +56,21 @@ impl Case {
             n_head,
             n_head_kv,
             head_dim: hd,
+            ..
         } = self.shape;
         (n_head, hd, n_head / n_head_kv, n_head * hd, n_head_kv * hd)
     }
 
     fn n(&self) -> usize {
         self.segs.iter().map(|s| s.1).sum()
+    }
+
+    /// The first key row `i` sees in the segment starting at `s0`.
+    fn first_key(&self, s0: usize, i: usize) -> usize {
+        match self.shape.window {
+            0 => s0,
+            w => s0.max((i + 1).saturating_sub(w)),
+        }
     }
 
     /// Forward then backward at `level`: (out, lse, dq, dk, dv). The gradients start as
@@ -114,7 +123,8 @@ fn ref_forward(c: &Case, q: &[f64], k: &[f64], v: &[f64]) -> (Vec<f64>, Vec<f64>
             let kvh = h / group;
             for i in s0..s0 + len {
                 let qi = &q[i * qd + h * hd..][..hd];
-                let s: Vec<f64> = (s0..=i)
+                let j0 = c.first_key(s0, i);
+                let s: Vec<f64> = (j0..=i)
                     .map(|j| {
                         let kj = &k[j * kvd + kvh * hd..][..hd];
                         scale * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>()
@@ -125,7 +135,7 @@ fn ref_forward(c: &Case, q: &[f64], k: &[f64], v: &[f64]) -> (Vec<f64>, Vec<f64>
                 lse[i * n_head + h] = m + sum.ln();
                 for (jj, sj) in s.iter().enumerate() {
                     let p = (sj - m).exp() / sum;
-                    let vj = &v[(s0 + jj) * kvd + kvh * hd..][..hd];
+                    let vj = &v[(j0 + jj) * kvd + kvh * hd..][..hd];
                     for (o, x) in out[i * qd + h * hd..][..hd].iter_mut().zip(vj) {
                         *o += p * x;
                     }
@@ -157,7 +167,7 @@ fn ref_backward(
             for i in s0..s0 + len {
                 let (qo, ko) = (i * qd + h * hd, kvh * hd);
                 let d_i = dot(&dout[qo..][..hd], &out[qo..][..hd]);
-                for j in s0..=i {
+                for j in c.first_key(s0, i)..=i {
                     let jo = j * kvd + ko;
                     let p =
                         (scale * dot(&q[qo..][..hd], &k[jo..][..hd]) - lse[i * n_head + h]).exp();
@@ -195,6 +205,15 @@ fn shape(n_head: usize, n_head_kv: usize, head_dim: usize) -> TrainShape {
         n_head,
         n_head_kv,
         head_dim,
+        window: 0,
+    }
+}
+
+/// [`shape`] with a sliding window.
+fn windowed(n_head: usize, n_head_kv: usize, head_dim: usize, window: usize) -> TrainShape {
+    TrainShape {
+        window,
+        ..shape(n_head, n_head_kv, head_dim)
     }
 }
 
@@ -208,6 +227,12 @@ fn cases() -> Vec<Case> {
         Case::new(3, shape(8, 2, 24), &[100, 1, 37], 1.5),
         Case::new(4, shape(2, 1, 64), &[600, 3], 3.0),
         Case::new(5, shape(3, 3, 8), &[1, 1, 1, 1], 1.0),
+        // Sliding windows: shorter than a block, a block exactly, a block and one more
+        // (key blocks wholly outside the window are skipped), and wider than the segments.
+        Case::new(13, windowed(4, 2, 32, 8), &[200, 5, 64], 2.0),
+        Case::new(14, windowed(2, 1, 16, 64), &[300, 1], 1.5),
+        Case::new(15, windowed(3, 1, 24, 65), &[257, 130], 1.0),
+        Case::new(16, windowed(2, 2, 8, 1000), &[90, 40], 1.0),
     ]
 }
 
@@ -252,13 +277,21 @@ fn backward_matches_f64_reference() {
 /// The analytic f64 reference against central differences of `L = Σ out · dout`.
 #[test]
 fn reference_backward_matches_finite_differences() {
-    let c = Case::new(7, shape(4, 2, 8), &[5, 1, 7], 1.5);
+    for c in [
+        Case::new(7, shape(4, 2, 8), &[5, 1, 7], 1.5),
+        Case::new(8, windowed(2, 1, 8, 3), &[9, 2], 1.5),
+    ] {
+        finite_differences(&c);
+    }
+}
+
+fn finite_differences(c: &Case) {
     let (q, k, v, r) = (wide(&c.q), wide(&c.k), wide(&c.v), wide(&c.dout));
     let loss = |q: &[f64], k: &[f64], v: &[f64]| {
-        let (out, _) = ref_forward(&c, q, k, v);
+        let (out, _) = ref_forward(c, q, k, v);
         out.iter().zip(&r).map(|(a, b)| a * b).sum::<f64>()
     };
-    let (dq, dk, dv) = ref_backward(&c, &q, &k, &v, &r);
+    let (dq, dk, dv) = ref_backward(c, &q, &k, &v, &r);
     let eps = 1e-5;
     for (which, name, grad) in [(0, "dq", &dq), (1, "dk", &dk), (2, "dv", &dv)] {
         let fd: Vec<f32> = (0..grad.len())
@@ -471,7 +504,7 @@ fn engine_f32_attention_is_the_training_forward() {
                             p0,
                         })
                         .collect();
-                    attention_f32_seqs_with(level, &mut seqs, ash, c.scale, 0);
+                    attention_f32_seqs_with(level, &mut seqs, ash, c.scale, sh.window);
                     drop(seqs);
                     for (&(s0, _, n), out) in parts.iter().zip(&outs) {
                         got[(s0 + p0) * qd..][..n * qd].copy_from_slice(out);

@@ -83,6 +83,50 @@ pub fn swiglu_backward(
     });
 }
 
+/// √(2/π), of the tanh approximation of GELU.
+const GELU_C: f32 = 0.797_884_6;
+const GELU_A: f32 = 0.044_715;
+
+/// GELU's tanh approximation (PyTorch's `gelu(approximate="tanh")`, Gemma's
+/// `gelu_pytorch_tanh`), exactly in f32. The engine's inference reads ggml's f16 table
+/// instead; training differentiates the function the Hugging Face model defines.
+fn gelu_tanh(g: f32) -> f32 {
+    0.5 * g * (1.0 + (GELU_C * (g + GELU_A * g * g * g)).tanh())
+}
+
+/// `gelu_tanh(g) · u` into `out` (GeGLU).
+pub fn geglu_rows(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    par_elems(out, &|base, o| {
+        for (i, v) in o.iter_mut().enumerate() {
+            *v = gelu_tanh(gate[base + i]) * up[base + i];
+        }
+    });
+}
+
+/// Gradients of `a = gelu_tanh(g)·u`: writes `d_gate` and `d_up` from `d_act`.
+pub fn geglu_backward(
+    gate: &[f32],
+    up: &[f32],
+    d_act: &[f32],
+    d_gate: &mut [f32],
+    d_up: &mut [f32],
+) {
+    par_elems(d_up, &|base, du| {
+        for (i, v) in du.iter_mut().enumerate() {
+            *v = d_act[base + i] * gelu_tanh(gate[base + i]);
+        }
+    });
+    par_elems(d_gate, &|base, dg| {
+        for (i, v) in dg.iter_mut().enumerate() {
+            let g = gate[base + i];
+            let t = (GELU_C * (g + GELU_A * g * g * g)).tanh();
+            let dt = GELU_C * (1.0 + 3.0 * GELU_A * g * g);
+            let d_gelu = 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * dt;
+            *v = d_act[base + i] * up[base + i] * d_gelu;
+        }
+    });
+}
+
 /// `x += y`, elementwise in parallel.
 pub fn add_into(x: &mut [f32], y: &[f32]) {
     par_elems(x, &|base, xr| {
@@ -147,6 +191,35 @@ mod tests {
             let fd_u = (f(g[i], u[i] + e) - f(g[i], u[i] - e)) / (2.0 * e);
             assert!((fd_g - dg[i]).abs() < 1e-2, "{fd_g} {}", dg[i]);
             assert!((fd_u - du[i]).abs() < 1e-2, "{fd_u} {}", du[i]);
+        }
+    }
+
+    #[test]
+    fn geglu_backward_matches_finite_differences() {
+        let g: Vec<f64> = (0..12).map(|i| i as f64 / 2.0 - 3.0).collect();
+        let u: Vec<f64> = (0..12).map(|i| 1.0 - i as f64 / 5.0).collect();
+        let (g32, u32): (Vec<f32>, Vec<f32>) = g
+            .iter()
+            .zip(&u)
+            .map(|(&a, &b)| (a as f32, b as f32))
+            .unzip();
+        let (mut dg, mut du) = (vec![0f32; 12], vec![0f32; 12]);
+        geglu_backward(&g32, &u32, &[1f32; 12], &mut dg, &mut du);
+        // f64 GELU(tanh) as PyTorch defines it.
+        let f = |g: f64, u: f64| {
+            0.5 * g
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g.powi(3))).tanh())
+                * u
+        };
+        let mut out = vec![0f32; 12];
+        geglu_rows(&g32, &u32, &mut out);
+        for i in 0..12 {
+            assert!((out[i] as f64 - f(g[i], u[i])).abs() < 1e-6, "value {i}");
+            let e = 1e-6;
+            let fd_g = (f(g[i] + e, u[i]) - f(g[i] - e, u[i])) / (2.0 * e);
+            let fd_u = (f(g[i], u[i] + e) - f(g[i], u[i] - e)) / (2.0 * e);
+            assert!((fd_g - dg[i] as f64).abs() < 1e-5, "{i}: {fd_g} {}", dg[i]);
+            assert!((fd_u - du[i] as f64).abs() < 1e-5, "{i}: {fd_u} {}", du[i]);
         }
     }
 }

@@ -14,12 +14,13 @@ use verity_engine::Rope;
 use verity_kernels::attention_train::{self, TrainShape};
 use verity_kernels::backward::{matmul_at_b, matmul_t};
 use verity_kernels::{get_row, matmul, WeightView};
+use verity_model::arch::FfnActivation;
 use verity_model::{Layer, Model, Proj};
 
 use crate::lora::{LoraMat, LoraParams};
 use crate::ops::{
-    add_into, add_scaled_into, norm_backward_rows, norm_rows, par_elems, par_rows, swiglu_backward,
-    swiglu_rows,
+    add_into, add_scaled_into, geglu_backward, geglu_rows, norm_backward_rows, norm_rows,
+    par_elems, par_rows, swiglu_backward, swiglu_rows,
 };
 use crate::profile::{timed, Kind};
 use crate::rng::{mix, purpose};
@@ -90,6 +91,12 @@ struct Acts {
     x_mid: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// The inputs of the per-head q/k norms, and of the post-attention and post-FFN norms,
+    /// where the architecture has them (empty otherwise).
+    q_pre: Vec<f32>,
+    k_pre: Vec<f32>,
+    attn_out_pre: Vec<f32>,
+    ffn_out_pre: Vec<f32>,
     /// `A·x` of each adapted projection (indexed by `Proj as usize`).
     u: [Vec<f32>; 7],
 }
@@ -109,6 +116,8 @@ struct Scratch {
     d_gate: Vec<f32>,
     d_up: Vec<f32>,
     d_h: Vec<f32>,
+    /// Gradient of a post-norm's input (or a q/k norm's).
+    d_pre: Vec<f32>,
     du: Vec<f32>,
     logits: Vec<f32>,
 }
@@ -117,6 +126,8 @@ struct Scratch {
 pub struct Trainer {
     model: Arc<Model>,
     rope: Rope,
+    /// The rotation of sliding-window layers (their own base, e.g. Gemma 3's).
+    rope_window: Rope,
     /// Keep only each layer's input and recompute the rest in the backward pass.
     pub checkpointing: bool,
     scratch: Scratch,
@@ -147,27 +158,37 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
-/// Whether the engine's forward pass can be differentiated here for this model.
+/// Whether the engine's forward pass can be differentiated here for this model. The
+/// training graph composes the same features as the engine's (q/k norms, post-norms,
+/// SwiGLU or GeGLU, scaled embeddings, sliding windows, layers without RoPE); what it
+/// lacks is named.
 pub fn check_supported(model: &Model) -> Result<(), String> {
-    use verity_model::Arch;
-    // The training graph is Llama's: pre-norms, SwiGLU, RoPE on every layer, separate
-    // q/k/v and gate/up modules (what PEFT names), no q/k norms.
-    let arch = model.hparams.arch;
-    if !matches!(arch, Arch::Llama | Arch::Qwen2) {
-        return Err(format!(
-            "tuning {} models is not supported yet; Llama, Mistral, SmolLM2 and Qwen2 bases are",
-            arch.gguf_name()
-        ));
-    }
-    Ok(())
+    let hp = &model.hparams;
+    let spec = hp.arch.spec();
+    let name = hp.arch.gguf_name();
+    let missing = if spec.fused_qkv || spec.fused_gate_up {
+        "adapters on fused projections (PEFT's qkv_proj / gate_up_proj)"
+    } else if spec.moe {
+        "mixture-of-experts layers"
+    } else if hp.longrope.is_some() {
+        "LongRoPE's context-dependent factors"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "tuning {name} models is not supported yet: the training pass has no {missing}; \
+         Llama, Mistral, SmolLM2/3, Qwen2/2.5/3 and Gemma 3 bases are"
+    ))
 }
 
 impl Trainer {
     pub fn new(model: Arc<Model>) -> Self {
         let rope = Rope::for_model(&model);
+        let rope_window = Rope::for_window_layers(&model);
         Trainer {
             model,
             rope,
+            rope_window,
             checkpointing: false,
             scratch: Scratch::default(),
         }
@@ -206,6 +227,12 @@ impl Trainer {
         par_rows(&mut x0, d, &|r, row| {
             get_row(&embd, batch.tokens[r] as usize, row)
         });
+        if hp.arch.spec().embed_scale_sqrt_dim {
+            // As the engine scales them (Gemma); the embeddings are frozen, so the backward
+            // pass stops at the first layer's input.
+            let sc = (d as f32).sqrt();
+            x0.iter_mut().for_each(|v| *v *= sc);
+        }
         xs.push(x0);
         let keep_acts = grads.is_some() && !self.checkpointing;
         let mut saved: Vec<Acts> = Vec::new();
@@ -290,14 +317,22 @@ impl Trainer {
                 });
             }
         }
-        let (rope, pos) = (&self.rope, &ctx.batch.pos);
-        par_rows(&mut a.q, qd, &|r, row| rope.apply(row, pos[r]));
-        par_rows(&mut a.k, kvd, &|r, row| rope.apply(row, pos[r]));
-        let shape = TrainShape {
-            n_head: hp.n_head,
-            n_head_kv: hp.n_head_kv,
-            head_dim: hp.head_dim,
-        };
+        for (norm, y, pre) in [
+            (&layer.q_norm, &mut a.q, &mut a.q_pre),
+            (&layer.k_norm, &mut a.k, &mut a.k_pre),
+        ] {
+            if let Some(wn) = norm {
+                // Per head (Qwen3, Gemma 3): rows of head_dim.
+                pre.clone_from(y);
+                norm_rows(pre, wn, hp.rms_eps, y);
+            }
+        }
+        if let Some(rope) = layer_rope(hp, l, &self.rope, &self.rope_window) {
+            let pos = &ctx.batch.pos;
+            par_rows(&mut a.q, qd, &|r, row| rope.apply(row, pos[r]));
+            par_rows(&mut a.k, kvd, &|r, row| rope.apply(row, pos[r]));
+        }
+        let shape = train_shape(hp, l);
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
         sized(&mut a.attn, n * qd);
         sized(&mut a.lse, n * hp.n_head);
@@ -314,19 +349,26 @@ impl Trainer {
                 &mut a.lse,
             )
         });
-        let x_mid = sized(&mut a.x_mid, n * d);
+        let o = match layer.post_attn_norm {
+            Some(_) => &mut a.attn_out_pre,
+            None => &mut a.x_mid,
+        };
+        let o = sized(o, n * d);
         project(
             ctx,
             l,
             Proj::O,
             &layer.wo,
             &a.attn,
-            x_mid,
+            o,
             &mut a.u[Proj::O as usize],
             &mut s.tmp,
             &mut s.dropped,
         );
-        add_into(x_mid, x_in);
+        if let Some(wn) = &layer.post_attn_norm {
+            norm_rows(&a.attn_out_pre, wn, hp.rms_eps, sized(&mut a.x_mid, n * d));
+        }
+        add_into(&mut a.x_mid, x_in);
 
         let h = sized(&mut s.h, n * d);
         norm_rows(&a.x_mid, &layer.ffn_norm, hp.rms_eps, h);
@@ -349,18 +391,25 @@ impl Trainer {
             );
         }
         let act = sized(&mut s.act, n * ff);
-        swiglu_rows(&a.gate, &a.up, act);
+        gated_rows(hp.arch.spec().ffn, &a.gate, &a.up, act);
+        let y = match layer.post_ffn_norm {
+            Some(_) => sized(&mut a.ffn_out_pre, n * d),
+            None => &mut *x_out,
+        };
         project(
             ctx,
             l,
             Proj::Down,
             &layer.w_down,
             &s.act[..n * ff],
-            x_out,
+            y,
             &mut a.u[Proj::Down as usize],
             &mut s.tmp,
             &mut s.dropped,
         );
+        if let Some(wn) = &layer.post_ffn_norm {
+            norm_rows(&a.ffn_out_pre, wn, hp.rms_eps, x_out);
+        }
         add_into(x_out, &a.x_mid);
     }
 
@@ -380,19 +429,30 @@ impl Trainer {
         let (d, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
         let s = &mut self.scratch;
 
-        // Feed-forward block: x_out = x_mid + W_down·(silu(W_gate·h2) ⊙ W_up·h2).
+        // Feed-forward block: x_out = x_mid + post_norm(W_down·(act(W_gate·h2) ⊙ W_up·h2)),
+        // act = silu (SwiGLU) or tanh-GELU (GeGLU); post_norm only where the arch has it.
+        let ffn = self.model.hparams.arch.spec().ffn;
         let act = sized(&mut s.act, n * ff);
-        swiglu_rows(&a.gate, &a.up, act);
+        gated_rows(ffn, &a.gate, &a.up, act);
+        let dy: &[f32] = match &layer.post_ffn_norm {
+            Some(wn) => {
+                let dp = sized(&mut s.d_pre, n * d);
+                dp.fill(0.0);
+                norm_backward_rows(&a.ffn_out_pre, wn, hp.rms_eps, dx, dp);
+                &s.d_pre[..n * d]
+            }
+            None => dx,
+        };
         let d_act = sized(&mut s.d_attn, n * ff);
         timed(Kind::Backward, flops(&layer.w_down, n), || {
-            matmul_t(&layer.w_down.view(), dx, n, d_act)
+            matmul_t(&layer.w_down.view(), dy, n, d_act)
         });
         lora_backward(
             ctx,
             l,
             Proj::Down,
             &s.act[..n * ff],
-            dx,
+            dy,
             &a.u[Proj::Down as usize],
             &mut s.d_attn[..n * ff],
             grads,
@@ -402,7 +462,14 @@ impl Trainer {
         );
         let d_gate = sized(&mut s.d_gate, n * ff);
         let d_up = sized(&mut s.d_up, n * ff);
-        swiglu_backward(&a.gate, &a.up, &s.d_attn[..n * ff], d_gate, d_up);
+        match ffn {
+            FfnActivation::Silu => {
+                swiglu_backward(&a.gate, &a.up, &s.d_attn[..n * ff], d_gate, d_up)
+            }
+            FfnActivation::GeluTanh => {
+                geglu_backward(&a.gate, &a.up, &s.d_attn[..n * ff], d_gate, d_up)
+            }
+        }
         let h2 = sized(&mut s.h, n * d);
         norm_rows(&a.x_mid, &layer.ffn_norm, hp.rms_eps, h2);
         let d_h = sized(&mut s.d_h, n * d);
@@ -431,17 +498,28 @@ impl Trainer {
         }
         norm_backward_rows(&a.x_mid, &layer.ffn_norm, hp.rms_eps, &s.d_h[..n * d], dx);
 
-        // Attention block: x_mid = x_in + W_o·attention(rope(W_q·h1), rope(W_k·h1), W_v·h1).
+        // Attention block: x_mid = x_in + post_norm(W_o·attention(rope(qn(W_q·h1)),
+        // rope(kn(W_k·h1)), W_v·h1)), with the post-norm, q/k norms (qn, kn) and rotation
+        // where the arch and layer have them.
+        let dy: &[f32] = match &layer.post_attn_norm {
+            Some(wn) => {
+                let dp = sized(&mut s.d_pre, n * d);
+                dp.fill(0.0);
+                norm_backward_rows(&a.attn_out_pre, wn, hp.rms_eps, dx, dp);
+                &s.d_pre[..n * d]
+            }
+            None => dx,
+        };
         let d_attn = sized(&mut s.d_attn, n * qd);
         timed(Kind::Backward, flops(&layer.wo, n), || {
-            matmul_t(&layer.wo.view(), dx, n, d_attn)
+            matmul_t(&layer.wo.view(), dy, n, d_attn)
         });
         lora_backward(
             ctx,
             l,
             Proj::O,
             &a.attn,
-            dx,
+            dy,
             &a.u[Proj::O as usize],
             &mut s.d_attn[..n * qd],
             grads,
@@ -449,11 +527,7 @@ impl Trainer {
             &mut s.tmp,
             &mut s.dropped,
         );
-        let shape = TrainShape {
-            n_head: hp.n_head,
-            n_head_kv: hp.n_head_kv,
-            head_dim: hp.head_dim,
-        };
+        let shape = train_shape(hp, l);
         let scale = 1.0 / (hp.head_dim as f32).sqrt();
         sized(&mut s.d_q, n * qd);
         sized(&mut s.d_k, n * kvd);
@@ -475,9 +549,22 @@ impl Trainer {
                 &mut s.d_v,
             )
         });
-        let (rope, pos) = (&self.rope, &ctx.batch.pos);
-        par_rows(&mut s.d_q, qd, &|r, row| rope.apply_inverse(row, pos[r]));
-        par_rows(&mut s.d_k, kvd, &|r, row| rope.apply_inverse(row, pos[r]));
+        if let Some(rope) = layer_rope(hp, l, &self.rope, &self.rope_window) {
+            let pos = &ctx.batch.pos;
+            par_rows(&mut s.d_q, qd, &|r, row| rope.apply_inverse(row, pos[r]));
+            par_rows(&mut s.d_k, kvd, &|r, row| rope.apply_inverse(row, pos[r]));
+        }
+        for (norm, pre, dy) in [
+            (&layer.q_norm, &a.q_pre, &mut s.d_q),
+            (&layer.k_norm, &a.k_pre, &mut s.d_k),
+        ] {
+            if let Some(wn) = norm {
+                let dp = sized(&mut s.d_pre, pre.len());
+                dp.fill(0.0);
+                norm_backward_rows(pre, wn, hp.rms_eps, dy, dp);
+                std::mem::swap(dy, &mut s.d_pre);
+            }
+        }
         let h1 = sized(&mut s.h, n * d);
         norm_rows(x_in, &layer.attn_norm, hp.rms_eps, h1);
         let d_h = sized(&mut s.d_h, n * d);
@@ -589,6 +676,41 @@ impl Trainer {
             sum: total,
             targets: batch.targets.len(),
         }
+    }
+}
+
+/// The rotation layer `l` applies, if any (SmolLM3 leaves some layers unrotated):
+/// `window` for sliding-window layers, `global` for the others.
+fn layer_rope<'r>(
+    hp: &verity_model::HParams,
+    l: usize,
+    global: &'r Rope,
+    window: &'r Rope,
+) -> Option<&'r Rope> {
+    if hp.no_rope.get(l).copied().unwrap_or(false) {
+        None
+    } else if hp.layer_window(l).is_some() {
+        Some(window)
+    } else {
+        Some(global)
+    }
+}
+
+/// The attention shape of layer `l` (its sliding window, if it has one).
+fn train_shape(hp: &verity_model::HParams, l: usize) -> TrainShape {
+    TrainShape {
+        n_head: hp.n_head,
+        n_head_kv: hp.n_head_kv,
+        head_dim: hp.head_dim,
+        window: hp.layer_window(l).unwrap_or(0),
+    }
+}
+
+/// The gated activation `act(gate) ⊙ up` of the arch's feed-forward kind.
+fn gated_rows(ffn: FfnActivation, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    match ffn {
+        FfnActivation::Silu => swiglu_rows(gate, up, out),
+        FfnActivation::GeluTanh => geglu_rows(gate, up, out),
     }
 }
 
