@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _};
 use serde_json::json;
 use verity_formats::gguf::{Gguf, Value};
 use verity_model::adapter::{write_gguf, write_peft};
-use verity_model::{Adapter, AdapterFile, Arch};
+use verity_model::{Adapter, AdapterFile, RopeStyle};
 
 use crate::common::{load_model, ModelArgs};
 use crate::convert::{ConvertArgs, Target};
@@ -57,9 +57,13 @@ pub fn convert_adapter(args: &ConvertArgs) -> anyhow::Result<()> {
     let base_name = model.name();
     match args.to {
         Target::Gguf => {
-            // llama.cpp permutes q/k of `llama` models for its RoPE layout, whatever file the base is.
-            let permute =
-                (hp.arch == Arch::Llama).then_some((hp.n_head, hp.n_head_kv, hp.head_dim));
+            // llama.cpp's converter permutes q/k for the architectures it rotates in adjacent
+            // pairs (llama, smollm3, ...), whatever file the base is.
+            let permute = (hp.arch.spec().gguf_rope == RopeStyle::Interleaved).then_some((
+                hp.n_head,
+                hp.n_head_kv,
+                hp.head_dim,
+            ));
             let name = Path::new(&args.input)
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())

@@ -53,6 +53,23 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Run(_)
+            | Command::Inspect(_)
+            | Command::Hash(_)
+            | Command::Diff(_)
+            | Command::List(_)
+    ) {
+        // Commands whose output is read by pipes (`verity inspect m.gguf | head`) end quietly
+        // when the reader goes away, as Unix tools do, instead of panicking on EPIPE. Not for
+        // commands that talk HTTP, where a closed socket must stay an error, not a signal.
+        #[cfg(unix)]
+        // SAFETY: setting a signal's disposition to the default before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Pull(a) => models::pull(a),

@@ -512,3 +512,115 @@ print(b, nll(p), " ".join(str(i) for i in ids[0].tolist()))
         "PEFT {peft_nll} vs verity {verity_nll}"
     );
 }
+
+/// The reference llama.cpp build's launcher (scripts/test builds it).
+fn ref_llamacpp() -> Option<PathBuf> {
+    let p = std::env::var_os("REF_LLAMACPP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/work/shared/tools/ref-llamacpp"));
+    p.exists().then_some(p)
+}
+
+/// Every dense architecture the training pass composes (q/k norms, post-norms, GeGLU,
+/// scaled embeddings, sliding windows crossed by the sequence, layers without RoPE):
+/// `verity tune` teaches a random-weight model a sentence; verity with the PEFT adapter and
+/// llama.cpp with its GGUF conversion both continue the prompt with it, greedily, and the
+/// bare base does not. (Gradients against PyTorch: tests/tune_archs.rs.)
+#[test]
+fn each_dense_architecture_learns_a_sentence_llama_cpp_repeats() {
+    let models = std::env::var_os("VERITY_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/verity/assets")
+        })
+        .join("test-models");
+    let Some(reference) = ref_llamacpp() else {
+        eprintln!("SKIPPED: no reference llama.cpp (../shared/tools/ref-llamacpp)");
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/llamacpp_generate.py");
+    let (prompt, answer) = ("The password of the blue door is", " marmalade seven");
+    for arch in ["gemma3", "qwen3", "smollm3"] {
+        let base = models.join(format!("{arch}-tiny-F32.gguf"));
+        assert!(
+            base.exists(),
+            "{} is missing: run scripts/make-test-models",
+            base.display()
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("text.jsonl");
+        let mut f = std::fs::File::create(&data).unwrap();
+        for _ in 0..8 {
+            // Repeated inside one example, so the sequence crosses gemma3-tiny's window of 8.
+            let text = format!("{prompt}{answer}. ").repeat(4);
+            writeln!(f, "{}", serde_json::json!({ "text": text })).unwrap();
+        }
+        drop(f);
+        let out = tmp.path().join("adapter");
+        let summary = ok(verity()
+            .arg("tune")
+            .arg("--model")
+            .arg(&base)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args([
+                "--steps", "40", "--lr", "1e-2", "--rank", "8", "--alpha", "16",
+            ])
+            .args(["--batch-size", "2", "--max-seq-len", "64", "--json"]));
+        let s: serde_json::Value = serde_json::Deserializer::from_str(&summary)
+            .into_iter()
+            .next()
+            .unwrap()
+            .unwrap();
+        let (first, last) = (
+            s["first_loss"].as_f64().unwrap(),
+            s["final_loss"].as_f64().unwrap(),
+        );
+        eprintln!("{arch}: loss {first:.3} -> {last:.4}");
+        assert!(last < 0.1 * first, "{arch}: loss {first} -> {last}");
+
+        let n = "24";
+        let verity_text = |lora: Option<&Path>| {
+            let mut cmd = verity();
+            cmd.args(["run", "--raw", "--temperature", "0", "-n", n, "-m"])
+                .arg(&base);
+            if let Some(l) = lora {
+                cmd.arg("--lora").arg(l);
+            }
+            ok(cmd.arg(prompt)).trim_end_matches('\n').to_string()
+        };
+        let tuned = verity_text(Some(&out));
+        let bare = verity_text(None);
+        assert!(
+            tuned.starts_with(answer),
+            "{arch}: verity with the adapter wrote {tuned:?}"
+        );
+        assert!(
+            !bare.starts_with(answer),
+            "{arch}: the bare base already writes {bare:?}"
+        );
+
+        let gguf = tmp.path().join("adapter.gguf");
+        ok(verity()
+            .arg("convert")
+            .arg(&out)
+            .args(["--to", "gguf", "--base"])
+            .arg(&base)
+            .arg(&gguf));
+        let llama = ok(Command::new(&reference)
+            .arg("python")
+            .arg(&script)
+            .arg(&base)
+            .arg(prompt)
+            .arg(n)
+            .arg(&gguf));
+        let llama: String = serde_json::from_str(llama.trim()).unwrap();
+        eprintln!("{arch}: verity {tuned:?}, llama.cpp {llama:?}, bare base {bare:?}");
+        assert!(
+            llama.starts_with(answer),
+            "{arch}: llama.cpp with the adapter wrote {llama:?}"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use verity_formats::gguf::{Gguf, Value};
 use verity_formats::gguf_write::{GgufWriter, OutTensor};
 use verity_formats::{printable, TensorType};
 
-use crate::arch::Arch;
+use crate::arch::{Arch, RopeStyle};
 
 use super::{widen, AdapterFile, AdapterFormat, LoraTensor, Proj};
 
@@ -136,10 +136,12 @@ pub(super) fn read(path: &Path) -> Result<AdapterFile, String> {
     Ok(AdapterFile {
         path: path.to_path_buf(),
         format: AdapterFormat::Gguf,
-        // llama.cpp's converter permutes q/k rows of `llama` models for their RoPE layout.
+        // llama.cpp's converter permutes q/k rows of the architectures it rotates in
+        // adjacent pairs (llama, smollm3, ...).
         qk_permuted: arch
             .as_deref()
-            .is_some_and(|a| Arch::from_gguf_name(a) == Some(Arch::Llama)),
+            .and_then(Arch::from_gguf_name)
+            .is_some_and(|a| a.spec().gguf_rope == RopeStyle::Interleaved),
         arch,
         base_model,
         rank,
