@@ -51,9 +51,9 @@ pub fn inspect_adapter(path: &Path) -> anyhow::Result<AdapterReport> {
     let mut targets = BTreeMap::new();
     let mut ranks = BTreeMap::new();
     let mut layers = std::collections::BTreeSet::new();
-    for (&(l, proj), t) in &file.tensors {
-        let name = format!("layer {l} {}", proj.short_name());
-        *targets.entry(proj.short_name().to_string()).or_insert(0) += 1;
+    for (l, module, t) in file.modules() {
+        let name = format!("layer {l} {module}");
+        *targets.entry(module.to_string()).or_insert(0) += 1;
         *ranks.entry(t.rank).or_insert(0) += 1;
         layers.insert(l);
         let nonfinite = |v: &[f32]| v.iter().filter(|x| !x.is_finite()).count();
@@ -82,7 +82,7 @@ pub fn inspect_adapter(path: &Path) -> anyhow::Result<AdapterReport> {
             ));
         }
     }
-    if file.tensors.is_empty() {
+    if file.modules().next().is_none() {
         findings.push(Finding {
             severity: Severity::Error,
             kind: "missing",
@@ -96,10 +96,9 @@ pub fn inspect_adapter(path: &Path) -> anyhow::Result<AdapterReport> {
         file.alpha / file.rank.max(1) as f32
     };
     let dtype = file
-        .tensors
-        .values()
+        .modules()
         .next()
-        .map_or("none".into(), |t| t.file_type.to_string());
+        .map_or("none".into(), |(_, _, t)| t.file_type.to_string());
     Ok(AdapterReport {
         path: path.display().to_string(),
         format: file.format.name(),
@@ -111,7 +110,7 @@ pub fn inspect_adapter(path: &Path) -> anyhow::Result<AdapterReport> {
         scale,
         targets,
         ranks,
-        pairs: file.tensors.len(),
+        pairs: file.modules().count(),
         layers: layers.len(),
         parameters: file.n_params(),
         dtype,

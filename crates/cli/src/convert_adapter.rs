@@ -44,7 +44,14 @@ pub fn convert_adapter(args: &ConvertArgs) -> anyhow::Result<()> {
     // Binding checks every shape against the base before anything is written.
     Adapter::bind(&file, &model)?;
     let hp = &model.hparams;
-    let file = file.into_hf_order(hp);
+    // Hugging Face's q/k order, and one pair per fused module where the base fuses
+    // (Phi-3's qkv_proj and gate_up_proj, as PEFT and llama.cpp name them).
+    let file = file
+        .split_fused(hp)
+        .map_err(anyhow::Error::msg)?
+        .into_hf_order(hp)
+        .join_fused(hp)
+        .map_err(anyhow::Error::msg)?;
     let out = &args.output;
     if out.exists() {
         bail!("{} already exists; choose a new path", out.display());

@@ -11,7 +11,8 @@ use serde_json::json;
 use verity_formats::gguf::Value;
 use verity_formats::gguf_write::{GgufWriter, OutTensor};
 use verity_formats::TensorType;
-use verity_model::{Adapter, Model, Proj};
+use verity_model::adapter::Fused;
+use verity_model::{Adapter, Arch, Model, Proj};
 
 use crate::common::{load_model, split_scale, ModelArgs};
 
@@ -111,12 +112,20 @@ impl Merge {
     }
 }
 
-/// `blk.N.attn_q.weight` → (N, Q).
-fn parse_gguf_weight(name: &str) -> Option<(usize, Proj)> {
+/// `blk.N.attn_q.weight` → (N, [Q]); a fused weight of `arch` gives its parts in row
+/// order (Phi-3's `attn_qkv` → [Q, K, V], its `ffn_up` → [Gate, Up]).
+fn parse_gguf_weight(name: &str, arch: Arch) -> Option<(usize, Vec<Proj>)> {
     let rest = name.strip_prefix("blk.")?;
     let (l, rest) = rest.split_once('.')?;
     let module = rest.strip_suffix(".weight")?;
-    Some((l.parse().ok()?, Proj::from_gguf_name(module)?))
+    let fused = Fused::ALL
+        .into_iter()
+        .find(|f| f.gguf_name() == module && f.used_by(arch));
+    let parts = match fused {
+        Some(f) => f.parts().to_vec(),
+        None => vec![Proj::from_gguf_name(module)?],
+    };
+    Some((l.parse().ok()?, parts))
 }
 
 pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
@@ -233,8 +242,9 @@ fn write_merged_gguf(
     for info in &g.tensors {
         pb.inc(1);
         let bytes = g.tensor_data(info)?;
-        let merged = parse_gguf_weight(&info.name).filter(|&(l, p)| merge.touches(l, p));
-        let Some((l, proj)) = merged else {
+        let merged = parse_gguf_weight(&info.name, model.hparams.arch)
+            .filter(|(l, parts)| parts.iter().any(|&p| merge.touches(*l, p)));
+        let Some((l, parts)) = merged else {
             w.add_tensor(OutTensor {
                 name: info.name.clone(),
                 ty: info.supported_type()?,
@@ -244,19 +254,26 @@ fn write_merged_gguf(
             continue;
         };
         let layer = &model.weights.layers[l];
-        let t = match proj {
-            Proj::Q => &layer.wq,
-            Proj::K => &layer.wk,
-            Proj::V => &layer.wv,
-            Proj::O => &layer.wo,
-            Proj::Gate => &layer.w_gate,
-            Proj::Up => &layer.w_up,
-            Proj::Down => &layer.w_down,
-        };
-        let mut values = t.to_f32();
-        merge.apply(l, proj, &mut values, t.cols);
-        let mut data = Vec::with_capacity(ty.row_bytes(t.cols).unwrap_or(0) * t.rows);
-        for row in values.chunks_exact(t.cols) {
+        // A fused weight is its parts' rows, each merged with its own update.
+        let mut values = Vec::new();
+        let mut cols = 0;
+        for proj in parts {
+            let t = match proj {
+                Proj::Q => &layer.wq,
+                Proj::K => &layer.wk,
+                Proj::V => &layer.wv,
+                Proj::O => &layer.wo,
+                Proj::Gate => &layer.w_gate,
+                Proj::Up => &layer.w_up,
+                Proj::Down => &layer.w_down,
+            };
+            let mut v = t.to_f32();
+            merge.apply(l, proj, &mut v, t.cols);
+            values.extend_from_slice(&v);
+            cols = t.cols;
+        }
+        let mut data = Vec::with_capacity(ty.row_bytes(cols).unwrap_or(0) * values.len() / cols);
+        for row in values.chunks_exact(cols) {
             verity_kernels::quantize_row(ty, row, &mut data).map_err(anyhow::Error::msg)?;
         }
         w.add_tensor(OutTensor {

@@ -83,7 +83,8 @@ pub struct TuneRunArgs {
     /// LoRA alpha (scale = alpha / rank; alpha / sqrt(rank) with --rslora).
     #[arg(long, default_value_t = 32.0)]
     pub alpha: f32,
-    /// Projections to adapt: q,k,v,o,gate,up,down, attn, mlp or all-linear.
+    /// Projections to adapt: q,k,v,o,gate,up,down, attn, mlp or all-linear (Phi-3 fuses
+    /// q,k,v and gate,up: name them together, or as qkv and gate_up).
     #[arg(long, default_value = "all-linear")]
     pub targets: String,
     /// Rank-stabilised LoRA scaling.
@@ -266,6 +267,7 @@ pub fn prepare(record: RunRecord, init: Option<&Path>, fresh: bool) -> anyhow::R
             model.hparams.n_ctx_train
         );
     }
+
     let ds = load_data(&record.data.path, &model, s)?;
     let (train_ds, valid_ds) = match (&record.valid, record.valid_split) {
         (Some(v), _) => (ds, Some(load_data(&v.path, &model, s)?)),
@@ -702,7 +704,10 @@ fn write_adapter(
     record: &RunRecord,
     out: &Path,
 ) -> anyhow::Result<String> {
-    let file = params.to_adapter_file(&params.values, &model.hparams, out.to_path_buf());
+    let file = params
+        .to_adapter_file(&params.values, &model.hparams, out.to_path_buf())
+        .join_fused(&model.hparams)
+        .map_err(anyhow::Error::msg)?;
     let staging = tempfile::Builder::new()
         .prefix(".verity-adapter-")
         .tempdir_in(out)?;

@@ -82,6 +82,7 @@ fn random_adapter(model: &Model, b_std: f32, mixed: bool) -> AdapterFile {
         tensors,
         config: None,
         qk_permuted: false,
+        fused: Default::default(),
     }
 }
 
@@ -311,6 +312,19 @@ fn bad_adapters_are_refused_with_one_line() {
         },
     );
     expect_refused(&write_adapter(&big, &dir("rank")), "exceeds");
+
+    // A fused qkv_proj (Phi-3's) on a base that keeps q, k and v apart.
+    let mut fused = good.clone();
+    let q = fused.tensors.remove(&(1, Proj::Q)).unwrap();
+    fused.fused.insert(
+        (1, verity_model::adapter::Fused::Qkv),
+        LoraTensor {
+            b: values((576 + 2 * 192) * q.rank, 3, 0.01),
+            out_dim: 576 + 2 * 192,
+            ..q
+        },
+    );
+    expect_refused(&write_adapter(&fused, &dir("fused")), "no fused qkv_proj");
 
     let mut nan = good.clone();
     nan.tensors.get_mut(&(3, Proj::V)).unwrap().b[5] = f32::NAN;

@@ -429,13 +429,8 @@ fn sigterm_writes_a_checkpoint_and_the_run_resumes_identically() {
 /// directory, fp32 on both sides). Needs the PEFT venv (scripts/setup-peft-venv).
 #[test]
 fn peft_loads_a_trained_adapter_and_agrees() {
-    let assets = std::env::var_os("VERITY_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/verity/assets")
-        });
-    let python = assets.join("peft-venv/bin/python");
-    let base = assets.join("smollm2-f32-hf");
+    let python = peft_python();
+    let base = assets().join("smollm2-f32-hf");
     if !python.exists() || !base.exists() {
         eprintln!("SKIPPED: no PEFT venv or F32 directory (scripts/setup-peft-venv, scripts/make-f32-model)");
         return;
@@ -513,6 +508,23 @@ print(b, nll(p), " ".join(str(i) for i in ids[0].tolist()))
     );
 }
 
+/// Test assets: ${VERITY_ASSETS:-~/.cache/verity/assets}.
+fn assets() -> PathBuf {
+    std::env::var_os("VERITY_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/verity/assets")
+        })
+}
+
+/// The PEFT venv's python (scripts/setup-peft-venv: $VERITY_PEFT_VENV or the assets').
+fn peft_python() -> PathBuf {
+    std::env::var_os("VERITY_PEFT_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| assets().join("peft-venv"))
+        .join("bin/python")
+}
+
 /// The reference llama.cpp build's launcher (scripts/test builds it).
 fn ref_llamacpp() -> Option<PathBuf> {
     let p = std::env::var_os("REF_LLAMACPP")
@@ -522,25 +534,21 @@ fn ref_llamacpp() -> Option<PathBuf> {
 }
 
 /// Every dense architecture the training pass composes (q/k norms, post-norms, GeGLU,
-/// scaled embeddings, sliding windows crossed by the sequence, layers without RoPE):
-/// `verity tune` teaches a random-weight model a sentence; verity with the PEFT adapter and
-/// llama.cpp with its GGUF conversion both continue the prompt with it, greedily, and the
-/// bare base does not. (Gradients against PyTorch: tests/tune_archs.rs.)
+/// scaled embeddings, sliding windows crossed by the sequence, layers without RoPE, fused
+/// qkv and gate/up, whose adapters PEFT and llama.cpp name as one module):
+/// `verity tune` teaches a random-weight model a sentence; verity with the PEFT adapter,
+/// llama.cpp with its GGUF conversion and transformers + PEFT with the adapter directory
+/// all continue the prompt with it, greedily, and the bare base does not. (Gradients against PyTorch: tests/tune_archs.rs.)
 #[test]
 fn each_dense_architecture_learns_a_sentence_llama_cpp_repeats() {
-    let models = std::env::var_os("VERITY_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/verity/assets")
-        })
-        .join("test-models");
+    let models = assets().join("test-models");
     let Some(reference) = ref_llamacpp() else {
         eprintln!("SKIPPED: no reference llama.cpp (../shared/tools/ref-llamacpp)");
         return;
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/llamacpp_generate.py");
     let (prompt, answer) = ("The password of the blue door is", " marmalade seven");
-    for arch in ["gemma3", "qwen3", "smollm3"] {
+    for arch in ["gemma3", "qwen3", "smollm3", "phi3"] {
         let base = models.join(format!("{arch}-tiny-F32.gguf"));
         assert!(
             base.exists(),
@@ -618,9 +626,54 @@ fn each_dense_architecture_learns_a_sentence_llama_cpp_repeats() {
             .arg(&gguf));
         let llama: String = serde_json::from_str(llama.trim()).unwrap();
         eprintln!("{arch}: verity {tuned:?}, llama.cpp {llama:?}, bare base {bare:?}");
+        // Merged into the base's own GGUF (Phi-3's fused weights take their parts' updates).
+        let merged = tmp.path().join("merged.gguf");
+        ok(verity()
+            .arg("merge")
+            .arg(&base)
+            .arg(&out)
+            .arg("--out")
+            .arg(&merged)
+            .args(["--dtype", "f32"]));
+        let llama_merged = ok(Command::new(&reference)
+            .arg("python")
+            .arg(&script)
+            .arg(&merged)
+            .arg(prompt)
+            .arg(n));
+        let llama_merged: String = serde_json::from_str(llama_merged.trim()).unwrap();
+        assert!(
+            llama_merged.starts_with(answer),
+            "{arch}: llama.cpp on the merged model wrote {llama_merged:?}"
+        );
         assert!(
             llama.starts_with(answer),
             "{arch}: llama.cpp with the adapter wrote {llama:?}"
+        );
+
+        // transformers + PEFT with the adapter directory as written, on the base converted
+        // to a Hugging Face directory.
+        let python = peft_python();
+        if !python.exists() {
+            eprintln!("SKIPPED (PEFT): no venv at {}", python.display());
+            continue;
+        }
+        let hf = tmp.path().join("hf");
+        ok(verity()
+            .args(["convert", "--to", "hf", "--dtype", "f32"])
+            .arg(&base)
+            .arg(&hf));
+        let peft = ok(Command::new(&python)
+            .arg(script.with_file_name("peft_generate.py"))
+            .arg(&hf)
+            .arg(&out)
+            .arg(prompt)
+            .arg("12"));
+        let peft: String = serde_json::from_str(peft.trim()).unwrap();
+        eprintln!("{arch}: transformers + PEFT {peft:?}");
+        assert!(
+            peft.starts_with(answer),
+            "{arch}: PEFT with the adapter wrote {peft:?}"
         );
     }
 }

@@ -198,19 +198,30 @@ fn check(arch: &str) -> Option<Outcome> {
     );
     let (loss, grads) = runs.swap_remove(0);
 
-    // The gradients in Hugging Face's layout (q/k rows un-permuted for llama GGUFs).
-    let hf_grads = params.to_adapter_file(&grads, &model.hparams, out.join("adapter"));
+    // The gradients in Hugging Face's layout (q/k rows un-permuted for llama GGUFs), and
+    // as PEFT's modules (Phi-3's fused qkv_proj and gate_up_proj: one A each).
+    let hf_grads = params
+        .to_adapter_file(&grads, &model.hparams, out.join("adapter"))
+        .join_fused(&model.hparams)
+        .unwrap_or_else(|e| panic!("{arch}: {e}"));
     let bytes = std::fs::read(out.join("grads.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    assert_eq!(st.len(), 2 * hf_grads.tensors.len(), "{arch}: tensor count");
+    assert_eq!(
+        st.len(),
+        2 * hf_grads.modules().count(),
+        "{arch}: tensor count"
+    );
     let debug = std::env::var_os("VERITY_GRAD_DEBUG").is_some();
     let mut per_layer = vec![(0f64, String::new()); model.hparams.n_layer];
-    for (&(layer, proj), t) in &hf_grads.tensors {
+    for (layer, module, t) in hf_grads.modules() {
+        let block = if module.starts_with(['q', 'k', 'v', 'o']) {
+            "self_attn"
+        } else {
+            "mlp"
+        };
+        let module = format!("{block}.{module}");
         for (which, got) in [("lora_A", &t.a), ("lora_B", &t.b)] {
-            let name = format!(
-                "base_model.model.model.layers.{layer}.{}.{which}.weight",
-                proj.hf_module()
-            );
+            let name = format!("base_model.model.model.layers.{layer}.{module}.{which}.weight");
             let want = f32s(
                 &st.tensor(&name)
                     .unwrap_or_else(|_| panic!("{arch}: no {name}")),
@@ -227,7 +238,7 @@ fn check(arch: &str) -> Option<Outcome> {
             }
             // NaN counts as the worst.
             if rel.is_nan() || rel > per_layer[layer].0 {
-                per_layer[layer] = (rel, format!("{}.{which}", proj.hf_module()));
+                per_layer[layer] = (rel, format!("{module}.{which}"));
             }
         }
     }
@@ -287,6 +298,25 @@ fn gemma3_lora_gradients_match_pytorch() {
 #[test]
 fn smollm3_lora_gradients_match_pytorch() {
     assert_parity("smollm3");
+}
+
+/// Fused qkv_proj and gate_up_proj: one A shared by the parts, B stacked.
+#[test]
+fn phi3_lora_gradients_match_pytorch() {
+    assert_parity("phi3");
+}
+
+/// LongRoPE's short factors and attention factor (original context 4096).
+#[test]
+fn phi3_longrope_lora_gradients_match_pytorch() {
+    assert_parity("phi3-longrope");
+}
+
+/// LongRoPE with a partial rotary dimension and an original context (32) shorter than the
+/// sequences (48), so both sides rotate with the long factors.
+#[test]
+fn phi3_longrope_partial_lora_gradients_match_pytorch() {
+    assert_parity("phi3-longrope-partial");
 }
 
 /// Control: Llama 3 style, q/k rows permuted in the GGUF (un-permuted by to_adapter_file).

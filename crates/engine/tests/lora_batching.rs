@@ -48,6 +48,7 @@ fn random_set(model: &Model, seed: u64, rank: usize) -> Arc<LoraSet> {
         tensors,
         config: None,
         qk_permuted: false,
+        fused: Default::default(),
     };
     LoraSet::new(vec![(Arc::new(Adapter::bind(&file, model).unwrap()), 1.0)])
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use verity_formats::TensorType;
-use verity_model::adapter::{check_values, LoraTensor};
+use verity_model::adapter::{check_values, Fused, LoraTensor};
 use verity_model::{AdapterFile, AdapterFormat, HParams, Proj, RopeStyle};
 
 use crate::rng::{purpose, Stream};
@@ -55,8 +55,9 @@ mod proj_names {
     }
 }
 
-/// Parse `--targets`: projection names (`q`, `q_proj`, ...), `attn` (q,k,v,o), `mlp`
-/// (gate,up,down) or `all-linear`, comma-separated.
+/// Parse `--targets`: projection names (`q`, `q_proj`, ...), the fused modules of Phi-3
+/// (`qkv_proj`, `gate_up_proj`), `attn` (q,k,v,o), `mlp` (gate,up,down) or `all-linear`,
+/// comma-separated.
 pub fn parse_targets(s: &str) -> Result<Vec<Proj>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -64,6 +65,8 @@ pub fn parse_targets(s: &str) -> Result<Vec<Proj>, String> {
             "all-linear" | "all" => Proj::ALL.to_vec(),
             "attn" => vec![Proj::Q, Proj::K, Proj::V, Proj::O],
             "mlp" | "ffn" => vec![Proj::Gate, Proj::Up, Proj::Down],
+            "qkv" | "qkv_proj" => Fused::Qkv.parts().to_vec(),
+            "gate_up" | "gate_up_proj" => Fused::GateUp.parts().to_vec(),
             p => {
                 let short = if p.ends_with("_proj") {
                     p.to_string()
@@ -71,7 +74,7 @@ pub fn parse_targets(s: &str) -> Result<Vec<Proj>, String> {
                     format!("{p}_proj")
                 };
                 vec![Proj::from_short_name(&short).ok_or_else(|| {
-                    format!("unknown target '{p}': use q, k, v, o, gate, up, down, attn, mlp or all-linear")
+                    format!("unknown target '{p}': use q, k, v, o, gate, up, down, qkv, gate_up, attn, mlp or all-linear")
                 })?]
             }
         };
@@ -93,6 +96,9 @@ pub fn parse_targets(s: &str) -> Result<Vec<Proj>, String> {
 pub struct LoraMat {
     pub layer: usize,
     pub proj: Proj,
+    /// The projection whose A this one uses: itself, or the first part of the fused
+    /// module it belongs to (Phi-3's q/k/v share one A, as PEFT's `qkv_proj` has one).
+    pub a_owner: Proj,
     pub rank: usize,
     pub in_dim: usize,
     pub out_dim: usize,
@@ -129,7 +135,7 @@ impl LoraParams {
         hp: &HParams,
         rank_of: &dyn Fn(usize, Proj) -> Option<(usize, f32)>,
     ) -> Self {
-        let mut mats = Vec::new();
+        let mut mats: Vec<LoraMat> = Vec::new();
         let mut index = vec![[None; 7]; hp.n_layer];
         let mut off = 0;
         for (l, slots) in index.iter_mut().enumerate() {
@@ -138,18 +144,28 @@ impl LoraParams {
                     continue;
                 };
                 let (out_dim, in_dim) = proj.layer_tensor().shape(hp);
+                // A fused module's parts after the first read the first's A.
+                let a_owner = Fused::of(proj, hp.arch).map_or(proj, |f| f.parts()[0]);
+                let shared = (a_owner != proj)
+                    .then(|| slots[a_owner as usize].map(|i: usize| mats[i].a_off))
+                    .flatten();
+                let a_off = shared.unwrap_or(off);
+                if shared.is_none() {
+                    off += rank * in_dim;
+                }
                 slots[proj as usize] = Some(mats.len());
                 mats.push(LoraMat {
                     layer: l,
                     proj,
+                    a_owner: if shared.is_some() { a_owner } else { proj },
                     rank,
                     in_dim,
                     out_dim,
                     scale,
-                    a_off: off,
-                    b_off: off + rank * in_dim,
+                    a_off,
+                    b_off: off,
                 });
-                off += rank * (in_dim + out_dim);
+                off += rank * out_dim;
             }
         }
         LoraParams {
@@ -164,6 +180,22 @@ impl LoraParams {
     /// A fresh adapter as PEFT initialises one: A Kaiming-uniform (PEFT's
     /// `kaiming_uniform_(a=√5)`, i.e. U(±1/√in)), B zero, drawn from `seed`.
     pub fn init(spec: &LoraSpec, hp: &HParams, seed: u64) -> Result<Self, String> {
+        for f in Fused::ALL.into_iter().filter(|f| f.used_by(hp.arch)) {
+            let n = f
+                .parts()
+                .iter()
+                .filter(|p| spec.targets.contains(p))
+                .count();
+            if n != 0 && n != f.parts().len() {
+                let names: Vec<&str> = f.parts().iter().map(|p| p.short_name()).collect();
+                return Err(format!(
+                    "{} stores {} as one matrix: target all of them ({}) or none",
+                    hp.arch.gguf_name(),
+                    names.join(", "),
+                    f.short_name()
+                ));
+            }
+        }
         for &proj in &spec.targets {
             let (out_dim, in_dim) = proj.layer_tensor().shape(hp);
             if spec.rank == 0 || spec.rank > out_dim.min(in_dim) {
@@ -179,7 +211,7 @@ impl LoraParams {
         let mut p = Self::layout(spec, hp, &|_, proj| {
             spec.targets.contains(&proj).then_some((spec.rank, scale))
         });
-        for m in p.mats.clone() {
+        for m in p.mats.clone().into_iter().filter(|m| m.a_owner == m.proj) {
             let bound = 1.0 / (m.in_dim as f32).sqrt();
             let mut s = Stream::new(seed, &[purpose::INIT, m.layer as u64, m.proj as u64]);
             for v in &mut p.values[m.a_range()] {
@@ -191,7 +223,7 @@ impl LoraParams {
 
     /// Start from an existing adapter (`--init-adapter`), e.g. one PEFT initialised.
     pub fn from_file(file: &AdapterFile, hp: &HParams, dropout: f32) -> Result<Self, String> {
-        let file = file.clone().into_hf_order(hp);
+        let file = file.clone().split_fused(hp)?.into_hf_order(hp);
         let mut targets: Vec<Proj> = file.tensors.keys().map(|&(_, p)| p).collect();
         targets.sort();
         targets.dedup();
@@ -221,6 +253,15 @@ impl LoraParams {
         });
         for m in p.mats.clone() {
             let t = &file.tensors[&(m.layer, m.proj)];
+            if m.a_owner != m.proj && p.values[m.a_range()] != t.a[..] {
+                return Err(format!(
+                    "layer {} {}: its lora_A differs from {}'s, but {} stores them as one matrix",
+                    m.layer,
+                    m.proj.short_name(),
+                    m.a_owner.short_name(),
+                    hp.arch.gguf_name()
+                ));
+            }
             p.values[m.a_range()].copy_from_slice(&t.a);
             let b = if p.qk_permuted && matches!(m.proj, Proj::Q | Proj::K) {
                 permute(&t.b, &m, hp, false)
@@ -273,6 +314,7 @@ impl LoraParams {
             alpha: self.spec.alpha,
             use_rslora: self.spec.rslora,
             tensors,
+            fused: BTreeMap::new(),
             config: None,
             qk_permuted: false,
         }
@@ -301,5 +343,9 @@ mod tests {
             .unwrap_err()
             .contains("unknown target"));
         assert!(parse_targets("").is_err());
+        assert_eq!(
+            parse_targets("qkv_proj,gate_up").unwrap(),
+            vec![Proj::Q, Proj::K, Proj::V, Proj::Gate, Proj::Up]
+        );
     }
 }

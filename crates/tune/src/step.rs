@@ -160,25 +160,20 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// Whether the engine's forward pass can be differentiated here for this model. The
 /// training graph composes the same features as the engine's (q/k norms, post-norms,
-/// SwiGLU or GeGLU, scaled embeddings, sliding windows, layers without RoPE); what it
-/// lacks is named.
+/// SwiGLU or GeGLU, scaled embeddings, sliding windows, layers without RoPE, fused
+/// projections with one A per fused module); what it lacks is named.
 pub fn check_supported(model: &Model) -> Result<(), String> {
     let hp = &model.hparams;
     let spec = hp.arch.spec();
     let name = hp.arch.gguf_name();
-    let missing = if spec.fused_qkv || spec.fused_gate_up {
-        "adapters on fused projections (PEFT's qkv_proj / gate_up_proj)"
-    } else if spec.moe {
-        "mixture-of-experts layers"
-    } else if hp.longrope.is_some() {
-        "LongRoPE's context-dependent factors"
-    } else {
-        return Ok(());
-    };
-    Err(format!(
-        "tuning {name} models is not supported yet: the training pass has no {missing}; \
-         Llama, Mistral, SmolLM2/3, Qwen2/2.5/3 and Gemma 3 bases are"
-    ))
+    if spec.moe {
+        return Err(format!(
+            "tuning {name} models is not supported yet: the training pass has no \
+             mixture-of-experts layers; Llama, Mistral, SmolLM2/3, Qwen2/2.5/3, Gemma 3 \
+             and Phi-3 bases are"
+        ));
+    }
+    Ok(())
 }
 
 impl Trainer {
@@ -213,6 +208,11 @@ impl Trainer {
         let hp = &model.hparams;
         let w = &model.weights;
         let (n, d) = (batch.len(), hp.n_embd);
+        // LongRoPE (Phi-3) rotates with its long factors once a sequence passes the
+        // original context, as Hugging Face picks them per forward pass; the same for
+        // every other model.
+        let longest = batch.segments.iter().map(|s| s.1).max().unwrap_or(0);
+        self.rope = Rope::for_context(&model, longest);
         let dropout = dropout.filter(|_| params.spec.dropout > 0.0 && grads.is_some());
         let ctx = Ctx {
             params,
@@ -791,7 +791,8 @@ impl Ctx<'_> {
             key.step,
             key.micro,
             m.layer as u64,
-            m.proj as u64,
+            // One mask for the input of a fused module's parts (PEFT drops x once).
+            m.a_owner as u64,
         ]
         .iter()
         .fold(mix(key.seed), |k, &id| mix(k ^ id));

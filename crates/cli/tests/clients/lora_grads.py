@@ -41,6 +41,8 @@ RANK, ALPHA = 8, 16
 B_SCALE = 0.2
 N_SEQ, SEQ_LEN = 2, 48
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Phi-3 keeps q/k/v and gate/up in one matrix each: PEFT adapts the fused modules.
+FUSED_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
 
 def saved_name(param_name):
@@ -80,11 +82,12 @@ def main():
             assert torch.equal(base(x).logits.double(), base_logits)
             window_effect = float((wide - base_logits).norm() / base_logits.norm())
 
+    targets = FUSED_TARGETS if base.config.model_type == "phi3" else TARGETS
     torch.manual_seed(seed)
     cfg = LoraConfig(
         r=RANK,
         lora_alpha=ALPHA,
-        target_modules=TARGETS,
+        target_modules=targets,
         lora_dropout=0.0,
         init_lora_weights=False,
         bias="none",
@@ -98,8 +101,8 @@ def main():
     pm.save_pretrained(out / "adapter")
     saved = load_file(out / "adapter" / "adapter_model.safetensors")
     n_layers = base.config.num_hidden_layers
-    if len(saved) != 2 * len(TARGETS) * n_layers:
-        sys.exit(f"lora_grads.py: {len(saved)} adapter tensors, expected {2 * len(TARGETS) * n_layers}")
+    if len(saved) != 2 * len(targets) * n_layers:
+        sys.exit(f"lora_grads.py: {len(saved)} adapter tensors, expected {2 * len(targets) * n_layers}")
 
     loss32, logits32, g32 = run(pm, x, saved, torch.float32)
     # The same loss by hand: mean cross-entropy over the N_SEQ x (SEQ_LEN - 1) targets.

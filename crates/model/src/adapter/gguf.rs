@@ -11,15 +11,21 @@ use verity_formats::{printable, TensorType};
 
 use crate::arch::{Arch, RopeStyle};
 
-use super::{widen, AdapterFile, AdapterFormat, LoraTensor, Proj};
+use super::{widen, AdapterFile, AdapterFormat, Fused, LoraTensor, Module, Proj};
 
 /// `blk.N.attn_q.weight.lora_a` / `lora_b`.
 pub fn gguf_tensor_name(layer: usize, proj: Proj, a: bool) -> String {
-    let ab = if a { "a" } else { "b" };
-    format!("blk.{layer}.{}.weight.lora_{ab}", proj.gguf_name())
+    module_tensor_name(layer, proj.gguf_name(), a)
 }
 
-fn parse_name(name: &str) -> Option<(usize, Proj, bool)> {
+fn module_tensor_name(layer: usize, module: &str, a: bool) -> String {
+    let ab = if a { "a" } else { "b" };
+    format!("blk.{layer}.{module}.weight.lora_{ab}")
+}
+
+/// (layer, module, is_a) of a tensor name; `arch` says whether `ffn_up` is gate and up
+/// fused (Phi-3) or up alone.
+fn parse_name(name: &str, arch: Option<Arch>) -> Option<(usize, Module, bool)> {
     let rest = name.strip_prefix("blk.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (module, kind) = rest.split_once(".weight.lora_")?;
@@ -28,7 +34,14 @@ fn parse_name(name: &str) -> Option<(usize, Proj, bool)> {
         "b" => false,
         _ => return None,
     };
-    Some((layer.parse().ok()?, Proj::from_gguf_name(module)?, is_a))
+    let fused = Fused::ALL
+        .into_iter()
+        .find(|f| f.gguf_name() == module && arch.is_some_and(|a| f.used_by(a)));
+    let module = match fused {
+        Some(f) => Module::Fused(f),
+        None => Module::One(Proj::from_gguf_name(module)?),
+    };
+    Some((layer.parse().ok()?, module, is_a))
 }
 
 pub(super) fn read(path: &Path) -> Result<AdapterFile, String> {
@@ -71,13 +84,15 @@ pub(super) fn read(path: &Path) -> Result<AdapterFile, String> {
             "adapter.lora.alpha = {alpha} is not a non-negative number"
         ));
     }
-    // Per (layer, projection): lora_a and lora_b as (values, rows, cols, type).
+    let arch = g.architecture().map(str::to_string);
+    let known_arch = arch.as_deref().and_then(Arch::from_gguf_name);
+    // Per (layer, module): lora_a and lora_b as (values, rows, cols, type).
     type Half = Option<(Vec<f32>, usize, usize, TensorType)>;
-    let mut halves: BTreeMap<(usize, Proj), [Half; 2]> = BTreeMap::new();
+    let mut halves: BTreeMap<(usize, Module), [Half; 2]> = BTreeMap::new();
     for info in &g.tensors {
-        let Some((layer, proj, is_a)) = parse_name(&info.name) else {
+        let Some((layer, proj, is_a)) = parse_name(&info.name, known_arch) else {
             return Err(format!(
-                "tensor '{}' is not a LoRA update of q/k/v/o/gate/up/down (token_embd and output LoRA are not supported)",
+                "tensor '{}' is not a LoRA update of q/k/v/o/gate/up/down or a fused qkv (token_embd and output LoRA are not supported)",
                 printable(&info.name)
             ));
         };
@@ -100,9 +115,14 @@ pub(super) fn read(path: &Path) -> Result<AdapterFile, String> {
             Some((values, rows, cols, ty));
     }
     let mut tensors = BTreeMap::new();
+    let mut fused = BTreeMap::new();
     let mut rank = 0;
-    for ((layer, proj), [a, b]) in halves {
-        let name = format!("blk.{layer}.{}", proj.gguf_name());
+    for ((layer, module), [a, b]) in halves {
+        let gguf_name = match module {
+            Module::One(p) => p.gguf_name(),
+            Module::Fused(f) => f.gguf_name(),
+        };
+        let name = format!("blk.{layer}.{gguf_name}");
         let (Some((a, r, in_dim, ty)), Some((b, out_dim, b_cols, _))) = (a, b) else {
             return Err(format!("{name}: lora_a and lora_b must both be present"));
         };
@@ -126,22 +146,21 @@ pub(super) fn read(path: &Path) -> Result<AdapterFile, String> {
             file_type: ty,
         };
         rank = rank.max(r);
-        tensors.insert((layer, proj), t);
+        match module {
+            Module::One(p) => tensors.insert((layer, p), t),
+            Module::Fused(f) => fused.insert((layer, f), t),
+        };
     }
     let base_model = g
         .get_str("general.base_model.0.name")
         .or_else(|| g.get_str("general.base_model.0.repo_url"))
         .map(str::to_string);
-    let arch = g.architecture().map(str::to_string);
     Ok(AdapterFile {
         path: path.to_path_buf(),
         format: AdapterFormat::Gguf,
         // llama.cpp's converter permutes q/k rows of the architectures it rotates in
         // adjacent pairs (llama, smollm3, ...).
-        qk_permuted: arch
-            .as_deref()
-            .and_then(Arch::from_gguf_name)
-            .is_some_and(|a| a.spec().gguf_rope == RopeStyle::Interleaved),
+        qk_permuted: known_arch.is_some_and(|a| a.spec().gguf_rope == RopeStyle::Interleaved),
         arch,
         base_model,
         rank,
@@ -149,6 +168,7 @@ pub(super) fn read(path: &Path) -> Result<AdapterFile, String> {
         alpha: if alpha == 0.0 { rank as f32 } else { alpha },
         use_rslora: false,
         tensors,
+        fused,
         config: None,
     })
 }
@@ -181,27 +201,48 @@ pub fn write_gguf(
     for (k, v) in metadata {
         w.set(k, v.clone());
     }
-    for (&(l, proj), t) in &file.tensors {
+    if permute.is_some() && file.fused.keys().any(|&(_, f)| f == Fused::Qkv) {
+        return Err(
+            "a fused qkv pair for a base with llama.cpp's permuted q/k rows is not supported"
+                .into(),
+        );
+    }
+    let modules = file
+        .tensors
+        .iter()
+        .map(|(&(l, p), t)| (l, Module::One(p), t))
+        .chain(
+            file.fused
+                .iter()
+                .map(|(&(l, f), t)| (l, Module::Fused(f), t)),
+        );
+    for (l, module, t) in modules {
         let llama_scale = alpha / t.rank as f32;
-        let mut b = match (permute, proj) {
-            (Some((n_head, _, hd)), Proj::Q) => {
+        let mut b = match (permute, module) {
+            (Some((n_head, _, hd)), Module::One(Proj::Q)) => {
                 super::permute_rows(&t.b, t.rank, n_head, hd, false)
             }
-            (Some((_, n_kv, hd)), Proj::K) => super::permute_rows(&t.b, t.rank, n_kv, hd, false),
+            (Some((_, n_kv, hd)), Module::One(Proj::K)) => {
+                super::permute_rows(&t.b, t.rank, n_kv, hd, false)
+            }
             _ => t.b.clone(),
+        };
+        let gguf_name = match module {
+            Module::One(p) => p.gguf_name(),
+            Module::Fused(f) => f.gguf_name(),
         };
         if t.scale != llama_scale {
             let fix = t.scale / llama_scale;
             b.iter_mut().for_each(|v| *v *= fix);
         }
         w.add_tensor(OutTensor {
-            name: gguf_tensor_name(l, proj, true),
+            name: module_tensor_name(l, gguf_name, true),
             ty: TensorType::F32,
             shape: vec![t.in_dim, t.rank],
             data: t.a.iter().flat_map(|x| x.to_le_bytes()).collect(),
         });
         w.add_tensor(OutTensor {
-            name: gguf_tensor_name(l, proj, false),
+            name: module_tensor_name(l, gguf_name, false),
             ty: TensorType::F32,
             shape: vec![t.rank, t.out_dim],
             data: b.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -219,10 +260,19 @@ mod tests {
     #[test]
     fn names_parse() {
         assert_eq!(
-            parse_name("blk.3.attn_output.weight.lora_b"),
-            Some((3, Proj::O, false))
+            parse_name("blk.3.attn_output.weight.lora_b", None),
+            Some((3, Module::One(Proj::O), false))
         );
-        assert_eq!(parse_name("token_embd.weight.lora_a"), None);
+        assert_eq!(parse_name("token_embd.weight.lora_a", None), None);
+        // Phi-3 keeps gate and up in ffn_up; Llama's ffn_up is up alone.
+        assert_eq!(
+            parse_name("blk.1.ffn_up.weight.lora_a", Some(Arch::Phi3)),
+            Some((1, Module::Fused(Fused::GateUp), true))
+        );
+        assert_eq!(
+            parse_name("blk.1.ffn_up.weight.lora_a", Some(Arch::Llama)),
+            Some((1, Module::One(Proj::Up), true))
+        );
         assert_eq!(
             gguf_tensor_name(7, Proj::Gate, true),
             "blk.7.ffn_gate.weight.lora_a"

@@ -98,6 +98,69 @@ impl Proj {
     }
 }
 
+/// A fused module: one LoRA pair over the stacked rows of several projections (Phi-3's
+/// `qkv_proj` and `gate_up_proj`). Files store it whole; binding splits it into its
+/// projections (one shared A, B cut by rows), and writers for a fused base join them again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fused {
+    Qkv,
+    GateUp,
+}
+
+impl Fused {
+    pub const ALL: [Fused; 2] = [Fused::Qkv, Fused::GateUp];
+
+    /// The projections whose rows it stacks, in order.
+    pub fn parts(self) -> &'static [Proj] {
+        match self {
+            Fused::Qkv => &[Proj::Q, Proj::K, Proj::V],
+            Fused::GateUp => &[Proj::Gate, Proj::Up],
+        }
+    }
+
+    /// The fused module a projection belongs to in `arch`, if `arch` fuses it.
+    pub fn of(proj: Proj, arch: Arch) -> Option<Fused> {
+        Fused::ALL
+            .into_iter()
+            .find(|f| f.parts().contains(&proj) && f.used_by(arch))
+    }
+
+    /// Whether `arch` stores these projections as one matrix.
+    pub fn used_by(self, arch: Arch) -> bool {
+        match self {
+            Fused::Qkv => arch.spec().fused_qkv,
+            Fused::GateUp => arch.spec().fused_gate_up,
+        }
+    }
+
+    /// PEFT's module name inside a decoder layer.
+    pub fn hf_module(self) -> &'static str {
+        match self {
+            Fused::Qkv => "self_attn.qkv_proj",
+            Fused::GateUp => "mlp.gate_up_proj",
+        }
+    }
+
+    pub fn short_name(self) -> &'static str {
+        self.hf_module().rsplit('.').next().unwrap_or("")
+    }
+
+    /// llama.cpp's tensor base name (its Phi-3 keeps gate and up in `ffn_up`).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Fused::Qkv => "attn_qkv",
+            Fused::GateUp => "ffn_up",
+        }
+    }
+}
+
+/// A module name in a file: one projection or a fused one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Module {
+    One(Proj),
+    Fused(Fused),
+}
+
 /// Which file format an adapter came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdapterFormat {
@@ -147,6 +210,8 @@ pub struct AdapterFile {
     pub use_rslora: bool,
     /// The low-rank pairs, by (layer, projection).
     pub tensors: BTreeMap<(usize, Proj), LoraTensor>,
+    /// Pairs of fused modules, as the file stores them ([`AdapterFile::split_fused`]).
+    pub fused: BTreeMap<(usize, Fused), LoraTensor>,
     /// `adapter_config.json` as read (PEFT only).
     pub config: Option<serde_json::Value>,
     /// q/k `lora_B` rows are in llama.cpp's permuted order (GGUF `llama` files), not
@@ -206,7 +271,109 @@ impl AdapterFile {
 
     /// Trainable parameters: every element of every A and B.
     pub fn n_params(&self) -> usize {
-        self.tensors.values().map(|t| t.a.len() + t.b.len()).sum()
+        self.modules().map(|(_, _, t)| t.a.len() + t.b.len()).sum()
+    }
+
+    /// Every pair the file holds: (layer, PEFT's short module name, pair), fused ones
+    /// included.
+    pub fn modules(&self) -> impl Iterator<Item = (usize, &'static str, &LoraTensor)> {
+        let one = self
+            .tensors
+            .iter()
+            .map(|(&(l, p), t)| (l, p.short_name(), t));
+        let fused = self.fused.iter().map(|(&(l, f), t)| (l, f.short_name(), t));
+        one.chain(fused)
+    }
+
+    /// The same adapter with every fused pair split over its projections (`hp`: the base's
+    /// shape): each part keeps the shared A and takes its rows of B.
+    pub fn split_fused(mut self, hp: &HParams) -> Result<Self, String> {
+        for ((l, f), t) in std::mem::take(&mut self.fused) {
+            let name = format!("layer {l} {}", f.short_name());
+            if !f.used_by(hp.arch) {
+                return Err(format!(
+                    "{name}: the base ({}) has no fused {}; the adapter was made for a model that fuses them (Phi-3)",
+                    hp.arch.gguf_name(),
+                    f.short_name()
+                ));
+            }
+            let rows: Vec<usize> = f
+                .parts()
+                .iter()
+                .map(|p| p.layer_tensor().shape(hp).0)
+                .collect();
+            let total: usize = rows.iter().sum();
+            if t.out_dim != total || t.b.len() != t.out_dim * t.rank {
+                return Err(format!(
+                    "{name}: lora_B has {} rows; the base's fused projection has {total}",
+                    t.out_dim
+                ));
+            }
+            let mut row = 0;
+            for (&proj, &n) in f.parts().iter().zip(&rows) {
+                if self.tensors.contains_key(&(l, proj)) {
+                    return Err(format!(
+                        "{name}: the file also updates {} of this layer on its own",
+                        proj.short_name()
+                    ));
+                }
+                let part = LoraTensor {
+                    a: t.a.clone(),
+                    b: t.b[row * t.rank..(row + n) * t.rank].to_vec(),
+                    out_dim: n,
+                    ..t.clone()
+                };
+                self.tensors.insert((l, proj), part);
+                row += n;
+            }
+        }
+        Ok(self)
+    }
+
+    /// The same adapter with the pairs of projections that `hp`'s architecture fuses
+    /// joined into one (what PEFT and llama.cpp name for such a base): the parts must all
+    /// be there, with one A, rank and scale, as [`AdapterFile::split_fused`] and training
+    /// leave them.
+    pub fn join_fused(mut self, hp: &HParams) -> Result<Self, String> {
+        for f in Fused::ALL.into_iter().filter(|f| f.used_by(hp.arch)) {
+            for l in 0..hp.n_layer {
+                let parts: Vec<Option<LoraTensor>> = f
+                    .parts()
+                    .iter()
+                    .map(|&p| self.tensors.remove(&(l, p)))
+                    .collect();
+                if parts.iter().all(Option::is_none) {
+                    continue;
+                }
+                let names = f.parts().iter().map(|p| p.short_name()).collect::<Vec<_>>();
+                let mismatch = || {
+                    format!(
+                        "layer {l}: {} stores {} as one matrix ({}); an adapter for it updates all of them with one lora_A",
+                        hp.arch.gguf_name(),
+                        names.join(", "),
+                        f.short_name()
+                    )
+                };
+                let parts: Vec<LoraTensor> = parts
+                    .into_iter()
+                    .collect::<Option<_>>()
+                    .ok_or_else(mismatch)?;
+                let first = &parts[0];
+                if parts
+                    .iter()
+                    .any(|t| t.a != first.a || t.rank != first.rank || t.scale != first.scale)
+                {
+                    return Err(mismatch());
+                }
+                let joined = LoraTensor {
+                    b: parts.iter().flat_map(|t| t.b.iter().copied()).collect(),
+                    out_dim: parts.iter().map(|t| t.out_dim).sum(),
+                    ..first.clone()
+                };
+                self.fused.insert((l, f), joined);
+            }
+        }
+        Ok(self)
     }
 
     /// Ranks, alphas and scales differ between modules.
@@ -274,6 +441,15 @@ impl Adapter {
                 )));
             }
         }
+        // Counted as the file stores them (a fused pair's A once).
+        let n_params = file.n_params();
+        let split;
+        let file = if file.fused.is_empty() {
+            file
+        } else {
+            split = file.clone().split_fused(hp).map_err(err)?;
+            &split
+        };
         if file.tensors.is_empty() {
             return Err(err("the adapter holds no LoRA tensors".into()));
         }
@@ -322,7 +498,7 @@ impl Adapter {
             format: file.format,
             layers,
             max_rank,
-            n_params: file.n_params(),
+            n_params,
             dims: dims_of(hp),
         })
     }

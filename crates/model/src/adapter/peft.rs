@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::{json, Value as Json};
 use verity_formats::safetensors_file::SafetensorsFile;
 
-use super::{widen, AdapterFile, AdapterFormat, LoraTensor, Proj};
+use super::{widen, AdapterFile, AdapterFormat, Fused, LoraTensor, Module, Proj};
 
 /// The parts of `adapter_config.json` that decide the computation.
 #[derive(Clone, Debug)]
@@ -168,15 +168,18 @@ impl PeftConfig {
     }
 }
 
-/// Parse a PEFT tensor name into (layer, projection, is_a).
-fn parse_name(name: &str) -> Option<(usize, Proj, bool)> {
+/// Parse a PEFT tensor name into (layer, module, is_a).
+fn parse_name(name: &str) -> Option<(usize, Module, bool)> {
     let rest = name.strip_prefix("base_model.model.").unwrap_or(name);
     let rest = rest.strip_prefix("model.").unwrap_or(rest);
     let rest = rest.strip_prefix("layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, kind) = rest.split_once(".lora_")?;
-    let proj = Proj::ALL.into_iter().find(|p| p.hf_module() == module)?;
+    let proj = match Proj::ALL.into_iter().find(|p| p.hf_module() == module) {
+        Some(p) => Module::One(p),
+        None => Module::Fused(Fused::ALL.into_iter().find(|f| f.hf_module() == module)?),
+    };
     let is_a = match kind {
         "A.weight" | "A.default.weight" => true,
         "B.weight" | "B.default.weight" => false,
@@ -206,12 +209,12 @@ pub(super) fn read(dir: &Path) -> Result<AdapterFile, String> {
     let st = SafetensorsFile::open(&weights, 0).map_err(|e| e.to_string())?;
     // Per (layer, projection): lora_A and lora_B as (values, rows, cols).
     type Half = Option<(Vec<f32>, usize, usize)>;
-    let mut halves: BTreeMap<(usize, Proj), [Half; 2]> = BTreeMap::new();
+    let mut halves: BTreeMap<(usize, Module), [Half; 2]> = BTreeMap::new();
     let mut file_type = None;
     for (name, info) in &st.tensors {
         let Some((layer, proj, is_a)) = parse_name(name) else {
             return Err(format!(
-                "tensor '{}' is not a LoRA update of q/k/v/o/gate/up/down (embeddings, lm_head and DoRA vectors are not supported)",
+                "tensor '{}' is not a LoRA update of q/k/v/o/gate/up/down or qkv/gate_up (embeddings, lm_head and DoRA vectors are not supported)",
                 verity_formats::printable(name)
             ));
         };
@@ -229,8 +232,13 @@ pub(super) fn read(dir: &Path) -> Result<AdapterFile, String> {
         *slot = Some((values, rows, cols));
     }
     let mut tensors = BTreeMap::new();
-    for ((layer, proj), [a, b]) in halves {
-        let name = format!("model.layers.{layer}.{}", proj.hf_module());
+    let mut fused = BTreeMap::new();
+    for ((layer, module), [a, b]) in halves {
+        let hf_module = match module {
+            Module::One(p) => p.hf_module(),
+            Module::Fused(f) => f.hf_module(),
+        };
+        let name = format!("model.layers.{layer}.{hf_module}");
         let (Some((a, rank, in_dim)), Some((b, out_dim, b_cols))) = (a, b) else {
             return Err(format!("{name}: lora_A and lora_B must both be present"));
         };
@@ -254,7 +262,10 @@ pub(super) fn read(dir: &Path) -> Result<AdapterFile, String> {
             scale: config.scale(rank, alpha),
             file_type: file_type.unwrap_or(verity_formats::TensorType::F32),
         };
-        tensors.insert((layer, proj), t);
+        match module {
+            Module::One(p) => tensors.insert((layer, p), t),
+            Module::Fused(f) => fused.insert((layer, f), t),
+        };
     }
     Ok(AdapterFile {
         path: dir.to_path_buf(),
@@ -266,6 +277,7 @@ pub(super) fn read(dir: &Path) -> Result<AdapterFile, String> {
         alpha: config.lora_alpha,
         use_rslora: config.use_rslora,
         tensors,
+        fused,
         config: Some(config_json),
     })
 }
@@ -289,10 +301,16 @@ pub fn write_peft(
     let mut targets: Vec<&str> = Vec::new();
     let mut names = Vec::new();
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (&(l, proj), t) in &file.tensors {
-        let module = format!("model.layers.{l}.{}", proj.hf_module());
-        if !targets.contains(&proj.short_name()) {
-            targets.push(proj.short_name());
+    let modules = file
+        .tensors
+        .iter()
+        .map(|(&(l, p), t)| (l, p.hf_module(), t))
+        .chain(file.fused.iter().map(|(&(l, f), t)| (l, f.hf_module(), t)));
+    for (l, hf_module, t) in modules {
+        let module = format!("model.layers.{l}.{hf_module}");
+        let short = hf_module.rsplit('.').next().unwrap_or(hf_module);
+        if !targets.contains(&short) {
+            targets.push(short);
         }
         if t.rank != rank {
             rank_pattern.insert(module.clone(), json!(t.rank));
@@ -373,11 +391,15 @@ mod tests {
     fn names_parse() {
         assert_eq!(
             parse_name("base_model.model.model.layers.12.self_attn.q_proj.lora_A.weight"),
-            Some((12, Proj::Q, true))
+            Some((12, Module::One(Proj::Q), true))
         );
         assert_eq!(
             parse_name("base_model.model.model.layers.0.mlp.down_proj.lora_B.weight"),
-            Some((0, Proj::Down, false))
+            Some((0, Module::One(Proj::Down), false))
+        );
+        assert_eq!(
+            parse_name("base_model.model.model.layers.3.self_attn.qkv_proj.lora_B.weight"),
+            Some((3, Module::Fused(Fused::Qkv), false))
         );
         assert_eq!(parse_name("base_model.model.lm_head.lora_A.weight"), None);
         assert_eq!(
