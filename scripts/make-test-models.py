@@ -167,6 +167,23 @@ ARCHS = {
                      qk_norm=True, llama3_rope=False,
                      moe=dict(n_expert=8, n_used=2, n_ff_exp=256), pre="qwen2",
                      bos="<|endoftext|>", eos="<|im_end|>", add_bos=False, seed=104),
+    # gpt-oss (gpt-oss-20b style; llama.cpp's `openai-moe` graph): q/k/v biases, an
+    # attn_output bias, one attention-sink logit per head (attn_sinks.weight), the norm before
+    # the FFN named post_attention_norm, every FFN routed with a biased router
+    # (ffn_gate_inp.bias), top-4 of 8 experts picked on the raw logits and softmax over those 4
+    # only (SOFTMAX_WEIGHT), experts with biases on gate/up/down and the clamped SwiGLU
+    # (swiglu_oai: alpha 1.702, limit 7; gate/up std 0.3 so ~15 % of pre-activations pass the
+    # clamp), YaRN (factor 32 over an original context of 4096, context_length 131072: cos
+    # and sin scaled by 1 + 0.1 ln 32, low-frequency pairs interpolated), sliding_window 8
+    # with llama.cpp's default pattern 2 for this arch (layers 0 and 2 windowed, 1 and 3
+    # global), untied, the gpt-4o pre-tokenizer.
+    "gpt-oss": dict(gguf_arch="gpt-oss", n_layer=4, head_dim=64, rope_theta=150000.0, eps=1e-5,
+                    tied=False, qkv_bias=True, qk_norm=False, llama3_rope=False,
+                    n_ctx=131072, yarn=dict(factor=32.0, orig_ctx=4096), sliding_window=8,
+                    moe=dict(n_expert=8, n_used=4, n_ff_exp=256, biases=True, gate_std=0.3),
+                    sinks=True, o_bias=True, ffn_norm_name="post_attention_norm",
+                    proj_std=0.02, pre="gpt-4o",
+                    bos="<|endoftext|>", eos="<|im_end|>", add_bos=False, seed=21),
 }
 
 # (arch, file-type label, llama-quantize type, --pure). Every type appears at least once,
@@ -226,6 +243,8 @@ QUANTS = [
     # llama-quantize's own MoE type, as gpt-oss ships: MXFP4 experts, Q8_0 elsewhere
     # (ffn_gate_inp stays F32).
     ("qwen3moe", "MXFP4_MOE", "MXFP4_MOE", False),
+    ("gpt-oss", "Q8_0", "Q8_0", True),
+    ("gpt-oss", "MXFP4_MOE", "MXFP4_MOE", False),
 ]
 EXTRA_ARGS = {"MXFP4": ["--tensor-type", "weight=mxfp4"]}
 
@@ -330,7 +349,8 @@ def arch_cfg(name):
                n_ctx=N_CTX, rope_dims=None, vocab_size_key=False, key_length=False,
                post_norms=False, fused_qkv=False, fused_gate_up=False, moe=None, longrope=None,
                sliding_window=None, qk_std=0.1, proj_std=0.06, tied_embd_std=0.2, out_norm=1.0,
-               out_norm_signed=False, post_norm=1.0)
+               out_norm_signed=False, post_norm=1.0, yarn=None, sinks=False, o_bias=False,
+               ffn_norm_name="ffn_norm")
     cfg.update(ARCHS[name])
     if name == "llama":  # as written before the issue-16 keys existed
         cfg.update(vocab_size_key=True, rope_dims=cfg["head_dim"])
@@ -394,6 +414,10 @@ def write_base(gguf, arch, path, vocab):
         attn_factor = math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
         w.add_rope_scaling_orig_ctx_len(orig)
         w.add_rope_scaling_attn_factors(attn_factor)
+    if cfg["yarn"]:
+        w.add_string(f"{ga}.rope.scaling.type", "yarn")
+        w.add_float32(f"{ga}.rope.scaling.factor", cfg["yarn"]["factor"])
+        w.add_rope_scaling_orig_ctx_len(cfg["yarn"]["orig_ctx"])
     if cfg["moe"]:
         w.add_expert_count(cfg["moe"]["n_expert"])
         w.add_expert_used_count(cfg["moe"]["n_used"])
@@ -440,21 +464,34 @@ def write_base(gguf, arch, path, vocab):
             w.add_tensor(p + "attn_q_norm.weight", norm(hd))
             w.add_tensor(p + "attn_k_norm.weight", norm(hd))
         w.add_tensor(p + "attn_output.weight", mat(N_EMBD, q_dim, proj_std))
+        if cfg["o_bias"]:
+            w.add_tensor(p + "attn_output.bias", (rng.standard_normal(N_EMBD) * 0.1).astype(np.float32))
+        if cfg["sinks"]:
+            w.add_tensor(p + "attn_sinks.weight", rng.standard_normal(n_head).astype(np.float32))
         if cfg["post_norms"]:
             w.add_tensor(p + "post_attention_norm.weight", cfg["post_norm"] * norm(N_EMBD))
-        w.add_tensor(p + "ffn_norm.weight", norm(N_EMBD))
+        w.add_tensor(p + cfg["ffn_norm_name"] + ".weight", norm(N_EMBD))
         if cfg["moe"]:
             m = cfg["moe"]
             ne, nfe = m["n_expert"], m["n_ff_exp"]
+            gate_std = m.get("gate_std", 0.06)
             # router std 0.1: router logits with std ~1.6
             w.add_tensor(p + "ffn_gate_inp.weight", mat(ne, N_EMBD, 0.1))
             # numpy [n_expert, n_out, n_in] -> GGUF ne [n_in, n_out, n_expert]
             w.add_tensor(p + "ffn_gate_exps.weight",
-                         (rng.standard_normal((ne, nfe, N_EMBD)) * 0.06).astype(np.float32))
+                         (rng.standard_normal((ne, nfe, N_EMBD)) * gate_std).astype(np.float32))
             w.add_tensor(p + "ffn_up_exps.weight",
-                         (rng.standard_normal((ne, nfe, N_EMBD)) * 0.06).astype(np.float32))
+                         (rng.standard_normal((ne, nfe, N_EMBD)) * gate_std).astype(np.float32))
             w.add_tensor(p + "ffn_down_exps.weight",
                          (rng.standard_normal((ne, N_EMBD, nfe)) * proj_std).astype(np.float32))
+            if m.get("biases"):  # numpy [n_expert, n] -> GGUF ne [n, n_expert]
+                w.add_tensor(p + "ffn_gate_inp.bias", (rng.standard_normal(ne) * 0.5).astype(np.float32))
+                w.add_tensor(p + "ffn_gate_exps.bias",
+                             (rng.standard_normal((ne, nfe)) * 0.5).astype(np.float32))
+                w.add_tensor(p + "ffn_up_exps.bias",
+                             (rng.standard_normal((ne, nfe)) * 0.5).astype(np.float32))
+                w.add_tensor(p + "ffn_down_exps.bias",
+                             (rng.standard_normal((ne, N_EMBD)) * 0.05).astype(np.float32))
         elif cfg["fused_gate_up"]:  # 2*n_ff rows: gate, then up
             w.add_tensor(p + "ffn_up.weight", np.concatenate(
                 [mat(n_ff, N_EMBD, 0.06), mat(n_ff, N_EMBD, 0.06)]))

@@ -701,7 +701,7 @@ fn expected(hp: &HParams, gguf_names: bool) -> Vec<(String, Vec<usize>, bool)> {
                 continue;
             }
             let name = if gguf_names {
-                t.gguf_name(l)
+                t.gguf_name_in(hp.arch, l)
             } else {
                 t.hf_name(l)
             };
@@ -719,6 +719,16 @@ fn expected(hp: &HParams, gguf_names: bool) -> Vec<(String, Vec<usize>, bool)> {
                 ("ffn_down_exps", vec![f, d, e]),
             ] {
                 v.push((format!("blk.{l}.{n}.weight"), shape, true));
+            }
+            if hp.arch.spec().moe_biases {
+                for (n, shape) in [
+                    ("ffn_gate_inp", vec![e]),
+                    ("ffn_gate_exps", vec![f, e]),
+                    ("ffn_up_exps", vec![f, e]),
+                    ("ffn_down_exps", vec![d, e]),
+                ] {
+                    v.push((format!("blk.{l}.{n}.bias"), shape, true));
+                }
             }
         }
     }

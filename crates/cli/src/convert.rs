@@ -4,7 +4,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use verity_model::adapter::permute_rows;
-use verity_model::arch::{FfnActivation, GlobalTensor, LayerTensor};
+use verity_model::arch::{FfnActivation, GlobalTensor, LayerTensor, MoeGating};
 use verity_model::{Model, Proj, RopeStyle, Tensor};
 
 use crate::merge::Merge;
@@ -185,6 +185,12 @@ pub fn write_hf_merged(
 ) -> anyhow::Result<usize> {
     let hp = &model.hparams;
     let w = &model.weights;
+    if !hp.arch.spec().hf_supported {
+        anyhow::bail!(
+            "writing {} models as Hugging Face checkpoints is not supported yet; keep the GGUF file",
+            hp.arch.gguf_name()
+        );
+    }
     let (model_type, class) = hp.arch.hf_names();
     let tok = &model.tokenizer;
 
@@ -453,7 +459,7 @@ fn arch_config(model: &Model, config: &mut serde_json::Value) {
         config["num_experts"] = json!(hp.n_expert);
         config["num_experts_per_tok"] = json!(hp.n_expert_used);
         config["moe_intermediate_size"] = json!(hp.n_ff_exp);
-        config["norm_topk_prob"] = json!(spec.moe_norm_weights);
+        config["norm_topk_prob"] = json!(spec.moe_gating == MoeGating::SoftmaxNormalized);
         config["decoder_sparse_step"] = json!(1);
         config["mlp_only_layers"] = json!([]);
     }

@@ -8,15 +8,12 @@ use verity_kernels::attention::{
     attention_f16_seqs_windowed, attention_f32_seqs_windowed, AttnSeq, AttnShape,
 };
 use verity_kernels::{get_row, matmul};
-use verity_model::arch::FfnActivation;
 use verity_model::{Model, Proj};
 
 use crate::lora::{self, LoraScratch, LoraSet};
 use crate::moe::{moe_ffn, MoeScratch};
 
-use crate::ops::{
-    add_in_place, geglu, par_rows, rms_norm, rms_norm_in_place, scale_in_place, swiglu, Rope,
-};
+use crate::ops::{add_in_place, glu, par_rows, rms_norm, rms_norm_in_place, scale_in_place, Rope};
 
 /// Tokens processed in one batch during prompt processing.
 const MAX_BATCH: usize = 256;
@@ -552,12 +549,12 @@ impl Runner {
                     }),
                 }
             }
-            let w = window.unwrap_or(0);
+            let (w, sinks) = (window.unwrap_or(0), layer.sinks.as_deref());
             if !seqs.is_empty() {
-                attention_f16_seqs_windowed(&mut seqs, shape, scale, w);
+                attention_f16_seqs_windowed(&mut seqs, shape, scale, w, sinks);
             }
             if !seqs32.is_empty() {
-                attention_f32_seqs_windowed(&mut seqs32, shape, scale, w);
+                attention_f32_seqs_windowed(&mut seqs32, shape, scale, w, sinks);
             }
             s.attn_seqs = recycle(seqs);
             s.attn_seqs32 = recycle(seqs32);
@@ -566,6 +563,11 @@ impl Runner {
             if !s.lora_groups.is_empty() {
                 let g = &s.lora_groups;
                 lora::apply(g, l, Proj::O, &s.attn, qd, &mut s.proj, d, &mut s.lora);
+            }
+            if let Some(b) = &layer.bo {
+                for row in s.proj.chunks_exact_mut(d) {
+                    add_in_place(row, b);
+                }
             }
             if let Some(wn) = &layer.post_attn_norm {
                 par_rows(&mut s.proj, d, &|_, p| rms_norm_in_place(p, wn, hp.rms_eps));
@@ -587,14 +589,9 @@ impl Runner {
                     lora::apply(g, l, Proj::Up, &s.h, d, &mut s.up, ff, &mut s.lora);
                 }
                 let up = &s.up;
-                match spec.ffn {
-                    FfnActivation::Silu => par_rows(&mut s.gate, ff, &|r, g| {
-                        swiglu(g, &up[r * ff..(r + 1) * ff])
-                    }),
-                    FfnActivation::GeluTanh => {
-                        par_rows(&mut s.gate, ff, &|r, g| geglu(g, &up[r * ff..(r + 1) * ff]))
-                    }
-                }
+                par_rows(&mut s.gate, ff, &|r, g| {
+                    glu(spec.ffn, g, &up[r * ff..(r + 1) * ff])
+                });
                 matmul(&layer.w_down.view(), &s.gate, n, &mut s.proj);
                 if !s.lora_groups.is_empty() {
                     let g = &s.lora_groups;

@@ -14,9 +14,10 @@
 //! ([`products_as_tasks`]): one or two regions a layer instead of three per picked expert.
 
 use verity_kernels::{matmul, WeightView};
+use verity_model::arch::MoeGating;
 use verity_model::{HParams, Moe};
 
-use crate::ops::{par_rows, swiglu};
+use crate::ops::{add_in_place, glu, par_rows};
 
 /// Up to this many rows per picked expert, a step runs its experts' products side by side,
 /// one product (or expert) a task; above it, expert after expert, each product parallel
@@ -70,9 +71,12 @@ fn route(moe: &Moe, hp: &HParams, h: &[f32], n: usize, s: &mut MoeScratch) -> us
     let (d, n_exp, k) = (hp.n_embd, hp.n_expert, hp.n_expert_used);
     s.logits.resize(n * n_exp, 0.0);
     matmul(&moe.router.view(), h, n, &mut s.logits);
+    if let Some(b) = &moe.biases {
+        add_bias_rows(&mut s.logits, n_exp, Some(&b.router));
+    }
     s.picks.clear();
     for row in s.logits.chunks_exact(n_exp) {
-        pick(row, k, hp.arch.spec().moe_norm_weights, &mut s.picks);
+        pick(row, k, hp.arch.spec().moe_gating, &mut s.picks);
     }
     s.by_expert.resize_with(n_exp, Vec::new);
     s.by_expert.iter_mut().for_each(Vec::clear);
@@ -122,12 +126,15 @@ fn serial(moe: &Moe, hp: &HParams, h: &[f32], s: &mut MoeScratch) {
         s.up.resize(m * ff, 0.0);
         matmul(&moe.gate[e].view(), &s.x, m, &mut s.gate);
         matmul(&moe.up[e].view(), &s.x, m, &mut s.up);
-        let up = &s.up;
+        add_bias_rows(&mut s.gate, ff, expert_bias(moe, Part::Gate, e, ff));
+        add_bias_rows(&mut s.up, ff, expert_bias(moe, Part::Up, e, ff));
+        let (up, act) = (&s.up, hp.arch.spec().ffn);
         par_rows(&mut s.gate, ff, &|r, g| {
-            swiglu(g, &up[r * ff..(r + 1) * ff])
+            glu(act, g, &up[r * ff..(r + 1) * ff])
         });
         s.y.resize(m * d, 0.0);
         matmul(&moe.down[e].view(), &s.gate, m, &mut s.y);
+        add_bias_rows(&mut s.y, d, expert_bias(moe, Part::Down, e, d));
         weigh(&s.y, rows, &s.picks, k, d, &mut s.outs);
     }
 }
@@ -171,13 +178,17 @@ fn experts_as_tasks(moe: &Moe, hp: &HParams, h: &[f32], s: &mut MoeScratch) {
             y = rest;
             tasks.push((e, &s.x[off * d..(off + m) * d], g, u, o));
         }
+        let act = hp.arch.spec().ffn;
         verity_pool::for_each_chunk_mut(&mut tasks, 1, &|_, t| {
             for (e, x, g, u, o) in t {
                 let m = x.len() / d;
                 matmul(&moe.gate[*e].view(), x, m, g);
                 matmul(&moe.up[*e].view(), x, m, u);
-                swiglu(g, u);
+                add_bias_rows(g, ff, expert_bias(moe, Part::Gate, *e, ff));
+                add_bias_rows(u, ff, expert_bias(moe, Part::Up, *e, ff));
+                glu(act, g, u);
                 matmul(&moe.down[*e].view(), g, m, o);
+                add_bias_rows(o, d, expert_bias(moe, Part::Down, *e, d));
             }
         });
     }
@@ -244,9 +255,18 @@ fn products_as_tasks(moe: &Moe, hp: &HParams, h: &[f32], s: &mut MoeScratch, thr
             }
         }
     }
-    let up = &s.up;
+    for &(e, off) in &s.active {
+        let rows = off * ff..(off + s.by_expert[e].len()) * ff;
+        add_bias_rows(
+            &mut s.gate[rows.clone()],
+            ff,
+            expert_bias(moe, Part::Gate, e, ff),
+        );
+        add_bias_rows(&mut s.up[rows], ff, expert_bias(moe, Part::Up, e, ff));
+    }
+    let (up, act) = (&s.up, hp.arch.spec().ffn);
     par_rows(&mut s.gate, ff, &|r, g| {
-        swiglu(g, &up[r * ff..(r + 1) * ff])
+        glu(act, g, &up[r * ff..(r + 1) * ff])
     });
 
     // down: [range][m][len] per expert, then weighted into `outs`.
@@ -273,16 +293,55 @@ fn products_as_tasks(moe: &Moe, hp: &HParams, h: &[f32], s: &mut MoeScratch, thr
     for &(e, off) in &s.active {
         let rows = &s.by_expert[e];
         let src = &s.y[off * d..(off + rows.len()) * d];
+        let bias = expert_bias(moe, Part::Down, e, d);
         let mut at = 0;
         for (r0, r1) in ranges(d, parts) {
             for &(r, j) in rows {
                 let w = s.picks[r * k + j].1;
                 let dst = &mut s.outs[(r * k + j) * d + r0..(r * k + j) * d + r1];
-                for (o, &v) in dst.iter_mut().zip(&src[at..at + (r1 - r0)]) {
-                    *o = v * w;
+                let src = &src[at..at + (r1 - r0)];
+                match bias {
+                    Some(b) => {
+                        for ((o, &v), &b) in dst.iter_mut().zip(src).zip(&b[r0..r1]) {
+                            *o = (v + b) * w;
+                        }
+                    }
+                    None => {
+                        for (o, &v) in dst.iter_mut().zip(src) {
+                            *o = v * w;
+                        }
+                    }
                 }
                 at += r1 - r0;
             }
+        }
+    }
+}
+
+/// Which product of an expert a bias belongs to.
+#[derive(Clone, Copy)]
+enum Part {
+    Gate,
+    Up,
+    Down,
+}
+
+/// Expert `e`'s bias on `part` (`width` values), when the layer has biases.
+fn expert_bias(moe: &Moe, part: Part, e: usize, width: usize) -> Option<&[f32]> {
+    let b = moe.biases.as_ref()?;
+    let all = match part {
+        Part::Gate => &b.gate,
+        Part::Up => &b.up,
+        Part::Down => &b.down,
+    };
+    Some(&all[e * width..(e + 1) * width])
+}
+
+/// Add `bias` to every `width`-long row of `buf`.
+fn add_bias_rows(buf: &mut [f32], width: usize, bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        for row in buf.chunks_exact_mut(width) {
+            add_in_place(row, b);
         }
     }
 }
@@ -337,12 +396,9 @@ fn weigh(
     }
 }
 
-/// Softmax over the router's logits, the `k` best experts (ties: the lower index), their
-/// probabilities (renormalised to sum to 1 with `norm`); appended to `picks`.
-fn pick(logits: &[f32], k: usize, norm: bool, picks: &mut Vec<(usize, f32)>) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| (l - max).exp() as f64).sum();
-    let inv = (1.0 / sum) as f32;
+/// The `k` best experts by the router's logits (ties: the lower index), best first, with
+/// their weights as `gating` makes them; appended to `picks`.
+fn pick(logits: &[f32], k: usize, gating: MoeGating, picks: &mut Vec<(usize, f32)>) {
     // The k best, best first, by insertion: a later index goes after an equal logit.
     let first = picks.len();
     for (e, &l) in logits.iter().enumerate() {
@@ -355,10 +411,16 @@ fn pick(logits: &[f32], k: usize, norm: bool, picks: &mut Vec<(usize, f32)>) {
             picks.insert(first + at, (e, 0.0));
         }
     }
+    // Softmax over every expert, or over the picked ones alone.
+    let (max, sum) = match gating {
+        MoeGating::TopKSoftmax => softmax_terms(picks[first..].iter().map(|p| logits[p.0])),
+        _ => softmax_terms(logits.iter().copied()),
+    };
+    let inv = (1.0 / sum) as f32;
     for p in &mut picks[first..] {
         p.1 = (logits[p.0] - max).exp() * inv;
     }
-    if norm {
+    if gating == MoeGating::SoftmaxNormalized {
         let total: f32 = picks[first..].iter().map(|p| p.1).sum();
         // As llama.cpp: the sum is clamped to f16's smallest normal.
         let total = total.max(6.103_515_6e-5);
@@ -366,6 +428,12 @@ fn pick(logits: &[f32], k: usize, norm: bool, picks: &mut Vec<(usize, f32)>) {
             p.1 /= total;
         }
     }
+}
+
+/// A softmax's maximum and its sum of `exp(x - max)` (in f64, as ggml sums).
+fn softmax_terms(x: impl Iterator<Item = f32> + Clone) -> (f32, f64) {
+    let max = x.clone().fold(f32::NEG_INFINITY, f32::max);
+    (max, x.map(|l| (l - max).exp() as f64).sum())
 }
 
 #[cfg(test)]
@@ -432,12 +500,23 @@ mod tests {
     #[test]
     fn picks_the_best_and_renormalises() {
         let mut picks = Vec::new();
-        pick(&[0.0, 2.0, 1.0, 2.0], 2, true, &mut picks);
+        pick(
+            &[0.0, 2.0, 1.0, 2.0],
+            2,
+            MoeGating::SoftmaxNormalized,
+            &mut picks,
+        );
         assert_eq!(picks.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 3]);
         assert!((picks[0].1 - 0.5).abs() < 1e-6 && (picks[1].1 - 0.5).abs() < 1e-6);
         picks.clear();
-        pick(&[0.0, 1.0], 1, false, &mut picks);
+        pick(&[0.0, 1.0], 1, MoeGating::Softmax, &mut picks);
         let p = 1f32.exp() / (1.0 + 1f32.exp());
         assert!((picks[0].1 - p).abs() < 1e-6);
+        // gpt-oss: softmax over the picked logits alone.
+        picks.clear();
+        pick(&[3.0, 0.0, 1.0, 5.0], 2, MoeGating::TopKSoftmax, &mut picks);
+        assert_eq!(picks.iter().map(|p| p.0).collect::<Vec<_>>(), vec![3, 0]);
+        let p = 1.0 / (1.0 + (-2f32).exp());
+        assert!((picks[0].1 - p).abs() < 1e-6 && (picks[1].1 - (1.0 - p)).abs() < 1e-6);
     }
 }

@@ -32,6 +32,28 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// gpt-oss's clamped SwiGLU, as ggml's `swiglu_oai` computes it: the gate clamped
+/// above at 7, up to ±7, `gate · σ(1.702 · gate) · (up + 1)`.
+pub fn swiglu_oai(gate: &mut [f32], up: &[f32]) {
+    const ALPHA: f32 = 1.702;
+    const LIMIT: f32 = 7.0;
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = g.min(LIMIT);
+        let y = u.clamp(-LIMIT, LIMIT);
+        *g = x / (1.0 + (ALPHA * -x).exp()) * (y + 1.0);
+    }
+}
+
+/// The gated FFN's activation in place: `gate = act(gate, up)`.
+pub fn glu(kind: verity_model::arch::FfnActivation, gate: &mut [f32], up: &[f32]) {
+    use verity_model::arch::FfnActivation;
+    match kind {
+        FfnActivation::Silu => swiglu(gate, up),
+        FfnActivation::GeluTanh => geglu(gate, up),
+        FfnActivation::SwigluOai => swiglu_oai(gate, up),
+    }
+}
+
 /// GeGLU as ggml computes it: `gelu(gate) * up` with GELU's tanh form read from a table
 /// of every f16 input (ggml's `GGML_GELU_FP16`): the gate rounded to f16, the GELU
 /// rounded to f16; exact 0 and identity beyond ±10.
@@ -107,6 +129,8 @@ pub struct Rope {
     mscale: f32,
     /// Elements per head: the rotated dimensions come first, the rest pass through.
     stride: usize,
+    /// YaRN's ramp between interpolated and extrapolated pairs: its first and last pair.
+    yarn_ramp: Option<(f32, f32)>,
 }
 
 impl Rope {
@@ -127,6 +151,7 @@ impl Rope {
             neox,
             mscale: 1.0,
             stride: head_dim,
+            yarn_ramp: None,
         }
     }
 
@@ -139,20 +164,35 @@ impl Rope {
     /// factors by context length).
     pub fn for_context(model: &verity_model::Model, n_ctx: usize) -> Self {
         let hp = &model.hparams;
-        let mut rope = Self::for_heads(
-            hp,
-            hp.rope_theta,
-            hp.rope_freq_scale,
-            model.weights.rope_freqs_for(hp, n_ctx),
-        );
-        rope.mscale = hp.rope_attn_factor;
-        rope
+        Self::scaled(hp, hp.rope_theta, model.weights.rope_freqs_for(hp, n_ctx))
     }
 
-    /// The rotation of `model`'s sliding-window layers: their own base, unscaled.
+    /// The rotation of `model`'s sliding-window layers: their own base, unscaled unless
+    /// the architecture scales them as the others (gpt-oss).
     pub fn for_window_layers(model: &verity_model::Model) -> Self {
         let hp = &model.hparams;
-        Self::for_heads(hp, hp.rope_theta_window, 1.0, None)
+        if hp.arch.spec().window_rope_scaled {
+            Self::scaled(hp, hp.rope_theta_window, None)
+        } else {
+            Self::for_heads(hp, hp.rope_theta_window, 1.0, None)
+        }
+    }
+
+    /// `hp`'s rotation at base `theta` with its scaling: linear, per-pair factors, the
+    /// attention factor, and YaRN as llama.cpp applies it (its extrapolation factor 1,
+    /// cos and sin scaled by `attn_factor · (1 + 0.1 ln(factor))`, with llama.cpp's
+    /// cancelling of its own `get_mscale` kept, so the rounding is the same).
+    fn scaled(hp: &verity_model::HParams, theta: f32, factors: Option<&[f32]>) -> Self {
+        let mut rope = Self::for_heads(hp, theta, hp.rope_freq_scale, factors);
+        rope.mscale = hp.rope_attn_factor;
+        if let Some(y) = &hp.yarn {
+            let factor = 1.0 / hp.rope_freq_scale;
+            let get_mscale = 0.1 * factor.ln() + 1.0;
+            let attn_factor = get_mscale * (1.0 / (1.0 + 0.1 * factor.ln())) * hp.rope_attn_factor;
+            rope.mscale = attn_factor * (1.0 + 0.1 * (1.0 / hp.rope_freq_scale).ln());
+            rope.yarn_ramp = Some(y.correction_dims(hp.n_rot, theta));
+        }
+        rope
     }
 
     /// A rotation of the first `n_rot` dimensions of `hp`'s heads.
@@ -186,7 +226,16 @@ impl Rope {
         let mut angles = [(0f32, 0f32); 256];
         let mut base = pos as f32;
         for (i, &ff) in self.factors.iter().enumerate().take(256) {
-            let theta = self.freq_scale * base / ff;
+            let theta = match self.yarn_ramp {
+                None => self.freq_scale * base / ff,
+                Some((low, high)) => {
+                    let extrap = base / ff;
+                    let interp = self.freq_scale * extrap;
+                    let y = (i as f32 - low) / (high - low).max(0.001);
+                    let mix = 1.0 - y.clamp(0.0, 1.0);
+                    interp * (1.0 - mix) + extrap * mix
+                }
+            };
             let (sin, cos) = theta.sin_cos();
             let (sin, cos) = if self.mscale == 1.0 {
                 (sin, cos)

@@ -83,6 +83,7 @@ pub fn attention_f16_with(
         shape,
         scale,
         0,
+        None,
     )
 }
 
@@ -103,18 +104,21 @@ pub struct AttnSeq<'a, T = f16> {
 /// region (so a batch of one-token decodes keeps every thread busy). Each sequence's
 /// result is exactly what [`attention_f16`] gives it alone.
 pub fn attention_f16_seqs(seqs: &mut [AttnSeq<'_>], shape: AttnShape, scale: f32) {
-    attention_f16_seqs_with(crate::simd_level(), seqs, shape, scale, 0)
+    attention_f16_seqs_with(crate::simd_level(), seqs, shape, scale, 0, None)
 }
 
 /// [`attention_f16_seqs`] over a sliding window: a query at position `p` attends to the
-/// `window` positions up to and including `p` (0: to all of them).
+/// `window` positions up to and including `p` (0: to all of them); with `sinks` (one
+/// logit per query head), each head's softmax also counts its sink, which takes
+/// probability from the keys and adds no value (gpt-oss).
 pub fn attention_f16_seqs_windowed(
     seqs: &mut [AttnSeq<'_>],
     shape: AttnShape,
     scale: f32,
     window: usize,
+    sinks: Option<&[f32]>,
 ) {
-    attention_f16_seqs_with(crate::simd_level(), seqs, shape, scale, window)
+    attention_f16_seqs_with(crate::simd_level(), seqs, shape, scale, window, sinks)
 }
 
 /// The keys a query at position `p0 + t` attends to: `(first, count)`.
@@ -136,8 +140,10 @@ pub fn attention_f16_seqs_with(
     shape: AttnShape,
     scale: f32,
     window: usize,
+    sinks: Option<&[f32]>,
 ) {
     check(seqs, shape);
+    check_sinks(sinks, shape);
     #[cfg(target_arch = "x86_64")]
     let simd = matches!(crate::effective(level), SimdLevel::Avx2 | SimdLevel::Avx512);
     #[cfg(not(target_arch = "x86_64"))]
@@ -171,8 +177,8 @@ pub fn attention_f16_seqs_with(
             }
             #[cfg(not(target_arch = "x86_64"))]
             scalar_scores(qv, k, kvd, kvh * hd, hd, n_keys, scale, scores);
-            for row in scores.chunks_exact_mut(n_keys) {
-                softmax(row);
+            for (g, row) in scores.chunks_exact_mut(n_keys).enumerate() {
+                softmax(row, sinks.map(|s| s[kvh * group + g]));
                 #[cfg(target_arch = "x86_64")]
                 if simd {
                     // SAFETY: as above.
@@ -213,17 +219,19 @@ pub fn attention_f16_seqs_with(
 /// level and for every batch: each (query, KV head) is one task with a fixed order of
 /// operations.
 pub fn attention_f32_seqs(seqs: &mut [AttnSeq<'_, f32>], shape: AttnShape, scale: f32) {
-    attention_f32_seqs_with(crate::simd_level(), seqs, shape, scale, 0)
+    attention_f32_seqs_with(crate::simd_level(), seqs, shape, scale, 0, None)
 }
 
-/// [`attention_f32_seqs`] over a sliding window (see [`attention_f16_seqs_windowed`]).
+/// [`attention_f32_seqs`] over a sliding window, with optional sinks (see
+/// [`attention_f16_seqs_windowed`]).
 pub fn attention_f32_seqs_windowed(
     seqs: &mut [AttnSeq<'_, f32>],
     shape: AttnShape,
     scale: f32,
     window: usize,
+    sinks: Option<&[f32]>,
 ) {
-    attention_f32_seqs_with(crate::simd_level(), seqs, shape, scale, window)
+    attention_f32_seqs_with(crate::simd_level(), seqs, shape, scale, window, sinks)
 }
 
 /// [`attention_f32_seqs`] at an explicit SIMD level (for tests and benchmarks); every
@@ -235,8 +243,10 @@ pub fn attention_f32_seqs_with(
     shape: AttnShape,
     scale: f32,
     window: usize,
+    sinks: Option<&[f32]>,
 ) {
     check(seqs, shape);
+    check_sinks(sinks, shape);
     let (group, hd) = (shape.n_head / shape.n_head_kv, shape.head_dim);
     let kvd = shape.n_head_kv * hd;
     for_each_task(seqs, shape, &|s, t, kvh, o| {
@@ -251,6 +261,7 @@ pub fn attention_f32_seqs_with(
             off: kvh * hd,
             hd,
             scale,
+            sinks: sinks.map(|s| &s[kvh * group..(kvh + 1) * group]),
         };
         SCORES.with(|cell| crate::attention_train::row(level, &row, o, &mut cell.borrow_mut()));
     });
@@ -277,6 +288,13 @@ fn check<T>(seqs: &[AttnSeq<'_, T>], shape: AttnShape) {
             s.k.len() >= (p0 + n) * kvd && s.v.len() >= (p0 + n) * kvd,
             "attention: the cache holds fewer than p0 + n positions"
         );
+    }
+}
+
+/// Sinks are one logit per query head.
+fn check_sinks(sinks: Option<&[f32]>, shape: AttnShape) {
+    if let Some(s) = sinks {
+        assert_eq!(s.len(), shape.n_head, "attention: one sink per query head");
     }
 }
 
@@ -332,13 +350,20 @@ struct OutPtr(*mut f32);
 unsafe impl Sync for OutPtr {}
 unsafe impl Send for OutPtr {}
 
-/// Softmax in place with an f64 sum (the engine's `ops::softmax`).
-fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+/// Softmax in place with an f64 sum (the engine's `ops::softmax`); a sink logit counts
+/// in the maximum and the sum, as ggml's `soft_max` with sinks counts it.
+fn softmax(x: &mut [f32], sink: Option<f32>) {
+    let mut max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if let Some(s) = sink {
+        max = max.max(s);
+    }
     let mut sum = 0f64;
     for v in x.iter_mut() {
         *v = (*v - max).exp();
         sum += *v as f64;
+    }
+    if let Some(s) = sink {
+        sum += (s - max).exp() as f64;
     }
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {

@@ -530,6 +530,8 @@ pub(crate) struct Row<'a> {
     pub off: usize,
     pub hd: usize,
     pub scale: f32,
+    /// Each of the `group` heads' sink logit, counted in its softmax (gpt-oss).
+    pub sinks: Option<&'a [f32]>,
 }
 
 /// Keys per tile of [`row_task`], in `NR`-wide columns: independent sums to hide the
@@ -563,6 +565,7 @@ fn row_task<const NR: usize>(r: &Row, out: &mut [f32], sc: &mut Vec<f32>) {
         off,
         hd,
         scale,
+        sinks,
     } = *r;
     let group = q.len() / hd;
     assert!(n_keys > 0 && k.len() >= n_keys * kvd && v.len() >= n_keys * kvd);
@@ -599,8 +602,13 @@ fn row_task<const NR: usize>(r: &Row, out: &mut [f32], sc: &mut Vec<f32>) {
     }
     for (g, iv) in inv.iter_mut().enumerate() {
         let p = &mut s[g * n_keys..][..n_keys];
-        let m = max_of(p);
-        *iv = (1.0 / exp_shift_sum(p, m)) as f32;
+        let sink = sinks.map(|s| s[g]);
+        let m = sink.map_or(max_of(p), |s| max_of(p).max(s));
+        let mut sum = exp_shift_sum(p, m);
+        if let Some(s) = sink {
+            sum += exp(s - m) as f64;
+        }
+        *iv = (1.0 / sum) as f32;
     }
     out.fill(0.0);
     for j in 0..n_keys {

@@ -504,7 +504,7 @@ fn engine_f32_attention_is_the_training_forward() {
                             p0,
                         })
                         .collect();
-                    attention_f32_seqs_with(level, &mut seqs, ash, c.scale, sh.window);
+                    attention_f32_seqs_with(level, &mut seqs, ash, c.scale, sh.window, None);
                     drop(seqs);
                     for (&(s0, _, n), out) in parts.iter().zip(&outs) {
                         got[(s0 + p0) * qd..][..n * qd].copy_from_slice(out);

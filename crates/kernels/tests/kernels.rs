@@ -687,7 +687,7 @@ fn attention_over_several_sequences_equals_each_alone() {
                 p0,
             })
             .collect();
-        attention_f16_seqs_with(level, &mut seqs, shape, scale, 0);
+        attention_f16_seqs_with(level, &mut seqs, shape, scale, 0, None);
         drop(seqs);
         for (s, &(p0, n)) in parts.iter().enumerate() {
             let mut alone = vec![0f32; n * qd];
@@ -782,5 +782,154 @@ fn f32_attention_matches_f64_and_is_batch_invariant() {
                 }
             }
         }
+    }
+}
+
+/// Attention sinks (gpt-oss), windowed and not, on both caches: within rounding of an f64
+/// evaluation of `softmax([scores, sink])` without the sink's column, the same bits on
+/// every SIMD level, and a sink of -inf changes nothing.
+#[test]
+fn attention_sinks_match_f64_on_every_level() {
+    use verity_kernels::attention::{
+        attention_f16_seqs_with, attention_f32_seqs_with, AttnSeq, AttnShape,
+    };
+    let mut rng = Rng(123);
+    let shape = AttnShape {
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: 32,
+    };
+    let (hd, qd, kvd, group) = (32, 4 * 32, 2 * 32, 2);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (p0, n) = (6usize, 5usize);
+    let q: Vec<f32> = (0..n * qd).map(|_| rng.act() * 3.0).collect();
+    let k32: Vec<f32> = (0..(p0 + n) * kvd).map(|_| rng.act()).collect();
+    let v32: Vec<f32> = (0..(p0 + n) * kvd).map(|_| rng.act()).collect();
+    let k16: Vec<half::f16> = k32.iter().map(|&x| half::f16::from_f32(x)).collect();
+    let v16: Vec<half::f16> = v32.iter().map(|&x| half::f16::from_f32(x)).collect();
+    let sinks = [1.5f32, -0.5, 3.0, 0.0];
+    for window in [0usize, 4] {
+        // f64 reference over the f16-rounded cache.
+        let mut want = vec![0f64; n * qd];
+        for t in 0..n {
+            let end = p0 + t + 1;
+            let first = if window > 0 {
+                end.saturating_sub(window)
+            } else {
+                0
+            };
+            for h in 0..4 {
+                let off = (h / group) * hd;
+                let sc: Vec<f64> = (first..end)
+                    .map(|j| {
+                        (0..hd)
+                            .map(|i| {
+                                q[t * qd + h * hd + i] as f64 * k16[j * kvd + off + i].to_f64()
+                            })
+                            .sum::<f64>()
+                            * scale as f64
+                    })
+                    .collect();
+                let m = sc.iter().copied().fold(sinks[h] as f64, f64::max);
+                let denom: f64 =
+                    sc.iter().map(|s| (s - m).exp()).sum::<f64>() + (sinks[h] as f64 - m).exp();
+                for (jj, s) in sc.iter().enumerate() {
+                    let p = (s - m).exp() / denom;
+                    for i in 0..hd {
+                        want[t * qd + h * hd + i] += p * v16[(first + jj) * kvd + off + i].to_f64();
+                    }
+                }
+            }
+        }
+        let mut first_bits: Option<(Vec<u32>, Vec<u32>)> = None;
+        for level in levels() {
+            let mut o16 = vec![0f32; n * qd];
+            let mut o32 = vec![0f32; n * qd];
+            let k16r: Vec<f32> = k16.iter().map(|x| x.to_f32()).collect();
+            let v16r: Vec<f32> = v16.iter().map(|x| x.to_f32()).collect();
+            attention_f16_seqs_with(
+                level,
+                &mut [AttnSeq {
+                    q: &q,
+                    k: &k16,
+                    v: &v16,
+                    out: &mut o16,
+                    n,
+                    p0,
+                }],
+                shape,
+                scale,
+                window,
+                Some(&sinks),
+            );
+            attention_f32_seqs_with(
+                level,
+                &mut [AttnSeq {
+                    q: &q,
+                    k: &k16r,
+                    v: &v16r,
+                    out: &mut o32,
+                    n,
+                    p0,
+                }],
+                shape,
+                scale,
+                window,
+                Some(&sinks),
+            );
+            for i in 0..want.len() {
+                // The f16 path rounds the query and the probabilities to f16.
+                assert!(
+                    (o16[i] as f64 - want[i]).abs() < 2e-3,
+                    "{level:?} f16 at {i}"
+                );
+                assert!(
+                    (o32[i] as f64 - want[i]).abs() < 1e-5,
+                    "{level:?} f32 at {i}"
+                );
+            }
+            let bits = (
+                o16.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                o32.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            );
+            match &first_bits {
+                None => first_bits = Some(bits),
+                Some(b) => assert!(*b == bits, "{level:?} differs from the first level"),
+            }
+        }
+        // A sink of -inf is no sink.
+        let mut plain = vec![0f32; n * qd];
+        let mut minus_inf = vec![0f32; n * qd];
+        attention_f16_seqs_with(
+            SimdLevel::Scalar,
+            &mut [AttnSeq {
+                q: &q,
+                k: &k16,
+                v: &v16,
+                out: &mut plain,
+                n,
+                p0,
+            }],
+            shape,
+            scale,
+            window,
+            None,
+        );
+        attention_f16_seqs_with(
+            SimdLevel::Scalar,
+            &mut [AttnSeq {
+                q: &q,
+                k: &k16,
+                v: &v16,
+                out: &mut minus_inf,
+                n,
+                p0,
+            }],
+            shape,
+            scale,
+            window,
+            Some(&[f32::NEG_INFINITY; 4]),
+        );
+        assert!(plain == minus_inf);
     }
 }

@@ -15,6 +15,7 @@ pub enum Arch {
     Phi3,
     SmolLM3,
     Qwen3Moe,
+    GptOss,
 }
 
 /// Where a block normalizes its sublayers.
@@ -34,6 +35,20 @@ pub enum FfnActivation {
     Silu,
     /// GeGLU with the tanh approximation of GELU.
     GeluTanh,
+    /// gpt-oss's clamped SwiGLU: `g = min(gate, 7)`, `u = clamp(up, -7, 7)`,
+    /// `g · σ(1.702 g) · (u + 1)`.
+    SwigluOai,
+}
+
+/// How a mixture-of-experts router turns its logits into the picked experts' weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoeGating {
+    /// Softmax over every expert, the top k kept as they are.
+    Softmax,
+    /// Softmax over every expert, the top k renormalised to sum to 1 (Qwen3-MoE).
+    SoftmaxNormalized,
+    /// The top k logits picked first, softmax over those alone (gpt-oss).
+    TopKSoftmax,
 }
 
 /// Which layers attend over a sliding window (when the file gives a window).
@@ -87,10 +102,25 @@ pub struct ArchSpec {
     /// Layers that skip RoPE: every `n`-th (SmolLM3: 4, NoPE layers); 0: none.
     pub no_rope_every: usize,
     /// Every layer's FFN is a mixture of experts: a router picks `expert_used_count`
-    /// of `expert_count` experts per token (softmax gating).
+    /// of `expert_count` experts per token.
     pub moe: bool,
-    /// The picked experts' weights are renormalised to sum to 1 (Qwen3-MoE).
-    pub moe_norm_weights: bool,
+    /// How the router weighs the experts it picks.
+    pub moe_gating: MoeGating,
+    /// The router and every expert's gate, up and down products carry biases (gpt-oss).
+    pub moe_biases: bool,
+    /// A bias on attention's output projection (gpt-oss).
+    pub attn_out_bias: bool,
+    /// Attention sinks: one learned logit per head joins every softmax, taking
+    /// probability from the keys without adding a value (gpt-oss).
+    pub attn_sinks: bool,
+    /// GGUF name of the norm before the FFN (`ffn_norm`; gpt-oss's converter calls it
+    /// `post_attention_norm`).
+    pub gguf_ffn_norm: &'static str,
+    /// Whether verity reads and writes this architecture's Hugging Face checkpoints.
+    pub hf_supported: bool,
+    /// Windowed layers rotate with the global layers' RoPE scaling (gpt-oss's YaRN);
+    /// otherwise they are unscaled (Gemma 3).
+    pub window_rope_scaled: bool,
 }
 
 /// Llama's features; other entries say only where they differ.
@@ -114,7 +144,13 @@ const LLAMA_LIKE: ArchSpec = ArchSpec {
     fused_gate_up: false,
     no_rope_every: 0,
     moe: false,
-    moe_norm_weights: false,
+    moe_gating: MoeGating::Softmax,
+    moe_biases: false,
+    attn_out_bias: false,
+    attn_sinks: false,
+    gguf_ffn_norm: "ffn_norm",
+    hf_supported: true,
+    window_rope_scaled: false,
 };
 
 /// The architecture table.
@@ -189,7 +225,30 @@ pub static ARCHS: &[ArchSpec] = &[
         qk_norm: true,
         gguf_rope: RopeStyle::NeoX,
         moe: true,
-        moe_norm_weights: true,
+        moe_gating: MoeGating::SoftmaxNormalized,
+        ..LLAMA_LIKE
+    },
+    ArchSpec {
+        arch: Arch::GptOss,
+        gguf_names: &["gpt-oss"],
+        hf_model_types: &["gpt_oss"],
+        hf_class: "GptOssForCausalLM",
+        description: "gpt-oss (GGUF)",
+        qkv_bias: true,
+        ffn: FfnActivation::SwigluOai,
+        gguf_rope: RopeStyle::NeoX,
+        // Even layers attend over the window, odd ones over everything.
+        window_layers: WindowLayers::AllButLastOf(2),
+        moe: true,
+        moe_gating: MoeGating::TopKSoftmax,
+        moe_biases: true,
+        attn_out_bias: true,
+        attn_sinks: true,
+        gguf_ffn_norm: "post_attention_norm",
+        // Its checkpoints pack experts (MXFP4 blocks, interleaved gate/up) in a layout
+        // verity does not read or write yet.
+        hf_supported: false,
+        window_rope_scaled: true,
         ..LLAMA_LIKE
     },
 ];
@@ -289,6 +348,32 @@ impl Llama3RopeScaling {
     }
 }
 
+/// YaRN's RoPE scaling (`rope.scaling.type = yarn`), as llama.cpp applies it: positions
+/// interpolated by `1 / factor` in the low-frequency dimensions, extrapolated in the high
+/// ones with a linear ramp between, and cos and sin scaled by `1 + 0.1 ln(factor)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Yarn {
+    pub factor: f32,
+    /// The context the model was trained at before scaling.
+    pub original_context: usize,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+}
+
+impl Yarn {
+    /// The ramp's first and last pair index for `n_rot` rotated dimensions and base
+    /// `theta` (ggml's `ggml_rope_yarn_corr_dims`).
+    pub fn correction_dims(&self, n_rot: usize, theta: f32) -> (f32, f32) {
+        let dim = |beta: f32| {
+            n_rot as f32 * (self.original_context as f32 / (beta * 2.0 * std::f32::consts::PI)).ln()
+                / (2.0 * theta.ln())
+        };
+        let start = dim(self.beta_fast).floor();
+        let end = dim(self.beta_slow).ceil();
+        (start.max(0.0), end.min(n_rot as f32 - 1.0))
+    }
+}
+
 /// Hyperparameters of a model, whatever file it came from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HParams {
@@ -334,6 +419,8 @@ pub struct HParams {
     pub n_expert_used: usize,
     /// Feed-forward length of one expert.
     pub n_ff_exp: usize,
+    /// YaRN scaling, when the model has it (its `rope_freq_scale` is then `1 / factor`).
+    pub yarn: Option<Yarn>,
 }
 
 /// LongRoPE's attention factor: as given, or as transformers derives it from how far the
@@ -466,12 +553,29 @@ impl HParams {
             Some(v) => v,
             None => token_embd_rows.ok_or("no vocab_size and no token_embd.weight")?,
         };
-        let rope_freq_scale = match g.get_str(&key("rope.scaling.type")) {
+        let scaling_type = g.get_str(&key("rope.scaling.type"));
+        let scaling_factor = g.get_f64(&key("rope.scaling.factor"));
+        let rope_freq_scale = match scaling_type {
             // A factor that is not a positive number fails `validate`.
-            Some("linear") => 1.0 / g.get_f64(&key("rope.scaling.factor")).unwrap_or(1.0) as f32,
+            Some("linear") | Some("yarn") => 1.0 / scaling_factor.unwrap_or(1.0) as f32,
             Some("none") | None => 1.0,
-            // Llama 3 scaling arrives as the rope_freqs tensor; YaRN at these lengths is off by default.
+            // Llama 3 scaling arrives as the rope_freqs tensor, LongRoPE's as two.
             Some(_) => 1.0,
+        };
+        let n_ctx_train = count("context_length")?.unwrap_or(4096);
+        let yarn = match (scaling_type, scaling_factor) {
+            (Some("yarn"), Some(f)) if f > 1.0 => Some(Yarn {
+                factor: f as f32,
+                original_context: count("rope.scaling.original_context_length")?
+                    .unwrap_or(n_ctx_train),
+                beta_fast: g
+                    .get_f64(&key("rope.scaling.yarn_beta_fast"))
+                    .unwrap_or(32.0) as f32,
+                beta_slow: g
+                    .get_f64(&key("rope.scaling.yarn_beta_slow"))
+                    .unwrap_or(1.0) as f32,
+            }),
+            _ => None,
         };
         let spec = arch.spec();
         let window = count("attention.sliding_window")?.unwrap_or(0);
@@ -518,7 +622,7 @@ impl HParams {
             n_head_kv,
             head_dim,
             n_vocab,
-            n_ctx_train: count("context_length")?.unwrap_or(4096),
+            n_ctx_train,
             rope_theta,
             rope_freq_scale,
             rope_style: spec.gguf_rope,
@@ -551,6 +655,7 @@ impl HParams {
             } else {
                 0
             },
+            yarn,
         };
         hp.validate()?;
         Ok(hp)
@@ -568,6 +673,12 @@ impl HParams {
                 Arch::supported()
             )
         })?;
+        if !arch.spec().hf_supported {
+            return Err(format!(
+                "{model_type} checkpoints in Hugging Face format are not supported yet; \
+                 convert to GGUF with llama.cpp's convert_hf_to_gguf.py and load that"
+            ));
+        }
         let int = |k: &str| c.get(k).and_then(Json::as_u64).map(|v| v as usize);
         let req = |k: &str| int(k).ok_or_else(|| format!("config.json: missing integer '{k}'"));
         let float = |k: &str| c.get(k).and_then(Json::as_f64);
@@ -721,6 +832,7 @@ impl HParams {
             } else {
                 0
             },
+            yarn: None,
         };
         hp.validate()?;
         Ok(hp)
@@ -796,6 +908,20 @@ impl HParams {
         if !(self.rope_freq_scale.is_finite() && self.rope_freq_scale > 0.0) {
             return Err("rope.scaling.factor is not a positive number".into());
         }
+        if let Some(y) = &self.yarn {
+            let ok = y.factor.is_finite()
+                && y.original_context > 0
+                && y.beta_fast.is_finite()
+                && y.beta_slow.is_finite()
+                && y.beta_fast > 0.0
+                && y.beta_slow > 0.0;
+            if !ok {
+                return Err(
+                    "YaRN scaling needs a finite factor, an original context and positive betas"
+                        .into(),
+                );
+            }
+        }
         if !(self.rope_theta_window.is_finite() && self.rope_theta_window > 0.0) {
             return Err("the windowed layers' rope theta is not a positive number".into());
         }
@@ -841,6 +967,10 @@ pub enum LayerTensor {
     Qkv,
     /// gate and up in one matrix ([`ArchSpec::fused_gate_up`]); split at load.
     GateUp,
+    /// One sink logit per query head ([`ArchSpec::attn_sinks`]).
+    AttnSinks,
+    /// Attention output projection's bias ([`ArchSpec::attn_out_bias`]).
+    OutputBias,
 }
 
 impl LayerTensor {
@@ -864,8 +994,18 @@ impl LayerTensor {
             Self::PostFfnNorm => "post_ffw_norm.weight",
             Self::Qkv => "attn_qkv.weight",
             Self::GateUp => "ffn_up.weight",
+            Self::AttnSinks => "attn_sinks.weight",
+            Self::OutputBias => "attn_output.bias",
         };
         format!("blk.{layer}.{n}")
+    }
+
+    /// The GGUF name in `arch`'s files (the FFN's norm is named per architecture).
+    pub fn gguf_name_in(self, arch: Arch, layer: usize) -> String {
+        match self {
+            Self::FfnNorm => format!("blk.{layer}.{}.weight", arch.spec().gguf_ffn_norm),
+            _ => self.gguf_name(layer),
+        }
     }
 
     pub fn hf_name(self, layer: usize) -> String {
@@ -888,6 +1028,8 @@ impl LayerTensor {
             Self::PostFfnNorm => "post_feedforward_layernorm.weight",
             Self::Qkv => "self_attn.qkv_proj.weight",
             Self::GateUp => "mlp.gate_up_proj.weight",
+            Self::AttnSinks => "self_attn.sinks",
+            Self::OutputBias => "self_attn.o_proj.bias",
         };
         format!("model.layers.{layer}.{n}")
     }
@@ -930,6 +1072,8 @@ impl LayerTensor {
             Self::Qkv => (hp.q_dim() + 2 * hp.kv_dim(), hp.n_embd),
             Self::GateUp => (2 * hp.n_ff, hp.n_embd),
             Self::Down => (hp.n_embd, hp.n_ff),
+            Self::AttnSinks => (1, hp.n_head),
+            Self::OutputBias => (1, hp.n_embd),
         }
     }
 
@@ -945,11 +1089,13 @@ impl LayerTensor {
             Self::GateUp => arch.spec().fused_gate_up && !arch.spec().moe,
             Self::Gate | Self::Up => !arch.spec().fused_gate_up && !arch.spec().moe,
             Self::Down => !arch.spec().moe,
+            Self::AttnSinks => arch.spec().attn_sinks,
+            Self::OutputBias => arch.spec().attn_out_bias,
             _ => true,
         }
     }
 
-    pub const ALL: [LayerTensor; 18] = [
+    pub const ALL: [LayerTensor; 20] = [
         Self::AttnNorm,
         Self::Q,
         Self::K,
@@ -968,6 +1114,8 @@ impl LayerTensor {
         Self::PostFfnNorm,
         Self::Qkv,
         Self::GateUp,
+        Self::AttnSinks,
+        Self::OutputBias,
     ];
 }
 

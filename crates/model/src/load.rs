@@ -43,6 +43,21 @@ pub struct Moe {
     pub gate: Vec<Tensor>,
     pub up: Vec<Tensor>,
     pub down: Vec<Tensor>,
+    /// The biases of [`ArchSpec::moe_biases`](crate::arch::ArchSpec::moe_biases): the
+    /// router's (`[n_expert]`) and each expert's, expert after expert.
+    pub biases: Option<MoeBiases>,
+}
+
+/// A mixture-of-experts layer's biases (gpt-oss).
+pub struct MoeBiases {
+    /// `[n_expert]`, added to the router's logits.
+    pub router: Vec<f32>,
+    /// `[n_expert][n_ff_exp]`.
+    pub gate: Vec<f32>,
+    /// `[n_expert][n_ff_exp]`.
+    pub up: Vec<f32>,
+    /// `[n_expert][n_embd]`.
+    pub down: Vec<f32>,
 }
 
 /// One transformer block's weights.
@@ -55,6 +70,10 @@ pub struct Layer {
     pub bq: Option<Vec<f32>>,
     pub bk: Option<Vec<f32>>,
     pub bv: Option<Vec<f32>>,
+    /// Bias of the attention output projection (gpt-oss).
+    pub bo: Option<Vec<f32>>,
+    /// Per query head, the sink logit that joins its softmax (gpt-oss).
+    pub sinks: Option<Vec<f32>>,
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
     /// Normalizes attention's output before the residual add (Gemma).
@@ -238,7 +257,7 @@ fn load_gguf(path: &Path) -> Result<Model, LoadErrorKind> {
         &parts,
         &hparams,
         |t| t.gguf_name(),
-        |t, l| t.gguf_name(l),
+        |t, l| t.gguf_name_in(hparams.arch, l),
         0.0,
     )?;
     check_vocab(&hparams, &tokenizer)?;
@@ -427,6 +446,8 @@ fn load_weights<S: Source>(
             bq: opt_vec(LayerTensor::QBias)?,
             bk: opt_vec(LayerTensor::KBias)?,
             bv: opt_vec(LayerTensor::VBias)?,
+            bo: opt_vec(LayerTensor::OutputBias)?,
+            sinks: opt_vec(LayerTensor::AttnSinks)?,
             q_norm: opt_vec(LayerTensor::QNorm)?,
             k_norm: opt_vec(LayerTensor::KNorm)?,
             post_attn_norm: opt_vec(LayerTensor::PostAttnNorm)?,
@@ -486,6 +507,7 @@ fn load_moe<S: Source>(
             gate: experts("gate_proj", f, d)?,
             up: experts("up_proj", f, d)?,
             down: experts("down_proj", d, f)?,
+            biases: None,
         });
     };
     let experts = |what: &str, rows: usize, cols: usize| -> Result<Vec<Tensor>, LoadErrorKind> {
@@ -509,10 +531,35 @@ fn load_moe<S: Source>(
             "tensor '{router_name}' has shape {shape:?}, expected [{d}, {e}] ({e} experts)"
         )));
     }
+    // gpt-oss: ggml shapes [n_expert] and [rows, n_expert].
+    let bias = |name: String, rows: usize| -> Result<Vec<f32>, LoadErrorKind> {
+        let (ty, shape, bytes) = src
+            .find(&name)?
+            .ok_or_else(|| LoadErrorKind::Invalid(format!("missing tensor '{name}'")))?;
+        let want = if rows == 1 { vec![e] } else { vec![rows, e] };
+        if shape != want {
+            return Err(LoadErrorKind::Invalid(format!(
+                "tensor '{name}' has shape {shape:?}, expected {want:?} from the hyperparameters ({e} experts)"
+            )));
+        }
+        let (r, c) = if rows == 1 { (1, e) } else { (e, rows) };
+        Ok(Tensor::mapped(ty, r, c, bytes, src.owner()).to_f32())
+    };
+    let biases = if hp.arch.spec().moe_biases {
+        Some(MoeBiases {
+            router: bias(format!("{blk}ffn_gate_inp.bias"), 1)?,
+            gate: bias(format!("{blk}ffn_gate_exps.bias"), f)?,
+            up: bias(format!("{blk}ffn_up_exps.bias"), f)?,
+            down: bias(format!("{blk}ffn_down_exps.bias"), d)?,
+        })
+    } else {
+        None
+    };
     Ok(Moe {
         router: Tensor::mapped(ty, e, d, bytes, src.owner()),
         gate: experts("gate", f, d)?,
         up: experts("up", f, d)?,
         down: experts("down", d, f)?,
+        biases,
     })
 }
