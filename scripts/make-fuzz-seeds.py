@@ -130,7 +130,7 @@ arng = np.random.default_rng(16)
 
 
 def tiny_arch_gguf(path, arch, n_layer=2, moe=False, fused=False, qk_norm=False, post_norms=False,
-                   meta=lambda w: None, extra=lambda w: None):
+                   meta=lambda w: None, extra=lambda w: None, gpt_oss=False):
     w = gguf.GGUFWriter(str(path), arch)
     n_embd, n_ff, n_vocab, hd, n_head, n_head_kv = 32, 32, len(TOKENS), 16, 2, 1
     w.add_block_count(n_layer); w.add_context_length(64); w.add_embedding_length(n_embd)
@@ -166,7 +166,11 @@ def tiny_arch_gguf(path, arch, n_layer=2, moe=False, fused=False, qk_norm=False,
         if qk_norm:
             norm(p + "attn_q_norm.weight", hd); norm(p + "attn_k_norm.weight", hd)
         mat(p + "attn_output.weight", n_embd, q_dim)
-        norm(p + "ffn_norm.weight", n_embd)
+        if gpt_oss:  # q/k/v/o biases, sinks, the FFN norm's own name, biased router and experts
+            for t, n in [("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim), ("attn_output", n_embd)]:
+                w.add_tensor(p + t + ".bias", (0.1 * arng.standard_normal(n)).astype(np.float32))
+            w.add_tensor(p + "attn_sinks.weight", arng.standard_normal(n_head).astype(np.float32))
+        norm(p + ("post_attention_norm.weight" if gpt_oss else "ffn_norm.weight"), n_embd)
         if post_norms:
             norm(p + "post_attention_norm.weight", n_embd); norm(p + "post_ffw_norm.weight", n_embd)
         if moe:
@@ -175,6 +179,10 @@ def tiny_arch_gguf(path, arch, n_layer=2, moe=False, fused=False, qk_norm=False,
             mat(p + "ffn_gate_exps.weight", n_exp, n_ff_exp, n_embd)
             mat(p + "ffn_up_exps.weight", n_exp, n_ff_exp, n_embd)
             mat(p + "ffn_down_exps.weight", n_exp, n_embd, n_ff_exp)
+            if gpt_oss:
+                for t, shape in [("ffn_gate_inp", (n_exp,)), ("ffn_gate_exps", (n_exp, n_ff_exp)),
+                                 ("ffn_up_exps", (n_exp, n_ff_exp)), ("ffn_down_exps", (n_exp, n_embd))]:
+                    w.add_tensor(p + t + ".bias", (0.1 * arng.standard_normal(shape)).astype(np.float32))
         elif fused:
             mat(p + "ffn_up.weight", 2 * n_ff, n_embd)
             mat(p + "ffn_down.weight", n_embd, n_ff)
@@ -208,7 +216,16 @@ def qwen3moe_meta(w):
     w.add_expert_count(4); w.add_expert_used_count(2); w.add_expert_feed_forward_length(32)
 
 
+def gpt_oss_meta(w):
+    w.add_expert_count(4); w.add_expert_used_count(2); w.add_expert_feed_forward_length(32)
+    w.add_sliding_window(4)
+    w.add_string("gpt-oss.rope.scaling.type", "yarn"); w.add_float32("gpt-oss.rope.scaling.factor", 32.0)
+    w.add_rope_scaling_orig_ctx_len(16)
+
+
 tiny_arch_gguf(C / "gguf" / "gemma3.gguf", "gemma3", qk_norm=True, post_norms=True, meta=gemma3_meta)
 tiny_arch_gguf(C / "gguf" / "phi3-longrope.gguf", "phi3", fused=True, meta=phi3_meta, extra=phi3_factors)
 tiny_arch_gguf(C / "gguf" / "smollm3.gguf", "smollm3", n_layer=4, meta=smollm3_meta)
 tiny_arch_gguf(C / "gguf" / "qwen3moe.gguf", "qwen3moe", n_layer=1, moe=(4, 32), qk_norm=True, meta=qwen3moe_meta)
+tiny_arch_gguf(C / "gguf" / "gpt-oss.gguf", "gpt-oss", n_layer=2, moe=(4, 32), meta=gpt_oss_meta,
+               gpt_oss=True)

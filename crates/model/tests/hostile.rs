@@ -1,4 +1,4 @@
-//! Hostile files of the architectures issue 16 added (gemma3, phi3, smollm3, qwen3moe): each
+//! Hostile files of the architectures issue 16 added (gemma3, phi3, smollm3, qwen3moe, gpt-oss): each
 //! tiny valid test model (`scripts/make-test-models`) rewritten with one key or tensor wrong
 //! fails to load with a one-line error naming the file and the problem, at once, without a
 //! panic. Rewrites that are odd but harmless (a per-layer array with one value, a window Phi-3
@@ -569,6 +569,97 @@ fn smollm3_hostile_layer_counts() {
     assert_peak_memory_bounded();
 }
 
+#[test]
+fn gpt_oss_hostile_sinks_biases_and_rope_scaling() {
+    let m = "gpt-oss-tiny-F32.gguf";
+    let ok = expect_load(&test_model(m));
+    assert_eq!(ok.hparams.windowed, [true, false, true, false]);
+    assert!(ok.hparams.yarn.is_some() && ok.weights.layers[0].sinks.is_some());
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let tensor_cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "sinks-3.gguf",
+            Edit::of(m).reshape("blk.0.attn_sinks.weight", &[3]),
+            "tensor 'blk.0.attn_sinks.weight' has shape [3], expected [4, 1]",
+        ),
+        (
+            "no-sinks.gguf",
+            Edit::of(m).drop_tensor("blk.1.attn_sinks.weight"),
+            "missing tensor 'blk.1.attn_sinks.weight'",
+        ),
+        (
+            "o-bias-short.gguf",
+            Edit::of(m).reshape("blk.2.attn_output.bias", &[255]),
+            "tensor 'blk.2.attn_output.bias' has shape [255]",
+        ),
+        (
+            "router-bias-7.gguf",
+            Edit::of(m).reshape("blk.0.ffn_gate_inp.bias", &[7]),
+            "tensor 'blk.0.ffn_gate_inp.bias' has shape [7], expected [8]",
+        ),
+        (
+            "down-bias-7-experts.gguf",
+            Edit::of(m).reshape("blk.3.ffn_down_exps.bias", &[256, 7]),
+            "tensor 'blk.3.ffn_down_exps.bias' has shape [256, 7], expected [256, 8]",
+        ),
+        (
+            "no-up-bias.gguf",
+            Edit::of(m).drop_tensor("blk.1.ffn_up_exps.bias"),
+            "missing tensor 'blk.1.ffn_up_exps.bias'",
+        ),
+        (
+            "no-ffn-norm.gguf",
+            Edit::of(m).drop_tensor("blk.0.post_attention_norm.weight"),
+            "missing tensor 'blk.0.post_attention_norm.weight'",
+        ),
+    ];
+    for (file, edit, needle) in tensor_cases {
+        expect_error(&edit.write(d, file), needle);
+    }
+    for (file, key, v, needle) in [
+        (
+            "yarn-negative.gguf",
+            "gpt-oss.rope.scaling.factor",
+            Value::F32(-32.0),
+            "rope.scaling.factor is not a positive number",
+        ),
+        (
+            "yarn-nan.gguf",
+            "gpt-oss.rope.scaling.factor",
+            Value::F32(f32::NAN),
+            "rope.scaling.factor is not a positive number",
+        ),
+        (
+            "yarn-orig-0.gguf",
+            "gpt-oss.rope.scaling.original_context_length",
+            Value::U32(0),
+            "YaRN scaling needs",
+        ),
+        (
+            "window-too-big.gguf",
+            "gpt-oss.attention.sliding_window",
+            Value::U32(1 << 20),
+            "sliding window 1048576 is larger than the context (131072)",
+        ),
+        (
+            "experts-used-9.gguf",
+            "gpt-oss.expert_used_count",
+            Value::U32(9),
+            "experts used per token = 9 is out of range (1..=8",
+        ),
+        (
+            "experts-12.gguf",
+            "gpt-oss.expert_count",
+            Value::U32(12),
+            "expected [256, 12] (12 experts)",
+        ),
+    ] {
+        expect_error(&Edit::of(m).set(key, v).write(d, file), needle);
+    }
+    assert_peak_memory_bounded();
+}
+
 /// The gguf fuzz target's seeds of these architectures (scripts/make-fuzz-seeds.py) are valid
 /// models, so the fuzzer's mutations start from files that reach every check.
 #[test]
@@ -579,6 +670,7 @@ fn fuzz_seeds_load() {
         ("phi3-longrope.gguf", verity_model::Arch::Phi3),
         ("smollm3.gguf", verity_model::Arch::SmolLM3),
         ("qwen3moe.gguf", verity_model::Arch::Qwen3Moe),
+        ("gpt-oss.gguf", verity_model::Arch::GptOss),
     ] {
         let m = expect_load(&seeds.join(file));
         assert_eq!(m.hparams.arch, arch, "{file}");
@@ -590,6 +682,11 @@ fn fuzz_seeds_load() {
             }
             verity_model::Arch::SmolLM3 => {
                 assert_eq!(m.hparams.no_rope, [false, false, false, true])
+            }
+            verity_model::Arch::GptOss => {
+                assert_eq!(m.hparams.windowed, [true, false]);
+                assert!(m.hparams.yarn.is_some());
+                assert!(m.weights.layers[1].moe.as_ref().unwrap().biases.is_some());
             }
             _ => assert_eq!((m.hparams.n_expert, m.hparams.n_expert_used), (4, 2)),
         }

@@ -52,6 +52,8 @@ const TEMPLATES: &[(&str, &str, &str)] = &[
         "<|begin_of_text|>",
         "<|im_end|>",
     ),
+    // gpt-oss's "harmony" format, as shipped in its GGUF.
+    ("openai-gpt-oss-120b.jinja", "<|startoftext|>", "<|return|>"),
 ];
 
 fn tools() -> Value {
