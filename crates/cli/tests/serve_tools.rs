@@ -336,3 +336,59 @@ fn logit_bias_is_checked() {
     ban.insert(id.to_string(), json!(-100));
     assert!(!completion(Value::Object(ban)).contains("Paris"));
 }
+
+/// gpt-oss's harmony template (the real one, in the default model's file): an answer in
+/// harmony's channels reaches the client as its final channel alone, whole and streamed,
+/// with the reasoning left out. The small model does not speak harmony, so a `grammar`
+/// makes it write the channels.
+#[test]
+fn harmony_answers_show_the_final_channel_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = with_template(tmp.path(), "openai-gpt-oss-120b.jinja");
+    let s = Server::start(&["--model", model.to_str().unwrap()]);
+    let grammar = r#"start: "<|channel|>analysis<|message|>" /[a-z ]{3,20}/ "<|end|><|start|>assistant<|channel|>final<|message|>" /[A-Za-z ]{3,30}/ "<|return|>""#;
+    let request = |stream: bool| {
+        json!({
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "temperature": 0, "max_tokens": 80, "stream": stream,
+            "grammar": {"type": "lark", "value": grammar},
+        })
+    };
+    let (status, v) = chat(s.port, &request(false));
+    assert_eq!(status, 200, "{v}");
+    let content = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!content.is_empty(), "{v}");
+    assert!(
+        !content.contains("<|") && !content.contains("analysis"),
+        "only the final channel is content: {v}"
+    );
+    assert!(
+        content.chars().all(|c| c.is_ascii_alphabetic() || c == ' '),
+        "{v}"
+    );
+
+    let (status, body) = http(
+        s.port,
+        "POST",
+        "/v1/chat/completions",
+        Some(&request(true).to_string()),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let streamed: String = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(streamed, content, "streamed content adds up to the same");
+    eprintln!("harmony answer: {content:?}");
+}

@@ -69,8 +69,10 @@ pub(crate) async fn chat(
         tokens: prompt,
         format,
     } = chat_prompt(&l.model, req.messages.clone(), tools.clone()).await?;
+    // Harmony answers are read for their channels even without tools.
     let tool_mode = tools
         .filter(|t| t.choice != ToolChoice::None)
+        .or_else(|| (format == ToolFormat::Harmony).then(Tools::none))
         .map(|t| (format, t));
     let (constraint, lazy) = with_tool_constraint(l, tool_mode.as_ref(), constraint).await?;
     check_context(&prompt, l, "messages")?;

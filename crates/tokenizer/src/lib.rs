@@ -183,7 +183,18 @@ impl Tokenizer {
             style,
         );
         t.eog.extend(v.extra_eog);
+        t.harmony_end_continues();
         Ok(t)
+    }
+
+    /// gpt-oss's harmony vocabulary ends a turn with `<|return|>` or `<|call|>`; its
+    /// `<|end|>` only ends a message (the reasoning), after which the answer follows. So,
+    /// as llama.cpp does, `<|end|>` does not end generation when both of the others exist.
+    fn harmony_end_continues(&mut self) {
+        let id = |s: &str| self.inner.token_to_id(s);
+        if let (Some(_), Some(_), Some(end)) = (id("<|return|>"), id("<|call|>"), id("<|end|>")) {
+            self.eog.remove(&end);
+        }
     }
 
     /// From `tokenizer.json` plus the directory's `tokenizer_config.json`, `config.json` and
@@ -216,6 +227,7 @@ impl Tokenizer {
         if t.bos_str.is_none() {
             t.bos_str = t.bos_id.and_then(|id| t.inner.id_to_token(id));
         }
+        t.harmony_end_continues();
         Ok(t)
     }
 

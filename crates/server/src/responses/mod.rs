@@ -378,7 +378,11 @@ pub(crate) async fn create(
     check_context(&prompt, l, "input")?;
     let room = l.scheduler.n_ctx - prompt.len();
     let max_tokens = settings.max_tokens.unwrap_or(room).min(room);
-    let tool_mode = tool_set.clone().filter(|t| t.choice != ToolChoice::None);
+    // Harmony answers are read for their channels even without tools.
+    let tool_mode = tool_set
+        .clone()
+        .filter(|t| t.choice != ToolChoice::None)
+        .or_else(|| (format == ToolFormat::Harmony).then(Tools::none));
     let with_format = tool_mode.clone().map(|t| (format, t));
     let (constraint, lazy) =
         crate::chat::with_tool_constraint(l, with_format.as_ref(), constraint).await?;

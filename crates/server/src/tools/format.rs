@@ -17,6 +17,9 @@ pub enum ToolFormat {
     /// Mistral: `[TOOL_CALLS][{"name": .., "arguments": {..}}]`, or the newer
     /// `[TOOL_CALLS]name[ARGS]{..}`.
     Mistral,
+    /// gpt-oss's harmony: channels, and calls as messages to `functions.NAME` (see
+    /// `harmony`).
+    Harmony,
     /// A template without tool support: the schemas go in a system message and the answer
     /// is JSON, `{"tool_calls": [{"name": .., "arguments": {..}}]}` or `{"response": ".."}`.
     Generic,
@@ -25,7 +28,9 @@ pub enum ToolFormat {
 impl ToolFormat {
     /// The format a chat template's model writes.
     pub fn detect(template: &str) -> ToolFormat {
-        if template.contains("<tool_call>") {
+        if super::harmony::is_harmony(template) {
+            ToolFormat::Harmony
+        } else if template.contains("<tool_call>") {
             ToolFormat::Hermes
         } else if template.contains("[TOOL_CALLS]") {
             ToolFormat::Mistral
@@ -43,7 +48,7 @@ impl ToolFormat {
         match self {
             ToolFormat::Hermes => Some("<tool_call>"),
             ToolFormat::Mistral => Some("[TOOL_CALLS]"),
-            ToolFormat::Llama3 | ToolFormat::Generic => None,
+            ToolFormat::Llama3 | ToolFormat::Harmony | ToolFormat::Generic => None,
         }
     }
 

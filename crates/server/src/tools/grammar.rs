@@ -113,7 +113,8 @@ pub fn lazy_tool_grammar(format: ToolFormat, tools: &Tools) -> Option<LazyToolGr
                 max_calls: 1,
             })
         }
-        ToolFormat::Generic => None,
+        // Harmony's markers are control tokens, which the grammars do not spell.
+        ToolFormat::Harmony | ToolFormat::Generic => None,
     }
 }
 
@@ -143,6 +144,7 @@ pub fn tool_grammar(format: ToolFormat, tools: &Tools) -> Option<ToolGrammar> {
             Some(ToolGrammar::JsonSchema(schema))
         }
         _ if !tools.forced() => None,
+        ToolFormat::Harmony => None,
         ToolFormat::Hermes => {
             let body = lark_json(&call_schema(tools, "arguments"));
             let start = if many {

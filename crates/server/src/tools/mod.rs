@@ -9,6 +9,7 @@
 
 mod format;
 mod grammar;
+mod harmony;
 mod parse;
 mod stream;
 
@@ -81,6 +82,16 @@ impl Tools {
             ToolChoice::Named(n) => self.tools.iter().filter(|t| &t.name == n).collect(),
             ToolChoice::None => Vec::new(),
             _ => self.tools.iter().collect(),
+        }
+    }
+
+    /// No tools: for answers whose format is parsed even without them (harmony's
+    /// channels).
+    pub fn none() -> Self {
+        Tools {
+            tools: Vec::new(),
+            choice: ToolChoice::Auto,
+            parallel: false,
         }
     }
 

@@ -18,11 +18,24 @@ pub struct ToolCall {
 /// request did not offer are not calls; what cannot be parsed stays content.
 pub fn parse_calls(format: ToolFormat, text: &str, tools: &Tools) -> (String, Vec<ToolCall>) {
     let known = |n: &str| tools.callable().iter().any(|t| t.name == n);
+    if format == ToolFormat::Harmony {
+        // The channels are always read: the content is the final channel's, whatever
+        // the calls.
+        let s = super::harmony::split(text, true);
+        let calls = s
+            .calls
+            .into_iter()
+            .filter(|(name, _)| known(name))
+            .map(|(name, arguments)| ToolCall { name, arguments })
+            .collect();
+        return (s.content, calls);
+    }
     let parsed = match format {
         ToolFormat::Hermes => hermes(text),
         ToolFormat::Mistral => mistral(text),
         ToolFormat::Llama3 => llama3(text),
         ToolFormat::Generic => generic(text),
+        ToolFormat::Harmony => None, // read above
     };
     match parsed {
         Some((content, calls)) if !calls.is_empty() && calls.iter().all(|c| known(&c.name)) => {
@@ -225,6 +238,8 @@ pub(crate) mod tests {
 
     /// Each family's output, written as its model writes it.
     pub(crate) const CASES: &[(ToolFormat, &str, &str)] = &[
+        // gpt-oss: reasoning, a preamble to the user, then two calls as harmony messages.
+        (ToolFormat::Harmony, "<|channel|>analysis<|message|>Two tools needed.<|end|><|start|>assistant<|channel|>commentary<|message|>Let me check.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Paris\"}<|call|><|start|>assistant to=functions.add<|channel|>commentary json<|message|>{\"a\": 1, \"b\": 2}<|call|>", "Let me check."),
         (ToolFormat::Hermes, "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n</tool_call>", "Let me check."),
         (ToolFormat::Llama3, "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}; {\"name\": \"add\", \"parameters\": {\"a\": 1, \"b\": 2}}", ""),
         (ToolFormat::Llama3, "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}; {\"name\": \"add\", \"parameters\": {\"a\": 1, \"b\": 2}}<|eom_id|>", ""),

@@ -49,6 +49,9 @@ impl StreamSplitter {
     /// Add generated text; returns what can be sent now.
     pub fn push(&mut self, delta: &str) -> Vec<Piece> {
         self.text.push_str(delta);
+        if self.format == ToolFormat::Harmony {
+            return self.harmony_pieces(false);
+        }
         let mut out = Vec::new();
         if !self.holding {
             let content = self.release_content();
@@ -65,6 +68,11 @@ impl StreamSplitter {
     /// The answer is complete: what is left to send, and the answer's calls.
     pub fn finish(mut self) -> (Vec<Piece>, Vec<ToolCall>) {
         let (content, calls) = parse_calls(self.format, &self.text, &self.tools);
+        if self.format == ToolFormat::Harmony {
+            let keep = if self.tools.parallel { calls.len() } else { 1 };
+            let calls = calls.into_iter().take(keep).collect();
+            return (self.harmony_pieces(true), calls);
+        }
         let mut out = Vec::new();
         let rest = if calls.is_empty() {
             // No call after all: what was held is content. (For the generic format the
@@ -105,6 +113,45 @@ impl StreamSplitter {
             }
         }
         (out, calls)
+    }
+
+    /// Harmony: the answer read again as far as it is written; what grew since is sent
+    /// (`sent` counts the bytes of content sent). Each read of a prefix is a prefix of
+    /// the next ([`harmony::split`]).
+    fn harmony_pieces(&mut self, done: bool) -> Vec<Piece> {
+        let s = super::harmony::split(&self.text, done);
+        let mut out = Vec::new();
+        if let Some(new) = s.content.get(self.sent..).filter(|c| !c.is_empty()) {
+            out.push(Piece::Content(new.to_string()));
+            self.sent = s.content.len();
+        }
+        let keep = if self.tools.parallel { usize::MAX } else { 1 };
+        let callable = self.tools.callable();
+        let known = s
+            .calls
+            .into_iter()
+            .filter(|(name, _)| callable.iter().any(|t| &t.name == name))
+            .take(keep);
+        for (index, (name, arguments)) in known.enumerate() {
+            if index == self.started.len() {
+                out.push(Piece::CallStart {
+                    index,
+                    name: name.clone(),
+                });
+                self.started.push((name, String::new()));
+            }
+            let sent = &mut self.started[index].1;
+            if let Some(fragment) = arguments.strip_prefix(sent.as_str()) {
+                if !fragment.is_empty() {
+                    out.push(Piece::Arguments {
+                        index,
+                        fragment: fragment.to_string(),
+                    });
+                    sent.push_str(fragment);
+                }
+            }
+        }
+        out
     }
 
     /// Content that cannot be part of a call; starts holding at a call's first sign.
@@ -385,10 +432,29 @@ mod tests {
 
     #[test]
     fn plain_answers_stream_as_content() {
-        for format in [ToolFormat::Hermes, ToolFormat::Mistral, ToolFormat::Llama3] {
+        for format in [
+            ToolFormat::Hermes,
+            ToolFormat::Mistral,
+            ToolFormat::Llama3,
+            ToolFormat::Harmony,
+        ] {
             let text = "The weather is <b>fine</b> [today].";
             let (c, calls, _) = stream(format, text, 4);
             assert_eq!((c.as_str(), calls), (text, vec![]));
+        }
+    }
+
+    /// gpt-oss without tools: only the final channel streams, as it is written.
+    #[test]
+    fn harmony_streams_the_final_channel_alone() {
+        let text = "<|channel|>analysis<|message|>Think <about> it.<|end|><|start|>assistant<|channel|>final<|message|>Paris is <b>sunny</b>.<|return|>";
+        for n in [1, 2, 5, 1000] {
+            let (c, calls, _) = stream(ToolFormat::Harmony, text, n);
+            assert_eq!(
+                (c.as_str(), calls),
+                ("Paris is <b>sunny</b>.", vec![]),
+                "by {n}"
+            );
         }
     }
 
