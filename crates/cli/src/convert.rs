@@ -185,12 +185,6 @@ pub fn write_hf_merged(
 ) -> anyhow::Result<usize> {
     let hp = &model.hparams;
     let w = &model.weights;
-    if !hp.arch.spec().hf_supported {
-        anyhow::bail!(
-            "writing {} models as Hugging Face checkpoints is not supported yet; keep the GGUF file",
-            hp.arch.gguf_name()
-        );
-    }
     let (model_type, class) = hp.arch.hf_names();
     let tok = &model.tokenizer;
 
@@ -295,7 +289,9 @@ pub fn write_hf_merged(
             tensors.push(entry(LayerTensor::V, &layer.wv, None));
         }
         tensors.push(entry(LayerTensor::Output, &layer.wo, None));
-        if let Some(moe) = &layer.moe {
+        if let (Some(moe), true) = (&layer.moe, spec.moe_biases) {
+            tensors.extend(gpt_oss_experts(l, moe, hp));
+        } else if let Some(moe) = &layer.moe {
             let p = format!("model.layers.{l}.mlp");
             tensors.push((
                 format!("{p}.gate.weight"),
@@ -335,6 +331,8 @@ pub fn write_hf_merged(
             (LayerTensor::KNorm, layer.k_norm.as_ref()),
             (LayerTensor::PostAttnNorm, layer.post_attn_norm.as_ref()),
             (LayerTensor::PostFfnNorm, layer.post_ffn_norm.as_ref()),
+            (LayerTensor::OutputBias, layer.bo.as_ref()),
+            (LayerTensor::AttnSinks, layer.sinks.as_ref()),
         ];
         for (kind, v) in vectors {
             if let Some(v) = v {
@@ -419,6 +417,68 @@ pub fn write_hf_merged(
     Ok(n)
 }
 
+/// A gpt-oss layer's router and experts as transformers' `GptOssExperts` holds them:
+/// `gate_up_proj` `[experts, hidden, 2 ff]` multiplied from the left, gate and up in
+/// alternate columns, `down_proj` `[experts, ff, hidden]`, biases alike.
+fn gpt_oss_experts(
+    l: usize,
+    moe: &verity_model::Moe,
+    hp: &verity_model::HParams,
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let (e, d, f) = (hp.n_expert, hp.n_embd, hp.n_ff_exp);
+    let b = moe.biases.as_ref().expect("gpt-oss experts have biases");
+    let mut gate_up = vec![0f32; e * d * 2 * f];
+    let mut down = vec![0f32; e * f * d];
+    let mut gate_up_bias = vec![0f32; e * 2 * f];
+    for x in 0..e {
+        let (g, u, dn) = (
+            moe.gate[x].to_f32(),
+            moe.up[x].to_f32(),
+            moe.down[x].to_f32(),
+        );
+        let out = &mut gate_up[x * d * 2 * f..(x + 1) * d * 2 * f];
+        for j in 0..f {
+            for k in 0..d {
+                out[k * 2 * f + 2 * j] = g[j * d + k];
+                out[k * 2 * f + 2 * j + 1] = u[j * d + k];
+            }
+            gate_up_bias[x * 2 * f + 2 * j] = b.gate[x * f + j];
+            gate_up_bias[x * 2 * f + 2 * j + 1] = b.up[x * f + j];
+        }
+        let out = &mut down[x * f * d..(x + 1) * f * d];
+        for i in 0..d {
+            for j in 0..f {
+                out[j * d + i] = dn[i * f + j];
+            }
+        }
+    }
+    let p = format!("model.layers.{l}.mlp");
+    vec![
+        (
+            format!("{p}.router.weight"),
+            vec![e, d],
+            moe.router.to_f32(),
+        ),
+        (format!("{p}.router.bias"), vec![e], b.router.clone()),
+        (
+            format!("{p}.experts.gate_up_proj"),
+            vec![e, d, 2 * f],
+            gate_up,
+        ),
+        (
+            format!("{p}.experts.gate_up_proj_bias"),
+            vec![e, 2 * f],
+            gate_up_bias,
+        ),
+        (format!("{p}.experts.down_proj"), vec![e, f, d], down),
+        (
+            format!("{p}.experts.down_proj_bias"),
+            vec![e, d],
+            b.down.clone(),
+        ),
+    ]
+}
+
 /// The `config.json` fields of the architecture's features beyond Llama's.
 fn arch_config(model: &Model, config: &mut serde_json::Value) {
     let hp = &model.hparams;
@@ -454,6 +514,21 @@ fn arch_config(model: &Model, config: &mut serde_json::Value) {
     }
     if hp.n_rot != hp.head_dim {
         config["partial_rotary_factor"] = json!(hp.n_rot as f64 / hp.head_dim as f64);
+    }
+    if let Some(y) = &hp.yarn {
+        // `truncate: true`: the ramp's ends rounded out to whole pairs, as llama.cpp rounds
+        // them (gpt-oss's own config says false).
+        config["rope_scaling"] = json!({
+            "rope_type": "yarn", "factor": y.factor, "beta_fast": y.beta_fast,
+            "beta_slow": y.beta_slow, "original_max_position_embeddings": y.original_context,
+            "truncate": true,
+        });
+    }
+    if spec.ffn == FfnActivation::SwigluOai {
+        config["swiglu_limit"] = json!(7.0);
+        config["swiglu_alpha"] = json!(1.702);
+        config["intermediate_size"] = json!(hp.n_ff_exp);
+        config["num_local_experts"] = json!(hp.n_expert);
     }
     if spec.moe {
         config["num_experts"] = json!(hp.n_expert);

@@ -116,7 +116,8 @@ pub struct ArchSpec {
     /// GGUF name of the norm before the FFN (`ffn_norm`; gpt-oss's converter calls it
     /// `post_attention_norm`).
     pub gguf_ffn_norm: &'static str,
-    /// Whether verity reads and writes this architecture's Hugging Face checkpoints.
+    /// Whether verity reads this architecture's Hugging Face checkpoints (`convert` writes
+    /// every architecture's).
     pub hf_supported: bool,
     /// Windowed layers rotate with the global layers' RoPE scaling (gpt-oss's YaRN);
     /// otherwise they are unscaled (Gemma 3).
@@ -245,8 +246,8 @@ pub static ARCHS: &[ArchSpec] = &[
         attn_out_bias: true,
         attn_sinks: true,
         gguf_ffn_norm: "post_attention_norm",
-        // Its checkpoints pack experts (MXFP4 blocks, interleaved gate/up) in a layout
-        // verity does not read or write yet.
+        // Its checkpoints hold experts transposed, gate and up interleaved (and ship them
+        // as MXFP4 blocks): not a layout the loader maps yet.
         hf_supported: false,
         window_rope_scaled: true,
         ..LLAMA_LIKE
