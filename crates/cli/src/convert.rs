@@ -516,12 +516,12 @@ fn arch_config(model: &Model, config: &mut serde_json::Value) {
         config["partial_rotary_factor"] = json!(hp.n_rot as f64 / hp.head_dim as f64);
     }
     if let Some(y) = &hp.yarn {
-        // `truncate: true`: the ramp's ends rounded out to whole pairs, as llama.cpp rounds
-        // them (gpt-oss's own config says false).
+        // From a GGUF `truncate` is true: the ramp's ends rounded out to whole pairs, as
+        // llama.cpp rounds them (gpt-oss's own config says false).
         config["rope_scaling"] = json!({
             "rope_type": "yarn", "factor": y.factor, "beta_fast": y.beta_fast,
             "beta_slow": y.beta_slow, "original_max_position_embeddings": y.original_context,
-            "truncate": true,
+            "truncate": y.truncate,
         });
     }
     if spec.ffn == FfnActivation::SwigluOai {

@@ -85,8 +85,9 @@ fn convert(input: &Path, out: &Path, dtype: &str) {
 
 /// F32 GGUFs of each architecture (Llama 3 with rope_freqs and permuted q/k, Qwen2 with
 /// biases, Qwen3 with q/k norms, Gemma 3 with windows and `w - 1` norms, Phi-3 fused and
-/// with LongRoPE, SmolLM3 with NoPE layers, Qwen3-MoE with experts): the HF directory gives
-/// the same logits (1e-4), and its BF16 variant within 2 %.
+/// with LongRoPE, SmolLM3 with NoPE layers, Qwen3-MoE with experts, gpt-oss with its experts
+/// transposed and interleaved in the checkpoint): the HF directory gives
+/// the same logits (1e-4), and its F16 and BF16 variants within 2 % (gpt-oss's BF16: 8 %).
 #[test]
 fn f32_models_convert_exactly() {
     let models = assets_dir().join("test-models");
@@ -101,6 +102,7 @@ fn f32_models_convert_exactly() {
         "phi3-longrope-partial",
         "smollm3",
         "qwen3moe",
+        "gpt-oss",
     ] {
         let gguf = models.join(format!("{arch}-tiny-F32.gguf"));
         assert!(
@@ -113,7 +115,12 @@ fn f32_models_convert_exactly() {
         let la = verity_engine::Session::new(a.clone(), 64)
             .eval_all(&tokens)
             .unwrap();
-        for (dtype, limit) in [("f32", 1e-4), ("bf16", 0.02)] {
+        // gpt-oss's tiny model is the most sensitive (gate/up pre-activations up to the
+        // clamp, top 4 of 8 experts): BF16's 8-bit mantissa (and the BF16 product's
+        // activations rounded to BF16, as ggml rounds them) flips some tokens' expert picks,
+        // 5.9 % here, where F16 gives 0.27 %; its F16 checks the layout at the usual bound.
+        let bf16_limit = if arch == "gpt-oss" { 0.08 } else { 0.02 };
+        for (dtype, limit) in [("f32", 1e-4), ("f16", 0.02), ("bf16", bf16_limit)] {
             let out = tmp.path().join(dtype);
             convert(&gguf, &out, dtype);
             let b = Arc::new(verity_model::load(&out).unwrap());
@@ -300,15 +307,22 @@ fn converted_directories_load_in_transformers() {
         "smollm3",
         "qwen3moe",
         "gpt-oss",
+        // gpt-oss's own config: YaRN's ramp ends not rounded (`truncate: false`).
+        "gpt-oss-untruncated",
     ] {
-        let gguf = assets.join(format!("test-models/{arch}-tiny-F32.gguf"));
+        let file = arch.trim_end_matches("-untruncated");
+        let gguf = assets.join(format!("test-models/{file}-tiny-F32.gguf"));
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("hf");
         convert(&gguf, &dir, "f32");
-        // verity writes gpt-oss checkpoints but does not read them: its own logits come
-        // from the GGUF the directory was written from.
-        let ours_from = if arch == "gpt-oss" { &gguf } else { &dir };
-        let model = Arc::new(verity_model::load(ours_from).unwrap());
+        if arch != file {
+            let path = dir.join("config.json");
+            let mut c: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            c["rope_scaling"]["truncate"] = serde_json::json!(false);
+            std::fs::write(&path, c.to_string()).unwrap();
+        }
+        let model = Arc::new(verity_model::load(&dir).unwrap());
         // A context of 32 (the LongRoPE model's original length): transformers picks
         // LongRoPE's factors by the sequence's length, llama.cpp and verity by the
         // context's, so only there do both use the short ones.

@@ -116,9 +116,6 @@ pub struct ArchSpec {
     /// GGUF name of the norm before the FFN (`ffn_norm`; gpt-oss's converter calls it
     /// `post_attention_norm`).
     pub gguf_ffn_norm: &'static str,
-    /// Whether verity reads this architecture's Hugging Face checkpoints (`convert` writes
-    /// every architecture's).
-    pub hf_supported: bool,
     /// Windowed layers rotate with the global layers' RoPE scaling (gpt-oss's YaRN);
     /// otherwise they are unscaled (Gemma 3).
     pub window_rope_scaled: bool,
@@ -150,7 +147,6 @@ const LLAMA_LIKE: ArchSpec = ArchSpec {
     attn_out_bias: false,
     attn_sinks: false,
     gguf_ffn_norm: "ffn_norm",
-    hf_supported: true,
     window_rope_scaled: false,
 };
 
@@ -246,9 +242,6 @@ pub static ARCHS: &[ArchSpec] = &[
         attn_out_bias: true,
         attn_sinks: true,
         gguf_ffn_norm: "post_attention_norm",
-        // Its checkpoints hold experts transposed, gate and up interleaved (and ship them
-        // as MXFP4 blocks): not a layout the loader maps yet.
-        hf_supported: false,
         window_rope_scaled: true,
         ..LLAMA_LIKE
     },
@@ -359,6 +352,9 @@ pub struct Yarn {
     pub original_context: usize,
     pub beta_fast: f32,
     pub beta_slow: f32,
+    /// The ramp's ends rounded out to whole pairs (llama.cpp always; transformers unless
+    /// the config says `truncate: false`, as gpt-oss's does).
+    pub truncate: bool,
 }
 
 impl Yarn {
@@ -369,8 +365,12 @@ impl Yarn {
             n_rot as f32 * (self.original_context as f32 / (beta * 2.0 * std::f32::consts::PI)).ln()
                 / (2.0 * theta.ln())
         };
-        let start = dim(self.beta_fast).floor();
-        let end = dim(self.beta_slow).ceil();
+        let (start, end) = (dim(self.beta_fast), dim(self.beta_slow));
+        let (start, end) = if self.truncate {
+            (start.floor(), end.ceil())
+        } else {
+            (start, end)
+        };
         (start.max(0.0), end.min(n_rot as f32 - 1.0))
     }
 }
@@ -575,6 +575,7 @@ impl HParams {
                 beta_slow: g
                     .get_f64(&key("rope.scaling.yarn_beta_slow"))
                     .unwrap_or(1.0) as f32,
+                truncate: true,
             }),
             _ => None,
         };
@@ -674,18 +675,41 @@ impl HParams {
                 Arch::supported()
             )
         })?;
-        if !arch.spec().hf_supported {
-            return Err(format!(
-                "{model_type} checkpoints in Hugging Face format are not supported yet; \
-                 convert to GGUF with llama.cpp's convert_hf_to_gguf.py and load that"
-            ));
-        }
+
         let int = |k: &str| c.get(k).and_then(Json::as_u64).map(|v| v as usize);
         let req = |k: &str| int(k).ok_or_else(|| format!("config.json: missing integer '{k}'"));
         let float = |k: &str| c.get(k).and_then(Json::as_f64);
         let n_embd = req("hidden_size")?;
         let n_head = req("num_attention_heads")?;
         let head_dim = int("head_dim").unwrap_or(n_embd.checked_div(n_head).unwrap_or(0));
+        // transformers 5 writes `rope_parameters` (with `rope_theta` inside); older
+        // configs, `rope_scaling`.
+        let rope_block = c
+            .get("rope_scaling")
+            .filter(|r| !r.is_null())
+            .or_else(|| c.get("rope_parameters").filter(|r| !r.is_null()));
+        let rope_kind = rope_block.and_then(|r| {
+            r.get("rope_type")
+                .or_else(|| r.get("type"))
+                .and_then(Json::as_str)
+        });
+        let yarn = match (rope_kind, rope_block) {
+            (Some("yarn"), Some(r)) => {
+                let num = |k: &str, d: f64| r.get(k).and_then(Json::as_f64).unwrap_or(d);
+                Some(Yarn {
+                    factor: num("factor", 1.0) as f32,
+                    original_context: r
+                        .get("original_max_position_embeddings")
+                        .and_then(Json::as_u64)
+                        .unwrap_or(4096) as usize,
+                    beta_fast: num("beta_fast", 32.0) as f32,
+                    beta_slow: num("beta_slow", 1.0) as f32,
+                    truncate: r.get("truncate").and_then(Json::as_bool).unwrap_or(true),
+                })
+                .filter(|y| y.factor > 1.0)
+            }
+            _ => None,
+        };
         let factors = |k: &str| -> Option<Vec<f32>> {
             let a = c.get("rope_scaling")?.get(k)?.as_array()?;
             a.iter().map(|v| v.as_f64().map(|x| x as f32)).collect()
@@ -742,6 +766,7 @@ impl HParams {
             })
             .and_then(|r| r.get("factor").and_then(Json::as_f64))
             .map(|f| 1.0 / f.max(1e-6) as f32)
+            .or(yarn.map(|y| 1.0 / y.factor))
             .unwrap_or(1.0);
         let spec = arch.spec();
         let n_layer = layer_count(req("num_hidden_layers")?)?;
@@ -768,7 +793,9 @@ impl HParams {
         } else {
             windowed
         };
-        let rope_theta = float("rope_theta").unwrap_or(10000.0) as f32;
+        let rope_theta = float("rope_theta")
+            .or_else(|| c.get("rope_parameters")?.get("rope_theta")?.as_f64())
+            .unwrap_or(10000.0) as f32;
         let hp = HParams {
             arch,
             n_layer,
@@ -822,18 +849,27 @@ impl HParams {
                 .map_or(usize::MAX, |v| v as usize),
             n_rot: float("partial_rotary_factor")
                 .map_or(head_dim, |f| (f * head_dim as f64) as usize),
-            n_expert: if spec.moe { req("num_experts")? } else { 0 },
+            n_expert: if spec.moe {
+                int("num_experts")
+                    .or(int("num_local_experts"))
+                    .ok_or("config.json: missing integer 'num_experts'")?
+            } else {
+                0
+            },
             n_expert_used: if spec.moe {
                 req("num_experts_per_tok")?
             } else {
                 0
             },
+            // gpt-oss calls its experts' FFN length `intermediate_size`.
             n_ff_exp: if spec.moe {
-                req("moe_intermediate_size")?
+                int("moe_intermediate_size")
+                    .or(int("intermediate_size"))
+                    .ok_or("config.json: missing integer 'moe_intermediate_size'")?
             } else {
                 0
             },
-            yarn: None,
+            yarn,
         };
         hp.validate()?;
         Ok(hp)

@@ -484,6 +484,9 @@ fn load_moe<S: Source>(
     let prefix = layer_name(LayerTensor::AttnNorm, l);
     let (e, d, f) = (hp.n_expert, hp.n_embd, hp.n_ff_exp);
     let Some(blk) = prefix.strip_suffix("attn_norm.weight") else {
+        if hp.arch.spec().moe_biases {
+            return load_hf_gpt_oss_moe(src, hp, l);
+        }
         // A Hugging Face checkpoint: one tensor per expert, the router as `mlp.gate`.
         let p = format!("model.layers.{l}.mlp");
         let matrix = |name: String, rows: usize, cols: usize| -> Result<Tensor, LoadErrorKind> {
@@ -561,5 +564,96 @@ fn load_moe<S: Source>(
         up: experts("up", f, d)?,
         down: experts("down", d, f)?,
         biases,
+    })
+}
+
+/// A gpt-oss layer's experts from its Hugging Face checkpoint, where transformers'
+/// `GptOssExperts` multiplies them from the left: `gate_up_proj` `[experts, hidden, 2 ff]`
+/// with gate and up in alternate columns, `down_proj` `[experts, ff, hidden]`. They are
+/// copied once into verity's rows (the one place weights are copied at load); the router
+/// (`mlp.router`, with its bias) is mapped as it is. Float types only: OpenAI's release
+/// ships the experts as MXFP4 blocks (`*_blocks`, `*_scales`), which this does not read.
+fn load_hf_gpt_oss_moe<S: Source>(src: &S, hp: &HParams, l: usize) -> Result<Moe, LoadErrorKind> {
+    let (e, d, f) = (hp.n_expert, hp.n_embd, hp.n_ff_exp);
+    let p = format!("model.layers.{l}.mlp");
+    let find = |name: &str, want: &[usize]| -> Result<(TensorType, &[u8]), LoadErrorKind> {
+        let (ty, shape, bytes) = src.find(name)?.ok_or_else(|| {
+            let blocks = name.to_string() + "_blocks";
+            let hint = match src.find(&blocks) {
+                Ok(Some(_)) => " (the checkpoint holds MXFP4 blocks, which verity does not read yet; use a GGUF conversion)",
+                _ => "",
+            };
+            LoadErrorKind::Invalid(format!("missing tensor '{name}'{hint}"))
+        })?;
+        // `shape` is in ggml order (fastest first).
+        let want_rev: Vec<usize> = want.iter().rev().copied().collect();
+        if shape != want_rev {
+            return Err(LoadErrorKind::Invalid(format!(
+                "tensor '{name}' has shape {:?}, expected {want:?} ({e} experts)",
+                shape.iter().rev().collect::<Vec<_>>()
+            )));
+        }
+        if ty.block_size() != 1 {
+            return Err(LoadErrorKind::Invalid(format!(
+                "tensor '{name}' is {ty}; gpt-oss experts are read in F32, F16 or BF16"
+            )));
+        }
+        Ok((ty, bytes))
+    };
+    let vector = |name: &str, want: &[usize]| -> Result<Vec<f32>, LoadErrorKind> {
+        let (ty, bytes) = find(name, want)?;
+        let n: usize = want.iter().product();
+        Ok(Tensor::owned(ty, 1, n, bytes.to_vec()).to_f32())
+    };
+    let (ty, gate_up) = find(&format!("{p}.experts.gate_up_proj"), &[e, d, 2 * f])?;
+    let (dty, down) = find(&format!("{p}.experts.down_proj"), &[e, f, d])?;
+    // Element (i, j) of expert x's [rows][cols] source, copied to (j, i) of its output.
+    let transpose = |ty: TensorType,
+                     src: &[u8],
+                     rows: usize,
+                     cols: usize,
+                     pick: &dyn Fn(usize) -> Option<usize>,
+                     out_rows: usize| {
+        let es = ty.row_bytes(1).expect("a float type");
+        (0..e)
+            .map(|x| {
+                let m = &src[x * rows * cols * es..(x + 1) * rows * cols * es];
+                let mut out = vec![0u8; out_rows * rows * es];
+                for c in 0..cols {
+                    let Some(r_out) = pick(c) else { continue };
+                    for r in 0..rows {
+                        let (from, to) = ((r * cols + c) * es, (r_out * rows + r) * es);
+                        out[to..to + es].copy_from_slice(&m[from..from + es]);
+                    }
+                }
+                Tensor::owned(ty, out_rows, rows, out)
+            })
+            .collect::<Vec<_>>()
+    };
+    let gate = transpose(ty, gate_up, d, 2 * f, &|c| (c % 2 == 0).then_some(c / 2), f);
+    let up = transpose(ty, gate_up, d, 2 * f, &|c| (c % 2 == 1).then_some(c / 2), f);
+    let down = transpose(dty, down, f, d, &|c| Some(c), d);
+    let gate_up_bias = vector(&format!("{p}.experts.gate_up_proj_bias"), &[e, 2 * f])?;
+    let router_name = format!("{p}.router.weight");
+    let (rty, rshape, rbytes) = src
+        .find(&router_name)?
+        .ok_or_else(|| LoadErrorKind::Invalid(format!("missing tensor '{router_name}'")))?;
+    if rshape != [d, e] {
+        return Err(LoadErrorKind::Invalid(format!(
+            "tensor '{router_name}' has shape {:?}, expected [{e}, {d}] ({e} experts)",
+            rshape.iter().rev().collect::<Vec<_>>()
+        )));
+    }
+    Ok(Moe {
+        router: Tensor::mapped(rty, e, d, rbytes, src.owner()),
+        gate,
+        up,
+        down,
+        biases: Some(MoeBiases {
+            router: vector(&format!("{p}.router.bias"), &[e])?,
+            gate: gate_up_bias.iter().step_by(2).copied().collect(),
+            up: gate_up_bias.iter().skip(1).step_by(2).copied().collect(),
+            down: vector(&format!("{p}.experts.down_proj_bias"), &[e, d])?,
+        }),
     })
 }
