@@ -39,6 +39,10 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
             model.name()
         );
     }
+    let harmony = model
+        .tokenizer
+        .chat_template()
+        .is_some_and(verity_tokenizer::harmony::is_harmony);
     let mut session = verity_engine::Session::with_kv_type(
         model.clone(),
         args.model.ctx,
@@ -91,18 +95,40 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
         let prompt = chat_prompt(&model, &messages)?;
         interrupted.store(false, Ordering::SeqCst);
         let stdout = std::io::stdout();
+        // A harmony model (gpt-oss) writes channels: only the final one is shown, and
+        // kept as the turn's content (its template refuses channel tags in history).
+        let (mut written, mut shown) = (String::new(), 0);
         let result = verity_engine::generate(&mut session, &prompt, &params, &mut |text| {
+            let text = if harmony {
+                written.push_str(text);
+                let content = verity_tokenizer::harmony::split(&written, false).content;
+                let new = content.get(shown..).unwrap_or("").to_string();
+                shown = content.len();
+                new
+            } else {
+                text.to_string()
+            };
             let mut out = stdout.lock();
             let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
             !interrupted.load(Ordering::SeqCst)
         });
-        println!();
         match result {
-            Ok(gen) => messages.push(ChatMessage {
-                role: "assistant".into(),
-                content: gen.text,
-            }),
+            Ok(gen) => {
+                let content = if harmony {
+                    let content = verity_tokenizer::harmony::split(&gen.text, true).content;
+                    print!("{}", content.get(shown..).unwrap_or(""));
+                    content
+                } else {
+                    gen.text
+                };
+                println!();
+                messages.push(ChatMessage {
+                    role: "assistant".into(),
+                    content,
+                })
+            }
             Err(e) => {
+                println!();
                 eprintln!("verity: {e}");
                 messages.pop();
             }

@@ -11,6 +11,7 @@
 
 mod chat;
 mod gguf_vocab;
+pub mod harmony;
 mod pyjson;
 
 use std::collections::{BTreeSet, HashMap};

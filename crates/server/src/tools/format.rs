@@ -28,7 +28,7 @@ pub enum ToolFormat {
 impl ToolFormat {
     /// The format a chat template's model writes.
     pub fn detect(template: &str) -> ToolFormat {
-        if super::harmony::is_harmony(template) {
+        if verity_tokenizer::harmony::is_harmony(template) {
             ToolFormat::Harmony
         } else if template.contains("<tool_call>") {
             ToolFormat::Hermes

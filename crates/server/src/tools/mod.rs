@@ -9,7 +9,6 @@
 
 mod format;
 mod grammar;
-mod harmony;
 mod parse;
 mod stream;
 

@@ -21,12 +21,15 @@ pub fn parse_calls(format: ToolFormat, text: &str, tools: &Tools) -> (String, Ve
     if format == ToolFormat::Harmony {
         // The channels are always read: the content is the final channel's, whatever
         // the calls.
-        let s = super::harmony::split(text, true);
+        let s = verity_tokenizer::harmony::split(text, true);
         let calls = s
             .calls
             .into_iter()
             .filter(|(name, _)| known(name))
-            .map(|(name, arguments)| ToolCall { name, arguments })
+            .map(|(name, arguments)| ToolCall {
+                name,
+                arguments: minify(&arguments),
+            })
             .collect();
         return (s.content, calls);
     }

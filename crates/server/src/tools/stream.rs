@@ -119,7 +119,7 @@ impl StreamSplitter {
     /// (`sent` counts the bytes of content sent). Each read of a prefix is a prefix of
     /// the next ([`harmony::split`]).
     fn harmony_pieces(&mut self, done: bool) -> Vec<Piece> {
-        let s = super::harmony::split(&self.text, done);
+        let s = verity_tokenizer::harmony::split(&self.text, done);
         let mut out = Vec::new();
         if let Some(new) = s.content.get(self.sent..).filter(|c| !c.is_empty()) {
             out.push(Piece::Content(new.to_string()));
@@ -133,6 +133,7 @@ impl StreamSplitter {
             .filter(|(name, _)| callable.iter().any(|t| &t.name == name))
             .take(keep);
         for (index, (name, arguments)) in known.enumerate() {
+            let arguments = minify(&arguments);
             if index == self.started.len() {
                 out.push(Piece::CallStart {
                     index,

@@ -3,11 +3,10 @@
 //! as ` to=functions.get_weather<|channel|>commentary json`), `<|message|>`, a body, and an
 //! end (`<|end|>`, `<|call|>` or `<|return|>`); later messages open with `<|start|>assistant`.
 //!
-//! What a client sees: the `final` channel (and recipient-less `commentary`, which harmony
+//! What a user sees: the `final` channel (and recipient-less `commentary`, which harmony
 //! shows the user) as content, a message to `functions.NAME` as a call of NAME with the
 //! body as its arguments, and the `analysis` channel (the model's reasoning) left out.
-
-use super::parse::minify;
+//! The server and `verity chat` both read answers this way.
 
 /// Opens a message after the first.
 const START: &str = "<|start|>";
@@ -25,8 +24,8 @@ pub fn is_harmony(template: &str) -> bool {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Split {
     pub content: String,
-    /// Calls whose header is complete: the tool's name and its arguments so far,
-    /// minified.
+    /// Calls whose header is complete: the tool's name and its arguments as written so
+    /// far.
     pub calls: Vec<(String, String)>,
 }
 
@@ -54,7 +53,7 @@ pub fn split(text: &str, done: bool) -> Split {
         match recipient(header) {
             Some(r) => {
                 if let Some(name) = r.strip_prefix("functions.") {
-                    out.calls.push((name.to_string(), minify(body)));
+                    out.calls.push((name.to_string(), body.to_string()));
                 }
             }
             None => match channel(header) {
@@ -130,7 +129,7 @@ mod tests {
         assert_eq!(s.content, "");
         assert_eq!(
             s.calls,
-            vec![("get_weather".into(), "{\"city\":\"Paris\"}".into())]
+            vec![("get_weather".into(), "{\"city\": \"Paris\"}".into())]
         );
         let s = split(CALL_TEMPLATE_ORDER, true);
         assert_eq!(s.calls, vec![("add".into(), "{\"a\":1,\"b\":2}".into())]);
