@@ -338,8 +338,8 @@ fn logit_bias_is_checked() {
 }
 
 /// gpt-oss's harmony template (the real one, in the default model's file): an answer in
-/// harmony's channels reaches the client as its final channel alone, whole and streamed,
-/// with the reasoning left out. The small model does not speak harmony, so a `grammar`
+/// harmony's channels reaches the client as its final channel, whole and streamed, with the
+/// reasoning apart (`reasoning_content`, as llama.cpp's server sends it). The small model does not speak harmony, so a `grammar`
 /// makes it write the channels.
 #[test]
 fn harmony_answers_show_the_final_channel_only() {
@@ -369,6 +369,18 @@ fn harmony_answers_show_the_final_channel_only() {
         content.chars().all(|c| c.is_ascii_alphabetic() || c == ' '),
         "{v}"
     );
+    // The analysis channel comes back apart, as llama.cpp's server reports it.
+    let reasoning = v["choices"][0]["message"]["reasoning_content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no reasoning_content: {v}"))
+        .to_string();
+    assert!(
+        reasoning.len() >= 3
+            && reasoning
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == ' '),
+        "{v}"
+    );
 
     let (status, body) = http(
         s.port,
@@ -378,17 +390,27 @@ fn harmony_answers_show_the_final_channel_only() {
         &[],
     );
     assert_eq!(status, 200, "{body}");
-    let streamed: String = body
+    let chunks: Vec<Value> = body
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter(|d| *d != "[DONE]")
         .map(|d| serde_json::from_str::<Value>(d).unwrap())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
         .collect();
-    assert_eq!(streamed, content, "streamed content adds up to the same");
-    eprintln!("harmony answer: {content:?}");
+    let field = |name: &str| -> String {
+        chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"][name].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(
+        field("content"),
+        content,
+        "streamed content adds up to the same"
+    );
+    assert_eq!(
+        field("reasoning_content"),
+        reasoning,
+        "and so does the reasoning"
+    );
+    eprintln!("harmony answer: {content:?}, reasoning: {reasoning:?}");
 }

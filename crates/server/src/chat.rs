@@ -129,7 +129,7 @@ pub(crate) async fn chat(
             Some((format, tools)) => {
                 let (content, calls) = tools::parse_calls(*format, &c.text, tools);
                 let calls = calls_json(*format, tools, calls);
-                if calls.is_empty() {
+                let (mut message, reason) = if calls.is_empty() {
                     (
                         json!({ "role": "assistant", "content": content }),
                         c.finish_reason,
@@ -144,7 +144,15 @@ pub(crate) async fn chat(
                         json!({ "role": "assistant", "content": content, "tool_calls": calls }),
                         "tool_calls",
                     )
+                };
+                // Harmony's reasoning, as llama.cpp's server reports it.
+                if *format == ToolFormat::Harmony {
+                    let r = verity_tokenizer::harmony::split(&c.text, true).reasoning;
+                    if !r.is_empty() {
+                        message["reasoning_content"] = json!(r);
+                    }
                 }
+                (message, reason)
             }
             None => (
                 json!({ "role": "assistant", "content": c.text }),
@@ -363,6 +371,7 @@ fn piece_chunks(
         .into_iter()
         .map(|p| match p {
             tools::Piece::Content(c) => delta(json!({ "content": c })),
+            tools::Piece::Reasoning(r) => delta(json!({ "reasoning_content": r })),
             tools::Piece::CallStart { index, name } => {
                 let id = tools::call_id(format, index as u64);
                 delta(json!({ "tool_calls": [{ "index": index, "id": id, "type": "function", "function": { "name": name, "arguments": "" } }] }))

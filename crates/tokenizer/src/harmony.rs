@@ -24,6 +24,8 @@ pub fn is_harmony(template: &str) -> bool {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Split {
     pub content: String,
+    /// The `analysis` channel: the model's reasoning, not part of the answer.
+    pub reasoning: String,
     /// Calls whose header is complete: the tool's name and its arguments as written so
     /// far.
     pub calls: Vec<(String, String)>,
@@ -58,6 +60,7 @@ pub fn split(text: &str, done: bool) -> Split {
             }
             None => match channel(header) {
                 Some("final") | Some("commentary") | None => out.content.push_str(body),
+                Some("analysis") => out.reasoning.push_str(body),
                 _ => {}
             },
         }
@@ -120,6 +123,7 @@ mod tests {
     fn final_channel_is_content_and_reasoning_is_left_out() {
         let s = split(ANSWER, true);
         assert_eq!(s.content, "It is sunny in Paris.");
+        assert_eq!(s.reasoning, "The user wants weather.");
         assert!(s.calls.is_empty());
     }
 
@@ -154,6 +158,10 @@ mod tests {
                     "{text:?} at {cut}: {s:?}"
                 );
                 assert!(s.content.starts_with(&last.content), "{text:?} at {cut}");
+                assert!(
+                    whole.reasoning.starts_with(&s.reasoning),
+                    "{text:?} at {cut}"
+                );
                 assert!(s.calls.len() <= whole.calls.len());
                 for (c, w) in s.calls.iter().zip(&whole.calls) {
                     assert_eq!(c.0, w.0);

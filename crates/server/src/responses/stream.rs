@@ -100,6 +100,8 @@ impl Streaming {
 
     fn piece(&mut self, format: tools::ToolFormat, p: Piece) {
         match p {
+            // Reasoning is not part of a Responses answer's output text.
+            Piece::Reasoning(_) => {}
             Piece::Content(c) => {
                 if !self.calls.is_empty() {
                     // Text after the calls: a message of its own, after them.

@@ -10,6 +10,9 @@ use super::{ToolFormat, Tools};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Piece {
     Content(String),
+    /// More of the model's reasoning (harmony's `analysis` channel), shown apart from
+    /// the answer.
+    Reasoning(String),
     /// A call begins: its index among the answer's calls, and the tool's name.
     CallStart {
         index: usize,
@@ -28,6 +31,8 @@ pub struct StreamSplitter {
     text: String,
     /// Bytes of `text` already sent as content.
     sent: usize,
+    /// Bytes of harmony reasoning already sent.
+    reasoning_sent: usize,
     /// A call started (or, for whole-answer formats, may have): hold everything.
     holding: bool,
     /// Calls begun: name, and the argument text sent so far.
@@ -41,6 +46,7 @@ impl StreamSplitter {
             tools,
             text: String::new(),
             sent: 0,
+            reasoning_sent: 0,
             holding: false,
             started: Vec::new(),
         }
@@ -121,6 +127,14 @@ impl StreamSplitter {
     fn harmony_pieces(&mut self, done: bool) -> Vec<Piece> {
         let s = verity_tokenizer::harmony::split(&self.text, done);
         let mut out = Vec::new();
+        if let Some(new) = s
+            .reasoning
+            .get(self.reasoning_sent..)
+            .filter(|c| !c.is_empty())
+        {
+            out.push(Piece::Reasoning(new.to_string()));
+            self.reasoning_sent = s.reasoning.len();
+        }
         if let Some(new) = s.content.get(self.sent..).filter(|c| !c.is_empty()) {
             out.push(Piece::Content(new.to_string()));
             self.sent = s.content.len();
@@ -384,6 +398,8 @@ mod tests {
             for p in pieces {
                 match p {
                     Piece::Content(c) => content.push_str(&c),
+                    // Reasoning is checked in `harmony_streams_the_final_channel_alone`.
+                    Piece::Reasoning(_) => {}
                     Piece::CallStart { index, name } => {
                         assert_eq!(index, calls.len(), "calls start in order");
                         calls.push(call(&name, ""));
@@ -456,6 +472,21 @@ mod tests {
                 ("Paris is <b>sunny</b>.", vec![]),
                 "by {n}"
             );
+            let mut s = StreamSplitter::new(ToolFormat::Harmony, tools());
+            let chars: Vec<char> = text.chars().collect();
+            let mut pieces: Vec<Piece> = chars
+                .chunks(n)
+                .flat_map(|p| s.push(&p.iter().collect::<String>()))
+                .collect();
+            pieces.extend(s.finish().0);
+            let reasoning: String = pieces
+                .iter()
+                .filter_map(|p| match p {
+                    Piece::Reasoning(r) => Some(r.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(reasoning, "Think <about> it.", "by {n}");
         }
     }
 
