@@ -86,36 +86,6 @@ fn ref_ids(r: &tokenizers::Tokenizer, s: &str, add_special: bool) -> Vec<u32> {
     r.encode(s, add_special).unwrap().get_ids().to_vec()
 }
 
-/// Every distinct test string of llama.cpp's `ggml-vocab-*.gguf.inp` files, in file order.
-fn test_strings() -> Vec<String> {
-    let d = common::vocab_dir();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&d)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".gguf.inp"))
-        .collect();
-    files.sort();
-    for must in ["llama-spm", "llama-bpe", "qwen2", "gpt-2"] {
-        assert!(
-            files
-                .iter()
-                .any(|p| p.ends_with(format!("ggml-vocab-{must}.gguf.inp"))),
-            "ggml-vocab-{must}.gguf.inp missing from {}: run scripts/fetch-vocab-vectors",
-            d.display()
-        );
-    }
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for f in &files {
-        for s in common::read_inp(f) {
-            if seen.insert(s.clone()) {
-                out.push(s);
-            }
-        }
-    }
-    out
-}
-
 /// Strings aimed at what is particular to Gemma's vocabulary: user-defined pieces for runs of
 /// spaces, tabs and newlines, HTML tags, control tokens written in the text, and a literal `▁`.
 const EXTRA: &[&str] = &[
@@ -173,7 +143,7 @@ fn report(what: &str, bad: &[String], n: usize) {
 
 #[test]
 fn gguf_matches_tokenizer_json_on_llamacpp_vocab_strings() {
-    let strings = test_strings();
+    let strings = common::all_test_strings();
     assert!(strings.len() >= 46, "{} test strings", strings.len());
     let strs: Vec<&str> = strings.iter().map(String::as_str).collect();
     let r = reference();
@@ -367,7 +337,7 @@ fn matches_llamacpp_goldens() {
 fn decode_inverts_encode() {
     let r = reference();
     let g = from_gguf();
-    let strings = test_strings();
+    let strings = common::all_test_strings();
     for s in strings
         .iter()
         .map(String::as_str)

@@ -101,23 +101,6 @@ fn from_gguf() -> &'static Tokenizer {
     })
 }
 
-/// Every distinct test string of llama.cpp's `ggml-vocab-*.gguf.inp` files.
-fn test_strings() -> Vec<String> {
-    let d = common::vocab_dir();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&d)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".gguf.inp"))
-        .collect();
-    files.sort();
-    let mut seen = std::collections::HashSet::new();
-    files
-        .iter()
-        .flat_map(|f| common::read_inp(f))
-        .filter(|s| seen.insert(s.clone()))
-        .collect()
-}
-
 /// Strings aimed at o200k's split: case runs with contractions, digit groups of three,
 /// punctuation runs that swallow newlines and slashes, CJK, marks.
 const EXTRA: &[&str] = &[
@@ -146,7 +129,7 @@ fn diff(strings: &[&str]) -> Vec<String> {
 
 #[test]
 fn gpt4o_gguf_vocab_matches_o200k_on_llamacpp_strings() {
-    let strings = test_strings();
+    let strings = common::all_test_strings();
     assert!(strings.len() >= 46, "{} test strings", strings.len());
     let strs: Vec<&str> = strings
         .iter()

@@ -95,3 +95,33 @@ pub fn vectors(name: &str) -> (PathBuf, Vec<String>, Vec<Vec<u32>>) {
     );
     (gguf, inp, out)
 }
+
+/// Every distinct test string of llama.cpp's `ggml-vocab-*.gguf.inp` files, in file order.
+pub fn all_test_strings() -> Vec<String> {
+    let d = vocab_dir();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".gguf.inp"))
+        .collect();
+    files.sort();
+    for must in ["llama-spm", "llama-bpe", "qwen2", "gpt-2"] {
+        assert!(
+            files
+                .iter()
+                .any(|p| p.ends_with(format!("ggml-vocab-{must}.gguf.inp"))),
+            "ggml-vocab-{must}.gguf.inp missing from {}: run scripts/fetch-vocab-vectors",
+            d.display()
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for f in &files {
+        for s in read_inp(f) {
+            if seen.insert(s.clone()) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
