@@ -118,10 +118,7 @@ fn parse_gguf_weight(name: &str, arch: Arch) -> Option<(usize, Vec<Proj>)> {
     let rest = name.strip_prefix("blk.")?;
     let (l, rest) = rest.split_once('.')?;
     let module = rest.strip_suffix(".weight")?;
-    let fused = Fused::ALL
-        .into_iter()
-        .find(|f| f.gguf_name() == module && f.used_by(arch));
-    let parts = match fused {
+    let parts = match Fused::from_gguf_name(module, arch) {
         Some(f) => f.parts().to_vec(),
         None => vec![Proj::from_gguf_name(module)?],
     };

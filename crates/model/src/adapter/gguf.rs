@@ -34,10 +34,7 @@ fn parse_name(name: &str, arch: Option<Arch>) -> Option<(usize, Module, bool)> {
         "b" => false,
         _ => return None,
     };
-    let fused = Fused::ALL
-        .into_iter()
-        .find(|f| f.gguf_name() == module && arch.is_some_and(|a| f.used_by(a)));
-    let module = match fused {
+    let module = match arch.and_then(|a| Fused::from_gguf_name(module, a)) {
         Some(f) => Module::Fused(f),
         None => Module::One(Proj::from_gguf_name(module)?),
     };

@@ -152,6 +152,14 @@ impl Fused {
             Fused::GateUp => "ffn_up",
         }
     }
+
+    /// The fused module `arch`'s GGUF files call `module` (`ffn_up` is fused only in
+    /// architectures that fuse gate and up).
+    pub fn from_gguf_name(module: &str, arch: Arch) -> Option<Fused> {
+        Fused::ALL
+            .into_iter()
+            .find(|f| f.gguf_name() == module && f.used_by(arch))
+    }
 }
 
 /// A module name in a file: one projection or a fused one.
