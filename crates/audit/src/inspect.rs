@@ -72,7 +72,8 @@ pub struct TypeMix {
 pub struct Memory {
     pub context: usize,
     pub weights_bytes: u64,
-    /// K and V, f16, every layer, the whole context.
+    /// K and V, f16, every layer: the whole context, or twice the window of a windowed
+    /// layer.
     pub kv_cache_bytes: u64,
     pub total_bytes: u64,
 }
@@ -450,10 +451,16 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
 
     let memory = hparams.as_ref().map(|hp| {
         let context = if ctx > 0 { ctx } else { hp.n_ctx_train };
-        // Saturating: a hostile file's context length can be any u64.
-        let kv = [hp.n_layer, context, hp.kv_dim()]
-            .iter()
-            .fold(4u64, |a, &b| a.saturating_mul(b as u64));
+        // Saturating: a hostile file's context length can be any u64. A windowed layer
+        // keeps room for twice its window (the engine's KvCache), not the whole context.
+        let kv = (0..hp.n_layer)
+            .map(|l| {
+                let rows = hp.layer_window(l).map_or(context, |w| (2 * w).min(context));
+                (rows as u64)
+                    .saturating_mul(hp.kv_dim() as u64)
+                    .saturating_mul(4)
+            })
+            .fold(0u64, u64::saturating_add);
         Memory {
             context,
             weights_bytes: total_bytes,
