@@ -13,7 +13,9 @@ use verity_model::{Model, Proj};
 use crate::lora::{self, LoraScratch, LoraSet};
 use crate::moe::{moe_ffn, MoeScratch};
 
-use crate::ops::{add_in_place, glu, par_rows, rms_norm, rms_norm_in_place, scale_in_place, Rope};
+use crate::ops::{
+    add_bias_rows, add_in_place, glu, par_rows, rms_norm, rms_norm_in_place, scale_in_place, Rope,
+};
 
 /// Tokens processed in one batch during prompt processing.
 const MAX_BATCH: usize = 256;
@@ -478,11 +480,7 @@ impl Runner {
                 (&mut s.k, &layer.bk, kvd),
                 (&mut s.v, &layer.bv, kvd),
             ] {
-                if let Some(b) = bias {
-                    for row in buf.chunks_exact_mut(dim) {
-                        add_in_place(row, b);
-                    }
-                }
+                add_bias_rows(buf, dim, bias.as_deref());
             }
             for (buf, norm) in [(&mut s.q, &layer.q_norm), (&mut s.k, &layer.k_norm)] {
                 if let Some(wn) = norm {
@@ -564,11 +562,7 @@ impl Runner {
                 let g = &s.lora_groups;
                 lora::apply(g, l, Proj::O, &s.attn, qd, &mut s.proj, d, &mut s.lora);
             }
-            if let Some(b) = &layer.bo {
-                for row in s.proj.chunks_exact_mut(d) {
-                    add_in_place(row, b);
-                }
-            }
+            add_bias_rows(&mut s.proj, d, layer.bo.as_deref());
             if let Some(wn) = &layer.post_attn_norm {
                 par_rows(&mut s.proj, d, &|_, p| rms_norm_in_place(p, wn, hp.rms_eps));
             }

@@ -17,7 +17,7 @@ use verity_kernels::{matmul, WeightView};
 use verity_model::arch::MoeGating;
 use verity_model::{HParams, Moe};
 
-use crate::ops::{add_in_place, glu, par_rows};
+use crate::ops::{add_bias_rows, glu, par_rows};
 
 /// Up to this many rows per picked expert, a step runs its experts' products side by side,
 /// one product (or expert) a task; above it, expert after expert, each product parallel
@@ -71,9 +71,11 @@ fn route(moe: &Moe, hp: &HParams, h: &[f32], n: usize, s: &mut MoeScratch) -> us
     let (d, n_exp, k) = (hp.n_embd, hp.n_expert, hp.n_expert_used);
     s.logits.resize(n * n_exp, 0.0);
     matmul(&moe.router.view(), h, n, &mut s.logits);
-    if let Some(b) = &moe.biases {
-        add_bias_rows(&mut s.logits, n_exp, Some(&b.router));
-    }
+    add_bias_rows(
+        &mut s.logits,
+        n_exp,
+        moe.biases.as_ref().map(|b| &b.router[..]),
+    );
     s.picks.clear();
     for row in s.logits.chunks_exact(n_exp) {
         pick(row, k, hp.arch.spec().moe_gating, &mut s.picks);
@@ -335,15 +337,6 @@ fn expert_bias(moe: &Moe, part: Part, e: usize, width: usize) -> Option<&[f32]> 
         Part::Down => &b.down,
     };
     Some(&all[e * width..(e + 1) * width])
-}
-
-/// Add `bias` to every `width`-long row of `buf`.
-fn add_bias_rows(buf: &mut [f32], width: usize, bias: Option<&[f32]>) {
-    if let Some(b) = bias {
-        for row in buf.chunks_exact_mut(width) {
-            add_in_place(row, b);
-        }
-    }
 }
 
 /// One product of [`products_as_tasks`]: `y = w · x` for `m` rows.

@@ -98,6 +98,15 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     }
 }
 
+/// Add `bias` (when there is one) to every `width`-long row of `buf`.
+pub fn add_bias_rows(buf: &mut [f32], width: usize, bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        for row in buf.chunks_exact_mut(width) {
+            add_in_place(row, b);
+        }
+    }
+}
+
 /// Run `f(row, buf_row)` over the rows (`width` elements each) of `buf`, in parallel
 /// when there are enough of them (a prompt chunk); a one-row decode step stays on the
 /// calling thread.
