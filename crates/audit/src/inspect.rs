@@ -676,7 +676,8 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// Expected tensors (name, ggml shape, required) of an architecture at these hyperparameters.
-fn expected(hp: &HParams, gguf_names: bool) -> Vec<(String, Vec<usize>, bool)> {
+/// `mxfp4`: a Hugging Face checkpoint whose experts are MXFP4 blocks.
+fn expected(hp: &HParams, gguf_names: bool, mxfp4: bool) -> Vec<(String, Vec<usize>, bool)> {
     let g = |t: GlobalTensor| {
         if gguf_names {
             t.gguf_name().to_string()
@@ -738,13 +739,62 @@ fn expected(hp: &HParams, gguf_names: bool) -> Vec<(String, Vec<usize>, bool)> {
                 }
             }
         }
+        if hp.arch.spec().moe && !gguf_names {
+            v.extend(hf_experts(hp, l, mxfp4));
+        }
     }
     v
 }
 
+/// A mixture-of-experts layer's router and experts in a Hugging Face checkpoint (ggml
+/// order): one tensor per expert (Qwen3-MoE), or gpt-oss's 3-D ones, in float or as
+/// transformers' MXFP4 blocks (listed under the blocks' name, as `ModelFile` lists them).
+fn hf_experts(hp: &HParams, l: usize, mxfp4: bool) -> Vec<(String, Vec<usize>, bool)> {
+    let (d, e, f) = (hp.n_embd, hp.n_expert, hp.n_ff_exp);
+    let p = format!("model.layers.{l}.mlp");
+    if !hp.arch.spec().moe_biases {
+        let mut v = vec![(format!("{p}.gate.weight"), vec![d, e], true)];
+        for x in 0..e {
+            for (n, shape) in [
+                ("gate_proj", [d, f]),
+                ("up_proj", [d, f]),
+                ("down_proj", [f, d]),
+            ] {
+                v.push((format!("{p}.experts.{x}.{n}.weight"), shape.to_vec(), true));
+            }
+        }
+        return v;
+    }
+    let suffix = if mxfp4 { "_blocks" } else { "" };
+    // transformers multiplies the float experts from the left ([experts, in, out]); the
+    // blocks are stored [experts, out, in].
+    let (gate_up, down) = if mxfp4 {
+        (vec![d, 2 * f, e], vec![f, d, e])
+    } else {
+        (vec![2 * f, d, e], vec![d, f, e])
+    };
+    vec![
+        (format!("{p}.router.weight"), vec![d, e], true),
+        (format!("{p}.router.bias"), vec![e], true),
+        (format!("{p}.experts.gate_up_proj{suffix}"), gate_up, true),
+        (
+            format!("{p}.experts.gate_up_proj_bias"),
+            vec![2 * f, e],
+            true,
+        ),
+        (format!("{p}.experts.down_proj{suffix}"), down, true),
+        (format!("{p}.experts.down_proj_bias"), vec![d, e], true),
+    ]
+}
+
 fn check_tensors(mf: &ModelFile, hp: &HParams, findings: &mut Vec<Finding>) {
     let gguf_names = mf.gguf().is_some();
-    let exp = expected(hp, gguf_names);
+    let mxfp4 = mf.hf().is_some_and(|h| {
+        h.byte_tensors
+            .keys()
+            .any(|n| n.ends_with("experts.gate_up_proj_blocks"))
+    });
+    let exp = expected(hp, gguf_names, mxfp4);
     let known: HashSet<&str> = exp.iter().map(|(n, _, _)| n.as_str()).collect();
     for (name, shape, required) in &exp {
         match mf.entry(name) {

@@ -54,6 +54,56 @@ pub struct ModelFile {
     gguf_parts: Vec<Arc<Gguf>>,
 }
 
+/// The `U8` tensors of a directory. transformers' MXFP4 experts (`X_blocks`
+/// `[.., n / 32, 16]` with `X_scales` `[.., n / 32]`) count as one `MXFP4` entry of
+/// `n`-long rows whose bytes are both tensors' ([`ModelFile::data`] gives them repacked as
+/// GGUF's); any other is listed as stored, of unknown type.
+fn byte_entries(hf: &HfDir, file: &dyn Fn(usize) -> Option<String>) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for t in hf.byte_tensors.values() {
+        let scales_of = |base: &str| hf.byte_tensors.get(&format!("{base}_scales"));
+        let blocks_of = t.name.strip_suffix("_blocks").and_then(|base| {
+            let sc = scales_of(base)?;
+            (t.shape.last() == Some(&16) && sc.shape[..] == t.shape[..t.shape.len() - 1])
+                .then_some(sc)
+        });
+        let is_scales = t.name.strip_suffix("_scales").is_some_and(|base| {
+            hf.byte_tensors
+                .get(&format!("{base}_blocks"))
+                .is_some_and(|b| {
+                    b.shape.last() == Some(&16) && b.shape[..b.shape.len() - 1] == t.shape[..]
+                })
+        });
+        if is_scales {
+            continue;
+        }
+        let ty = blocks_of.map(|_| TensorType::MXFP4);
+        let (shape, type_name, bytes) = match blocks_of {
+            Some(sc) => {
+                let mut shape: Vec<usize> =
+                    t.shape[..t.shape.len() - 1].iter().rev().copied().collect();
+                shape[0] *= 32;
+                (shape, "MXFP4", t.end - t.start + sc.end - sc.start)
+            }
+            None => (
+                t.shape.iter().rev().copied().collect(),
+                "U8",
+                t.end - t.start,
+            ),
+        };
+        out.push(Entry {
+            name: t.name.clone(),
+            shape,
+            ty,
+            type_name: type_name.to_string(),
+            offset: t.start as u64,
+            bytes: Some(bytes),
+            file: file(t.shard),
+        });
+    }
+    out
+}
+
 impl ModelFile {
     /// Open a GGUF file, a Hugging Face directory, or a `.safetensors` file inside one.
     /// Pickle files are refused.
@@ -71,7 +121,12 @@ impl ModelFile {
         };
         if let Some(dir) = dir {
             let hf = Arc::new(HfDir::open(&dir).with_context(|| dir.display().to_string())?);
-            let tensors = hf
+            let file = |shard: usize| {
+                hf.shards[shard]
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            };
+            let mut tensors: Vec<Entry> = hf
                 .tensors
                 .values()
                 .map(|t| Entry {
@@ -81,11 +136,10 @@ impl ModelFile {
                     type_name: t.ty.name().to_string(),
                     offset: t.start as u64,
                     bytes: Some(t.end - t.start),
-                    file: hf.shards[t.shard]
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned()),
+                    file: file(t.shard),
                 })
                 .collect();
+            tensors.extend(byte_entries(&hf, &file));
             return Ok(ModelFile {
                 path: dir,
                 container: Container::Hf(hf),
@@ -149,17 +203,28 @@ impl ModelFile {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// The stored bytes of a tensor (`None` for types verity cannot size).
-    pub fn data(&self, e: &Entry) -> Option<&[u8]> {
+    /// The stored bytes of a tensor (`None` for types verity cannot size); transformers'
+    /// MXFP4 blocks and scales come repacked as GGUF `MXFP4` rows.
+    pub fn data(&self, e: &Entry) -> Option<std::borrow::Cow<'_, [u8]>> {
+        use std::borrow::Cow;
         match &self.container {
             Container::Gguf(_) => {
                 let (g, info) = self
                     .gguf_parts
                     .iter()
                     .find_map(|g| Some((g, g.tensor(&e.name)?)))?;
-                g.tensor_data(info).ok()
+                g.tensor_data(info).ok().map(Cow::Borrowed)
             }
-            Container::Hf(h) => Some(h.tensor_data(h.tensor(&e.name)?)),
+            Container::Hf(h) => match h.tensor(&e.name) {
+                Some(t) => Some(Cow::Borrowed(h.tensor_data(t))),
+                None if e.ty == Some(TensorType::MXFP4) => {
+                    let base = e.name.strip_suffix("_blocks")?;
+                    let (_, blocks) = h.byte_tensor(&e.name)?;
+                    let (_, scales) = h.byte_tensor(&format!("{base}_scales"))?;
+                    Some(Cow::Owned(verity_formats::mxfp4::gguf_rows(blocks, scales)))
+                }
+                None => h.byte_tensor(&e.name).map(|(_, b)| Cow::Borrowed(b)),
+            },
         }
     }
 

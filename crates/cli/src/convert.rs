@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use serde_json::json;
+use verity_formats::TensorType;
 use verity_model::adapter::permute_rows;
 use verity_model::arch::{FfnActivation, GlobalTensor, LayerTensor, MoeGating};
 use verity_model::{Model, Proj, RopeStyle, Tensor};
@@ -76,6 +77,10 @@ pub struct ConvertArgs {
     /// model.safetensors.index.json, as the Hub's large models are.
     #[arg(long, value_parser = parse_size)]
     pub max_shard_size: Option<u64>,
+    /// Write MXFP4 experts (gpt-oss) in --dtype too. Without it they stay MXFP4, in
+    /// transformers' `mxfp4` layout as OpenAI ships gpt-oss: lossless and a quarter the size.
+    #[arg(long)]
+    pub dequantize: bool,
     /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
@@ -147,7 +152,13 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
     let staging = tempfile::Builder::new()
         .prefix(".verity-convert-")
         .tempdir_in(parent)?;
-    let n_tensors = write_hf(&model, staging.path(), args.dtype, args.max_shard_size)?;
+    let n_tensors = write_hf(
+        &model,
+        staging.path(),
+        args.dtype,
+        args.max_shard_size,
+        !args.dequantize,
+    )?;
     if out.exists() {
         std::fs::remove_dir(out)?;
     }
@@ -169,12 +180,22 @@ fn write_hf(
     dir: &Path,
     dtype: Dtype,
     max_shard: Option<u64>,
+    keep_mxfp4: bool,
 ) -> anyhow::Result<usize> {
-    write_hf_merged(model, dir, dtype, None, &serde_json::Value::Null, max_shard)
+    write_hf_merged(
+        model,
+        dir,
+        dtype,
+        None,
+        &serde_json::Value::Null,
+        max_shard,
+        keep_mxfp4,
+    )
 }
 
 /// [`write_hf`] with adapters merged into the projections they update; `provenance`
-/// (when not null) goes into the safetensors metadata as `verity.merge`.
+/// (when not null) goes into the safetensors metadata as `verity.merge`. `keep_mxfp4`:
+/// gpt-oss experts that are MXFP4 are written as such (see [`gpt_oss_mxfp4_experts`]).
 pub fn write_hf_merged(
     model: &Model,
     dir: &Path,
@@ -182,6 +203,7 @@ pub fn write_hf_merged(
     merge: Option<&Merge>,
     provenance: &serde_json::Value,
     max_shard: Option<u64>,
+    keep_mxfp4: bool,
 ) -> anyhow::Result<usize> {
     let hp = &model.hparams;
     let w = &model.weights;
@@ -233,6 +255,25 @@ pub fn write_hf_merged(
         _ => {}
     }
     arch_config(model, &mut config);
+    let mxfp4 = keep_mxfp4
+        && hp.arch.spec().moe_biases
+        && w.layers.iter().all(|l| {
+            l.moe.as_ref().is_some_and(|m| {
+                [&m.gate, &m.up, &m.down]
+                    .iter()
+                    .all(|v| v.iter().all(|t| t.ty == TensorType::MXFP4))
+            })
+        });
+    if mxfp4 {
+        // As OpenAI's gpt-oss config.json has it: everything but the experts in float.
+        config["quantization_config"] = json!({
+            "quant_method": "mxfp4",
+            "modules_to_not_convert": [
+                "model.layers.*.self_attn", "model.layers.*.mlp.router",
+                "model.embed_tokens", "lm_head"
+            ],
+        });
+    }
     write_json(&dir.join("config.json"), &config)?;
     write_json(
         &dir.join("generation_config.json"),
@@ -247,6 +288,8 @@ pub fn write_hf_merged(
     // GGUF `llama` q/k rows are permuted for interleaved RoPE; HF expects the halves layout.
     let unpermute = hp.rope_style == RopeStyle::Interleaved;
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    // Tensors of raw bytes (safetensors U8): MXFP4 blocks and scales.
+    let mut byte_tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let matrix = |t: &Tensor| (vec![t.rows, t.cols], t.to_f32());
     let (s, d) = matrix(&w.token_embd);
     tensors.push((GlobalTensor::TokenEmbedding.hf_name().into(), s, d));
@@ -290,7 +333,10 @@ pub fn write_hf_merged(
         }
         tensors.push(entry(LayerTensor::Output, &layer.wo, None));
         if let (Some(moe), true) = (&layer.moe, spec.moe_biases) {
-            tensors.extend(gpt_oss_experts(l, moe, hp));
+            tensors.extend(gpt_oss_experts(l, moe, hp, mxfp4));
+            if mxfp4 {
+                byte_tensors.extend(gpt_oss_mxfp4_experts(l, moe, hp));
+            }
         } else if let Some(moe) = &layer.moe {
             let p = format!("model.layers.{l}.mlp");
             tensors.push((
@@ -370,12 +416,20 @@ pub fn write_hf_merged(
         Dtype::F16 => safetensors::Dtype::F16,
         Dtype::Bf16 => safetensors::Dtype::BF16,
     };
+    let n_float = bytes.len();
+    let bytes: Vec<_> = bytes.into_iter().chain(byte_tensors).collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
-        .map(|(n, s, b)| {
+        .enumerate()
+        .map(|(i, (n, s, b))| {
+            let ty = if i < n_float {
+                st_dtype
+            } else {
+                safetensors::Dtype::U8
+            };
             Ok((
                 n.clone(),
-                safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)?,
+                safetensors::tensor::TensorView::new(ty, s.clone(), b)?,
             ))
         })
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
@@ -419,14 +473,46 @@ pub fn write_hf_merged(
 
 /// A gpt-oss layer's router and experts as transformers' `GptOssExperts` holds them:
 /// `gate_up_proj` `[experts, hidden, 2 ff]` multiplied from the left, gate and up in
-/// alternate columns, `down_proj` `[experts, ff, hidden]`, biases alike.
+/// alternate columns, `down_proj` `[experts, ff, hidden]`, biases alike. With `mxfp4`, only
+/// the router and the biases (the experts go to [`gpt_oss_mxfp4_experts`]).
 fn gpt_oss_experts(
     l: usize,
     moe: &verity_model::Moe,
     hp: &verity_model::HParams,
+    mxfp4: bool,
 ) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let (e, d, f) = (hp.n_expert, hp.n_embd, hp.n_ff_exp);
     let b = moe.biases.as_ref().expect("gpt-oss experts have biases");
+    if mxfp4 {
+        let mut gate_up_bias = vec![0f32; e * 2 * f];
+        for (i, v) in gate_up_bias.iter_mut().enumerate() {
+            let (x, j) = (i / (2 * f), i % (2 * f) / 2);
+            *v = if i % 2 == 0 {
+                b.gate[x * f + j]
+            } else {
+                b.up[x * f + j]
+            };
+        }
+        let p = format!("model.layers.{l}.mlp");
+        return vec![
+            (
+                format!("{p}.router.weight"),
+                vec![e, d],
+                moe.router.to_f32(),
+            ),
+            (format!("{p}.router.bias"), vec![e], b.router.clone()),
+            (
+                format!("{p}.experts.gate_up_proj_bias"),
+                vec![e, 2 * f],
+                gate_up_bias,
+            ),
+            (
+                format!("{p}.experts.down_proj_bias"),
+                vec![e, d],
+                b.down.clone(),
+            ),
+        ];
+    }
     let mut gate_up = vec![0f32; e * d * 2 * f];
     let mut down = vec![0f32; e * f * d];
     let mut gate_up_bias = vec![0f32; e * 2 * f];
@@ -476,6 +562,57 @@ fn gpt_oss_experts(
             vec![e, d],
             b.down.clone(),
         ),
+    ]
+}
+
+/// A gpt-oss layer's MXFP4 experts in transformers' `mxfp4` layout, as OpenAI ships them:
+/// `gate_up_proj_blocks` `[experts, 2 ff, hidden / 32, 16]` (rows alternating gate, up)
+/// with `gate_up_proj_scales` `[experts, 2 ff, hidden / 32]`, and `down_proj_*` alike.
+/// The same codes and E8M0 scales as the GGUF blocks (`verity_formats::mxfp4`).
+fn gpt_oss_mxfp4_experts(
+    l: usize,
+    moe: &verity_model::Moe,
+    hp: &verity_model::HParams,
+) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let (e, d, f) = (hp.n_expert, hp.n_embd, hp.n_ff_exp);
+    // Rows `pick(x)` of each expert, in order, to blocks and scales.
+    let pack = |mats: &[&[verity_model::Tensor]], rows: usize, cols: usize| {
+        let nb = cols / 32;
+        let (mut blocks, mut scales) = (Vec::new(), Vec::new());
+        for x in 0..e {
+            for r in 0..rows {
+                let t = &mats[r % mats.len()][x];
+                let rb = TensorType::MXFP4.row_bytes(cols).expect("MXFP4 rows");
+                let row = &t.bytes()[(r / mats.len()) * rb..][..rb];
+                for blk in row.chunks_exact(verity_formats::mxfp4::GGUF_BLOCK_BYTES) {
+                    let (codes, scale) = verity_formats::mxfp4::transformers_block(blk);
+                    blocks.extend(codes);
+                    scales.push(scale);
+                }
+            }
+        }
+        (blocks, scales, nb)
+    };
+    let p = format!("model.layers.{l}.mlp.experts");
+    let (gu_blocks, gu_scales, nb_d) = pack(&[&moe.gate, &moe.up], 2 * f, d);
+    let (dn_blocks, dn_scales, nb_f) = pack(&[&moe.down], d, f);
+    vec![
+        (
+            format!("{p}.gate_up_proj_blocks"),
+            vec![e, 2 * f, nb_d, 16],
+            gu_blocks,
+        ),
+        (
+            format!("{p}.gate_up_proj_scales"),
+            vec![e, 2 * f, nb_d],
+            gu_scales,
+        ),
+        (
+            format!("{p}.down_proj_blocks"),
+            vec![e, d, nb_f, 16],
+            dn_blocks,
+        ),
+        (format!("{p}.down_proj_scales"), vec![e, d, nb_f], dn_scales),
     ]
 }
 

@@ -174,6 +174,7 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
             Some(&merge),
             &provenance,
             None,
+            true,
         )?;
         let staged = staging.keep();
         std::fs::rename(&staged, out)

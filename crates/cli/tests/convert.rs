@@ -287,19 +287,7 @@ fn sharded_safetensors_load() {
 #[test]
 fn converted_directories_load_in_transformers() {
     let assets = assets_dir();
-    let python = assets.join("peft-venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup-peft-venv",
-        python.display()
-    );
-    let script = repo_root().join("crates/cli/tests/clients/hf_logits.py");
     let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 500).collect();
-    let list = tokens
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
     for arch in [
         "gemma3",
         "phi3-longrope",
@@ -329,31 +317,175 @@ fn converted_directories_load_in_transformers() {
         let ours = verity_engine::Session::new(model, 32)
             .eval_all(&tokens)
             .unwrap();
-        let ours_file = tmp.path().join("ours.f32");
-        let bytes: Vec<u8> = ours.iter().flat_map(|v| v.to_le_bytes()).collect();
-        std::fs::write(&ours_file, bytes).unwrap();
-        let out = std::process::Command::new(&python)
-            .arg(&script)
-            .arg(&dir)
-            .arg(&ours_file)
-            .arg(&list)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{arch}: transformers failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let e: f64 = stdout
-            .split("nrmse ")
-            .nth(1)
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{arch}: {stdout}"));
-        eprintln!("{arch}: transformers {}", stdout.trim());
+        let e = transformers_nrmse(&dir, &ours, &tokens);
         assert!(
             e <= 1e-3,
             "{arch}: normalised RMS error vs transformers {e}"
         );
     }
+}
+
+/// Normalised RMS error between `ours` and the logits transformers (fp32, eager attention,
+/// in the PEFT venv) computes from the directory for `tokens`.
+fn transformers_nrmse(dir: &Path, ours: &[f32], tokens: &[u32]) -> f64 {
+    let python = assets_dir().join("peft-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-peft-venv",
+        python.display()
+    );
+    let script = repo_root().join("crates/cli/tests/clients/hf_logits.py");
+    let list = tokens
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let tmp = tempfile::tempdir().unwrap();
+    let ours_file = tmp.path().join("ours.f32");
+    let bytes: Vec<u8> = ours.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&ours_file, bytes).unwrap();
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(dir)
+        .arg(&ours_file)
+        .arg(&list)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: transformers failed:\n{stdout}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}: transformers {}", dir.display(), stdout.trim());
+    stdout
+        .split("nrmse ")
+        .nth(1)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{}: {stdout}", dir.display()))
+}
+
+/// gpt-oss's MXFP4 experts convert to transformers' `mxfp4` layout, as OpenAI ships
+/// gpt-oss (`*_blocks`, `*_scales`, a `quantization_config`), and read back bit for bit:
+/// every expert's MXFP4 blocks are the GGUF's. transformers reads the directory (it
+/// dequantizes the blocks) to the same model as verity's `--dequantize` conversion, whose
+/// experts are the blocks' exact values in f32: the layout is the one transformers reads.
+#[test]
+fn gpt_oss_mxfp4_experts_round_trip() {
+    let gguf = assets_dir().join("test-models/gpt-oss-tiny-MXFP4_MOE.gguf");
+    assert!(
+        gguf.exists(),
+        "{} is missing: run scripts/make-test-models",
+        gguf.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hf");
+    convert(&gguf, &dir, "f32");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization_config"]["quant_method"], "mxfp4");
+    let a = verity_model::load(&gguf).unwrap();
+    let b = Arc::new(verity_model::load(&dir).unwrap());
+    let mut experts = 0;
+    for (la, lb) in a.weights.layers.iter().zip(&b.weights.layers) {
+        let (ma, mb) = (la.moe.as_ref().unwrap(), lb.moe.as_ref().unwrap());
+        for (ta, tb) in [(&ma.gate, &mb.gate), (&ma.up, &mb.up), (&ma.down, &mb.down)] {
+            for (x, y) in ta.iter().zip(tb.iter()) {
+                assert_eq!(x.ty, verity_formats::TensorType::MXFP4);
+                assert_eq!((y.ty, y.rows, y.cols), (x.ty, x.rows, x.cols));
+                assert!(x.bytes() == y.bytes(), "expert blocks differ");
+                experts += 1;
+            }
+        }
+        let (ba, bb) = (ma.biases.as_ref().unwrap(), mb.biases.as_ref().unwrap());
+        assert_eq!((&ba.gate, &ba.up, &ba.down), (&bb.gate, &bb.up, &bb.down));
+    }
+    assert!(experts > 0);
+
+    let plain = tmp.path().join("plain");
+    let status = Command::new(env!("CARGO_BIN_EXE_verity"))
+        .args(["convert", "--to", "hf", "--dequantize"])
+        .arg(&gguf)
+        .arg(&plain)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let c = Arc::new(verity_model::load(&plain).unwrap());
+    let m = c.weights.layers[0].moe.as_ref().unwrap();
+    assert_eq!(m.gate[0].ty, verity_formats::TensorType::F32);
+    let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 500).collect();
+    let dequantized = verity_engine::Session::new(c, 64)
+        .eval_all(&tokens)
+        .unwrap();
+    let e = transformers_nrmse(&dir, &dequantized, &tokens);
+    // verity's own MXFP4 products quantize the activations to 8 bits, as llama.cpp's do.
+    let mxfp4 = verity_engine::Session::new(b, 64)
+        .eval_all(&tokens)
+        .unwrap();
+    eprintln!(
+        "gpt-oss: {experts} MXFP4 expert matrices read back identical; transformers on the \
+         mxfp4 directory vs verity's dequantized conversion: normalised RMS error {:.4}%; \
+         verity's MXFP4 products vs its f32 ones: {:.2}%",
+        e * 100.0,
+        nrmse(&mxfp4, &dequantized) * 100.0
+    );
+    assert!(e <= 1e-3, "normalised RMS error vs transformers {e}");
+
+    // Hostile rewrites of the blocks: one-line errors naming the tensor.
+    let x = "model.layers.0.mlp.experts";
+    let cases: [(&str, Edit, &str); 2] = [
+        (
+            "missing scales",
+            &|n, s| (n != format!("{x}.down_proj_scales")).then(|| s.to_vec()),
+            "missing tensor 'model.layers.0.mlp.experts.down_proj_scales'",
+        ),
+        (
+            "blocks of 16 values",
+            &|n, s| {
+                Some(if n == format!("{x}.gate_up_proj_blocks") {
+                    vec![s[0], s[1], s[2] * 2, 8]
+                } else {
+                    s.to_vec()
+                })
+            },
+            "tensor 'model.layers.0.mlp.experts.gate_up_proj_blocks' has shape",
+        ),
+    ];
+    for (what, edit, needle) in cases {
+        let bad = tmp.path().join(what.replace(' ', "-"));
+        rewrite_safetensors(&dir, &bad, edit);
+        let err = verity_model::load(&bad)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: loaded"));
+        let msg = format!("{err}");
+        assert!(msg.contains(needle), "{what}: {msg}");
+        assert!(!msg.contains('\n'), "{what}: not one line: {msg}");
+    }
+}
+
+/// A tensor's (name, shape) to its new shape over the same bytes, or None to drop it.
+type Edit<'a> = &'a dyn Fn(&str, &[usize]) -> Option<Vec<usize>>;
+
+/// Copy the HF directory `from` to `to`, its tensors passed through `edit`.
+fn rewrite_safetensors(from: &Path, to: &Path, edit: Edit) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|e| e != "safetensors") {
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let bytes = std::fs::read(from.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter_map(|(name, t)| {
+            let shape = edit(&name, t.shape())?;
+            let view = safetensors::tensor::TensorView::new(t.dtype(), shape, t.data()).unwrap();
+            Some((name, view))
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &to.join("model.safetensors")).unwrap();
 }

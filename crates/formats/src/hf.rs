@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use crate::safetensors_file::SafeTensorInfo;
 use crate::safetensors_file::SafetensorsFile;
+pub use crate::safetensors_file::{ByteTensorInfo, SafeTensorInfo};
 use crate::FormatError;
 
 /// Largest JSON side file (config, tokenizer config, index) we read; real ones are kilobytes.
@@ -23,6 +23,8 @@ pub struct HfDir {
     /// Shard file names, in index order.
     pub shards: Vec<PathBuf>,
     pub tensors: BTreeMap<String, SafeTensorInfo>,
+    /// The `U8` tensors (packed quantized blocks).
+    pub byte_tensors: BTreeMap<String, ByteTensorInfo>,
     maps: Vec<memmap2::Mmap>,
 }
 
@@ -129,18 +131,28 @@ impl HfDir {
 
         let mut maps = Vec::with_capacity(shards.len());
         let mut tensors = BTreeMap::new();
+        let mut byte_tensors = BTreeMap::new();
         for (shard, path) in shards.iter().enumerate() {
-            let (shard_tensors, map) = SafetensorsFile::open(path, shard)?.into_parts();
-            for (name, info) in shard_tensors {
-                if tensors.contains_key(&name) {
-                    return Err(FormatError::invalid(
-                        path.display().to_string(),
-                        format!("tensor '{name}' appears in two shards"),
-                    ));
+            let parts = SafetensorsFile::open(path, shard)?.into_parts();
+            let twice = |name: &str| {
+                FormatError::invalid(
+                    path.display().to_string(),
+                    format!("tensor '{name}' appears in two shards"),
+                )
+            };
+            for (name, info) in parts.tensors {
+                if tensors.contains_key(&name) || byte_tensors.contains_key(&name) {
+                    return Err(twice(&name));
                 }
                 tensors.insert(name, info);
             }
-            maps.push(map);
+            for (name, info) in parts.byte_tensors {
+                if tensors.contains_key(&name) || byte_tensors.contains_key(&name) {
+                    return Err(twice(&name));
+                }
+                byte_tensors.insert(name, info);
+            }
+            maps.push(parts.map);
         }
         Ok(HfDir {
             dir: dir.to_path_buf(),
@@ -149,12 +161,19 @@ impl HfDir {
             generation_config,
             shards,
             tensors,
+            byte_tensors,
             maps,
         })
     }
 
     pub fn tensor(&self, name: &str) -> Option<&SafeTensorInfo> {
         self.tensors.get(name)
+    }
+
+    /// A `U8` tensor and its bytes.
+    pub fn byte_tensor(&self, name: &str) -> Option<(&ByteTensorInfo, &[u8])> {
+        let info = self.byte_tensors.get(name)?;
+        Some((info, &self.maps[info.shard][info.start..info.end]))
     }
 
     /// Bytes of a tensor (bounds checked when the directory was opened).

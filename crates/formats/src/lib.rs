@@ -8,6 +8,7 @@ mod error;
 pub mod gguf;
 pub mod gguf_write;
 pub mod hf;
+pub mod mxfp4;
 pub mod safetensors_file;
 mod tensor_type;
 

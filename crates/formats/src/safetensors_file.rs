@@ -20,10 +20,25 @@ pub struct SafeTensorInfo {
     pub end: usize,
 }
 
+/// One tensor of raw bytes (safetensors `U8`): packed data that only a reader of its
+/// packing can interpret, such as the MXFP4 blocks and scales of transformers' `mxfp4`
+/// quantization. Kept apart from the float tensors so that nothing reads them as numbers.
+#[derive(Clone, Debug)]
+pub struct ByteTensorInfo {
+    pub name: String,
+    /// Shape in safetensors order.
+    pub shape: Vec<usize>,
+    pub shard: usize,
+    pub start: usize,
+    pub end: usize,
+}
+
 /// A parsed safetensors file: its tensors and the mapping that holds their bytes.
 pub struct SafetensorsFile {
     pub path: PathBuf,
     pub tensors: BTreeMap<String, SafeTensorInfo>,
+    /// The `U8` tensors.
+    pub byte_tensors: BTreeMap<String, ByteTensorInfo>,
     /// `__metadata__` of the header (string to string), if any.
     pub metadata: BTreeMap<String, String>,
     map: memmap2::Mmap,
@@ -58,12 +73,14 @@ impl SafetensorsFile {
             })?;
         let base = 8 + header_len;
         let mut tensors = BTreeMap::new();
+        let mut byte_tensors = BTreeMap::new();
         let info: HashMap<String, &safetensors::tensor::TensorInfo> = meta.tensors();
         for (name, ti) in info {
             let ty = match ti.dtype {
-                safetensors::Dtype::F32 => TensorType::F32,
-                safetensors::Dtype::F16 => TensorType::F16,
-                safetensors::Dtype::BF16 => TensorType::BF16,
+                safetensors::Dtype::F32 => Some(TensorType::F32),
+                safetensors::Dtype::F16 => Some(TensorType::F16),
+                safetensors::Dtype::BF16 => Some(TensorType::BF16),
+                safetensors::Dtype::U8 => None,
                 other => {
                     return Err(FormatError::UnsupportedTensorType {
                         name,
@@ -88,17 +105,32 @@ impl SafetensorsFile {
                     len: map.len() as u64,
                 });
             }
-            tensors.insert(
-                name.clone(),
-                SafeTensorInfo {
-                    name,
-                    shape: ti.shape.clone(),
-                    ty,
-                    shard,
-                    start,
-                    end,
-                },
-            );
+            let shape = ti.shape.clone();
+            match ty {
+                Some(ty) => tensors.insert(
+                    name.clone(),
+                    SafeTensorInfo {
+                        name,
+                        shape,
+                        ty,
+                        shard,
+                        start,
+                        end,
+                    },
+                ),
+                None => byte_tensors
+                    .insert(
+                        name.clone(),
+                        ByteTensorInfo {
+                            name,
+                            shape,
+                            shard,
+                            start,
+                            end,
+                        },
+                    )
+                    .map(|_| unreachable!("names are unique in a header")),
+            };
         }
         let metadata = meta
             .metadata()
@@ -108,6 +140,7 @@ impl SafetensorsFile {
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
             tensors,
+            byte_tensors,
             metadata,
             map,
         })
@@ -122,8 +155,19 @@ impl SafetensorsFile {
         &self.map[info.start..info.end]
     }
 
-    /// Give up the parsed parts: the tensor table and the mapping.
-    pub(crate) fn into_parts(self) -> (BTreeMap<String, SafeTensorInfo>, memmap2::Mmap) {
-        (self.tensors, self.map)
+    /// Give up the parsed parts: the tensor tables and the mapping.
+    pub(crate) fn into_parts(self) -> Parts {
+        Parts {
+            tensors: self.tensors,
+            byte_tensors: self.byte_tensors,
+            map: self.map,
+        }
     }
+}
+
+/// What [`SafetensorsFile::into_parts`] gives up.
+pub(crate) struct Parts {
+    pub tensors: BTreeMap<String, SafeTensorInfo>,
+    pub byte_tensors: BTreeMap<String, ByteTensorInfo>,
+    pub map: memmap2::Mmap,
 }

@@ -203,6 +203,10 @@ type Found<'a> = Option<(TensorType, Vec<usize>, &'a [u8])>;
 /// Abstracts over where tensors come from.
 trait Source {
     fn find(&self, name: &str) -> Result<Found<'_>, LoadErrorKind>;
+    /// A tensor of raw bytes (safetensors `U8`), shape outermost first; GGUF has none.
+    fn find_bytes(&self, _name: &str) -> Option<(Vec<usize>, &[u8])> {
+        None
+    }
     fn owner(&self) -> Arc<dyn Send + Sync>;
 }
 
@@ -233,6 +237,10 @@ impl Source for Arc<HfDir> {
         };
         let shape: Vec<usize> = info.shape.iter().rev().copied().collect();
         Ok(Some((info.ty, shape, self.tensor_data(info))))
+    }
+    fn find_bytes(&self, name: &str) -> Option<(Vec<usize>, &[u8])> {
+        self.byte_tensor(name)
+            .map(|(info, bytes)| (info.shape.clone(), bytes))
     }
     fn owner(&self) -> Arc<dyn Send + Sync> {
         self.clone()
@@ -571,20 +579,15 @@ fn load_moe<S: Source>(
 /// `GptOssExperts` multiplies them from the left: `gate_up_proj` `[experts, hidden, 2 ff]`
 /// with gate and up in alternate columns, `down_proj` `[experts, ff, hidden]`. They are
 /// copied once into verity's rows (the one place weights are copied at load); the router
-/// (`mlp.router`, with its bias) is mapped as it is. Float types only: OpenAI's release
-/// ships the experts as MXFP4 blocks (`*_blocks`, `*_scales`), which this does not read.
+/// (`mlp.router`, with its bias) is mapped as it is. OpenAI's own release ships the
+/// experts in transformers' `mxfp4` quantization instead (see [`hf_mxfp4_experts`]).
 fn load_hf_gpt_oss_moe<S: Source>(src: &S, hp: &HParams, l: usize) -> Result<Moe, LoadErrorKind> {
     let (e, d, f) = (hp.n_expert, hp.n_embd, hp.n_ff_exp);
     let p = format!("model.layers.{l}.mlp");
     let find = |name: &str, want: &[usize]| -> Result<(TensorType, &[u8]), LoadErrorKind> {
-        let (ty, shape, bytes) = src.find(name)?.ok_or_else(|| {
-            let blocks = name.to_string() + "_blocks";
-            let hint = match src.find(&blocks) {
-                Ok(Some(_)) => " (the checkpoint holds MXFP4 blocks, which verity does not read yet; use a GGUF conversion)",
-                _ => "",
-            };
-            LoadErrorKind::Invalid(format!("missing tensor '{name}'{hint}"))
-        })?;
+        let (ty, shape, bytes) = src
+            .find(name)?
+            .ok_or_else(|| LoadErrorKind::Invalid(format!("missing tensor '{name}'")))?;
         // `shape` is in ggml order (fastest first).
         let want_rev: Vec<usize> = want.iter().rev().copied().collect();
         if shape != want_rev {
@@ -605,6 +608,55 @@ fn load_hf_gpt_oss_moe<S: Source>(src: &S, hp: &HParams, l: usize) -> Result<Moe
         let n: usize = want.iter().product();
         Ok(Tensor::owned(ty, 1, n, bytes.to_vec()).to_f32())
     };
+    let gate_up_name = format!("{p}.experts.gate_up_proj");
+    let (gate, up, down) = if src.find(&gate_up_name)?.is_none()
+        && src.find_bytes(&format!("{gate_up_name}_blocks")).is_some()
+    {
+        let (gate, up) = hf_mxfp4_experts(src, &gate_up_name, e, 2 * f, d, true)?;
+        let (down, _) = hf_mxfp4_experts(src, &format!("{p}.experts.down_proj"), e, d, f, false)?;
+        (gate, up, down)
+    } else {
+        hf_float_experts(&find, &p, e, d, f)?
+    };
+    let gate_up_bias = vector(&format!("{p}.experts.gate_up_proj_bias"), &[e, 2 * f])?;
+    let router_name = format!("{p}.router.weight");
+    let (rty, rshape, rbytes) = src
+        .find(&router_name)?
+        .ok_or_else(|| LoadErrorKind::Invalid(format!("missing tensor '{router_name}'")))?;
+    if rshape != [d, e] {
+        return Err(LoadErrorKind::Invalid(format!(
+            "tensor '{router_name}' has shape {:?}, expected [{e}, {d}] ({e} experts)",
+            rshape.iter().rev().collect::<Vec<_>>()
+        )));
+    }
+    Ok(Moe {
+        router: Tensor::mapped(rty, e, d, rbytes, src.owner()),
+        gate,
+        up,
+        down,
+        biases: Some(MoeBiases {
+            router: vector(&format!("{p}.router.bias"), &[e])?,
+            gate: gate_up_bias.iter().step_by(2).copied().collect(),
+            up: gate_up_bias.iter().skip(1).step_by(2).copied().collect(),
+            down: vector(&format!("{p}.experts.down_proj_bias"), &[e, d])?,
+        }),
+    })
+}
+
+/// Gate, up and down matrices, one per expert.
+type Experts = (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>);
+/// Look a float tensor up by name and expected shape (outermost first).
+type FindFloat<'f, 'a> =
+    &'f dyn Fn(&str, &[usize]) -> Result<(TensorType, &'a [u8]), LoadErrorKind>;
+
+/// The experts as transformers holds them in float types, copied into verity's rows.
+fn hf_float_experts<'a>(
+    find: FindFloat<'_, 'a>,
+    p: &str,
+    e: usize,
+    d: usize,
+    f: usize,
+) -> Result<Experts, LoadErrorKind> {
     let (ty, gate_up) = find(&format!("{p}.experts.gate_up_proj"), &[e, d, 2 * f])?;
     let (dty, down) = find(&format!("{p}.experts.down_proj"), &[e, f, d])?;
     // Element (i, j) of expert x's [rows][cols] source, copied to (j, i) of its output.
@@ -633,27 +685,60 @@ fn load_hf_gpt_oss_moe<S: Source>(src: &S, hp: &HParams, l: usize) -> Result<Moe
     let gate = transpose(ty, gate_up, d, 2 * f, &|c| (c % 2 == 0).then_some(c / 2), f);
     let up = transpose(ty, gate_up, d, 2 * f, &|c| (c % 2 == 1).then_some(c / 2), f);
     let down = transpose(dty, down, f, d, &|c| Some(c), d);
-    let gate_up_bias = vector(&format!("{p}.experts.gate_up_proj_bias"), &[e, 2 * f])?;
-    let router_name = format!("{p}.router.weight");
-    let (rty, rshape, rbytes) = src
-        .find(&router_name)?
-        .ok_or_else(|| LoadErrorKind::Invalid(format!("missing tensor '{router_name}'")))?;
-    if rshape != [d, e] {
-        return Err(LoadErrorKind::Invalid(format!(
-            "tensor '{router_name}' has shape {:?}, expected [{e}, {d}] ({e} experts)",
-            rshape.iter().rev().collect::<Vec<_>>()
-        )));
+    Ok((gate, up, down))
+}
+
+/// Experts in transformers' `mxfp4` quantization (OpenAI's gpt-oss release): `NAME_blocks`
+/// `[experts, rows, cols / 32, 16]` (two FP4 codes a byte, element `2i` in the low nibble)
+/// and `NAME_scales` `[experts, rows, cols / 32]` (E8M0 exponents), rows being the product's
+/// outputs, repacked into GGUF `MXFP4` rows without loss (`verity_formats::mxfp4`). `split`: rows alternate between two matrices (gate and up),
+/// returned as the pair; else all rows form the first.
+fn hf_mxfp4_experts<S: Source>(
+    src: &S,
+    name: &str,
+    e: usize,
+    rows: usize,
+    cols: usize,
+    split: bool,
+) -> Result<(Vec<Tensor>, Vec<Tensor>), LoadErrorKind> {
+    let nb = cols / 32;
+    let get = |suffix: &str, want: &[usize]| -> Result<&[u8], LoadErrorKind> {
+        let full = format!("{name}_{suffix}");
+        let (shape, bytes) = src
+            .find_bytes(&full)
+            .ok_or_else(|| LoadErrorKind::Invalid(format!("missing tensor '{full}'")))?;
+        if shape != want || !cols.is_multiple_of(32) {
+            return Err(LoadErrorKind::Invalid(format!(
+                "tensor '{full}' has shape {shape:?}, expected {want:?} ({e} experts of {rows} x {cols} in MXFP4 blocks of 32)"
+            )));
+        }
+        Ok(bytes)
+    };
+    let blocks = get("blocks", &[e, rows, nb, 16])?;
+    let scales = get("scales", &[e, rows, nb])?;
+    let row_bytes = TensorType::MXFP4.row_bytes(cols).expect("a multiple of 32");
+    let out_rows = if split { rows / 2 } else { rows };
+    let mut first = Vec::with_capacity(e);
+    let mut second = Vec::with_capacity(e);
+    for x in 0..e {
+        let mut mats = [
+            vec![0u8; out_rows * row_bytes],
+            vec![0u8; if split { out_rows * row_bytes } else { 0 }],
+        ];
+        for r in 0..rows {
+            let (m, r_out) = if split { (r % 2, r / 2) } else { (0, r) };
+            let out = &mut mats[m][r_out * row_bytes..(r_out + 1) * row_bytes];
+            let at = (x * rows + r) * nb;
+            out.copy_from_slice(&verity_formats::mxfp4::gguf_rows(
+                &blocks[at * 16..(at + nb) * 16],
+                &scales[at..at + nb],
+            ));
+        }
+        let [a, b] = mats;
+        first.push(Tensor::owned(TensorType::MXFP4, out_rows, cols, a));
+        if split {
+            second.push(Tensor::owned(TensorType::MXFP4, out_rows, cols, b));
+        }
     }
-    Ok(Moe {
-        router: Tensor::mapped(rty, e, d, rbytes, src.owner()),
-        gate,
-        up,
-        down,
-        biases: Some(MoeBiases {
-            router: vector(&format!("{p}.router.bias"), &[e])?,
-            gate: gate_up_bias.iter().step_by(2).copied().collect(),
-            up: gate_up_bias.iter().skip(1).step_by(2).copied().collect(),
-            down: vector(&format!("{p}.experts.down_proj_bias"), &[e, d])?,
-        }),
-    })
+    Ok((first, second))
 }
