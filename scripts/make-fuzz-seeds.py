@@ -66,6 +66,22 @@ h = json.dumps(header).encode()
 st = struct.pack("<Q", len(h)) + h + blob
 (C / "hf_dir" / "tiny").write_bytes(json.dumps(config).encode() + b"\xff\xff" + st)
 
+# hf_dir: gpt-oss experts as transformers' MXFP4 blocks and scales (safetensors U8)
+config = {"model_type": "gpt_oss", "hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1,
+          "head_dim": 16, "num_hidden_layers": 1, "intermediate_size": 32, "num_local_experts": 2,
+          "num_experts_per_tok": 1, "vocab_size": 4, "rms_norm_eps": 1e-5, "sliding_window": 4,
+          "quantization_config": {"quant_method": "mxfp4"}}
+u8 = {"model.layers.0.mlp.experts.gate_up_proj_blocks": np.arange(2 * 64 * 16, dtype=np.uint8).reshape(2, 64, 1, 16),
+      "model.layers.0.mlp.experts.gate_up_proj_scales": np.full((2, 64, 1), 127, np.uint8)}
+header, blob = {}, b""
+for k, v in u8.items():
+    b = v.tobytes()
+    header[k] = {"dtype": "U8", "shape": list(v.shape), "data_offsets": [len(blob), len(blob) + len(b)]}
+    blob += b
+h = json.dumps(header).encode()
+st = struct.pack("<Q", len(h)) + h + blob
+(C / "hf_dir" / "mxfp4").write_bytes(json.dumps(config).encode() + b"\xff\xff" + st)
+
 # tokenizer.json: a byte-level BPE with a few merges
 vocab = {t: i for i, t in enumerate(TOKENS)}
 tok = {"version": "1.0", "truncation": None, "padding": None,

@@ -23,6 +23,14 @@ fuzz_target!(|data: &[u8]| {
         for t in hf.tensors.values() {
             let _ = hf.tensor_data(t);
         }
+        for (name, info) in &hf.byte_tensors {
+            let (_, bytes) = hf.byte_tensor(name).unwrap();
+            assert_eq!(bytes.len(), info.end - info.start);
+            if bytes.len() % 16 == 0 {
+                let scales = vec![127u8; bytes.len() / 16];
+                let _ = verity_formats::mxfp4::gguf_rows(bytes, &scales);
+            }
+        }
         let _ = verity_model::HParams::from_hf_config(&hf.config);
     }
 });
