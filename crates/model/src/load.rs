@@ -691,8 +691,9 @@ fn hf_float_experts<'a>(
 /// Experts in transformers' `mxfp4` quantization (OpenAI's gpt-oss release): `NAME_blocks`
 /// `[experts, rows, cols / 32, 16]` (two FP4 codes a byte, element `2i` in the low nibble)
 /// and `NAME_scales` `[experts, rows, cols / 32]` (E8M0 exponents), rows being the product's
-/// outputs, repacked into GGUF `MXFP4` rows without loss (`verity_formats::mxfp4`). `split`: rows alternate between two matrices (gate and up),
-/// returned as the pair; else all rows form the first.
+/// outputs, repacked into GGUF `MXFP4` rows without loss (`verity_formats::mxfp4`).
+/// `split`: rows alternate between two matrices (gate and up), returned as the pair; else
+/// all rows form the first.
 fn hf_mxfp4_experts<S: Source>(
     src: &S,
     name: &str,
