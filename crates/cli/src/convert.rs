@@ -483,63 +483,19 @@ fn gpt_oss_experts(
 ) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let (e, d, f) = (hp.n_expert, hp.n_embd, hp.n_ff_exp);
     let b = moe.biases.as_ref().expect("gpt-oss experts have biases");
-    if mxfp4 {
-        let mut gate_up_bias = vec![0f32; e * 2 * f];
-        for (i, v) in gate_up_bias.iter_mut().enumerate() {
+    // Gate and up alternate, in the bias as in the matrix.
+    let gate_up_bias: Vec<f32> = (0..e * 2 * f)
+        .map(|i| {
             let (x, j) = (i / (2 * f), i % (2 * f) / 2);
-            *v = if i % 2 == 0 {
+            if i % 2 == 0 {
                 b.gate[x * f + j]
             } else {
                 b.up[x * f + j]
-            };
-        }
-        let p = format!("model.layers.{l}.mlp");
-        return vec![
-            (
-                format!("{p}.router.weight"),
-                vec![e, d],
-                moe.router.to_f32(),
-            ),
-            (format!("{p}.router.bias"), vec![e], b.router.clone()),
-            (
-                format!("{p}.experts.gate_up_proj_bias"),
-                vec![e, 2 * f],
-                gate_up_bias,
-            ),
-            (
-                format!("{p}.experts.down_proj_bias"),
-                vec![e, d],
-                b.down.clone(),
-            ),
-        ];
-    }
-    let mut gate_up = vec![0f32; e * d * 2 * f];
-    let mut down = vec![0f32; e * f * d];
-    let mut gate_up_bias = vec![0f32; e * 2 * f];
-    for x in 0..e {
-        let (g, u, dn) = (
-            moe.gate[x].to_f32(),
-            moe.up[x].to_f32(),
-            moe.down[x].to_f32(),
-        );
-        let out = &mut gate_up[x * d * 2 * f..(x + 1) * d * 2 * f];
-        for j in 0..f {
-            for k in 0..d {
-                out[k * 2 * f + 2 * j] = g[j * d + k];
-                out[k * 2 * f + 2 * j + 1] = u[j * d + k];
             }
-            gate_up_bias[x * 2 * f + 2 * j] = b.gate[x * f + j];
-            gate_up_bias[x * 2 * f + 2 * j + 1] = b.up[x * f + j];
-        }
-        let out = &mut down[x * f * d..(x + 1) * f * d];
-        for i in 0..d {
-            for j in 0..f {
-                out[j * d + i] = dn[i * f + j];
-            }
-        }
-    }
+        })
+        .collect();
     let p = format!("model.layers.{l}.mlp");
-    vec![
+    let mut out = vec![
         (
             format!("{p}.router.weight"),
             vec![e, d],
@@ -547,22 +503,48 @@ fn gpt_oss_experts(
         ),
         (format!("{p}.router.bias"), vec![e], b.router.clone()),
         (
-            format!("{p}.experts.gate_up_proj"),
-            vec![e, d, 2 * f],
-            gate_up,
-        ),
-        (
             format!("{p}.experts.gate_up_proj_bias"),
             vec![e, 2 * f],
             gate_up_bias,
         ),
-        (format!("{p}.experts.down_proj"), vec![e, f, d], down),
         (
             format!("{p}.experts.down_proj_bias"),
             vec![e, d],
             b.down.clone(),
         ),
-    ]
+    ];
+    if mxfp4 {
+        return out;
+    }
+    let mut gate_up = vec![0f32; e * d * 2 * f];
+    let mut down = vec![0f32; e * f * d];
+    for x in 0..e {
+        let (g, u, dn) = (
+            moe.gate[x].to_f32(),
+            moe.up[x].to_f32(),
+            moe.down[x].to_f32(),
+        );
+        let m = &mut gate_up[x * d * 2 * f..(x + 1) * d * 2 * f];
+        for j in 0..f {
+            for k in 0..d {
+                m[k * 2 * f + 2 * j] = g[j * d + k];
+                m[k * 2 * f + 2 * j + 1] = u[j * d + k];
+            }
+        }
+        let m = &mut down[x * f * d..(x + 1) * f * d];
+        for i in 0..d {
+            for j in 0..f {
+                m[j * d + i] = dn[i * f + j];
+            }
+        }
+    }
+    out.push((
+        format!("{p}.experts.gate_up_proj"),
+        vec![e, d, 2 * f],
+        gate_up,
+    ));
+    out.push((format!("{p}.experts.down_proj"), vec![e, f, d], down));
+    out
 }
 
 /// A gpt-oss layer's MXFP4 experts in transformers' `mxfp4` layout, as OpenAI ships them:
