@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use verity_formats::gguf::Gguf;
-use verity_formats::hf::HfDir;
+use verity_formats::hf::{ByteTensorInfo, HfDir};
 use verity_formats::TensorType;
 
 /// Where a model's tensors live.
@@ -59,24 +59,25 @@ pub struct ModelFile {
 /// `n`-long rows whose bytes are both tensors' ([`ModelFile::data`] gives them repacked as
 /// GGUF's); any other is listed as stored, of unknown type.
 fn byte_entries(hf: &HfDir, file: &dyn Fn(usize) -> Option<String>) -> Vec<Entry> {
+    // Blocks `[.., n / 32, 16]` and their scales `[.., n / 32]`.
+    let paired = |b: &ByteTensorInfo, s: &ByteTensorInfo| {
+        b.shape.last() == Some(&16) && b.shape[..b.shape.len() - 1] == s.shape[..]
+    };
+    let sibling = |base: &str, suffix: &str| hf.byte_tensors.get(&format!("{base}{suffix}"));
     let mut out = Vec::new();
     for t in hf.byte_tensors.values() {
-        let scales_of = |base: &str| hf.byte_tensors.get(&format!("{base}_scales"));
-        let blocks_of = t.name.strip_suffix("_blocks").and_then(|base| {
-            let sc = scales_of(base)?;
-            (t.shape.last() == Some(&16) && sc.shape[..] == t.shape[..t.shape.len() - 1])
-                .then_some(sc)
-        });
-        let is_scales = t.name.strip_suffix("_scales").is_some_and(|base| {
-            hf.byte_tensors
-                .get(&format!("{base}_blocks"))
-                .is_some_and(|b| {
-                    b.shape.last() == Some(&16) && b.shape[..b.shape.len() - 1] == t.shape[..]
-                })
-        });
+        let is_scales = t
+            .name
+            .strip_suffix("_scales")
+            .is_some_and(|base| sibling(base, "_blocks").is_some_and(|b| paired(b, t)));
         if is_scales {
             continue;
         }
+        let blocks_of = t
+            .name
+            .strip_suffix("_blocks")
+            .and_then(|base| sibling(base, "_scales"))
+            .filter(|sc| paired(t, sc));
         let ty = blocks_of.map(|_| TensorType::MXFP4);
         let (shape, type_name, bytes) = match blocks_of {
             Some(sc) => {
