@@ -66,7 +66,7 @@ enum Kind {
     B32 { off: i32, min: bool },
     /// Q4_K / Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins.
     K4,
-    /// IQ4_XS: 8 sub-blocks of 32 with signed scales (in `sc` and, paired, `mn`); quants
+    /// IQ4_XS: 8 sub-blocks of 32 with signed scales (in `sc`); quants
     /// stored + 128.
     KX,
     /// Q6_K, Q3_K: 16 groups of 16 with signed scales; quants stored + `1 << shift`.
@@ -112,11 +112,9 @@ struct Panel {
     m: Vec<f32>,
     /// K-quants, per block, per sub-block, 16 rows: integer scales.
     sc: Vec<i32>,
-    /// K4: per block, per pair of sub-blocks, 16 rows: the two mins as i16 pairs (KX:
-    /// the two scales).
+    /// K4: per block, per pair of sub-blocks, 16 rows: the two mins as i16 pairs.
     mn: Vec<i32>,
-    /// K6: per block, per pair of groups, 16 rows: the two i8 scales as i16 pairs (K2: the
-    /// two mins).
+    /// K2: per block, per pair of groups, 16 rows: the two mins as i16 pairs.
     sc_pairs: Vec<i32>,
     /// B32: the raw f16 bits of `d` and `m`, gathered before widening them all at once.
     d16: Vec<u16>,
@@ -139,8 +137,13 @@ struct Act<'a> {
     /// `[row][block]`: B32 offset correction `off * sum(y)`.
     offsum: Vec<i32>,
     /// K4: `[row][block][4]` sums of pairs of bsums, two (sub-blocks 2j, 2j + 1) packed as
-    /// i16x2; K6: `[row][block][8]` bsum pairs packed as i16x2.
+    /// i16x2; K2: `[row][block][8]` bsum pairs packed as i16x2.
     bs: Vec<i32>,
+    /// KX: `[row][block][8]` the weight offset's share of each 32-element sub-block's sum,
+    /// `128 * sum(y)`; K6: `[row][block][16]`, per group of 16, `sum(y) << shift`. It is
+    /// taken out of the integer sum before the sub-block scale multiplies it, which costs
+    /// one subtraction instead of a separate scaled correction sum.
+    corr: Vec<i32>,
 }
 
 thread_local! {
@@ -226,6 +229,7 @@ fn prepare_act<'a>(kind: Kind, q: &'a [u8], arb: usize, batch: usize, cols: usiz
         s: Vec::new(),
         offsum: Vec::new(),
         bs: Vec::new(),
+        corr: Vec::new(),
     };
     for b in 0..batch {
         let row = &q[b * arb..(b + 1) * arb];
@@ -242,7 +246,7 @@ fn prepare_act<'a>(kind: Kind, q: &'a [u8], arb: usize, batch: usize, cols: usiz
                         a.offsum.push(off * s);
                     }
                 }
-                Kind::K4 | Kind::KX => {
+                Kind::K4 => {
                     a.d.push(rd_f32(blk, 0));
                     // Sums of pairs of bsums (|s| <= 32 * 127, an i16), two per i32.
                     let s = |j: usize| {
@@ -254,7 +258,21 @@ fn prepare_act<'a>(kind: Kind, q: &'a [u8], arb: usize, batch: usize, cols: usiz
                         a.bs.push((s(2 * jp) | (s(2 * jp + 1) << 16)) as i32);
                     }
                 }
-                Kind::K6 { .. } | Kind::K2 => {
+                Kind::KX => {
+                    a.d.push(rd_f32(blk, 0));
+                    for j in 0..8 {
+                        let s = rd_i16(blk, Q8_K_BSUMS + 4 * j) as i32
+                            + rd_i16(blk, Q8_K_BSUMS + 4 * j + 2) as i32;
+                        a.corr.push(128 * s);
+                    }
+                }
+                Kind::K6 { shift } => {
+                    a.d.push(rd_f32(blk, 0));
+                    for g in 0..16 {
+                        a.corr.push((rd_i16(blk, Q8_K_BSUMS + 2 * g) as i32) << shift);
+                    }
+                }
+                Kind::K2 => {
                     a.d.push(rd_f32(blk, 0));
                     for j in 0..8 {
                         let lo = rd_i16(blk, Q8_K_BSUMS + 4 * j) as u16 as u32;
@@ -281,11 +299,13 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
     p.d.resize(nb * PR, 0.0);
     p.m.resize(nb * PR, 0.0);
     match kind {
-        Kind::K4 | Kind::KX => {
+        Kind::K4 => {
             p.sc.resize(nb * 8 * PR, 0);
             p.mn.resize(nb * 4 * PR, 0);
         }
-        Kind::K6 { .. } | Kind::K2 => {
+        Kind::KX => p.sc.resize(nb * 8 * PR, 0),
+        Kind::K6 { .. } => p.sc.resize(nb * 16 * PR, 0),
+        Kind::K2 => {
             p.sc.resize(nb * 16 * PR, 0);
             p.sc_pairs.resize(nb * 8 * PR, 0);
         }
@@ -359,11 +379,6 @@ fn unpack_panel(ty: TensorType, kind: Kind, w: &[u8], wrb: usize, cols: usize, p
                     p.d[ib * PR + r] = rd_f16(x, 208);
                     for g in 0..16 {
                         p.sc[(ib * 16 + g) * PR + r] = (x[192 + g] as i8) as i32;
-                    }
-                    for j in 0..8 {
-                        let lo = (x[192 + 2 * j] as i8) as i16 as u16 as u32;
-                        let hi = (x[192 + 2 * j + 1] as i8) as i16 as u16 as u32;
-                        p.sc_pairs[(ib * 8 + j) * PR + r] = (lo | (hi << 16)) as i32;
                     }
                 }
                 _ => lowbit::block_scales(ty, &row[ib * ty.block_bytes()..], ib, r, p),
@@ -656,7 +671,7 @@ unsafe fn run<const N: usize>(
                 }
             }
         }
-        Kind::K4 | Kind::KX => {
+        Kind::K4 => {
             for ib in 0..nb {
                 let dw = _mm512_loadu_ps(p.d.as_ptr().add(ib * PR));
                 let mw = _mm512_loadu_ps(p.m.as_ptr().add(ib * PR));
@@ -679,20 +694,40 @@ unsafe fn run<const N: usize>(
                 }
                 for c in 0..N {
                     let yd = _mm512_set1_ps(*a.d.get_unchecked(ai(c, ib)));
-                    let v = if kind == Kind::KX {
-                        // `summ` is sum_j sc_j * sum(y_j): take the + 128 back out.
-                        let is = _mm512_sub_epi32(isum[c], _mm512_slli_epi32::<7>(summ[c]));
-                        _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(is))
+                    let v1 = _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(isum[c]));
+                    let v2 = _mm512_mul_ps(_mm512_mul_ps(mw, yd), _mm512_cvtepi32_ps(summ[c]));
+                    acc[c][lane] = _mm512_add_ps(acc[c][lane], _mm512_sub_ps(v1, v2));
+                }
+            }
+        }
+        Kind::KX | Kind::K6 { .. } => {
+            // Sub-blocks of 32 (KX) or groups of 16 (K6), each with its own signed scale.
+            let (len, nsub) = if kind == Kind::KX { (32, 8) } else { (16, 16) };
+            for ib in 0..nb {
+                let dw = _mm512_loadu_ps(p.d.as_ptr().add(ib * PR));
+                let lane = ib & 3;
+                let mut isum = [_mm512_setzero_si512(); N];
+                for j in 0..nsub {
+                    let s = if len == 32 {
+                        dotn::<N, 32>(pq, ib * QK_K + 32 * j, &aptr(ib, 32 * j))
                     } else {
-                        let v1 = _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(isum[c]));
-                        let v2 = _mm512_mul_ps(_mm512_mul_ps(mw, yd), _mm512_cvtepi32_ps(summ[c]));
-                        _mm512_sub_ps(v1, v2)
+                        dotn::<N, 16>(pq, ib * QK_K + 16 * j, &aptr(ib, 16 * j))
                     };
+                    let sc = _mm512_loadu_si512(p.sc.as_ptr().add((ib * nsub + j) * PR) as *const _);
+                    for c in 0..N {
+                        let o = _mm512_set1_epi32(*a.corr.get_unchecked(ai(c, ib) * nsub + j));
+                        let t = _mm512_sub_epi32(s[c], o);
+                        isum[c] = _mm512_add_epi32(isum[c], _mm512_mullo_epi32(t, sc));
+                    }
+                }
+                for c in 0..N {
+                    let yd = _mm512_set1_ps(*a.d.get_unchecked(ai(c, ib)));
+                    let v = _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(isum[c]));
                     acc[c][lane] = _mm512_add_ps(acc[c][lane], v);
                 }
             }
         }
-        Kind::K6 { .. } | Kind::K2 => {
+        Kind::K2 => {
             for ib in 0..nb {
                 let dw = _mm512_loadu_ps(p.d.as_ptr().add(ib * PR));
                 let mw = _mm512_loadu_ps(p.m.as_ptr().add(ib * PR));
@@ -706,6 +741,7 @@ unsafe fn run<const N: usize>(
                     }
                 }
                 for c in 0..N {
+                    // `corr` is the mins' sum, sum_g m_g * bsum_g.
                     let mut corr = _mm512_setzero_si512();
                     for j in 0..8 {
                         let scp = _mm512_loadu_si512(
@@ -715,18 +751,9 @@ unsafe fn run<const N: usize>(
                         corr = _mm512_dpwssd_epi32(corr, scp, bs);
                     }
                     let yd = _mm512_set1_ps(*a.d.get_unchecked(ai(c, ib)));
-                    let v = if let Kind::K6 { shift } = kind {
-                        // `corr` is sum_g sc_g * bsum_g: take the offset back out.
-                        let sh = _mm_cvtsi32_si128(shift as i32);
-                        let is = _mm512_sub_epi32(isum[c], _mm512_sll_epi32(corr, sh));
-                        _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(is))
-                    } else {
-                        // Q2_K: `corr` is the mins' sum, sum_g m_g * bsum_g.
-                        let v1 = _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(isum[c]));
-                        let v2 = _mm512_mul_ps(_mm512_mul_ps(mw, yd), _mm512_cvtepi32_ps(corr));
-                        _mm512_sub_ps(v1, v2)
-                    };
-                    acc[c][lane] = _mm512_add_ps(acc[c][lane], v);
+                    let v1 = _mm512_mul_ps(_mm512_mul_ps(dw, yd), _mm512_cvtepi32_ps(isum[c]));
+                    let v2 = _mm512_mul_ps(_mm512_mul_ps(mw, yd), _mm512_cvtepi32_ps(corr));
+                    acc[c][lane] = _mm512_add_ps(acc[c][lane], _mm512_sub_ps(v1, v2));
                 }
             }
         }

@@ -94,18 +94,12 @@ pub(super) fn block_scales(ty: TensorType, x: &[u8], ib: usize, r: usize, p: &mu
             for (g, &s) in sc.iter().enumerate() {
                 p.sc[(ib * 16 + g) * PR + r] = s as i32;
             }
-            for j in 0..8 {
-                p.sc_pairs[(ib * 8 + j) * PR + r] = pair(sc[2 * j] as i32, sc[2 * j + 1] as i32);
-            }
         }
         TensorType::IQ4_XS => {
             p.d[ib * PR + r] = rd_f16(x, 0);
             let sc = iq4_xs_scales(x);
             for (j, &s) in sc.iter().enumerate() {
                 p.sc[(ib * 8 + j) * PR + r] = s as i32;
-            }
-            for jp in 0..4 {
-                p.mn[(ib * 4 + jp) * PR + r] = pair(sc[2 * jp] as i32, sc[2 * jp + 1] as i32);
             }
         }
         _ => unreachable!("gemm_lowbit: {ty}"),
