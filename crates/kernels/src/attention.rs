@@ -350,20 +350,16 @@ struct OutPtr(*mut f32);
 unsafe impl Sync for OutPtr {}
 unsafe impl Send for OutPtr {}
 
-/// Softmax in place with an f64 sum (the engine's `ops::softmax`); a sink logit counts
+/// Softmax in place with an f64 sum (see [`crate::activation::exp_sum`]); a sink logit counts
 /// in the maximum and the sum, as ggml's `soft_max` with sinks counts it.
 fn softmax(x: &mut [f32], sink: Option<f32>) {
     let mut max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if let Some(s) = sink {
         max = max.max(s);
     }
-    let mut sum = 0f64;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
-    }
+    let mut sum = crate::activation::exp_sum(x, max);
     if let Some(s) = sink {
-        sum += (s - max).exp() as f64;
+        sum += crate::activation::exp(s - max) as f64;
     }
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {

@@ -269,7 +269,8 @@ fn prepare_act<'a>(kind: Kind, q: &'a [u8], arb: usize, batch: usize, cols: usiz
                 Kind::K6 { shift } => {
                     a.d.push(rd_f32(blk, 0));
                     for g in 0..16 {
-                        a.corr.push((rd_i16(blk, Q8_K_BSUMS + 2 * g) as i32) << shift);
+                        a.corr
+                            .push((rd_i16(blk, Q8_K_BSUMS + 2 * g) as i32) << shift);
                     }
                 }
                 Kind::K2 => {
@@ -713,7 +714,8 @@ unsafe fn run<const N: usize>(
                     } else {
                         dotn::<N, 16>(pq, ib * QK_K + 16 * j, &aptr(ib, 16 * j))
                     };
-                    let sc = _mm512_loadu_si512(p.sc.as_ptr().add((ib * nsub + j) * PR) as *const _);
+                    let sc =
+                        _mm512_loadu_si512(p.sc.as_ptr().add((ib * nsub + j) * PR) as *const _);
                     for c in 0..N {
                         let o = _mm512_set1_epi32(*a.corr.get_unchecked(ai(c, ib) * nsub + j));
                         let t = _mm512_sub_epi32(s[c], o);

@@ -50,6 +50,7 @@
 //! single dot product whose order does not depend on the batch size or on threading, so
 //! [`matmul`] is also batch-invariant and deterministic.
 
+pub mod activation;
 pub mod attention;
 pub mod attention_train;
 pub mod backward;

@@ -2,7 +2,7 @@
 //! alone, in a fixed order, so results never depend on the thread count.
 
 pub use verity_engine::par_rows;
-use verity_engine::rms_norm;
+use verity_engine::{rms_norm, sum_of_squares};
 
 /// `out = rms_norm(x) · w`, row by row (the engine's function, so training computes what
 /// inference computes).
@@ -13,7 +13,7 @@ pub fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 
 /// The engine's RMS scale for one row.
 fn rms_scale(x: &[f32], eps: f32) -> f32 {
-    let ss: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let ss = sum_of_squares(x);
     1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt()
 }
 
@@ -49,13 +49,12 @@ pub fn par_elems(buf: &mut [f32], f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
     verity_pool::for_each_chunk_mut(buf, PART, &|t, part| f(t * PART, part));
 }
 
-/// `silu(g) · u` into `out`.
+/// `silu(g) · u` into `out` (the engine's kernel, so training computes what inference
+/// computes).
 pub fn swiglu_rows(gate: &[f32], up: &[f32], out: &mut [f32]) {
     par_elems(out, &|base, o| {
-        for (i, v) in o.iter_mut().enumerate() {
-            let g = gate[base + i];
-            *v = g / (1.0 + (-g).exp()) * up[base + i];
-        }
+        o.copy_from_slice(&gate[base..base + o.len()]);
+        verity_kernels::activation::silu_mul(o, &up[base..base + o.len()]);
     });
 }
 
