@@ -78,9 +78,12 @@ fn smollm2_logits_match_reference() {
 }
 
 /// Gemma 3 270M Q4_K_M over the same text (1,104 Gemma tokens: twice its 512-token
-/// sliding window), as for SmolLM2. The bounds are llama.cpp's own noise on this model:
-/// its two attention paths (flash attention off / on) differ by mean KL 0.0066 with
-/// 95.1 % top-1 agreement (`scripts/reference-self-consistency.py gemma3`).
+/// sliding window), as for SmolLM2, held to issue 16's mean KL of 0.005. That is below
+/// llama.cpp's own noise on this model: its two attention paths (flash attention off / on)
+/// differ by mean KL 0.0066 with 95.1 % top-1 agreement
+/// (`scripts/reference-self-consistency.py gemma3`). Meeting it took every rounding of the
+/// reference's path: the GELU table, f16 queries and probabilities, f64 norm sums, and the
+/// softmax's exponential and grouped sum (`verity_kernels::activation::exp_sum`).
 #[test]
 fn gemma3_logits_match_reference() {
     let model = gemma3();
@@ -88,7 +91,7 @@ fn gemma3_logits_match_reference() {
         "Gemma 3 270M Q4_K_M",
         "gemma3-logits.json",
         model,
-        0.0066,
+        0.005,
         0.945,
     );
 }

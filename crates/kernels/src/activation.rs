@@ -72,32 +72,56 @@ pub fn silu_mul_with(level: SimdLevel, gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// Softmax's numerator in place, `x[i] = e^(x[i] - max)`, and its sum in f64: element `i`
-/// is added to lane `i % 8`, the lanes then in a fixed tree, on every path.
-pub fn exp_sum(x: &mut [f32], max: f32) -> f64 {
-    exp_sum_with(crate::simd_level(), x, max)
+/// Softmax's numerator in place, `x[i] = e^(x[i] - max)`, and its sum in f64, summed as
+/// ggml's `soft_max` sums a row: 16 values at a time in f32 (halves added, then quarters,
+/// then pairs, as `_mm512_reduce_add_ps` does), each such partial sum added to an f64 in
+/// order. The 16-element groups are those of the whole row from its first key, so `align`
+/// is `x[0]`'s place in its group (a sliding window's row starts mid-group); the keys
+/// outside `x` count as ggml's masked ones, exactly 0. The same on every path.
+pub fn exp_sum(x: &mut [f32], max: f32, align: usize) -> f64 {
+    exp_sum_with(crate::simd_level(), x, max, align)
 }
 
 /// [`exp_sum`] on a given path (the best supported one if the CPU lacks `level`).
-pub fn exp_sum_with(level: SimdLevel, x: &mut [f32], max: f32) -> f64 {
-    let mut lanes = [0f64; 8];
+pub fn exp_sum_with(level: SimdLevel, x: &mut [f32], max: f32, align: usize) -> f64 {
+    assert!(
+        align < 16,
+        "exp_sum: align {align} is not a place in a group of 16"
+    );
     let done = match crate::effective(level) {
         // SAFETY: `effective` returns only levels this CPU supports.
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { x86::exp_sum_512(x, max, &mut lanes) },
+        SimdLevel::Avx512 => unsafe { x86::exp_shifted_512(x, max) },
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { x86::exp_sum_256(x, max, &mut lanes) },
+        SimdLevel::Avx2 => unsafe { x86::exp_shifted_256(x, max) },
         #[cfg(target_arch = "aarch64")]
-        SimdLevel::Neon => unsafe { arm::exp_sum_neon(x, max, &mut lanes) },
+        SimdLevel::Neon => unsafe { arm::exp_shifted_neon(x, max) },
         _ => 0,
     };
-    // `done` is a multiple of 8, so element i still goes to lane i % 8.
-    for (i, v) in x.iter_mut().enumerate().skip(done) {
+    for v in &mut x[done..] {
         *v = exp(*v - max);
-        lanes[i % 8] += *v as f64;
     }
-    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+    let mut sum = 0f64;
+    let mut group = [0f32; 16];
+    let mut start = 0;
+    let mut place = align;
+    while start < x.len() {
+        let n = (16 - place).min(x.len() - start);
+        group.fill(0.0);
+        group[place..place + n].copy_from_slice(&x[start..start + n]);
+        sum += reduce16(&group) as f64;
+        start += n;
+        place = 0;
+    }
+    sum
+}
+
+/// `_mm512_reduce_add_ps`'s order: lanes `i + 8`, then `i + 4`, then `i + 2`, then `i + 1`.
+#[inline]
+fn reduce16(v: &[f32; 16]) -> f32 {
+    let h: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
+    let q: [f32; 4] = std::array::from_fn(|i| h[i + 4] + h[i]);
+    (q[0] + q[2]) + (q[1] + q[3])
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -189,39 +213,25 @@ mod x86 {
         n
     }
 
-    /// `x[i] = e^(x[i] - max)` over whole 16-lane chunks, each added to `lanes[i % 8]` in
-    /// f64; returns how many elements were done.
+    /// `x[i] = e^(x[i] - max)` over whole 16-lane chunks; returns how many were done.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn exp_sum_512(x: &mut [f32], max: f32, lanes: &mut [f64; 8]) -> usize {
+    pub(super) unsafe fn exp_shifted_512(x: &mut [f32], max: f32) -> usize {
         let n = x.len() / 16 * 16;
-        let mut acc = _mm512_loadu_pd(lanes.as_ptr());
         for i in (0..n).step_by(16) {
             let v = _mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), _mm512_set1_ps(max));
-            let e = exp512(v);
-            _mm512_storeu_ps(x.as_mut_ptr().add(i), e);
-            acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e)));
-            acc = _mm512_add_pd(acc, _mm512_cvtps_pd(hi));
+            _mm512_storeu_ps(x.as_mut_ptr().add(i), exp512(v));
         }
-        _mm512_storeu_pd(lanes.as_mut_ptr(), acc);
         n
     }
 
-    /// [`exp_sum_512`] in 8 lanes.
+    /// [`exp_shifted_512`] in 8 lanes.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_sum_256(x: &mut [f32], max: f32, lanes: &mut [f64; 8]) -> usize {
+    pub(super) unsafe fn exp_shifted_256(x: &mut [f32], max: f32) -> usize {
         let n = x.len() / 8 * 8;
-        let mut lo = _mm256_loadu_pd(lanes.as_ptr());
-        let mut hi = _mm256_loadu_pd(lanes.as_ptr().add(4));
         for i in (0..n).step_by(8) {
             let v = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_set1_ps(max));
-            let e = exp256(v);
-            _mm256_storeu_ps(x.as_mut_ptr().add(i), e);
-            lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-            hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
+            _mm256_storeu_ps(x.as_mut_ptr().add(i), exp256(v));
         }
-        _mm256_storeu_pd(lanes.as_mut_ptr(), lo);
-        _mm256_storeu_pd(lanes.as_mut_ptr().add(4), hi);
         n
     }
 }
@@ -272,28 +282,13 @@ mod arm {
         n
     }
 
-    /// `x[i] = e^(x[i] - max)` over whole 8-element chunks, each added to `lanes[i % 8]`
-    /// in f64; returns how many elements were done.
+    /// `x[i] = e^(x[i] - max)` over whole 4-lane chunks; returns how many were done.
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn exp_sum_neon(x: &mut [f32], max: f32, lanes: &mut [f64; 8]) -> usize {
-        let n = x.len() / 8 * 8;
-        let mut acc = [
-            vld1q_f64(lanes.as_ptr()),
-            vld1q_f64(lanes.as_ptr().add(2)),
-            vld1q_f64(lanes.as_ptr().add(4)),
-            vld1q_f64(lanes.as_ptr().add(6)),
-        ];
-        for i in (0..n).step_by(8) {
-            for h in 0..2 {
-                let p = x.as_mut_ptr().add(i + 4 * h);
-                let e = exp_neon(vsubq_f32(vld1q_f32(p), vdupq_n_f32(max)));
-                vst1q_f32(p, e);
-                acc[2 * h] = vaddq_f64(acc[2 * h], vcvt_f64_f32(vget_low_f32(e)));
-                acc[2 * h + 1] = vaddq_f64(acc[2 * h + 1], vcvt_high_f64_f32(e));
-            }
-        }
-        for (k, a) in acc.iter().enumerate() {
-            vst1q_f64(lanes.as_mut_ptr().add(2 * k), *a);
+    pub(super) unsafe fn exp_shifted_neon(x: &mut [f32], max: f32) -> usize {
+        let n = x.len() / 4 * 4;
+        for i in (0..n).step_by(4) {
+            let p = x.as_mut_ptr().add(i);
+            vst1q_f32(p, exp_neon(vsubq_f32(vld1q_f32(p), vdupq_n_f32(max))));
         }
         n
     }
@@ -356,29 +351,44 @@ mod tests {
     #[test]
     fn exp_sum_gives_the_reference_bits_on_every_path() {
         for len in [0usize, 1, 7, 8, 15, 16, 17, 31, 100, 1037] {
-            let x: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.61).sin() * 12.0).collect();
-            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut want = x.clone();
-            let want_sum = exp_sum_with(SimdLevel::Scalar, &mut want, max);
-            let plain: f64 = want.iter().map(|&v| v as f64).sum();
-            assert!((want_sum - plain).abs() <= 1e-12 * plain.max(1.0), "{len}");
-            for (w, &v) in want.iter().zip(&x) {
-                assert_eq!(w.to_bits(), exp(v - max).to_bits());
-            }
-            for level in [SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Neon] {
-                if !crate::level_supported(level) {
-                    continue;
+            for align in [0, 5, 15] {
+                let x: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.61).sin() * 12.0).collect();
+                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut want = x.clone();
+                let want_sum = exp_sum_with(SimdLevel::Scalar, &mut want, max, align);
+                let plain: f64 = want.iter().map(|&v| v as f64).sum();
+                assert!((want_sum - plain).abs() <= 1e-6 * plain.max(1.0), "{len}");
+                for (w, &v) in want.iter().zip(&x) {
+                    assert_eq!(w.to_bits(), exp(v - max).to_bits());
                 }
-                let mut got = x.clone();
-                let sum = exp_sum_with(level, &mut got, max);
-                assert_eq!(sum.to_bits(), want_sum.to_bits(), "{level:?} len {len}");
-                let (g, w): (Vec<u32>, Vec<u32>) = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a.to_bits(), b.to_bits()))
-                    .unzip();
-                assert_eq!(g, w, "{level:?} len {len}");
+                for level in [SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Neon] {
+                    if !crate::level_supported(level) {
+                        continue;
+                    }
+                    let mut got = x.clone();
+                    let sum = exp_sum_with(level, &mut got, max, align);
+                    assert_eq!(sum.to_bits(), want_sum.to_bits(), "{level:?} len {len}");
+                    let (g, w): (Vec<u32>, Vec<u32>) = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a.to_bits(), b.to_bits()))
+                        .unzip();
+                    assert_eq!(g, w, "{level:?} len {len}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn exp_sum_groups_as_ggml_does() {
+        let mut x = vec![0f32; 20];
+        let sum = exp_sum_with(SimdLevel::Scalar, &mut x, 0.0, 4);
+        assert_eq!(sum, 20.0);
+        assert_eq!(reduce16(&std::array::from_fn(|i| i as f32)), 120.0);
+        // 1 and fifteen 2^-25: the tree rounds 1 + 2^-25 and 1 + 2^-24 down to 1 on the way
+        // and ends at 1 + 3·2^-23, where the exact sum is 1 + 3.75·2^-23.
+        let tiny = 2f32.powi(-25);
+        let v: [f32; 16] = std::array::from_fn(|i| if i == 0 { 1.0 } else { tiny });
+        assert_eq!(reduce16(&v), 1.0 + 3.0 * 2f32.powi(-23));
     }
 }

@@ -178,7 +178,7 @@ pub fn attention_f16_seqs_with(
             #[cfg(not(target_arch = "x86_64"))]
             scalar_scores(qv, k, kvd, kvh * hd, hd, n_keys, scale, scores);
             for (g, row) in scores.chunks_exact_mut(n_keys).enumerate() {
-                softmax(row, sinks.map(|s| s[kvh * group + g]));
+                softmax(row, sinks.map(|s| s[kvh * group + g]), first % 16);
                 #[cfg(target_arch = "x86_64")]
                 if simd {
                     // SAFETY: as above.
@@ -352,14 +352,15 @@ unsafe impl Send for OutPtr {}
 
 /// Softmax in place with an f64 sum (see [`crate::activation::exp_sum`]); a sink logit counts
 /// in the maximum and the sum, as ggml's `soft_max` with sinks counts it.
-fn softmax(x: &mut [f32], sink: Option<f32>) {
+fn softmax(x: &mut [f32], sink: Option<f32>, align: usize) {
     let mut max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if let Some(s) = sink {
         max = max.max(s);
     }
-    let mut sum = crate::activation::exp_sum(x, max);
+    let mut sum = crate::activation::exp_sum(x, max, align);
     if let Some(s) = sink {
-        sum += crate::activation::exp(s - max) as f64;
+        // ggml adds the sink's term with the C library's `expf`.
+        sum += (s - max).exp() as f64;
     }
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {

@@ -582,7 +582,7 @@ fn engine_attention(
             *s = d * scale;
         }
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum = verity_kernels::activation::exp_sum_with(SimdLevel::Scalar, &mut scores, max);
+        let sum = verity_kernels::activation::exp_sum_with(SimdLevel::Scalar, &mut scores, max, 0);
         let inv = (1.0 / sum) as f32;
         for v in scores.iter_mut() {
             *v *= inv;
