@@ -1,8 +1,9 @@
-//! SwiGLU's activation, `silu(gate) · up`, with one exponential on every SIMD path.
+//! The exponential of the hot elementwise work: SwiGLU's `silu(gate) · up` and the f16
+//! attention's softmax, one function on every SIMD path.
 //!
-//! The exponential is the polynomial one ggml's vector SiLU uses (ARM's optimized-routines
+//! It is the polynomial ggml's vector SiLU and softmax use (ARM's optimized-routines
 //! `expf`: `x = n ln 2 + b` with `n` rounded to nearest, a degree-5 polynomial in `b`,
-//! then `· 2^n`), so that verity's SwiGLU rounds as llama.cpp's does in the normal range.
+//! then `· 2^n`), so that verity rounds as llama.cpp does in the normal range.
 //! Every path runs the same IEEE operations in the same order (each `fma` fused, once
 //! rounded), so a row's result has the same bits on the scalar reference, AVX2, AVX-512 and
 //! NEON. Scaling by `2^n` is two exact power-of-two factors (`n = n1 + n2`, each in the
@@ -22,13 +23,15 @@ const C4: f32 = f32::from_bits(0x3d2b_9f17); // 0x1.573e2ep-5
 const C5: f32 = f32::from_bits(0x3c07_2010); // 0x1.0e4020p-7
 /// Inputs are clamped to this range first: below it `e^x` is 0 after rounding, above it
 /// infinite, and inside it `n` stays within [-150, 129], where both halves of `2^n` are
-/// normal floats.
+/// normal floats. The clamp is x86's `max` then `min` (a NaN becomes `X_MIN`, so its
+/// exponential is 0), written the same way on every path.
 const X_MIN: f32 = -104.0;
 const X_MAX: f32 = 89.0;
 
 /// `e^x`, the scalar reference of the vector paths (about 1.5 ulp).
 pub fn exp(x: f32) -> f32 {
-    let x = x.clamp(X_MIN, X_MAX);
+    let x = if x > X_MIN { x } else { X_MIN };
+    let x = if x < X_MAX { x } else { X_MAX };
     let z = x.mul_add(LOG2E, SHIFT);
     let n = z - SHIFT;
     let b = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
@@ -248,7 +251,9 @@ mod arm {
         let s = |v: f32| vdupq_n_f32(v);
         // vfmaq_f32(c, a, b) = c + a * b, fused.
         let fma = |a: float32x4_t, b: float32x4_t, c: float32x4_t| vfmaq_f32(c, a, b);
-        let x = vminq_f32(vmaxq_f32(x, s(X_MIN)), s(X_MAX));
+        // Compare and select, not vmaxq / vminq (which pass a NaN on): as x86's max / min.
+        let x = vbslq_f32(vcgtq_f32(x, s(X_MIN)), x, s(X_MIN));
+        let x = vbslq_f32(vcltq_f32(x, s(X_MAX)), x, s(X_MAX));
         let z = fma(x, s(LOG2E), s(SHIFT));
         let nf = vsubq_f32(z, s(SHIFT));
         let neg = vnegq_f32(nf);
@@ -352,11 +357,16 @@ mod tests {
     fn exp_sum_gives_the_reference_bits_on_every_path() {
         for len in [0usize, 1, 7, 8, 15, 16, 17, 31, 100, 1037] {
             for align in [0, 5, 15] {
-                let x: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.61).sin() * 12.0).collect();
+                let mut x: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.61).sin() * 12.0).collect();
                 let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if len > 3 {
+                    // A NaN score's term is 0 on every path.
+                    x[3] = f32::NAN;
+                }
                 let mut want = x.clone();
                 let want_sum = exp_sum_with(SimdLevel::Scalar, &mut want, max, align);
                 let plain: f64 = want.iter().map(|&v| v as f64).sum();
+                assert!(!want_sum.is_nan());
                 assert!((want_sum - plain).abs() <= 1e-6 * plain.max(1.0), "{len}");
                 for (w, &v) in want.iter().zip(&x) {
                     assert_eq!(w.to_bits(), exp(v - max).to_bits());
