@@ -14,6 +14,8 @@ llama.cpp does will meet.
 """
 import json
 import os
+import subprocess
+import tempfile
 from pathlib import Path
 
 import llama_cpp
@@ -71,8 +73,6 @@ def main():
                     llm.eval([nxt])
                 print(f"greedy {case['prompt']!r}: {same} of {len(case['output_tokens'])} tokens identical")
     compare("flash attention off vs on", scores[False], scores[True])
-    import subprocess
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "scores.npy")
         env = dict(os.environ, GGML_CPU_TILED_MM="0")

@@ -16,7 +16,7 @@ pub use generate::{
 pub use lora::{same_lora, LoraSet};
 /// The transformer block's elementwise operations, shared with training so that a
 /// trained model's forward pass is the engine's.
-pub use ops::{par_rows, rms_norm, sum_of_squares, Rope};
+pub use ops::{par_rows, rms_norm, rms_scale, Rope};
 pub use sampling::{log_sum_exp, Sampler, SamplingParams};
 
 /// Set the number of worker threads for all compute (call once, before any work).

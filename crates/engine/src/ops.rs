@@ -5,7 +5,7 @@
 /// a rounding there. The f64 sum runs in 8 fixed lanes (element `i` to lane `i % 8`, the
 /// lanes then added in order): one serial chain of f64 additions cost 4 % of a 1B model's
 /// prompt time, and an f64 sum differs from ggml's serial one far below an f32's last bit.
-pub fn sum_of_squares(x: &[f32]) -> f64 {
+fn sum_of_squares(x: &[f32]) -> f64 {
     let mut lanes = [0f64; 8];
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
@@ -20,10 +20,14 @@ pub fn sum_of_squares(x: &[f32]) -> f64 {
         + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
 }
 
+/// `1 / rms(x)`, with `eps` added to the mean square: the factor RMS norm scales a row by.
+pub fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    1.0 / ((sum_of_squares(x) / x.len() as f64) as f32 + eps).sqrt()
+}
+
 /// `out = x / rms(x) * w`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ss = sum_of_squares(x);
-    let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
+    let scale = rms_scale(x, eps);
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = v * scale * g;
     }
@@ -31,8 +35,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 
 /// In-place RMSNorm (for per-head q/k norms).
 pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
-    let ss = sum_of_squares(x);
-    let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
+    let scale = rms_scale(x, eps);
     for (v, &g) in x.iter_mut().zip(w) {
         *v = *v * scale * g;
     }

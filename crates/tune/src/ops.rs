@@ -2,19 +2,13 @@
 //! alone, in a fixed order, so results never depend on the thread count.
 
 pub use verity_engine::par_rows;
-use verity_engine::{rms_norm, sum_of_squares};
+use verity_engine::{rms_norm, rms_scale};
 
 /// `out = rms_norm(x) · w`, row by row (the engine's function, so training computes what
 /// inference computes).
 pub fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     par_rows(out, d, &|r, o| rms_norm(&x[r * d..(r + 1) * d], w, eps, o));
-}
-
-/// The engine's RMS scale for one row.
-fn rms_scale(x: &[f32], eps: f32) -> f32 {
-    let ss = sum_of_squares(x);
-    1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt()
 }
 
 /// Given `dh`, the gradient of `h = x · s(x) · w` (s = 1/rms), add the gradient with
