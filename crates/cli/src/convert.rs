@@ -207,7 +207,7 @@ pub fn write_hf_merged(
 ) -> anyhow::Result<usize> {
     let hp = &model.hparams;
     let w = &model.weights;
-    let (model_type, class) = hp.arch.hf_names();
+    let (model_type, class) = hp.arch.hf_names(hp.windowed.contains(&true));
     let tok = &model.tokenizer;
 
     let mut config = json!({

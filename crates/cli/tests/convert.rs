@@ -325,6 +325,65 @@ fn converted_directories_load_in_transformers() {
     }
 }
 
+/// Mistral's `sliding_window` applies to every layer: a Llama directory relabelled as
+/// Mistral with a window of 8 gives transformers' logits (which differ from the windowless
+/// model's after position 8), and converting it again writes a Mistral config.
+#[test]
+fn mistral_sliding_window_matches_transformers() {
+    let gguf = assets_dir().join("test-models/llama-tiny-F32.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("llama");
+    convert(&gguf, &plain, "f32");
+    let mistral = tmp.path().join("mistral");
+    std::fs::create_dir(&mistral).unwrap();
+    for entry in std::fs::read_dir(&plain).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), mistral.join(entry.file_name())).unwrap();
+    }
+    let path = mistral.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    c["model_type"] = serde_json::json!("mistral");
+    c["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+    c["sliding_window"] = serde_json::json!(8);
+    std::fs::write(&path, c.to_string()).unwrap();
+
+    let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 500).collect();
+    let model = Arc::new(verity_model::load(&mistral).unwrap());
+    assert_eq!(model.hparams.window, 8);
+    assert!(model.hparams.windowed.iter().all(|&w| w));
+    let ours = verity_engine::Session::new(model, 64)
+        .eval_all(&tokens)
+        .unwrap();
+    let windowless = verity_engine::Session::new(Arc::new(verity_model::load(&plain).unwrap()), 64)
+        .eval_all(&tokens)
+        .unwrap();
+    let n_vocab = ours.len() / tokens.len();
+    assert_eq!(ours[..8 * n_vocab], windowless[..8 * n_vocab]);
+    assert!(
+        nrmse(&ours[8 * n_vocab..], &windowless[8 * n_vocab..]) > 1e-2,
+        "the window does not change the logits"
+    );
+    let e = transformers_nrmse(&mistral, &ours, &tokens);
+    assert!(e <= 1e-3, "normalised RMS error vs transformers {e}");
+
+    let again = tmp.path().join("again");
+    convert(&mistral, &again, "f32");
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(again.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            &c["model_type"],
+            &c["architectures"][0],
+            &c["sliding_window"]
+        ),
+        (
+            &serde_json::json!("mistral"),
+            &serde_json::json!("MistralForCausalLM"),
+            &serde_json::json!(8)
+        )
+    );
+}
+
 /// Normalised RMS error between `ours` and the logits transformers (fp32, eager attention,
 /// in the PEFT venv) computes from the directory for `tokens`.
 fn transformers_nrmse(dir: &Path, ours: &[f32], tokens: &[u32]) -> f64 {

@@ -191,11 +191,15 @@ impl Rope {
     }
 
     /// The rotation of `model`'s sliding-window layers: their own base, unscaled unless
-    /// the architecture scales them as the others (gpt-oss).
+    /// the architecture scales them as the others (gpt-oss, Mistral).
     pub fn for_window_layers(model: &verity_model::Model) -> Self {
         let hp = &model.hparams;
         if hp.arch.spec().window_rope_scaled {
-            Self::scaled(hp, hp.rope_theta_window, None)
+            Self::scaled(
+                hp,
+                hp.rope_theta_window,
+                model.weights.rope_freqs_for(hp, 0),
+            )
         } else {
             Self::for_heads(hp, hp.rope_theta_window, 1.0, None)
         }

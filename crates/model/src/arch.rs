@@ -54,8 +54,11 @@ pub enum MoeGating {
 /// Which layers attend over a sliding window (when the file gives a window).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowLayers {
-    /// All layers attend to the whole context.
+    /// All layers attend to the whole context, whatever window the file gives.
     None,
+    /// Every layer attends over the window when the file gives one (Mistral's
+    /// `sliding_window`).
+    All,
     /// In every run of `n` layers, all but the last are windowed (Gemma 3: 5 local, 1
     /// global); the file may override `n` (`attention.sliding_window_pattern`).
     AllButLastOf(usize),
@@ -73,6 +76,9 @@ pub struct ArchSpec {
     pub hf_model_types: &'static [&'static str],
     /// `config.json` `architectures[0]` written by `convert`.
     pub hf_class: &'static str,
+    /// `model_type` and class `convert` writes instead when the model attends over a
+    /// window and the plain type's config has none (Llama's: Mistral's carries it).
+    pub hf_windowed_names: Option<(&'static str, &'static str)>,
     /// For error messages and `inspect`.
     pub description: &'static str,
     /// Biases on the q, k and v projections.
@@ -116,8 +122,8 @@ pub struct ArchSpec {
     /// GGUF name of the norm before the FFN (`ffn_norm`; gpt-oss's converter calls it
     /// `post_attention_norm`).
     pub gguf_ffn_norm: &'static str,
-    /// Windowed layers rotate with the global layers' RoPE scaling (gpt-oss's YaRN);
-    /// otherwise they are unscaled (Gemma 3).
+    /// Windowed layers rotate with the global layers' RoPE scaling (gpt-oss's YaRN,
+    /// Mistral's); otherwise they are unscaled (Gemma 3).
     pub window_rope_scaled: bool,
 }
 
@@ -127,6 +133,7 @@ const LLAMA_LIKE: ArchSpec = ArchSpec {
     gguf_names: &["llama", "mistral"],
     hf_model_types: &["llama", "mistral"],
     hf_class: "LlamaForCausalLM",
+    hf_windowed_names: None,
     description: "llama (Llama 2/3.x, Mistral, SmolLM2)",
     qkv_bias: false,
     qk_norm: false,
@@ -152,7 +159,13 @@ const LLAMA_LIKE: ArchSpec = ArchSpec {
 
 /// The architecture table.
 pub static ARCHS: &[ArchSpec] = &[
-    LLAMA_LIKE,
+    ArchSpec {
+        // Mistral's `sliding_window` applies to every layer; Llama configs have none.
+        window_layers: WindowLayers::All,
+        window_rope_scaled: true,
+        hf_windowed_names: Some(("mistral", "MistralForCausalLM")),
+        ..LLAMA_LIKE
+    },
     ArchSpec {
         arch: Arch::Qwen2,
         gguf_names: &["qwen2"],
@@ -277,10 +290,14 @@ impl Arch {
         self.spec().gguf_names[0]
     }
 
-    /// `model_type` and `architectures[0]` for config.json.
-    pub fn hf_names(self) -> (&'static str, &'static str) {
+    /// `model_type` and `architectures[0]` for config.json; `windowed`: some layer
+    /// attends over a sliding window.
+    pub fn hf_names(self, windowed: bool) -> (&'static str, &'static str) {
         let s = self.spec();
-        (s.hf_model_types[0], s.hf_class)
+        match s.hf_windowed_names {
+            Some(names) if windowed => names,
+            _ => (s.hf_model_types[0], s.hf_class),
+        }
     }
 
     pub fn has_qkv_bias(self) -> bool {
@@ -450,7 +467,7 @@ fn window_layers(kind: WindowLayers, n_layer: usize, window: usize) -> Result<Ve
     Ok(match kind {
         _ if window == 0 => vec![false; n_layer],
         WindowLayers::None => vec![false; n_layer],
-        WindowLayers::AllButLastOf(0) => vec![true; n_layer],
+        WindowLayers::All | WindowLayers::AllButLastOf(0) => vec![true; n_layer],
         WindowLayers::AllButLastOf(n) => (0..n_layer).map(|l| l % n < n - 1).collect(),
     })
 }
