@@ -476,3 +476,63 @@ fn shared_prefixes_come_from_the_cache() {
         "cached {cached} of {prompt}"
     );
 }
+
+/// A model with sliding-window layers (the tiny gpt-oss: window 8) asked the same long
+/// prompt again: its slot holds the prompt, but the windows have moved past the position
+/// one short of it, so the prompt is computed again, and the answer is the first one's.
+/// (A scheduler that counted the offered prefix as kept answered from an empty cache.)
+#[test]
+fn a_windowed_model_answers_a_repeated_prompt_the_same() {
+    let model = std::env::var_os("VERITY_ASSETS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/verity/assets")
+        })
+        .join("test-models/gpt-oss-tiny-Q8_0.gguf");
+    let s = Server::start(&["--model", model.to_str().unwrap(), "--parallel", "1"]);
+    let prompt = "the license grants you the right to copy ".repeat(30);
+    let ask = |prompt: &str| {
+        let req = json!({"prompt": prompt, "max_tokens": 40, "temperature": 0});
+        let (status, body) = http(
+            s.port,
+            "POST",
+            "/v1/completions",
+            Some(&req.to_string()),
+            &[],
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let first = ask(&prompt);
+    for _ in 0..2 {
+        let again = ask(&prompt);
+        assert_eq!(again["choices"][0]["text"], first["choices"][0]["text"]);
+        assert_eq!(
+            again["usage"], first["usage"],
+            "nothing reusable: nothing reported cached"
+        );
+    }
+    // A longer prompt that extends what the slot holds does resume: the windows reach
+    // the position after the first answer's last token.
+    let text = first["choices"][0]["text"].as_str().unwrap();
+    let longer = format!("{prompt}{text} and");
+    let resumed = ask(&longer);
+    let cached = resumed["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    let fresh = Server::start(&["--model", model.to_str().unwrap(), "--parallel", "1"]);
+    let req = json!({"prompt": longer, "max_tokens": 40, "temperature": 0});
+    let (_, body) = http(
+        fresh.port,
+        "POST",
+        "/v1/completions",
+        Some(&req.to_string()),
+        &[],
+    );
+    let expected: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        resumed["choices"][0]["text"], expected["choices"][0]["text"],
+        "resumed from {cached}"
+    );
+    eprintln!("resumed from {cached} cached tokens");
+}

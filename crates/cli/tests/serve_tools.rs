@@ -414,3 +414,217 @@ fn harmony_answers_show_the_final_channel_only() {
     );
     eprintln!("harmony answer: {content:?}, reasoning: {reasoning:?}");
 }
+
+/// A call forced by `tool_choice` on a harmony template is a harmony call whose arguments
+/// obey the schema: with the markers as text (the default model under gpt-oss's template)
+/// and as control tokens (the tiny gpt-oss model given gpt-oss's markers and template, as
+/// gpt-oss's own vocabulary has them). Random or unrelated weights do not write harmony;
+/// the grammar is what makes these answers calls. The random model, which takes the
+/// analysis channel, gets a logit bias on `<|end|>` so that its reasoning (any text, no
+/// control token) ends at once; the grammar allows `<|end|>` nowhere else.
+#[test]
+fn forced_harmony_calls_obey_the_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text_markers = with_template(tmp.path(), "openai-gpt-oss-120b.jinja");
+    let token_markers = harmony_vocab_model(tmp.path());
+    // gpt-oss's template writes every tool's description.
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "The forecast.", "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Lyon", "Nice"]},
+                           "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+            "required": ["city", "days"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "add", "description": "Add two integers.", "parameters": {
+            "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"], "additionalProperties": false}}},
+    ]);
+    let end_id = verity_model::load(&token_markers)
+        .unwrap()
+        .tokenizer
+        .token_to_id("<|end|>")
+        .unwrap();
+    for (model, bias) in [
+        (&text_markers, json!({})),
+        (&token_markers, json!({end_id.to_string(): 50})),
+    ] {
+        let s = Server::start(&["--model", model.to_str().unwrap()]);
+        for (choice, want) in [
+            (json!("required"), None),
+            (
+                json!({"type": "function", "function": {"name": "get_weather"}}),
+                Some("get_weather"),
+            ),
+            (
+                json!({"type": "function", "function": {"name": "add"}}),
+                Some("add"),
+            ),
+        ] {
+            let request = json!({
+                "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+                "tools": tools, "tool_choice": choice, "temperature": 0, "max_tokens": 200,
+                "logit_bias": bias, "logprobs": true,
+            });
+            let (status, v) = chat(s.port, &request);
+            assert_eq!(status, 200, "{v}");
+            let choice0 = &v["choices"][0];
+            assert_eq!(
+                choice0["finish_reason"],
+                "tool_calls",
+                "{}: {v}",
+                model.display()
+            );
+            let calls = choice0["message"]["tool_calls"].as_array().unwrap();
+            assert_eq!(calls.len(), 1, "{v}");
+            let name = calls[0]["function"]["name"].as_str().unwrap();
+            if let Some(want) = want {
+                assert_eq!(name, want, "{v}");
+            }
+            let args: Value =
+                serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap())
+                    .unwrap_or_else(|e| panic!("{v}: {e}"));
+            let o = args.as_object().unwrap();
+            match name {
+                "get_weather" => {
+                    assert!(
+                        ["Lyon", "Nice"].contains(&o["city"].as_str().unwrap()),
+                        "{v}"
+                    );
+                    assert!((1..=7).contains(&o["days"].as_i64().unwrap()), "{v}");
+                    assert_eq!(o.len(), 2, "{v}");
+                }
+                "add" => {
+                    assert!(o["a"].is_i64() && o["b"].is_i64() && o.len() == 2, "{v}");
+                }
+                other => panic!("call of an unknown tool {other}: {v}"),
+            }
+            if model == &token_markers {
+                // The markers were written as the vocabulary's control tokens, through an
+                // (empty) analysis message: the model takes that branch.
+                let tokens: Vec<&str> = choice0["logprobs"]["content"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t["token"].as_str().unwrap())
+                    .collect();
+                for marker in [
+                    "<|channel|>",
+                    "<|end|>",
+                    "<|start|>",
+                    "<|constrain|>",
+                    "<|message|>",
+                ] {
+                    assert!(
+                        tokens.contains(&marker),
+                        "{marker} not one token: {tokens:?}"
+                    );
+                }
+            }
+            let content = choice0["message"]["content"].as_str().unwrap_or("");
+            assert!(
+                !content.contains("<|"),
+                "no harmony markers in the content: {v}"
+            );
+            // Streamed: the same call, its arguments in fragments.
+            let mut streamed = request.clone();
+            streamed["stream"] = json!(true);
+            let (status, body) = http(
+                s.port,
+                "POST",
+                "/v1/chat/completions",
+                Some(&streamed.to_string()),
+                &[],
+            );
+            assert_eq!(status, 200, "{body}");
+            let deltas: Vec<Value> = body
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter(|d| *d != "[DONE]")
+                .map(|d| serde_json::from_str::<Value>(d).unwrap())
+                .flat_map(|c| {
+                    c["choices"][0]["delta"]["tool_calls"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect();
+            assert_eq!(deltas[0]["function"]["name"], name, "{body}");
+            let fragments: String = deltas
+                .iter()
+                .filter_map(|d| d["function"]["arguments"].as_str())
+                .collect();
+            assert_eq!(
+                fragments,
+                calls[0]["function"]["arguments"].as_str().unwrap()
+            );
+            eprintln!(
+                "{}: {name}({args}), reasoning {:?}",
+                model.display(),
+                choice0["message"]["reasoning_content"]
+            );
+        }
+    }
+}
+
+/// The tiny gpt-oss test model with harmony's markers appended to its vocabulary as control
+/// tokens (their embedding and output rows copied from token 0), `<|return|>` as its end of
+/// text, and gpt-oss's chat template.
+fn harmony_vocab_model(dir: &Path) -> std::path::PathBuf {
+    use verity_formats::gguf::{Gguf, Value};
+    use verity_formats::gguf_write::{GgufWriter, OutTensor};
+    let assets = std::env::var_os("VERITY_ASSETS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/verity/assets")
+        });
+    let g = Gguf::open(&assets.join("test-models/gpt-oss-tiny-F32.gguf")).unwrap();
+    let template =
+        std::fs::read_to_string(assets.join("chat-templates/openai-gpt-oss-120b.jinja")).unwrap();
+    let markers = verity_tokenizer::harmony::MARKERS;
+    let mut meta = g.metadata.clone();
+    let mut n_vocab = 0;
+    for (k, v) in meta.iter_mut() {
+        match (k.as_str(), v) {
+            ("tokenizer.ggml.tokens", Value::Array(a)) => {
+                n_vocab = a.len();
+                a.extend(markers.iter().map(|m| Value::Str(m.to_string())));
+            }
+            ("tokenizer.ggml.token_type", Value::Array(a)) => {
+                a.extend(markers.iter().map(|_| Value::I32(3)));
+            }
+            ("tokenizer.chat_template", v) => *v = Value::Str(template.clone()),
+            _ => {}
+        }
+    }
+    let ret = markers.iter().position(|&m| m == "<|return|>").unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in meta {
+        w.set(&k, v);
+    }
+    w.set("tokenizer.chat_template", Value::Str(template));
+    w.set(
+        "tokenizer.ggml.eos_token_id",
+        Value::U32((n_vocab + ret) as u32),
+    );
+    for t in &g.tensors {
+        let mut data = g.tensor_data(t).unwrap().to_vec();
+        let mut shape = t.shape.clone();
+        if t.name == "token_embd.weight" || t.name == "output.weight" {
+            assert_eq!(shape[1], n_vocab, "{}", t.name);
+            let row = data[..4 * shape[0]].to_vec();
+            for _ in markers {
+                data.extend_from_slice(&row);
+            }
+            shape[1] += markers.len();
+        }
+        w.add_tensor(OutTensor {
+            name: t.name.clone(),
+            ty: t.ty.unwrap(),
+            shape,
+            data,
+        });
+    }
+    let path = dir.join("gpt-oss-harmony-vocab.gguf");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    w.write(&mut f).unwrap();
+    path
+}

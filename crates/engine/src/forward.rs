@@ -158,10 +158,12 @@ impl KvCache {
         &self.history
     }
 
-    /// Forget everything after the first `n` positions (keeps a shared prefix). Where a
-    /// windowed layer has already dropped rows the next position would need, everything
-    /// is forgotten ([`KvCache::common_prefix`] never suggests such an `n`).
-    pub fn truncate(&mut self, n: usize) {
+    /// Forget everything after the first `n` positions (keeps a shared prefix); returns
+    /// the positions kept. Where a windowed layer has already dropped rows the next
+    /// position would need, everything is forgotten and 0 returned: a caller that resumes
+    /// short of what [`KvCache::common_prefix`] offered (to recompute the last prompt
+    /// token) must go on from what this returns.
+    pub fn truncate(&mut self, n: usize) -> usize {
         if n < self.history.len() && !self.can_resume_at(n) {
             self.history.clear();
         } else {
@@ -170,6 +172,7 @@ impl KvCache {
         if self.history.is_empty() {
             self.base.iter_mut().for_each(|b| *b = 0);
         }
+        self.history.len()
     }
 
     /// Length of the longest prefix shared with `tokens` that this cache can resume from.
@@ -670,9 +673,10 @@ impl Session {
         self.cache.history()
     }
 
-    /// Forget everything after the first `n` positions (keeps a shared prefix).
-    pub fn truncate(&mut self, n: usize) {
-        self.cache.truncate(n);
+    /// Forget everything after the first `n` positions (keeps a shared prefix); returns
+    /// the positions kept (see [`KvCache::truncate`]).
+    pub fn truncate(&mut self, n: usize) -> usize {
+        self.cache.truncate(n)
     }
 
     /// Length of the common prefix between the cache and `tokens`.

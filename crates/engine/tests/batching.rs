@@ -130,9 +130,10 @@ fn windowed_layers_keep_only_their_window_and_the_same_logits() {
     assert_eq!(chunked.n_past(), 57);
     let rest = chunked.eval_all(&tokens[57..]).unwrap();
     assert_eq!(rest, whole[57 * n_vocab..], "resumed at 57");
-    // A position the windows have moved past cannot be resumed: nothing is kept.
+    // A position the windows have moved past cannot be resumed: nothing is kept, and
+    // `truncate` says so (as when a caller keeps one short of the offered prefix).
     assert_eq!(chunked.common_prefix(&tokens[..20]), 0);
-    chunked.truncate(20);
+    assert_eq!(chunked.truncate(20), 0);
     assert_eq!(chunked.n_past(), 0);
 
     // A copied prefix continues exactly as the original.

@@ -195,7 +195,10 @@ pub(crate) async fn with_tool_constraint(
     let Some((format, tools)) = tool_mode else {
         return Ok((constraint, None));
     };
-    let Some(grammar) = tools::tool_grammar(*format, tools) else {
+    let control = (*format == ToolFormat::Harmony)
+        .then(|| verity_tokenizer::harmony::control_ids(&l.model.tokenizer))
+        .flatten();
+    let Some(grammar) = tools::tool_grammar(*format, tools, control.as_deref()) else {
         if constraint.is_some() {
             return Ok((constraint, None));
         }

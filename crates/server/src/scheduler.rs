@@ -344,12 +344,14 @@ impl Worker {
             slot.cache.set_lora(job.spec.lora().cloned());
             // Keep at least the last prompt token to recompute: its logits start generation.
             // Prompt log-probabilities need every position's logits, so nothing is reused.
-            let reuse = if job.spec.prompt_logprobs {
+            let offered = if job.spec.prompt_logprobs {
                 0
             } else {
                 slot.cache.common_prefix(prompt).min(prompt.len() - 1)
             };
-            slot.cache.truncate(reuse);
+            // A windowed layer may not resume one short of the offered prefix: then
+            // nothing is kept, and the whole prompt is computed.
+            let reuse = slot.cache.truncate(offered);
             self.metrics
                 .prompt_tokens
                 .fetch_add(prompt.len() as u64, Ordering::Relaxed);

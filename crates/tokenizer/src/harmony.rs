@@ -15,6 +15,39 @@ const MESSAGE: &str = "<|message|>";
 /// End a message's body.
 const ENDS: [&str; 3] = ["<|end|>", "<|call|>", "<|return|>"];
 
+/// Harmony's markers, each one control token in gpt-oss's vocabulary.
+pub const MARKERS: [&str; 7] = [
+    "<|start|>",
+    "<|end|>",
+    "<|message|>",
+    "<|channel|>",
+    "<|constrain|>",
+    "<|return|>",
+    "<|call|>",
+];
+
+/// When `tok` has every one of [`MARKERS`] as a control token (gpt-oss's vocabulary):
+/// the ids of all its control tokens, which no message body contains. `None` when the
+/// markers would be written as text.
+pub fn control_ids(tok: &crate::Tokenizer) -> Option<Vec<u32>> {
+    let added = tok.hf().get_added_tokens_decoder();
+    let is_control = |m: &&str| {
+        tok.token_to_id(m)
+            .and_then(|id| added.get(&id))
+            .is_some_and(|t| t.special)
+    };
+    if !MARKERS.iter().all(is_control) {
+        return None;
+    }
+    let mut ids: Vec<u32> = added
+        .iter()
+        .filter(|(_, t)| t.special)
+        .map(|(&id, _)| id)
+        .collect();
+    ids.sort_unstable();
+    Some(ids)
+}
+
 /// Is `template` a harmony template?
 pub fn is_harmony(template: &str) -> bool {
     template.contains("<|channel|>") && template.contains(MESSAGE)

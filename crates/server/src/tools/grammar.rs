@@ -113,13 +113,83 @@ pub fn lazy_tool_grammar(format: ToolFormat, tools: &Tools) -> Option<LazyToolGr
                 max_calls: 1,
             })
         }
-        // Harmony's markers are control tokens, which the grammars do not spell.
+        // A harmony call opens with a header of several control tokens; in `auto` mode it
+        // is parsed, not held to the schemas (forced calls are: see `harmony_call`).
         ToolFormat::Harmony | ToolFormat::Generic => None,
     }
 }
 
-/// The grammar for this request, if its output is to be constrained.
-pub fn tool_grammar(format: ToolFormat, tools: &Tools) -> Option<ToolGrammar> {
+/// A call forced in harmony (gpt-oss): reasoning on the analysis channel if the model
+/// wants it, then one commentary message to `functions.NAME` whose body is the arguments,
+/// ended by `<|call|>` (which ends the turn, so one call per answer). `control`: the
+/// vocabulary's control tokens when harmony's markers are among them (gpt-oss's); the
+/// grammar then names the markers as tokens and keeps every control token out of the
+/// reasoning. Otherwise the markers are text.
+fn harmony_call(tools: &Tools, control: Option<&[u32]>) -> String {
+    let m = |name: &str| match control {
+        Some(_) => format!("<|{name}|>"),
+        None => format!("\"<|{name}|>\""),
+    };
+    let reasoning = match control {
+        Some(ids) => format!("<[^{}]>*", id_ranges(ids)),
+        None => "REASONING\nREASONING: /[^<]*/".to_string(),
+    };
+    let mut g = format!(
+        "start: analysis? call\ncall: {} \"commentary to=functions.\" (",
+        m("channel")
+    );
+    for (i, t) in tools.callable().iter().enumerate() {
+        if i > 0 {
+            g.push_str(" | ");
+        }
+        g.push_str(&format!(
+            "\"{} \" {} \"json\" {} args{i}",
+            t.name,
+            m("constrain"),
+            m("message")
+        ));
+    }
+    g.push_str(&format!(") {}\n", m("call")));
+    for (i, t) in tools.callable().iter().enumerate() {
+        g.push_str(&format!("args{i}: {}\n", lark_json(&t.parameters)));
+    }
+    // The reasoning rule last: in the text case it ends with its terminal's definition.
+    g.push_str(&format!(
+        "analysis: {} \"analysis\" {} reasoning {} {} \"assistant\"\nreasoning: {reasoning}\n",
+        m("channel"),
+        m("message"),
+        m("end"),
+        m("start"),
+    ));
+    g
+}
+
+/// Sorted ids as llguidance's token ranges: `3-7,9`.
+fn id_ranges(ids: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let mut j = i;
+        while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            ids[i].to_string()
+        } else {
+            format!("{}-{}", ids[i], ids[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// The grammar for this request, if its output is to be constrained. `harmony_control`:
+/// see [`harmony_call`].
+pub fn tool_grammar(
+    format: ToolFormat,
+    tools: &Tools,
+    harmony_control: Option<&[u32]>,
+) -> Option<ToolGrammar> {
     if tools.callable().is_empty() {
         return None;
     }
@@ -144,7 +214,7 @@ pub fn tool_grammar(format: ToolFormat, tools: &Tools) -> Option<ToolGrammar> {
             Some(ToolGrammar::JsonSchema(schema))
         }
         _ if !tools.forced() => None,
-        ToolFormat::Harmony => None,
+        ToolFormat::Harmony => Some(ToolGrammar::Lark(harmony_call(tools, harmony_control))),
         ToolFormat::Hermes => {
             let body = lark_json(&call_schema(tools, "arguments"));
             let start = if many {
@@ -174,5 +244,17 @@ pub fn tool_grammar(format: ToolFormat, tools: &Tools) -> Option<ToolGrammar> {
                 lark_json(&arr)
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ranges_merge_runs() {
+        assert_eq!(id_ranges(&[]), "");
+        assert_eq!(id_ranges(&[5]), "5");
+        assert_eq!(id_ranges(&[1, 2, 3, 7, 9, 10]), "1-3,7,9-10");
     }
 }
