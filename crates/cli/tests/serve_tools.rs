@@ -462,7 +462,7 @@ fn forced_harmony_calls_obey_the_schema() {
             let request = json!({
                 "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
                 "tools": tools, "tool_choice": choice, "temperature": 0, "max_tokens": 200,
-                "logit_bias": bias, "logprobs": true,
+                "logit_bias": bias, "logprobs": true, "top_logprobs": 3,
             });
             let (status, v) = chat(s.port, &request);
             assert_eq!(status, 200, "{v}");
@@ -500,6 +500,12 @@ fn forced_harmony_calls_obey_the_schema() {
             if model == &token_markers {
                 // The markers were written as the vocabulary's control tokens, through an
                 // (empty) analysis message: the model takes that branch.
+                // Alternatives the grammar ruled out are not listed (their logprob is -inf).
+                for t in choice0["logprobs"]["content"].as_array().unwrap() {
+                    for alt in t["top_logprobs"].as_array().unwrap() {
+                        assert!(alt["logprob"].is_f64(), "{t}");
+                    }
+                }
                 let tokens: Vec<&str> = choice0["logprobs"]["content"]
                     .as_array()
                     .unwrap()
@@ -556,6 +562,13 @@ fn forced_harmony_calls_obey_the_schema() {
                 fragments,
                 calls[0]["function"]["arguments"].as_str().unwrap()
             );
+            // Cut off by max_tokens inside the arguments: reported as cut off.
+            let mut short = request.clone();
+            let n = v["usage"]["completion_tokens"].as_u64().unwrap();
+            short["max_tokens"] = json!(n - 2);
+            let (status, cut) = chat(s.port, &short);
+            assert_eq!(status, 200, "{cut}");
+            assert_eq!(cut["choices"][0]["finish_reason"], "length", "{cut}");
             eprintln!(
                 "{}: {name}({args}), reasoning {:?}",
                 model.display(),

@@ -140,9 +140,15 @@ pub(crate) async fn chat(
                     } else {
                         json!(content)
                     };
+                    // A call cut off by max_tokens is reported as cut off, as OpenAI
+                    // and llama.cpp's server do.
+                    let reason = match c.finish_reason {
+                        "length" => "length",
+                        _ => "tool_calls",
+                    };
                     (
                         json!({ "role": "assistant", "content": content, "tool_calls": calls }),
-                        "tool_calls",
+                        reason,
                     )
                 };
                 // Harmony's reasoning, as llama.cpp's server reports it.
@@ -324,7 +330,7 @@ fn chat_stream(
                 );
                 let (pieces, calls) = splitter.finish();
                 let mut out = piece_chunks(i, t.0, pieces, &chunk);
-                let reason = if calls.is_empty() {
+                let reason = if calls.is_empty() || finish_reason == "length" {
                     finish_reason
                 } else {
                     "tool_calls"

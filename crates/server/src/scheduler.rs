@@ -678,7 +678,8 @@ impl Worker {
     }
 }
 
-/// Log-probability of `token` under `logits`, and the `top_n` most likely tokens.
+/// Log-probability of `token` under `logits`, and the `top_n` most likely tokens (fewer
+/// when fewer are possible).
 pub fn token_logprob(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
     let lse = verity_engine::log_sum_exp(logits);
     let mut top: Vec<(u32, f32)> = Vec::new();
@@ -694,8 +695,10 @@ pub fn token_logprob(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
                 .total_cmp(&logits[a as usize])
                 .then(a.cmp(&b))
         });
+        // Tokens a grammar ruled out (-inf) are no alternatives (JSON has no -inf).
         top = idx
             .into_iter()
+            .filter(|&t| logits[t as usize] > f32::NEG_INFINITY)
             .map(|t| (t, logits[t as usize] - lse))
             .collect();
     }
