@@ -191,13 +191,14 @@ mod q8k_x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn block32(xb: &[f32], q: &mut [u8]) -> Option<(f32, i32)> {
         assert!(xb.len() == QK && q.len() >= QK);
-        let absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fff_ffff));
         let inf = _mm512_set1_ps(f32::INFINITY);
         let v = [
             _mm512_loadu_ps(xb.as_ptr()),
             _mm512_loadu_ps(xb.as_ptr().add(16)),
         ];
-        let a = v.map(|v| _mm512_and_ps(v, absmask));
+        // (No closures here: they would not inherit the target features, and the intrinsics
+        // in them would become calls.)
+        let a = [_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])];
         // Not less than infinity, or unordered: an infinity or a NaN.
         if _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(a[0], inf)
             | _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(a[1], inf)
@@ -209,12 +210,13 @@ mod q8k_x86 {
         let d = m / 127.0;
         let id = _mm512_set1_ps(if m != 0.0 { 127.0 / m } else { 0.0 });
         let (lo, hi) = (_mm512_set1_epi32(-128), _mm512_set1_epi32(127));
-        let qi = v.map(|v| {
+        let mut qi = [_mm512_setzero_si512(); 2];
+        for (q, &v) in qi.iter_mut().zip(&v) {
             let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
                 _mm512_mul_ps(v, id),
             );
-            _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(r), hi), lo)
-        });
+            *q = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(r), hi), lo);
+        }
         _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtsepi32_epi8(qi[0]));
         _mm_storeu_si128(
             q.as_mut_ptr().add(16) as *mut __m128i,
@@ -231,13 +233,12 @@ mod q8k_x86 {
     pub unsafe fn block(xb: &[f32], ob: &mut [u8]) -> bool {
         assert!(xb.len() == QK_K && ob.len() == Q8_K_BYTES);
         let xp = xb.as_ptr();
-        let absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fff_ffff));
         let mut m = _mm512_setzero_ps();
         let mut nan = 0u16;
         for c in 0..QK_K / 16 {
             let v = _mm512_loadu_ps(xp.add(16 * c));
             nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-            m = _mm512_max_ps(_mm512_and_ps(v, absmask), m);
+            m = _mm512_max_ps(_mm512_abs_ps(v), m);
         }
         if nan != 0 {
             return false;
@@ -250,7 +251,7 @@ mod q8k_x86 {
         let am = _mm512_set1_ps(amax);
         let mut first = 0;
         for c in 0..QK_K / 16 {
-            let a = _mm512_and_ps(_mm512_loadu_ps(xp.add(16 * c)), absmask);
+            let a = _mm512_abs_ps(_mm512_loadu_ps(xp.add(16 * c)));
             let k = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, am);
             if k != 0 {
                 first = 16 * c + k.trailing_zeros() as usize;
