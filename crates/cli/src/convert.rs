@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 use verity_formats::TensorType;
 use verity_model::adapter::permute_rows;
-use verity_model::arch::{FfnActivation, GlobalTensor, LayerTensor, MoeGating};
+use verity_model::arch::{FfnActivation, GlobalTensor, LayerTensor, MoeGating, WindowLayers};
 use verity_model::{Model, Proj, RopeStyle, Tensor};
 
 use crate::merge::Merge;
@@ -610,8 +610,12 @@ fn arch_config(model: &Model, config: &mut serde_json::Value) {
         // Gemma: queries scaled by 1/sqrt(head_dim), as verity computes it.
         config["query_pre_attn_scalar"] = json!(hp.head_dim);
     }
+    // Mistral's config has the window alone: it applies to every layer.
+    let window_alone = spec.window_layers == WindowLayers::All && !hp.windowed.contains(&false);
     if hp.window > 0 {
         config["sliding_window"] = json!(hp.window);
+    }
+    if hp.window > 0 && !window_alone {
         let types: Vec<&str> = hp
             .windowed
             .iter()
@@ -680,7 +684,7 @@ fn llama3_scaling_for(
                 .all(|(a, b)| (a - b).abs() <= 1e-3 * b.abs().max(1.0))
             {
                 return Ok(
-                    json!({ "rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high, "original_max_position_embeddings": original }),
+                    json!({ "rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high, "original_max_position_embeddings": original as u32 }),
                 );
             }
         }

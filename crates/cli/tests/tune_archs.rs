@@ -69,7 +69,13 @@ struct Outcome {
 /// Convert `arch`'s tiny F32 GGUF, have PyTorch compute the reference, and compare
 /// verity's loss and gradients with it. None (after saying why) when the inputs are missing.
 fn check(arch: &str) -> Option<Outcome> {
-    let gguf = assets_dir().join(format!("test-models/{arch}-tiny-F32.gguf"));
+    check_file(
+        arch,
+        &assets_dir().join(format!("test-models/{arch}-tiny-F32.gguf")),
+    )
+}
+
+fn check_file(arch: &str, gguf: &Path) -> Option<Outcome> {
     let python = peft_python();
     if !gguf.exists() {
         eprintln!(
@@ -90,7 +96,7 @@ fn check(arch: &str) -> Option<Outcome> {
     let out = tmp.path().join("ref");
     let c = Command::new(env!("CARGO_BIN_EXE_verity"))
         .args(["convert", "--to", "hf", "--dtype", "f32"])
-        .arg(&gguf)
+        .arg(gguf)
         .arg(&hf)
         .output()
         .unwrap();
@@ -116,7 +122,7 @@ fn check(arch: &str) -> Option<Outcome> {
 
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("batch.json")).unwrap()).unwrap();
-    let model = Arc::new(verity_model::load(&gguf).unwrap());
+    let model = Arc::new(verity_model::load(gguf).unwrap());
     let seqs: Vec<Packed> = reference["tokens"]
         .as_array()
         .unwrap()
@@ -152,6 +158,7 @@ fn check(arch: &str) -> Option<Outcome> {
             hp.no_rope
         ),
         "llama" => assert_eq!(hp.rope_style, verity_model::RopeStyle::Interleaved),
+        "mistral" => assert!(hp.windowed.iter().all(|&w| w), "{arch}: {:?}", hp.windowed),
         _ => {}
     }
     if hp.windowed.iter().any(|&w| w) {
@@ -259,7 +266,11 @@ fn check(arch: &str) -> Option<Outcome> {
 }
 
 fn assert_parity(arch: &str) {
-    let Some(o) = check(arch) else { return };
+    report(arch, check(arch));
+}
+
+fn report(arch: &str, o: Option<Outcome>) {
+    let Some(o) = o else { return };
     eprintln!(
         "{arch}: loss {:.7} torch {:.7} (relative {:.2e}); worst gradient relative error {:.3e} ({})",
         o.loss,
@@ -329,4 +340,40 @@ fn llama_lora_gradients_match_pytorch() {
 #[test]
 fn qwen2_lora_gradients_match_pytorch() {
     assert_parity("qwen2");
+}
+
+/// Mistral's sliding window on every layer: the Llama test model given a window of 16
+/// (the sequences are 48), which `convert` writes as `MistralForCausalLM`.
+#[test]
+fn mistral_window_lora_gradients_match_pytorch() {
+    use verity_formats::gguf::{Gguf, Value};
+    use verity_formats::gguf_write::{GgufWriter, OutTensor};
+    let src = assets_dir().join("test-models/llama-tiny-F32.gguf");
+    if !src.exists() {
+        eprintln!(
+            "SKIPPED: {} is missing (scripts/make-test-models)",
+            src.display()
+        );
+        return;
+    }
+    let g = Gguf::open(&src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.set(k, v.clone());
+    }
+    w.set("llama.attention.sliding_window", Value::U32(16));
+    for t in &g.tensors {
+        w.add_tensor(OutTensor {
+            name: t.name.clone(),
+            ty: t.ty.unwrap(),
+            shape: t.shape.clone(),
+            data: g.tensor_data(t).unwrap().to_vec(),
+        });
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("mistral-tiny-F32.gguf");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&gguf).unwrap());
+    w.write(&mut f).unwrap();
+    drop(f);
+    report("mistral", check_file("mistral", &gguf));
 }

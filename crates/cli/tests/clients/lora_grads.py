@@ -72,8 +72,10 @@ def main():
         # How much the sliding windows matter here: the same logits with every window
         # opened past the sequence (0 for models without windows).
         window_effect = 0.0
-        if getattr(base.config, "sliding_window", None) and "sliding_attention" in (
-            getattr(base.config, "layer_types", None) or []
+        # (A config without layer_types, Mistral's, windows every layer.)
+        layer_types = getattr(base.config, "layer_types", None)
+        if getattr(base.config, "sliding_window", None) and (
+            layer_types is None or "sliding_attention" in layer_types
         ):
             w = base.config.sliding_window
             base.config.sliding_window = 4 * SEQ_LEN
