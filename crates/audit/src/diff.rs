@@ -1,6 +1,8 @@
 //! Tensor-by-tensor comparison of two models on dequantized values, and a verdict on lineage.
 //!
-//! Tensors are matched by name. Same bytes and type: identical. Otherwise both are
+//! Tensors are matched by name, or between a GGUF file and a Hugging Face directory by the
+//! architecture's two names for each ([`crate::naming`]; the Hugging Face values are
+//! brought into GGUF's layout first). Same bytes and type: identical. Otherwise both are
 //! dequantized to f32 and compared: relative norm of the difference ‖B−A‖/‖A‖, cosine
 //! similarity, and for matrices the effective rank of ΔW = B−A (a LoRA merge shows a few
 //! singular values standing out of the noise; a requantization shows noise only).
@@ -16,6 +18,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::linalg::{rank_info, RankInfo};
+use crate::naming::{pairing, Fix};
 use crate::source::{Entry, ModelFile};
 
 #[derive(Clone, Debug, Serialize)]
@@ -25,6 +28,9 @@ pub enum Status {
     Identical,
     /// Different encoding, same values.
     Equivalent,
+    /// One side is the other's values rounded to nearest in its float type (F16, BF16),
+    /// value by value: a re-encoding, not a change of the weights.
+    Rounded,
     Changed,
     Added,
     Removed,
@@ -36,7 +42,11 @@ pub enum Status {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TensorDiff {
+    /// A's name for the tensor (B's for an added one).
     pub name: String,
+    /// B's name, where it differs (a GGUF file against a Hugging Face directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_b: Option<String>,
     pub status: Status,
     pub shape_a: Option<Vec<usize>>,
     pub shape_b: Option<Vec<usize>>,
@@ -57,6 +67,7 @@ pub struct TensorDiff {
 pub struct Summary {
     pub identical: usize,
     pub equivalent: usize,
+    pub rounded: usize,
     pub changed: usize,
     pub added: usize,
     pub removed: usize,
@@ -85,9 +96,11 @@ const DERIVED_COSINE: f64 = 0.8;
 /// Cosine below which models are unrelated.
 const UNRELATED_COSINE: f64 = 0.3;
 
-fn compare(a: &ModelFile, ea: &Entry, b: &ModelFile, eb: &Entry) -> TensorDiff {
+/// A's tensor `ea` against B's `eb`, each side's values passed through its fix first.
+fn compare(a: &ModelFile, ea: &Entry, fa: Fix, b: &ModelFile, eb: &Entry, fb: Fix) -> TensorDiff {
     let mut d = TensorDiff {
         name: ea.name.clone(),
+        name_b: (eb.name != ea.name).then(|| eb.name.clone()),
         status: Status::Identical,
         shape_a: Some(ea.shape.clone()),
         shape_b: Some(eb.shape.clone()),
@@ -103,13 +116,18 @@ fn compare(a: &ModelFile, ea: &Entry, b: &ModelFile, eb: &Entry) -> TensorDiff {
         return d;
     }
     let (da, db) = (a.data(ea), b.data(eb));
-    if ea.type_name == eb.type_name && da.is_some() && da == db {
+    let unfixed = fa == Fix::None && fb == Fix::None;
+    if unfixed && ea.type_name == eb.type_name && da.is_some() && da == db {
         d.relative_norm = Some(0.0);
         d.cosine = Some(1.0);
         return d;
     }
-    let (Some(va), Some(vb)) = (a.dequantize(ea), b.dequantize(eb)) else {
-        d.status = if ea.type_name == eb.type_name && da == db {
+    let cols = ea.rows_cols().1;
+    let (Some(va), Some(vb)) = (
+        a.dequantize(ea).map(|v| fa.apply(v, cols)),
+        b.dequantize(eb).map(|v| fb.apply(v, cols)),
+    ) else {
+        d.status = if unfixed && ea.type_name == eb.type_name && da == db {
             Status::Identical
         } else {
             Status::Uncompared
@@ -145,6 +163,10 @@ fn compare(a: &ModelFile, ea: &Entry, b: &ModelFile, eb: &Entry) -> TensorDiff {
         d.status = Status::Equivalent;
         return d;
     }
+    if rounded_to(&va, &vb, &eb.type_name) || rounded_to(&vb, &va, &ea.type_name) {
+        d.status = Status::Rounded;
+        return d;
+    }
     d.status = Status::Changed;
     let (rows, cols) = ea.rows_cols();
     if rows > 1 && cols > 1 && finite {
@@ -153,20 +175,49 @@ fn compare(a: &ModelFile, ea: &Entry, b: &ModelFile, eb: &Entry) -> TensorDiff {
     d
 }
 
+/// Whether `to` is `from` rounded to nearest (ties to even) in the float type named `ty`,
+/// value by value.
+fn rounded_to(from: &[f32], to: &[f32], ty: &str) -> bool {
+    let round: fn(f32) -> f32 = match ty {
+        "F16" => |x| half::f16::from_f32(x).to_f32(),
+        "BF16" => |x| half::bf16::from_f32(x).to_f32(),
+        _ => return false,
+    };
+    from.len() == to.len()
+        && from
+            .iter()
+            .zip(to)
+            .all(|(&x, &y)| round(x).to_bits() == y.to_bits())
+}
+
 /// Compare model B against model A.
 pub fn diff(path_a: &Path, path_b: &Path) -> anyhow::Result<Diff> {
     let a = ModelFile::open(path_a)?;
     let b = ModelFile::open(path_b)?;
     let bnames: BTreeMap<&str, &Entry> = b.tensors.iter().map(|e| (e.name.as_str(), e)).collect();
-    let anames: BTreeMap<&str, &Entry> = a.tensors.iter().map(|e| (e.name.as_str(), e)).collect();
+    let pair = pairing(&a, &b);
+    // B's counterpart of A's tensor `name`, and the fixes for both sides' values.
+    let counterpart = |name: &str| -> Option<(&Entry, Fix, Fix)> {
+        let (nb, fa, fb) =
+            pair.as_ref()
+                .and_then(|p| p.counterpart(name))
+                .unwrap_or((name, Fix::None, Fix::None));
+        bnames.get(nb).map(|&eb| (eb, fa, fb))
+    };
+    let matched: std::collections::HashSet<&str> = a
+        .tensors
+        .iter()
+        .filter_map(|ea| counterpart(&ea.name).map(|(eb, _, _)| eb.name.as_str()))
+        .collect();
 
     let mut tensors: Vec<TensorDiff> = a
         .tensors
         .par_iter()
-        .map(|ea| match bnames.get(ea.name.as_str()) {
-            Some(eb) => compare(&a, ea, &b, eb),
+        .map(|ea| match counterpart(&ea.name) {
+            Some((eb, fa, fb)) => compare(&a, ea, fa, &b, eb, fb),
             None => TensorDiff {
                 name: ea.name.clone(),
+                name_b: None,
                 status: Status::Removed,
                 shape_a: Some(ea.shape.clone()),
                 shape_b: None,
@@ -180,9 +231,10 @@ pub fn diff(path_a: &Path, path_b: &Path) -> anyhow::Result<Diff> {
         })
         .collect();
     for eb in &b.tensors {
-        if !anames.contains_key(eb.name.as_str()) {
+        if !matched.contains(eb.name.as_str()) {
             tensors.push(TensorDiff {
                 name: eb.name.clone(),
+                name_b: None,
                 status: Status::Added,
                 shape_a: None,
                 shape_b: Some(eb.shape.clone()),
@@ -206,7 +258,11 @@ pub fn diff(path_a: &Path, path_b: &Path) -> anyhow::Result<Diff> {
         }
         if matches!(
             t.status,
-            Status::Identical | Status::Equivalent | Status::Changed | Status::Uncompared
+            Status::Identical
+                | Status::Equivalent
+                | Status::Rounded
+                | Status::Changed
+                | Status::Uncompared
         ) {
             shared += t.params;
         }
@@ -214,6 +270,7 @@ pub fn diff(path_a: &Path, path_b: &Path) -> anyhow::Result<Diff> {
     let summary = Summary {
         identical: count(|s| matches!(s, Status::Identical)),
         equivalent: count(|s| matches!(s, Status::Equivalent)),
+        rounded: count(|s| matches!(s, Status::Rounded)),
         changed: count(|s| matches!(s, Status::Changed)),
         added: count(|s| matches!(s, Status::Added)),
         removed: count(|s| matches!(s, Status::Removed)),
@@ -239,6 +296,15 @@ pub fn diff(path_a: &Path, path_b: &Path) -> anyhow::Result<Diff> {
 
 fn verdict(s: &Summary, tensors: &[TensorDiff]) -> (&'static str, String) {
     let n = tensors.len();
+    if s.changed + s.added + s.removed + s.reshaped + s.uncompared == 0 && s.rounded > 0 {
+        return (
+            "derives",
+            format!(
+                "the same weights, re-encoded: {} tensors identical, {} stored in another type with equal values, {} rounded to nearest in one side's float type (F16 or BF16), value by value",
+                s.identical, s.equivalent, s.rounded
+            ),
+        );
+    }
     if s.changed + s.added + s.removed + s.reshaped + s.uncompared == 0 {
         return if s.equivalent == 0 {
             ("identical", format!("all {n} tensors are identical"))
@@ -259,7 +325,7 @@ fn verdict(s: &Summary, tensors: &[TensorDiff]) -> (&'static str, String) {
         );
     };
     let shared = format!(
-        "{:.0}% of A's parameters are in tensors B shares by name and shape",
+        "{:.0}% of A's parameters are in tensors B shares by name (or its format's name for them) and shape",
         100.0 * s.shared_fraction
     );
     if s.shared_fraction < 0.5 {
@@ -279,8 +345,9 @@ fn verdict(s: &Summary, tensors: &[TensorDiff]) -> (&'static str, String) {
             .filter(|r| r.spikes > 0 && r.spikes <= r.max_rank / 4)
             .collect();
         let mut why = format!(
-            "B derives from A: {} of {n} tensors identical, {} changed; parameter-weighted cosine similarity {cos:.4}; {shared}",
+            "B derives from A: {} of {n} tensors identical, {} rounded, {} changed; parameter-weighted cosine similarity {cos:.4}; {shared}",
             s.identical + s.equivalent,
+            s.rounded,
             s.changed
         );
         if !ranks.is_empty() {

@@ -6,13 +6,15 @@
 //! - [`sign`]: OMS v1.0 signatures (an in-toto statement in a DSSE envelope, in a Sigstore
 //!   bundle) with ECDSA P-256 keys, interoperable with the `model-signing` Python package.
 //! - [`diff`]: tensor-by-tensor comparison of two models on dequantized values, with a verdict
-//!   on lineage.
+//!   on lineage; a GGUF file and a Hugging Face directory pair up by the architecture's
+//!   names ([`naming`]).
 
 pub mod adapter;
 pub mod diff;
 pub mod hash;
 pub mod inspect;
 mod linalg;
+pub mod naming;
 pub mod sign;
 pub mod source;
 

@@ -3,7 +3,10 @@
 use clap::Args;
 use verity_audit::diff::{Diff, Status};
 
-/// Compare two models tensor by tensor: identical, changed, added or removed. For changed
+/// Compare two models tensor by tensor: identical, changed, added or removed. A GGUF file
+/// and a Hugging Face directory of the same architecture pair their tensors by the
+/// architecture's names in each format (llama.cpp's q/k row order and Gemma's norm offset
+/// undone), so a conversion can be checked against its source. For changed
 /// tensors: relative norm of the difference, cosine similarity and the effective rank of
 /// the difference (a LoRA merge shows a low rank). Values are compared dequantized, so
 /// models in different tensor types compare. Ends with a verdict on lineage ("B derives
@@ -13,6 +16,7 @@ use verity_audit::diff::{Diff, Status};
 ///   verity diff base.gguf finetuned.gguf
 ///   verity diff model-f16.gguf model-q4_k_m.gguf --json
 ///   verity diff A.gguf B.gguf --all          # also list identical tensors
+///   verity diff model.gguf ./model-hf/       # a GGUF against a Hugging Face checkpoint
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct DiffArgs {
@@ -44,7 +48,14 @@ fn print_diff(d: &Diff, all: bool) {
     println!("A: {}\nB: {}\n", d.a, d.b);
     let mut shown = 0;
     for t in &d.tensors {
-        let name = verity_formats::printable(&t.name);
+        let name = match &t.name_b {
+            Some(b) => format!(
+                "{} (B: {})",
+                verity_formats::printable(&t.name),
+                verity_formats::printable(b)
+            ),
+            None => verity_formats::printable(&t.name).to_string(),
+        };
         let types = match (&t.type_a, &t.type_b) {
             (Some(a), Some(b)) if a != b => format!("{a}->{b}"),
             (Some(a), _) | (None, Some(a)) => a.clone(),
@@ -54,6 +65,7 @@ fn print_diff(d: &Diff, all: bool) {
             Status::Identical if !all => continue,
             Status::Identical => format!("  identical   {name}"),
             Status::Equivalent => format!("  same values {name} ({types})"),
+            Status::Rounded => format!("  rounded     {name} ({types})"),
             Status::Added => format!(
                 "  added       {name} {:?} {types}",
                 t.shape_b.clone().unwrap_or_default()
@@ -90,9 +102,10 @@ fn print_diff(d: &Diff, all: bool) {
     }
     let s = &d.summary;
     println!(
-        "\n{} identical, {} same values, {} changed, {} added, {} removed, {} reshaped{}",
+        "\n{} identical, {} same values, {} rounded, {} changed, {} added, {} removed, {} reshaped{}",
         s.identical,
         s.equivalent,
+        s.rounded,
         s.changed,
         s.added,
         s.removed,

@@ -141,3 +141,79 @@ fn inspect_exits_1_on_error_findings_and_diff_says_identical() {
     let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(d["verdict"], "identical");
 }
+
+/// `diff` of a GGUF against a Hugging Face directory pairs the tensors by the
+/// architecture's names in each format: the default model (SmolLM2, q/k rows in llama.cpp's
+/// interleaved order) against its `convert --to hf` copies in f32 (the Q4_1 values exactly:
+/// identical) and bf16 (every value rounded: re-encoded, no tensor changed); the tiny Gemma 3
+/// (norms stored as `w - 1` in the directory) likewise; and across architectures there is
+/// nothing to pair.
+#[test]
+fn diff_pairs_gguf_and_hugging_face_names() {
+    let model = verity_store::resolve(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let convert = |src: &std::path::Path, name: &str, dtype: &str| {
+        let out = dir.path().join(name);
+        let o = verity()
+            .args(["convert", "--to", "hf", "--dtype", dtype])
+            .arg(src)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out
+    };
+    let diff = |a: &std::path::Path, b: &std::path::Path| -> serde_json::Value {
+        let o = verity()
+            .arg("diff")
+            .arg(a)
+            .arg(b)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let f32_copy = convert(&model, "f32", "f32");
+    let d = diff(&model, &f32_copy);
+    assert_eq!(d["verdict"], "identical", "{}", d["explanation"]);
+    let s = &d["summary"];
+    assert_eq!(
+        (&s["added"], &s["removed"], &s["changed"]),
+        (&0.into(), &0.into(), &0.into())
+    );
+    let q = d["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "blk.3.attn_q.weight")
+        .unwrap();
+    assert_eq!(q["name_b"], "model.layers.3.self_attn.q_proj.weight");
+    assert_eq!(q["status"], "equivalent", "{q}");
+
+    // The other way round, in bf16.
+    let bf16_copy = convert(&model, "bf16", "bf16");
+    let d = diff(&bf16_copy, &model);
+    assert_eq!(d["verdict"], "derives", "{}", d["explanation"]);
+    assert_eq!(d["summary"]["changed"], 0, "{}", d["explanation"]);
+    assert!(
+        d["summary"]["rounded"].as_u64().unwrap() > 200,
+        "{}",
+        d["summary"]
+    );
+    assert!(d["explanation"].as_str().unwrap().contains("re-encoded"));
+
+    let assets = std::env::var_os("VERITY_ASSETS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/verity/assets")
+        });
+    let gemma = assets.join("test-models/gemma3-tiny-F32.gguf");
+    let gemma_hf = convert(&gemma, "gemma", "f32");
+    let d = diff(&gemma, &gemma_hf);
+    assert_eq!(d["verdict"], "identical", "{}", d["explanation"]);
+
+    let d = diff(&model, &gemma_hf);
+    assert_eq!(d["summary"]["removed"], 272, "{}", d["summary"]);
+    assert_ne!(d["verdict"], "identical");
+}
