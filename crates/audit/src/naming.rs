@@ -36,7 +36,7 @@ impl Fix {
             Fix::Add(x) => v.into_iter().map(|w| w + x).collect(),
             Fix::PermuteRows { heads } => {
                 let rows = v.len() / cols.max(1);
-                if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+                if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
                     return v;
                 }
                 permute_rows(&v, cols, heads, rows / heads, false)
