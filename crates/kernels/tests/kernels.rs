@@ -606,6 +606,10 @@ fn attention_matches_engine_reference_bit_for_bit() {
         (4, 4, 20, 7, 3),
         (6, 2, 128, 33, 1),
         (9, 3, 64, 21, 4),
+        // Several blocks of 8 keys and their tails, groups of 8 and 9, heads of 256 and 32.
+        (16, 2, 256, 40, 2),
+        (8, 1, 32, 50, 3),
+        (9, 1, 64, 17, 2),
     ] {
         let kvd = n_head_kv * hd;
         let ctx = p0 + n;
