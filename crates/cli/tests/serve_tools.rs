@@ -258,26 +258,7 @@ fn auto_mode_holds_a_call_to_its_schema_once_the_model_opens_it() {
     valid(&args);
 
     // Streamed: id and name first, then the arguments in fragments that add up to the same.
-    let (status, body) = http(
-        s.port,
-        "POST",
-        "/v1/chat/completions",
-        Some(&request(5, true).to_string()),
-        &[],
-    );
-    assert_eq!(status, 200, "{body}");
-    let deltas: Vec<Value> = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str::<Value>(d).unwrap())
-        .flat_map(|c| {
-            c["choices"][0]["delta"]["tool_calls"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .collect();
+    let (body, deltas) = streamed_tool_deltas(s.port, &request(5, true));
     assert_eq!(deltas[0]["function"]["name"], "get_weather", "{body}");
     assert!(deltas[0]["id"].as_str().is_some_and(|id| !id.is_empty()));
     let fragments: Vec<&str> = deltas[1..]
@@ -289,6 +270,31 @@ fn auto_mode_holds_a_call_to_its_schema_once_the_model_opens_it() {
         "arguments in fragments: {fragments:?}"
     );
     assert_eq!(fragments.concat(), args);
+}
+
+/// A streamed chat completion's body and its `tool_calls` deltas, in order.
+fn streamed_tool_deltas(port: u16, request: &Value) -> (String, Vec<Value>) {
+    let (status, body) = http(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        Some(&request.to_string()),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let deltas = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .flat_map(|c| {
+            c["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    (body, deltas)
 }
 
 #[test]
@@ -533,26 +539,7 @@ fn forced_harmony_calls_obey_the_schema() {
             // Streamed: the same call, its arguments in fragments.
             let mut streamed = request.clone();
             streamed["stream"] = json!(true);
-            let (status, body) = http(
-                s.port,
-                "POST",
-                "/v1/chat/completions",
-                Some(&streamed.to_string()),
-                &[],
-            );
-            assert_eq!(status, 200, "{body}");
-            let deltas: Vec<Value> = body
-                .lines()
-                .filter_map(|l| l.strip_prefix("data: "))
-                .filter(|d| *d != "[DONE]")
-                .map(|d| serde_json::from_str::<Value>(d).unwrap())
-                .flat_map(|c| {
-                    c["choices"][0]["delta"]["tool_calls"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                })
-                .collect();
+            let (body, deltas) = streamed_tool_deltas(s.port, &streamed);
             assert_eq!(deltas[0]["function"]["name"], name, "{body}");
             let fragments: String = deltas
                 .iter()
