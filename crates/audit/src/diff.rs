@@ -85,7 +85,8 @@ pub struct Diff {
     pub b: String,
     pub tensors: Vec<TensorDiff>,
     pub summary: Summary,
-    /// "identical", "derives", "unrelated" or "inconclusive".
+    /// "identical", "re-encoded" (every difference a float rounding, in either
+    /// direction), "derives", "unrelated" or "inconclusive".
     pub verdict: &'static str,
     /// The verdict in a sentence, with the evidence.
     pub explanation: String,
@@ -298,9 +299,9 @@ fn verdict(s: &Summary, tensors: &[TensorDiff]) -> (&'static str, String) {
     let n = tensors.len();
     if s.changed + s.added + s.removed + s.reshaped + s.uncompared == 0 && s.rounded > 0 {
         return (
-            "derives",
+            "re-encoded",
             format!(
-                "the same weights, re-encoded: {} tensors identical, {} stored in another type with equal values, {} rounded to nearest in one side's float type (F16 or BF16), value by value",
+                "the same weights, re-encoded: {} tensors identical, {} with equal values in another type or layout, {} rounded to nearest in one side's float type (F16 or BF16), value by value",
                 s.identical, s.equivalent, s.rounded
             ),
         );
@@ -312,7 +313,7 @@ fn verdict(s: &Summary, tensors: &[TensorDiff]) -> (&'static str, String) {
             (
                 "identical",
                 format!(
-                    "same values: {} tensors identical, {} stored in another type with equal values",
+                    "same values: {} tensors identical, {} with equal values in another type or layout",
                     s.identical, s.equivalent
                 ),
             )

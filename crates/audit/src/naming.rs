@@ -3,7 +3,8 @@
 //! brought into one layout before they are compared: the Hugging Face q/k rows of an
 //! interleaved-RoPE architecture permuted as llama.cpp's converter permutes them, and the
 //! GGUF norms of Gemma less the 1 its converter adds (checkpoints store `w - 1`; comparing
-//! there keeps a converted copy exact).
+//! there keeps verity's converted copies exact, while a converter that adds the 1 in
+//! another precision leaves a last-bit change).
 //!
 //! Mixture-of-experts expert tensors have no one-to-one counterpart (GGUF stacks the
 //! experts, checkpoints differ in how they store them) and keep their own names.

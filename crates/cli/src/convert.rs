@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 use verity_formats::TensorType;
 use verity_model::adapter::permute_rows;
-use verity_model::arch::{FfnActivation, GlobalTensor, LayerTensor, MoeGating, WindowLayers};
+use verity_model::arch::{FfnActivation, GlobalTensor, LayerTensor, MoeGating};
 use verity_model::{Model, Proj, RopeStyle, Tensor};
 
 use crate::merge::Merge;
@@ -611,7 +611,7 @@ fn arch_config(model: &Model, config: &mut serde_json::Value) {
         config["query_pre_attn_scalar"] = json!(hp.head_dim);
     }
     // Mistral's config has the window alone: it applies to every layer.
-    let window_alone = spec.window_layers == WindowLayers::All && !hp.windowed.contains(&false);
+    let window_alone = spec.hf_windowed_type.is_some() && !hp.windowed.contains(&false);
     if hp.window > 0 {
         config["sliding_window"] = json!(hp.window);
     }

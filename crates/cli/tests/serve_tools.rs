@@ -549,7 +549,7 @@ fn forced_harmony_calls_obey_the_schema() {
                 fragments,
                 calls[0]["function"]["arguments"].as_str().unwrap()
             );
-            // Cut off by max_tokens inside the arguments: reported as cut off.
+            // Cut off by max_tokens before the call ends: reported as cut off.
             let mut short = request.clone();
             let n = v["usage"]["completion_tokens"].as_u64().unwrap();
             short["max_tokens"] = json!(n - 2);

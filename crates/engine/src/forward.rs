@@ -358,7 +358,7 @@ impl Runner {
     /// factors by it; others are the same for every context).
     pub fn for_context(model: Arc<Model>, n_ctx: usize) -> Self {
         let rope = Rope::for_context(&model, n_ctx);
-        let rope_window = Rope::for_window_layers(&model);
+        let rope_window = Rope::for_window_layers(&model, n_ctx);
         Runner {
             model,
             rope,

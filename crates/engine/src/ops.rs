@@ -190,15 +190,16 @@ impl Rope {
         Self::scaled(hp, hp.rope_theta, model.weights.rope_freqs_for(hp, n_ctx))
     }
 
-    /// The rotation of `model`'s sliding-window layers: their own base, unscaled unless
-    /// the architecture scales them as the others (gpt-oss, Mistral).
-    pub fn for_window_layers(model: &verity_model::Model) -> Self {
+    /// The rotation of `model`'s sliding-window layers for sequences of up to `n_ctx`
+    /// positions: their own base, unscaled unless the architecture scales them as the
+    /// others (gpt-oss, Mistral).
+    pub fn for_window_layers(model: &verity_model::Model, n_ctx: usize) -> Self {
         let hp = &model.hparams;
         if hp.arch.spec().window_rope_scaled {
             Self::scaled(
                 hp,
                 hp.rope_theta_window,
-                model.weights.rope_freqs_for(hp, 0),
+                model.weights.rope_freqs_for(hp, n_ctx),
             )
         } else {
             Self::for_heads(hp, hp.rope_theta_window, 1.0, None)

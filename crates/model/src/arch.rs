@@ -56,8 +56,8 @@ pub enum MoeGating {
 pub enum WindowLayers {
     /// All layers attend to the whole context, whatever window the file gives.
     None,
-    /// Every layer attends over the window when the file gives one (Mistral's
-    /// `sliding_window`).
+    /// Every layer attends over the window (Mistral's `sliding_window`; see
+    /// [`ArchSpec::hf_windowed_type`]).
     All,
     /// In every run of `n` layers, all but the last are windowed (Gemma 3: 5 local, 1
     /// global); the file may override `n` (`attention.sliding_window_pattern`).
@@ -76,9 +76,11 @@ pub struct ArchSpec {
     pub hf_model_types: &'static [&'static str],
     /// `config.json` `architectures[0]` written by `convert`.
     pub hf_class: &'static str,
-    /// `model_type` and class `convert` writes instead when the model attends over a
-    /// window and the plain type's config has none (Llama's: Mistral's carries it).
-    pub hf_windowed_names: Option<(&'static str, &'static str)>,
+    /// A `config.json` `model_type` whose `sliding_window` windows every layer, and its
+    /// class, which `convert` writes for a model windowed so (Mistral's, of the Llama
+    /// family). The architecture's other files have no window: transformers' Llama and
+    /// llama.cpp's `llama` ignore one.
+    pub hf_windowed_type: Option<(&'static str, &'static str)>,
     /// For error messages and `inspect`.
     pub description: &'static str,
     /// Biases on the q, k and v projections.
@@ -127,13 +129,13 @@ pub struct ArchSpec {
     pub window_rope_scaled: bool,
 }
 
-/// Llama's features; other entries say only where they differ.
+/// The defaults of the Llama-like entries; each entry says only where it differs.
 const LLAMA_LIKE: ArchSpec = ArchSpec {
     arch: Arch::Llama,
     gguf_names: &["llama", "mistral"],
     hf_model_types: &["llama", "mistral"],
     hf_class: "LlamaForCausalLM",
-    hf_windowed_names: None,
+    hf_windowed_type: None,
     description: "llama (Llama 2/3.x, Mistral, SmolLM2)",
     qkv_bias: false,
     qk_norm: false,
@@ -160,10 +162,9 @@ const LLAMA_LIKE: ArchSpec = ArchSpec {
 /// The architecture table.
 pub static ARCHS: &[ArchSpec] = &[
     ArchSpec {
-        // Mistral's `sliding_window` applies to every layer; Llama configs have none.
-        window_layers: WindowLayers::All,
+        // Mistral's `sliding_window` applies to every layer, rotated as the rest.
+        hf_windowed_type: Some(("mistral", "MistralForCausalLM")),
         window_rope_scaled: true,
-        hf_windowed_names: Some(("mistral", "MistralForCausalLM")),
         ..LLAMA_LIKE
     },
     ArchSpec {
@@ -294,7 +295,7 @@ impl Arch {
     /// attends over a sliding window.
     pub fn hf_names(self, windowed: bool) -> (&'static str, &'static str) {
         let s = self.spec();
-        match s.hf_windowed_names {
+        match s.hf_windowed_type {
             Some(names) if windowed => names,
             _ => (s.hf_model_types[0], s.hf_class),
         }
@@ -803,6 +804,9 @@ impl HParams {
                 ))
             }
             (None, Some(n)) => window_layers(WindowLayers::AllButLastOf(n), n_layer, window)?,
+            (None, None) if spec.hf_windowed_type.is_some_and(|(t, _)| t == model_type) => {
+                window_layers(WindowLayers::All, n_layer, window)?
+            }
             (None, None) => window_layers(spec.window_layers, n_layer, window)?,
         };
         let windowed = if window == 0 {

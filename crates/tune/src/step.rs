@@ -191,7 +191,7 @@ pub fn check_supported(model: &Model) -> Result<(), String> {
 impl Trainer {
     pub fn new(model: Arc<Model>) -> Self {
         let rope = Rope::for_model(&model);
-        let rope_window = Rope::for_window_layers(&model);
+        let rope_window = Rope::for_window_layers(&model, 0);
         Trainer {
             model,
             rope,
@@ -225,6 +225,7 @@ impl Trainer {
         // every other model.
         let longest = batch.segments.iter().map(|s| s.1).max().unwrap_or(0);
         self.rope = Rope::for_context(&model, longest);
+        self.rope_window = Rope::for_window_layers(&model, longest);
         let dropout = dropout.filter(|_| params.spec.dropout > 0.0 && grads.is_some());
         let ctx = Ctx {
             params,
