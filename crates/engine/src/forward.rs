@@ -160,9 +160,8 @@ impl KvCache {
 
     /// Forget everything after the first `n` positions (keeps a shared prefix); returns
     /// the positions kept. Where a windowed layer has already dropped rows the next
-    /// position would need, everything is forgotten and 0 returned: a caller that resumes
-    /// short of what [`KvCache::common_prefix`] offered (to recompute the last prompt
-    /// token) must go on from what this returns.
+    /// position would need, everything is forgotten and 0 returned: a caller must go on
+    /// from what this returns. [`KvCache::reusable_prefix`] says beforehand what that is.
     pub fn truncate(&mut self, n: usize) -> usize {
         if n < self.history.len() && !self.can_resume_at(n) {
             self.history.clear();
@@ -183,6 +182,25 @@ impl KvCache {
             .zip(tokens)
             .take_while(|(a, b)| a == b)
             .count();
+        if n == self.history.len() || self.can_resume_at(n) {
+            n
+        } else {
+            0
+        }
+    }
+
+    /// How many of this cache's positions a run of `prompt` keeps: the shared prefix,
+    /// short of the prompt's last token (whose logits start generation), or 0 where a
+    /// windowed layer has already dropped rows that position needs. `truncate` to it keeps
+    /// exactly that many, so callers rank caches by it and resume from it.
+    pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
+        let shared = self
+            .history
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let n = shared.min(prompt.len().saturating_sub(1));
         if n == self.history.len() || self.can_resume_at(n) {
             n
         } else {
@@ -682,6 +700,11 @@ impl Session {
     /// Length of the common prefix between the cache and `tokens`.
     pub fn common_prefix(&self, tokens: &[u32]) -> usize {
         self.cache.common_prefix(tokens)
+    }
+
+    /// What a run of `prompt` keeps of the cache ([`KvCache::reusable_prefix`]).
+    pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
+        self.cache.reusable_prefix(prompt)
     }
 
     /// Run with these adapters from now on (a different set empties the cache).

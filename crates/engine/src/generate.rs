@@ -137,7 +137,7 @@ pub fn generate_filtered(
 
     let t0 = Instant::now();
     // Reuse the cached prefix; at least the last prompt token is recomputed for its logits.
-    let reuse = session.truncate(session.common_prefix(prompt).min(prompt.len() - 1));
+    let reuse = session.truncate(session.reusable_prefix(prompt));
     timings.cached_tokens = reuse;
     let mut logits = session.eval(&prompt[reuse..])?.to_vec();
     timings.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;

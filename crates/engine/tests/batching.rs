@@ -122,6 +122,19 @@ fn windowed_layers_keep_only_their_window_and_the_same_logits() {
 
     let (whole, mut chunked) = same_whole_by_token_and_in_chunks(&model, &tokens, n_ctx, 7);
 
+    // What a run of a prompt keeps: one short of the shared prefix (the last prompt token
+    // is recomputed for its logits), or nothing where the windows have moved past it.
+    assert_eq!(chunked.reusable_prefix(&tokens), 59);
+    assert_eq!(chunked.reusable_prefix(&tokens[..58]), 57);
+    assert_eq!(chunked.reusable_prefix(&tokens[..21]), 0);
+    let mut other = tokens[..58].to_vec();
+    other[57] = 1;
+    assert_eq!(
+        chunked.reusable_prefix(&other),
+        57,
+        "a prompt that differs at 57"
+    );
+
     // Resume at a position the windows still reach (the last chunk, 56..60, made the
     // windowed layers drop every row before 49): the rest recomputed equals the rest.
     let at = chunked.common_prefix(&tokens[..57]);

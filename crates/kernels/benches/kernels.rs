@@ -126,6 +126,34 @@ fn main() {
             );
         }
     }
+    // A 1B model's FFN down projection (8192 columns) at a prompt batch: a panel of 16 rows
+    // is 128 KiB, four times the L1 cache, so this shows what the inner dimension costs.
+    for ty in [TensorType::IQ4_XS, TensorType::Q4_K, TensorType::Q6_K] {
+        let (rows, cols, batch) = (2048usize, 8192usize, 64usize);
+        let name = format!(
+            "matmul_{}_b{batch}_{rows}x{cols}",
+            ty.to_string().to_lowercase()
+        );
+        if !want(&name) {
+            continue;
+        }
+        let data = weights(&mut rng, ty, rows, cols);
+        let w = WeightView {
+            ty,
+            rows,
+            cols,
+            data: &data,
+        };
+        let x: Vec<f32> = (0..batch * cols).map(|_| rng.f32()).collect();
+        let mut y = vec![0f32; batch * rows];
+        let t = best_of(5, || matmul(&w, &x, batch, &mut y));
+        println!(
+            "| {name} | {rows}x{cols}, batch {batch} | {:.1} us | {:.1} | {:.1} |",
+            t * 1e6,
+            2.0 * (rows * cols * batch) as f64 / t / 1e9,
+            data.len() as f64 / t / 1e9
+        );
+    }
     // Small matrices, batch 1 (SmolLM2-135M: hidden 576, FFN 1536): per-call overhead.
     for (rows, cols) in [(576usize, 576usize), (1536, 576), (576, 1536)] {
         let ty = TensorType::Q4_1;

@@ -202,9 +202,9 @@ pub(crate) async fn with_tool_constraint(
         return Ok((constraint, None));
     };
     let control = (*format == ToolFormat::Harmony)
-        .then(|| verity_tokenizer::harmony::control_ids(&l.model.tokenizer))
+        .then(|| l.harmony_control_ids())
         .flatten();
-    let Some(grammar) = tools::tool_grammar(*format, tools, control.as_deref()) else {
+    let Some(grammar) = tools::tool_grammar(*format, tools, control) else {
         if constraint.is_some() {
             return Ok((constraint, None));
         }

@@ -92,6 +92,18 @@ pub struct Loaded {
     adapters: Arc<lora::Registry>,
     /// Compiles grammars for constrained decoding; built on first use (`constraint.rs`).
     constraints: OnceLock<Result<Arc<verity_constraint::ConstraintFactory>, String>>,
+    /// The vocabulary's control-token ids when it spells harmony's markers as tokens;
+    /// computed on the first harmony tool request.
+    harmony_control: OnceLock<Option<Vec<u32>>>,
+}
+
+impl Loaded {
+    /// [`verity_tokenizer::harmony::control_ids`] of the model's vocabulary, computed once.
+    pub(crate) fn harmony_control_ids(&self) -> Option<&[u32]> {
+        self.harmony_control
+            .get_or_init(|| verity_tokenizer::harmony::control_ids(&self.model.tokenizer))
+            .as_deref()
+    }
 }
 
 /// What the loader hands the server: the base, its adapters, and how to load more.
@@ -164,6 +176,7 @@ impl AppState {
             scheduler,
             adapters: registry,
             constraints: OnceLock::new(),
+            harmony_control: OnceLock::new(),
         });
         Ok(())
     }

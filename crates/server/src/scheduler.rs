@@ -330,7 +330,7 @@ impl Worker {
                 .filter(|(_, s)| s.active.is_none())
                 .max_by_key(|(_, s)| {
                     if same_lora(s.cache.lora(), lora) {
-                        s.cache.common_prefix(&job.spec.prompt)
+                        s.cache.reusable_prefix(&job.spec.prompt)
                     } else {
                         0
                     }
@@ -342,15 +342,14 @@ impl Worker {
             let slot = &mut self.slots[i];
             // Empties the cache if it ran with another set, so reuse below is then 0.
             slot.cache.set_lora(job.spec.lora().cloned());
-            // Keep at least the last prompt token to recompute: its logits start generation.
-            // Prompt log-probabilities need every position's logits, so nothing is reused.
+            // What the slot was ranked by (the last prompt token is always recomputed, and
+            // a windowed cache may keep nothing). Prompt log-probabilities need every
+            // position's logits, so nothing is reused for them.
             let offered = if job.spec.prompt_logprobs {
                 0
             } else {
-                slot.cache.common_prefix(prompt).min(prompt.len() - 1)
+                slot.cache.reusable_prefix(prompt)
             };
-            // A windowed layer may not resume one short of the offered prefix: then
-            // nothing is kept, and the whole prompt is computed.
             let reuse = slot.cache.truncate(offered);
             self.metrics
                 .prompt_tokens
