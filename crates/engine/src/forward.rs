@@ -176,12 +176,7 @@ impl KvCache {
 
     /// Length of the longest prefix shared with `tokens` that this cache can resume from.
     pub fn common_prefix(&self, tokens: &[u32]) -> usize {
-        let n = self
-            .history
-            .iter()
-            .zip(tokens)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let n = self.shared_len(tokens);
         if n == self.history.len() || self.can_resume_at(n) {
             n
         } else {
@@ -194,18 +189,21 @@ impl KvCache {
     /// windowed layer has already dropped rows that position needs. `truncate` to it keeps
     /// exactly that many, so callers rank caches by it and resume from it.
     pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
-        let shared = self
-            .history
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let n = shared.min(prompt.len().saturating_sub(1));
+        let n = self.shared_len(prompt).min(prompt.len().saturating_sub(1));
         if n == self.history.len() || self.can_resume_at(n) {
             n
         } else {
             0
         }
+    }
+
+    /// How many leading tokens the cache and `tokens` have in common.
+    fn shared_len(&self, tokens: &[u32]) -> usize {
+        self.history
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
     }
 
     /// Whether every windowed layer still holds the rows a query at position `n` reads.

@@ -70,6 +70,20 @@ fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Times `matmul` of `w` with `batch` random rows (best of `runs`) and prints a table row.
+fn time_matmul(name: &str, w: &WeightView, batch: usize, runs: usize, rng: &mut Rng) {
+    let (rows, cols) = (w.rows, w.cols);
+    let x: Vec<f32> = (0..batch * cols).map(|_| rng.f32()).collect();
+    let mut y = vec![0f32; batch * rows];
+    let t = best_of(runs, || matmul(w, &x, batch, &mut y));
+    println!(
+        "| {name} | {rows}x{cols}, batch {batch} | {:.2} us | {:.1} | {:.1} |",
+        t * 1e6,
+        2.0 * (rows * cols * batch) as f64 / t / 1e9,
+        w.data.len() as f64 / t / 1e9
+    );
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -110,20 +124,10 @@ fn main() {
         };
         for batch in [1usize, 64] {
             let name = format!("matmul_{}_b{batch}", ty.to_string().to_lowercase());
-            if !want(&name) {
-                continue;
+            if want(&name) {
+                let runs = if batch == 1 { 200 } else { 5 };
+                time_matmul(&name, &w, batch, runs, &mut rng);
             }
-            let x: Vec<f32> = (0..batch * cols).map(|_| rng.f32()).collect();
-            let mut y = vec![0f32; batch * rows];
-            let runs = if batch == 1 { 200 } else { 5 };
-            let t = best_of(runs, || matmul(&w, &x, batch, &mut y));
-            let flops = 2.0 * (rows * cols * batch) as f64 / t;
-            println!(
-                "| {name} | {rows}x{cols}, batch {batch} | {:.1} us | {:.1} | {:.1} |",
-                t * 1e6,
-                flops / 1e9,
-                data.len() as f64 / t / 1e9
-            );
         }
     }
     // A 1B model's FFN down projection (8192 columns) at a prompt batch: a panel of 16 rows
@@ -144,15 +148,7 @@ fn main() {
             cols,
             data: &data,
         };
-        let x: Vec<f32> = (0..batch * cols).map(|_| rng.f32()).collect();
-        let mut y = vec![0f32; batch * rows];
-        let t = best_of(5, || matmul(&w, &x, batch, &mut y));
-        println!(
-            "| {name} | {rows}x{cols}, batch {batch} | {:.1} us | {:.1} | {:.1} |",
-            t * 1e6,
-            2.0 * (rows * cols * batch) as f64 / t / 1e9,
-            data.len() as f64 / t / 1e9
-        );
+        time_matmul(&name, &w, batch, 5, &mut rng);
     }
     // Small matrices, batch 1 (SmolLM2-135M: hidden 576, FFN 1536): per-call overhead.
     for (rows, cols) in [(576usize, 576usize), (1536, 576), (576, 1536)] {
@@ -168,15 +164,7 @@ fn main() {
             cols,
             data: &data,
         };
-        let x: Vec<f32> = (0..cols).map(|_| rng.f32()).collect();
-        let mut y = vec![0f32; rows];
-        let t = best_of(2000, || matmul(&w, &x, 1, &mut y));
-        println!(
-            "| {name} | {rows}x{cols}, batch 1 | {:.2} us | {:.1} | {:.1} |",
-            t * 1e6,
-            2.0 * (rows * cols) as f64 / t / 1e9,
-            data.len() as f64 / t / 1e9
-        );
+        time_matmul(&name, &w, 1, 2000, &mut rng);
     }
     // Attention: 32 query heads over 8 KV heads of 64, one query at position 511 (generation)
     // and 512 queries from 0 (a prompt).
