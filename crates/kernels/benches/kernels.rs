@@ -131,9 +131,14 @@ fn main() {
         }
     }
     // A 1B model's FFN down projection (8192 columns) at a prompt batch: a panel of 16 rows
-    // is 128 KiB, four times the L1 cache, so this shows what the inner dimension costs.
-    for ty in [TensorType::IQ4_XS, TensorType::Q4_K, TensorType::Q6_K] {
-        let (rows, cols, batch) = (2048usize, 8192usize, 64usize);
+    // is 128 KiB, four times the L1 cache, so this shows what the inner dimension costs. At
+    // a full prompt batch (512) the activations (1 or 4 MiB) no longer fit in L2.
+    let shapes = [(8192usize, 64usize), (8192, 512), (2048, 512)];
+    for (ty, (cols, batch)) in [TensorType::IQ4_XS, TensorType::Q4_K, TensorType::Q6_K]
+        .into_iter()
+        .flat_map(|ty| shapes.map(|s| (ty, s)))
+    {
+        let rows = 2048usize;
         let name = format!(
             "matmul_{}_b{batch}_{rows}x{cols}",
             ty.to_string().to_lowercase()

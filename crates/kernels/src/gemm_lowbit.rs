@@ -1,6 +1,6 @@
 //! The low-bit types in the panel kernel (`gemm.rs`, whose child module this is): their
 //! quants as the unsigned bytes a panel stores, and the K-quants' block scales in the
-//! panel's per-row arrays (IQ4_NL's f16 and MXFP4's E8M0 scales are gathered in `gemm.rs`).
+//! panel's per-row arrays (IQ4_NL's f16 and MXFP4's E8M0 scales are gathered in `gemm_unpack.rs`).
 //!
 //! How each maps onto a panel kind (the offset is taken back out exactly, as for Q6_K):
 //! * IQ4_NL, MXFP4 (`B32`, offset 128): table values + 128, so 1..=241 or 116..=140.

@@ -510,7 +510,10 @@ fn batched_matmul_matches_scalar_bit_for_bit() {
         // Float types: 1000 columns leaves a tail of 8 after the 32-lane loop.
         let cols = if ty.block_size() == 1 { 1000 } else { 512 };
         // 8 activation rows go through the panel together: 19 is two such groups and 3.
-        for (rows, batch) in [(70, 13), (32, 4), (48, 9), (40, 19)] {
+        // 8192 columns make passes of 4 panels: 165 rows are tasks of 4, 4 and 2 panels
+        // and a remainder of 5 rows.
+        let shapes = [(70, 13, cols), (32, 4, cols), (48, 9, cols), (40, 19, cols)];
+        for (rows, batch, cols) in shapes.into_iter().chain([(165, 11, 8192)]) {
             let data = random_weights(&mut rng, ty, rows, cols);
             let w = WeightView {
                 ty,
