@@ -13,7 +13,7 @@
 //! else every gate and up product in one region and every down product in a second
 //! ([`products_as_tasks`]): one or two regions a layer instead of three per picked expert.
 
-use verity_kernels::{matmul, WeightView};
+use verity_kernels::{matmul, prefetch_head, WeightView};
 use verity_model::arch::MoeGating;
 use verity_model::{HParams, Moe};
 
@@ -184,6 +184,9 @@ fn experts_as_tasks(moe: &Moe, hp: &HParams, h: &[f32], s: &mut MoeScratch) {
         verity_pool::for_each_chunk_mut(&mut tasks, 1, &|_, t| {
             for (e, x, g, u, o) in t {
                 let m = x.len() / d;
+                // The up and down matrices start coming while gate computes.
+                prefetch_head(moe.up[*e].view().data);
+                prefetch_head(moe.down[*e].view().data);
                 matmul(&moe.gate[*e].view(), x, m, g);
                 matmul(&moe.up[*e].view(), x, m, u);
                 add_bias_rows(g, ff, expert_bias(moe, Part::Gate, *e, ff));

@@ -171,6 +171,23 @@ fn main() {
         };
         time_matmul(&name, &w, 1, 2000, &mut rng);
     }
+    // Decoding's largest product, a vocabulary projection (151936 x 2048, 150-330 MB): far
+    // past every cache, so its weight GB/s is the read rate from memory that decoding gets.
+    for ty in [TensorType::Q6_K, TensorType::Q4_K, TensorType::Q8_0] {
+        let (rows, cols) = (151_936usize, 2048usize);
+        let name = format!("matmul_{}_b1_vocab", ty.to_string().to_lowercase());
+        if !want(&name) {
+            continue;
+        }
+        let data = weights(&mut rng, ty, rows, cols);
+        let w = WeightView {
+            ty,
+            rows,
+            cols,
+            data: &data,
+        };
+        time_matmul(&name, &w, 1, 10, &mut rng);
+    }
     // Attention: 32 query heads over 8 KV heads of 64, one query at position 511 (generation)
     // and 512 queries from 0 (a prompt).
     let shape = AttnShape {

@@ -94,6 +94,24 @@ pub use verity_formats::TensorType;
 #[cfg(target_arch = "x86_64")]
 pub const PREFETCH_BYTES: usize = 4096;
 
+/// Start fetching the first [`PREFETCH_BYTES`] of `bytes` (all of it if shorter), all lines
+/// at once. A batch-1 product prefetches ahead of its loads, but the start of each run of
+/// rows would otherwise come one demand miss after another; decoding a mixture of experts
+/// starts dozens of such runs a layer. No-op off x86-64.
+pub fn prefetch_head(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for off in (0..bytes.len().min(PREFETCH_BYTES)).step_by(64) {
+        // SAFETY: `off` is inside `bytes`; a prefetch has no architectural effect.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                bytes.as_ptr().add(off) as *const i8,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
 /// Elements per super-block of the K-quants (Q4_K, Q5_K, Q6_K, Q8_K).
 pub const QK_K: usize = blocks::QK_K;
 
@@ -528,6 +546,8 @@ fn activation_quantizer(ty: TensorType) -> Result<QuantFn, String> {
 
 /// Weight rows per cache block: a block is read once for all batch rows.
 const ROW_BLOCK: usize = 16;
+/// Most weight bytes a batch-1 task reads.
+const MAX_TASK_BYTES: usize = 4 << 20;
 
 /// Smallest batch for the repacking AVX-512 VNNI matrix-matrix kernel.
 #[cfg(target_arch = "x86_64")]
@@ -654,8 +674,13 @@ fn matmul_in(
     }
 
     if batch == 1 {
+        // A vocabulary projection's quarter-thread share is tens of MB, milliseconds from
+        // memory: a thread slowed by other work on its core would leave the others waiting
+        // that long at the end, so tasks stop at a few MB.
+        let rows_per_task = rows_per_task.min((MAX_TASK_BYTES / wrb).max(ROW_BLOCK));
         verity_pool::for_each_chunk_mut(y, rows_per_task, &|t, ys| {
             let r0 = t * rows_per_task;
+            prefetch_head(&w.data[r0 * wrb..]);
             for (i, yv) in ys.iter_mut().enumerate() {
                 *yv = dot(wrow(r0 + i), act, scl, cols);
             }
