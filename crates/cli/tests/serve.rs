@@ -477,6 +477,38 @@ fn shared_prefixes_come_from_the_cache() {
     );
 }
 
+/// A request that reuses nothing (prompt log-probabilities need every position's logits)
+/// takes the slot with the least in it, so another slot's cached prefix survives it.
+#[test]
+fn scoring_a_prompt_leaves_other_caches_warm() {
+    let s = Server::start(&["--parallel", "2"]);
+    let post = |path: &str, req: Value| {
+        let (status, body) = http(s.port, "POST", path, Some(&req.to_string()), &[]);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let system =
+        "You are a helpful assistant who answers questions about geography in one short sentence.";
+    let ask = |q: &str| {
+        let messages =
+            json!([{ "role": "system", "content": system }, { "role": "user", "content": q }]);
+        let req = json!({ "messages": messages, "max_tokens": 4, "temperature": 0 });
+        post("/v1/chat/completions", req)["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(ask("What is the capital of France?"), 0);
+    // Both slots are idle, one holding the conversation, one empty.
+    let req = json!({ "prompt": system, "max_tokens": 0, "echo": true, "logprobs": 1 });
+    let scored = post("/v1/completions", req);
+    assert!(scored["choices"][0]["logprobs"]["token_logprobs"][1].is_number());
+    let cached = ask("What is the capital of Spain?");
+    assert!(
+        cached >= 20,
+        "the conversation's slot was taken: cached {cached}"
+    );
+}
+
 /// A model with sliding-window layers (the tiny gpt-oss: window 8) asked the same long
 /// prompt again: its slot holds the prompt, but the windows have moved past the position
 /// one short of it, so the prompt is computed again, and the answer is the first one's.

@@ -313,7 +313,8 @@ impl Worker {
     }
 
     /// Move waiting jobs into free slots, choosing the slot whose cache shares the longest
-    /// prefix with the prompt.
+    /// prefix with the prompt; among slots that offer nothing (and always for a job that
+    /// reuses nothing), the one holding the shortest cache, so the others stay warm.
     fn admit(&mut self) {
         while let Some(job) = self.waiting.front() {
             if job.events.is_closed() {
@@ -329,11 +330,12 @@ impl Worker {
                 .enumerate()
                 .filter(|(_, s)| s.active.is_none())
                 .max_by_key(|(_, s)| {
-                    if same_lora(s.cache.lora(), lora) {
+                    let reuse = if !job.spec.prompt_logprobs && same_lora(s.cache.lora(), lora) {
                         s.cache.reusable_prefix(&job.spec.prompt)
                     } else {
                         0
-                    }
+                    };
+                    (reuse, std::cmp::Reverse(s.cache.len()))
                 });
             let Some((i, _)) = best else { return };
             let job = self.waiting.pop_front().expect("front exists");
