@@ -14,7 +14,8 @@ use crate::lora::{self, LoraScratch, LoraSet};
 use crate::moe::{moe_ffn, MoeScratch};
 
 use crate::ops::{
-    add_bias_rows, add_in_place, glu, par_rows, rms_norm, rms_norm_in_place, scale_in_place, Rope,
+    add_bias_rows, add_in_place, glu, par_rows, products, rms_norm, rms_norm_in_place,
+    scale_in_place, Rope,
 };
 
 /// Tokens processed in one batch during prompt processing (as the server's steps and
@@ -490,9 +491,12 @@ impl Runner {
             par_rows(&mut s.h, d, &|r, h| {
                 rms_norm(&x[r * d..(r + 1) * d], &layer.attn_norm, hp.rms_eps, h)
             });
-            matmul(&layer.wq.view(), &s.h, n, &mut s.q);
-            matmul(&layer.wk.view(), &s.h, n, &mut s.k);
-            matmul(&layer.wv.view(), &s.h, n, &mut s.v);
+            products(
+                &[layer.wq.view(), layer.wk.view(), layer.wv.view()],
+                &s.h,
+                n,
+                &mut [&mut s.q, &mut s.k, &mut s.v],
+            );
             if !s.lora_groups.is_empty() {
                 let g = &s.lora_groups;
                 lora::apply(g, l, Proj::Q, &s.h, d, &mut s.q, qd, &mut s.lora);
@@ -599,8 +603,12 @@ impl Runner {
             if let Some(moe) = &layer.moe {
                 moe_ffn(moe, hp, &s.h[..n * d], n, &mut s.proj, &mut s.moe);
             } else {
-                matmul(&layer.w_gate.view(), &s.h, n, &mut s.gate);
-                matmul(&layer.w_up.view(), &s.h, n, &mut s.up);
+                products(
+                    &[layer.w_gate.view(), layer.w_up.view()],
+                    &s.h,
+                    n,
+                    &mut [&mut s.gate, &mut s.up],
+                );
                 if !s.lora_groups.is_empty() {
                     let g = &s.lora_groups;
                     lora::apply(g, l, Proj::Gate, &s.h, d, &mut s.gate, ff, &mut s.lora);

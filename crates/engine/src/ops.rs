@@ -1,5 +1,7 @@
 //! Small elementwise operations of the transformer block.
 
+use verity_kernels::{matmul, matvec_many, WeightView};
+
 /// Sum of squares as ggml computes it: f32 products accumulated in f64. Matching its
 /// rounding matters: activations are quantized next, and a last-bit difference can flip
 /// a rounding there. The f64 sum runs in 8 fixed lanes (element `i` to lane `i % 8`, the
@@ -117,6 +119,19 @@ pub fn add_bias_rows(buf: &mut [f32], width: usize, bias: Option<&[f32]>) {
     if let Some(b) = bias {
         for row in buf.chunks_exact_mut(width) {
             add_in_place(row, b);
+        }
+    }
+}
+
+/// `ys[i] = ws[i] · h` for the `n` rows of `h`. Decoding (`n` = 1) runs them as one
+/// parallel region: each region ends waiting for its slowest thread, and the products
+/// that share an input (Q, K, V; gate, up) are small. Same results either way.
+pub fn products(ws: &[WeightView], h: &[f32], n: usize, ys: &mut [&mut [f32]]) {
+    if n == 1 {
+        matvec_many(ws, h, ys);
+    } else {
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            matmul(w, h, n, y);
         }
     }
 }

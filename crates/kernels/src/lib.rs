@@ -57,6 +57,7 @@ pub mod backward;
 mod blocks;
 mod dequant;
 mod lowbit;
+mod matvec;
 mod quant;
 mod scalar;
 
@@ -83,6 +84,7 @@ pub use backward::{matmul_at_b, matmul_t};
 #[doc(hidden)]
 pub use backward::{matmul_at_b_with, matmul_t_with};
 
+pub use matvec::matvec_many;
 pub use verity_formats::TensorType;
 
 /// How far ahead of its loads a batch-1 dot product (every weight type, AVX2 and AVX-512)

@@ -501,6 +501,44 @@ fn bench_matmul() {
     }
 }
 
+/// Products sharing one input in one region give what each gives alone.
+#[test]
+fn matvec_many_matches_matmul_bit_for_bit() {
+    let mut rng = Rng(77);
+    let cols = 512;
+    let x: Vec<f32> = (0..cols).map(|_| rng.act()).collect();
+    // Mixed types (two vec-dot types), and row counts from one task to many.
+    let mats: Vec<(TensorType, usize, Vec<u8>)> = [
+        (TensorType::Q4_K, 1000),
+        (TensorType::Q6_K, 70),
+        (TensorType::Q8_0, 33),
+        (TensorType::F16, 300),
+        (TensorType::IQ4_XS, 5),
+    ]
+    .into_iter()
+    .map(|(ty, rows)| (ty, rows, random_weights(&mut rng, ty, rows, cols)))
+    .collect();
+    let views: Vec<WeightView> = mats
+        .iter()
+        .map(|(ty, rows, data)| WeightView {
+            ty: *ty,
+            rows: *rows,
+            cols,
+            data,
+        })
+        .collect();
+    let mut got: Vec<Vec<f32>> = views.iter().map(|w| vec![f32::NAN; w.rows]).collect();
+    let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|g| &mut g[..]).collect();
+    matvec_many(&views, &x, &mut outs);
+    for (w, got) in views.iter().zip(&got) {
+        let mut want = vec![0f32; w.rows];
+        matmul(w, &x, 1, &mut want);
+        for (r, (a, b)) in want.iter().zip(got).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "{} row {r}", w.ty);
+        }
+    }
+}
+
 #[test]
 fn batched_matmul_matches_scalar_bit_for_bit() {
     // Batches big enough for the tiled matrix-matrix kernel (whole 16-row panels, a
