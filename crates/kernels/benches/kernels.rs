@@ -84,6 +84,26 @@ fn time_matmul(name: &str, w: &WeightView, batch: usize, runs: usize, rng: &mut 
     );
 }
 
+/// [`time_matmul`] on fresh random weights of one shape.
+fn time_random(
+    name: &str,
+    ty: TensorType,
+    rows: usize,
+    cols: usize,
+    batch: usize,
+    runs: usize,
+    rng: &mut Rng,
+) {
+    let data = weights(rng, ty, rows, cols);
+    let w = WeightView {
+        ty,
+        rows,
+        cols,
+        data: &data,
+    };
+    time_matmul(name, &w, batch, runs, rng);
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -146,14 +166,7 @@ fn main() {
         if !want(&name) {
             continue;
         }
-        let data = weights(&mut rng, ty, rows, cols);
-        let w = WeightView {
-            ty,
-            rows,
-            cols,
-            data: &data,
-        };
-        time_matmul(&name, &w, batch, 5, &mut rng);
+        time_random(&name, ty, rows, cols, batch, 5, &mut rng);
     }
     // Small matrices, batch 1 (SmolLM2-135M: hidden 576, FFN 1536): per-call overhead.
     for (rows, cols) in [(576usize, 576usize), (1536, 576), (576, 1536)] {
@@ -162,14 +175,7 @@ fn main() {
         if !want(&name) {
             continue;
         }
-        let data = weights(&mut rng, ty, rows, cols);
-        let w = WeightView {
-            ty,
-            rows,
-            cols,
-            data: &data,
-        };
-        time_matmul(&name, &w, 1, 2000, &mut rng);
+        time_random(&name, ty, rows, cols, 1, 2000, &mut rng);
     }
     // Decoding's largest product, a vocabulary projection (151936 x 2048, 150-330 MB): far
     // past every cache, so its weight GB/s is the read rate from memory that decoding gets.
@@ -179,14 +185,7 @@ fn main() {
         if !want(&name) {
             continue;
         }
-        let data = weights(&mut rng, ty, rows, cols);
-        let w = WeightView {
-            ty,
-            rows,
-            cols,
-            data: &data,
-        };
-        time_matmul(&name, &w, 1, 10, &mut rng);
+        time_random(&name, ty, rows, cols, 1, 10, &mut rng);
     }
     // Attention: 32 query heads over 8 KV heads of 64, one query at position 511 (generation)
     // and 512 queries from 0 (a prompt).
