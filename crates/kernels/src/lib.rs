@@ -551,6 +551,25 @@ const ROW_BLOCK: usize = 16;
 /// Most weight bytes a batch-1 task reads.
 const MAX_TASK_BYTES: usize = 4 << 20;
 
+/// Weight rows a batch-1 task takes: about four tasks per thread, but at most
+/// [`MAX_TASK_BYTES`]. A vocabulary projection's quarter-thread share is tens of MB,
+/// milliseconds from memory: a thread slowed by other work on its core would leave the
+/// others waiting that long at the end.
+fn batch1_rows_per_task(rows: usize, wrb: usize, threads: usize) -> usize {
+    rows.div_ceil(threads * 4)
+        .max(ROW_BLOCK)
+        .min((MAX_TASK_BYTES / wrb.max(1)).max(ROW_BLOCK))
+}
+
+/// `y[i] = w[r0 + i] · act`: one batch-1 task's rows, its first bytes prefetched at once.
+fn batch1_rows(dot: DotFn, w: &WeightView, r0: usize, act: &[u8], scl: &[f32], y: &mut [f32]) {
+    let wrb = w.row_bytes();
+    prefetch_head(&w.data[r0 * wrb..]);
+    for (yv, r) in y.iter_mut().zip(r0..) {
+        *yv = dot(&w.data[r * wrb..(r + 1) * wrb], act, scl, w.cols);
+    }
+}
+
 /// Smallest batch for the repacking AVX-512 VNNI matrix-matrix kernel.
 #[cfg(target_arch = "x86_64")]
 const GEMM_MIN_BATCH: usize = 4;
@@ -676,16 +695,9 @@ fn matmul_in(
     }
 
     if batch == 1 {
-        // A vocabulary projection's quarter-thread share is tens of MB, milliseconds from
-        // memory: a thread slowed by other work on its core would leave the others waiting
-        // that long at the end, so tasks stop at a few MB.
-        let rows_per_task = rows_per_task.min((MAX_TASK_BYTES / wrb).max(ROW_BLOCK));
+        let rows_per_task = batch1_rows_per_task(rows, wrb, threads);
         verity_pool::for_each_chunk_mut(y, rows_per_task, &|t, ys| {
-            let r0 = t * rows_per_task;
-            prefetch_head(&w.data[r0 * wrb..]);
-            for (i, yv) in ys.iter_mut().enumerate() {
-                *yv = dot(wrow(r0 + i), act, scl, cols);
-            }
+            batch1_rows(dot, w, t * rows_per_task, act, scl, ys)
         });
         return;
     }

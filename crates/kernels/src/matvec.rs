@@ -9,8 +9,8 @@
 use std::cell::RefCell;
 
 use crate::{
-    act_scales, activation_quantizer, dot_kernel, effective, prefetch_head, scratch_slice,
-    simd_level, vec_dot_type, TensorType, WeightView, MAX_TASK_BYTES, ROW_BLOCK,
+    act_scales, activation_quantizer, batch1_rows, batch1_rows_per_task, dot_kernel, effective,
+    scratch_slice, simd_level, vec_dot_type, TensorType, WeightView,
 };
 
 /// Most products one call takes.
@@ -108,12 +108,7 @@ pub fn matvec_many(ws: &[WeightView], x: &[f32], ys: &mut [&mut [f32]]) {
         let mut per_task = [0usize; MAX_PRODUCTS];
         let mut first_task = [0usize; MAX_PRODUCTS + 1];
         for (i, w) in ws.iter().enumerate() {
-            let wrb = w.row_bytes().max(1);
-            per_task[i] = w
-                .rows
-                .div_ceil(threads * 4)
-                .max(ROW_BLOCK)
-                .min((MAX_TASK_BYTES / wrb).max(ROW_BLOCK));
+            per_task[i] = batch1_rows_per_task(w.rows, w.row_bytes(), threads);
             first_task[i + 1] = first_task[i] + w.rows.div_ceil(per_task[i]);
         }
         let outs: [OutPtr; MAX_PRODUCTS] = std::array::from_fn(|i| {
@@ -137,12 +132,7 @@ pub fn matvec_many(ws: &[WeightView], x: &[f32], ys: &mut [&mut [f32]]) {
             }
             let q = &quantized[input[i]];
             let act = &q.act[..vec_dot_type(w.ty).row_bytes(w.cols).expect("row size")];
-            let dot = dot_kernel(w.ty, level);
-            let wrb = w.row_bytes();
-            prefetch_head(&w.data[r0 * wrb..]);
-            for (yv, r) in y.iter_mut().zip(r0..) {
-                *yv = dot(&w.data[r * wrb..(r + 1) * wrb], act, &q.scl, w.cols);
-            }
+            batch1_rows(dot_kernel(w.ty, level), w, r0, act, &q.scl, y);
         });
     });
 }
