@@ -226,11 +226,10 @@ pub unsafe fn matmul_panels(
                 // of activation rows, so the loads spread over the pass instead of stalling
                 // it; beyond L2 is memory, and the panel walk alone keeps too few in flight.
                 let next = &w[(first + n) * PR * wrb..(first + n + pass).min(end) * PR * wrb];
-                let groups = batch.div_ceil(C_B32).max(1);
-                let lines_per_group = next.len().div_ceil(64 * groups);
+                let lines_per_row = next.len().div_ceil(64 * batch.max(1));
                 let mut line = 0;
-                let mut fetch = || {
-                    for _ in 0..lines_per_group {
+                let mut fetch = |rows: usize| {
+                    for _ in 0..lines_per_row * rows {
                         if line * 64 < next.len() {
                             _mm_prefetch::<_MM_HINT_T1>(next.as_ptr().add(line * 64) as *const i8);
                         }
@@ -239,31 +238,24 @@ pub unsafe fn matmul_panels(
                 };
                 // SAFETY: each task writes only its own panels' rows of every batch row,
                 // and those ranges are disjoint between tasks.
-                let pass_panels = &panels[..n];
+                let this_pass = (&panels[..n], first * PR);
                 let mut b = 0;
                 if a.qi.is_empty() {
                     while b + C_B32 <= batch {
-                        fetch();
-                        for (j, p) in pass_panels.iter().enumerate() {
-                            run::<C_B32>(kind, p, &a, b, cols, yp.0, rows, (first + j) * PR);
-                        }
+                        fetch(C_B32);
+                        run_pass::<C_B32>(kind, this_pass, &a, b, cols, yp.0, rows);
                         b += C_B32;
                     }
                 } else {
                     while b + C <= batch {
-                        fetch();
-                        fetch();
-                        for (j, p) in pass_panels.iter().enumerate() {
-                            run::<C>(kind, p, &a, b, cols, yp.0, rows, (first + j) * PR);
-                        }
+                        fetch(C);
+                        run_pass::<C>(kind, this_pass, &a, b, cols, yp.0, rows);
                         b += C;
                     }
                 }
                 while b < batch {
-                    fetch();
-                    for (j, p) in pass_panels.iter().enumerate() {
-                        run::<1>(kind, p, &a, b, cols, yp.0, rows, (first + j) * PR);
-                    }
+                    fetch(1);
+                    run_pass::<1>(kind, this_pass, &a, b, cols, yp.0, rows);
                     b += 1;
                 }
                 first += n;
@@ -418,6 +410,23 @@ unsafe fn dotn<const N: usize, const L: usize>(
         k += 4;
     }
     s
+}
+
+/// [`run`] for each panel of a pass: `(panels, first weight row)`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn run_pass<const N: usize>(
+    kind: Kind,
+    (panels, r0): (&[Panel], usize),
+    a: &Act,
+    b0: usize,
+    cols: usize,
+    y: *mut f32,
+    rows: usize,
+) {
+    for (j, p) in panels.iter().enumerate() {
+        run::<N>(kind, p, a, b0, cols, y, rows, r0 + j * PR);
+    }
 }
 
 /// Activation rows `b0..b0 + N` against panel `p`, rows `r0..r0 + 16` of `y`.
