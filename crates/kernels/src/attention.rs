@@ -168,6 +168,8 @@ pub fn attention_f16_seqs_with(
             }
             #[cfg(target_arch = "x86_64")]
             if simd {
+                // The first value rows come in while the scores are computed.
+                x86::prefetch_rows(v, kvd, kvh * hd, hd, 0, x86::ROWS_AHEAD, n_keys);
                 // SAFETY: `simd` is only true after run-time detection of avx2+fma+f16c.
                 unsafe {
                     x86::scores(qv, k, kvd, kvh * hd, hd, n_keys, scale, scores);
@@ -484,6 +486,34 @@ mod x86 {
         ]
     }
 
+    /// How many cache rows ahead of the one in use the loops prefetch. A decode step reads
+    /// each layer's cache from memory (it was written a layer cycle ago, and the weights
+    /// streamed since evict it); a head's slice of a row is only a few lines, spread one
+    /// row stride apart, which the hardware prefetcher does not follow.
+    pub const ROWS_AHEAD: usize = 16;
+
+    /// Starts fetching rows `first..first + count` (clipped to `n_rows`) of a head's slice
+    /// (`hd` halves at `off`, rows `kvd` apart) of `cache`.
+    #[inline(always)]
+    pub fn prefetch_rows(
+        cache: &[f16],
+        kvd: usize,
+        off: usize,
+        hd: usize,
+        first: usize,
+        count: usize,
+        n_rows: usize,
+    ) {
+        let bytes = hd * std::mem::size_of::<f16>();
+        for j in first..(first + count).min(n_rows) {
+            let row = cache.as_ptr().wrapping_add(j * kvd + off) as *const i8;
+            for b in (0..bytes).step_by(64) {
+                // SAFETY: a prefetch has no architectural effect, whatever the address.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b)) };
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn scores(
@@ -504,7 +534,9 @@ mod x86 {
         if hd.is_multiple_of(8) && hd <= 256 {
             let init: f32 = std::iter::empty::<f32>().sum();
             let mut kf = [0f32; 8 * 256];
+            prefetch_rows(k, kvd, off, hd, 0, ROWS_AHEAD, n_keys);
             while j0 + 8 <= n_keys {
+                prefetch_rows(k, kvd, off, hd, j0 + ROWS_AHEAD, 8, n_keys);
                 for kk in 0..8 {
                     let rp = k.as_ptr().add((j0 + kk) * kvd + off);
                     for i in (0..hd).step_by(8) {
@@ -566,9 +598,11 @@ mod x86 {
         })
     }
 
-    /// [`weighted_sum`] with all `group` output heads in zmm registers over the keys, each V
-    /// row converted once for the group; the same `o += p * v` per element and key, in key
-    /// order. Returns false (doing nothing) for shapes it does not cover.
+    /// [`weighted_sum`] with all `group` output heads in zmm registers over the keys, a
+    /// block of columns at a time (as many as leave registers for the V row), each V row
+    /// block converted once for the group; the same `o += p * v` per element and key, in
+    /// key order. Returns false (doing nothing) for shapes it does not cover (heads not a
+    /// multiple of 16 wide, more than 8 query heads per KV head).
     ///
     /// Only call when [`avx512_available`].
     pub fn weighted_sum_512(
@@ -583,41 +617,69 @@ mod x86 {
         let group = o.len() / hd;
         assert!(p.len() >= group * n_keys && o.len() == group * hd);
         assert!(n_keys == 0 || v.len() >= (n_keys - 1) * kvd + off + hd);
-        macro_rules! go {
-            ($($hc:literal, $g:literal);*) => {
-                match (hd, group) {
-                    $(
-                        (h, $g) if h == 16 * $hc => {
-                            // SAFETY: features checked by the caller; sizes checked above.
-                            unsafe { ws512::<$hc, $g>(p, v, kvd, off, n_keys, o) };
-                            true
-                        }
-                    )*
-                    _ => false,
-                }
-            };
+        if !hd.is_multiple_of(16) || !(1..=8).contains(&group) {
+            return false;
         }
-        go!(4, 1; 4, 2; 4, 3; 4, 4; 8, 1; 8, 2)
+        // 16-lane chunks per block: group x chunks accumulators plus the row's chunks stay
+        // within the 32 zmm registers.
+        let wide = match group {
+            1 | 2 => 8,
+            3 | 4 => 4,
+            _ => 2,
+        };
+        let mut col = 0;
+        while col < hd {
+            let left = ((hd - col) / 16).min(wide);
+            let chunks = [8, 4, 2, 1].into_iter().find(|&c| c <= left).unwrap_or(1);
+            macro_rules! go {
+                ($($hc:literal),*) => {
+                    match chunks {
+                        $(
+                            $hc => match group {
+                                // SAFETY (all arms): features checked by the caller; sizes
+                                // checked above, and `col + 16 * $hc <= hd`.
+                                1 => unsafe { ws512::<$hc, 1>(p, v, kvd, off, hd, col, n_keys, o) },
+                                2 => unsafe { ws512::<$hc, 2>(p, v, kvd, off, hd, col, n_keys, o) },
+                                3 => unsafe { ws512::<$hc, 3>(p, v, kvd, off, hd, col, n_keys, o) },
+                                4 => unsafe { ws512::<$hc, 4>(p, v, kvd, off, hd, col, n_keys, o) },
+                                5 => unsafe { ws512::<$hc, 5>(p, v, kvd, off, hd, col, n_keys, o) },
+                                6 => unsafe { ws512::<$hc, 6>(p, v, kvd, off, hd, col, n_keys, o) },
+                                7 => unsafe { ws512::<$hc, 7>(p, v, kvd, off, hd, col, n_keys, o) },
+                                _ => unsafe { ws512::<$hc, 8>(p, v, kvd, off, hd, col, n_keys, o) },
+                            },
+                        )*
+                        _ => unreachable!("a block is 1, 2, 4 or 8 chunks"),
+                    }
+                };
+            }
+            go!(1, 2, 3, 4, 8);
+            col += 16 * chunks;
+        }
+        true
     }
 
+    /// Columns `col..col + 16 * HC` of every one of the `G` heads of [`weighted_sum_512`].
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f")]
     unsafe fn ws512<const HC: usize, const G: usize>(
         p: &[f32],
         v: &[f16],
         kvd: usize,
         off: usize,
+        hd: usize,
+        col: usize,
         n_keys: usize,
         o: &mut [f32],
     ) {
-        let hd = 16 * HC;
         let mut acc = [[_mm512_setzero_ps(); HC]; G];
         for (g, a) in acc.iter_mut().enumerate() {
             for (c, a) in a.iter_mut().enumerate() {
-                *a = _mm512_loadu_ps(o.as_ptr().add(g * hd + 16 * c));
+                *a = _mm512_loadu_ps(o.as_ptr().add(g * hd + col + 16 * c));
             }
         }
-        let vp = v.as_ptr().add(off);
+        let vp = v.as_ptr().add(off + col);
         for j in 0..n_keys {
+            prefetch_rows(v, kvd, off + col, 16 * HC, j + ROWS_AHEAD, 1, n_keys);
             let row = vp.add(j * kvd);
             let vv: [__m512; HC] = std::array::from_fn(|c| {
                 _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * c) as *const __m256i))
@@ -631,7 +693,7 @@ mod x86 {
         }
         for (g, a) in acc.iter().enumerate() {
             for (c, a) in a.iter().enumerate() {
-                _mm512_storeu_ps(o.as_mut_ptr().add(g * hd + 16 * c), *a);
+                _mm512_storeu_ps(o.as_mut_ptr().add(g * hd + col + 16 * c), *a);
             }
         }
     }

@@ -189,6 +189,7 @@ unsafe fn dot_q4_k_k(wp: *const u8, ap: *const u8, nb: usize) -> f32 {
     _mm_storeu_ps(lanes.as_mut_ptr(), acc);
     for ib in ib..nb {
         let (x, y) = (wp.add(ib * Q4_K_BYTES), ap.add(ib * Q8_K_BYTES));
+        prefetch_ahead(x, Q4_K_BYTES);
         let (s, m) = q4_k_block(x, y);
         let yd = f32_at(y);
         lanes[ib & 3] += (f16_at(x) * yd) * hsum_i32_8(s) as f32
@@ -260,6 +261,7 @@ unsafe fn dot_q6_k_k(wp: *const u8, ap: *const u8, nb: usize) -> f32 {
     _mm_storeu_ps(lanes.as_mut_ptr(), acc);
     for ib in ib..nb {
         let (x, y) = (wp.add(ib * Q6_K_BYTES), ap.add(ib * Q8_K_BYTES));
+        prefetch_ahead(x, Q6_K_BYTES);
         lanes[ib & 3] += (f16_at(x.add(208)) * f32_at(y)) * hsum_i32_8(q6_k_block(x, y)) as f32;
     }
     (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])

@@ -218,6 +218,7 @@ unsafe fn dot_q2_k_k(wp: *const u8, ap: *const u8, nb: usize) -> f32 {
     _mm_storeu_ps(lanes.as_mut_ptr(), acc);
     for ib in ib..nb {
         let (x, y) = (wp.add(ib * Q2_K_BYTES), ap.add(ib * Q8_K_BYTES));
+        prefetch_ahead(x, Q2_K_BYTES);
         let (s, m) = q2_k_block(x, y);
         let yd = f32_at(y);
         lanes[ib & 3] += (f16_at(x.add(80)) * yd) * hsum_i32_8(s) as f32
@@ -252,6 +253,7 @@ macro_rules! scaled_dot {
             _mm_storeu_ps(lanes.as_mut_ptr(), acc);
             for ib in ib..nb {
                 let (x, y) = (wp.add(ib * $bytes), ap.add(ib * Q8_K_BYTES));
+                prefetch_ahead(x, $bytes);
                 lanes[ib & 3] +=
                     (f16_at(x.add($d_off)) * f32_at(y)) * hsum_i32_8($block(x, y)) as f32;
             }

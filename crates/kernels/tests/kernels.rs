@@ -652,6 +652,10 @@ fn attention_matches_engine_reference_bit_for_bit() {
         (16, 2, 256, 40, 2),
         (8, 1, 32, 50, 3),
         (9, 1, 64, 17, 2),
+        // The AVX-512 weighted sum's column blocks: 4 heads of 128 (two blocks of 64) and
+        // 2 heads of 112 (blocks of 64, 32 and 16 columns).
+        (8, 2, 128, 70, 2),
+        (2, 1, 112, 30, 1),
     ] {
         let kvd = n_head_kv * hd;
         let ctx = p0 + n;
