@@ -439,7 +439,8 @@ pub fn inspect(path: &Path, ctx: usize) -> anyhow::Result<Report> {
     }
     // Can verity run it?
     if !findings.iter().any(|f| f.severity == Severity::Error) {
-        if let Err(e) = verity_model::load(&mf.path) {
+        // Mapped: this only checks that it loads, and must not read a large file whole.
+        if let Err(e) = verity_model::load_with(&mf.path, verity_formats::Residency::Mapped) {
             findings.push(Finding {
                 severity: Severity::Warning,
                 kind: "load",

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::{FormatError, TensorType};
+use crate::{FormatError, Residency, TensorType};
 
 /// Deepest nesting of metadata arrays we accept (real files use 1).
 const MAX_ARRAY_DEPTH: usize = 3;
@@ -185,6 +185,11 @@ impl std::fmt::Debug for Gguf {
 impl Gguf {
     /// Memory-map and parse a file.
     pub fn open(path: &Path) -> Result<Self, FormatError> {
+        Self::open_with(path, Residency::Mapped)
+    }
+
+    /// Parse a file, its bytes held as `residency` asks.
+    pub fn open_with(path: &Path, residency: Residency) -> Result<Self, FormatError> {
         let io = |source| FormatError::Io {
             path: path.to_path_buf(),
             source,
@@ -194,9 +199,7 @@ impl Gguf {
         let bytes = if len == 0 {
             Bytes::Owned(Vec::new())
         } else {
-            // SAFETY: the map is read-only; a file truncated by another process while
-            // mapped is outside what any mmap-based reader can defend against.
-            Bytes::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
+            Bytes::Mapped(crate::residency::hold(&file, residency).map_err(io)?)
         };
         let mut g = Self::parse(bytes)?;
         g.path = Some(path.to_path_buf());

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::safetensors_file::SafetensorsFile;
 pub use crate::safetensors_file::{ByteTensorInfo, SafeTensorInfo};
-use crate::FormatError;
+use crate::{FormatError, Residency};
 
 /// Largest JSON side file (config, tokenizer config, index) we read; real ones are kilobytes.
 const MAX_JSON_BYTES: u64 = 64 << 20;
@@ -66,6 +66,11 @@ fn read_optional_json(path: &Path) -> Result<Option<serde_json::Value>, FormatEr
 impl HfDir {
     /// Open a directory; its weights must be safetensors.
     pub fn open(dir: &Path) -> Result<Self, FormatError> {
+        Self::open_with(dir, Residency::Mapped)
+    }
+
+    /// [`HfDir::open`], the shards' bytes held as `residency` asks.
+    pub fn open_with(dir: &Path, residency: Residency) -> Result<Self, FormatError> {
         let config_path = dir.join("config.json");
         if !config_path.exists() {
             return Err(FormatError::invalid(
@@ -133,7 +138,7 @@ impl HfDir {
         let mut tensors = BTreeMap::new();
         let mut byte_tensors = BTreeMap::new();
         for (shard, path) in shards.iter().enumerate() {
-            let parts = SafetensorsFile::open(path, shard)?.into_parts();
+            let parts = SafetensorsFile::open_with(path, shard, residency)?.into_parts();
             let twice = |name: &str| {
                 FormatError::invalid(
                     path.display().to_string(),

@@ -9,10 +9,12 @@ pub mod gguf;
 pub mod gguf_write;
 pub mod hf;
 pub mod mxfp4;
+mod residency;
 pub mod safetensors_file;
 mod tensor_type;
 
 pub use error::{printable, FormatError};
+pub use residency::{Residency, RESIDENT_MIN_BYTES};
 pub use tensor_type::TensorType;
 
 /// Refuse formats that execute code when loaded (PyTorch pickles), with a pointer to safetensors.

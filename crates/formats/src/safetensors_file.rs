@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::{FormatError, TensorType};
+use crate::{FormatError, Residency, TensorType};
 
 /// One tensor of a safetensors file.
 #[derive(Clone, Debug)]
@@ -56,14 +56,18 @@ impl std::fmt::Debug for SafetensorsFile {
 impl SafetensorsFile {
     /// Map and parse `path`; `shard` is recorded in every tensor's info.
     pub fn open(path: &Path, shard: usize) -> Result<Self, FormatError> {
+        Self::open_with(path, shard, Residency::Mapped)
+    }
+
+    /// [`SafetensorsFile::open`], the bytes held as `residency` asks.
+    pub fn open_with(path: &Path, shard: usize, residency: Residency) -> Result<Self, FormatError> {
         crate::refuse_pickle(path)?;
         let io = |source| FormatError::Io {
             path: path.to_path_buf(),
             source,
         };
         let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: read-only map; see Gguf::open.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let map = crate::residency::hold(&file, residency).map_err(io)?;
         let (header_len, meta) =
             safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| {
                 FormatError::invalid(

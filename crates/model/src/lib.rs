@@ -14,6 +14,6 @@ mod tensor;
 pub use adapter::{Adapter, AdapterError, AdapterFile, AdapterFormat, Proj};
 pub use arch::{Arch, HParams, RopeStyle};
 pub use load::{
-    load, open_gguf_parts, Layer, LoadError, Model, ModelFormat, Moe, MoeBiases, Weights,
+    load, load_with, open_gguf_parts, Layer, LoadError, Model, ModelFormat, Moe, MoeBiases, Weights,
 };
 pub use tensor::Tensor;

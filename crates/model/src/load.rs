@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use verity_formats::gguf::Gguf;
 use verity_formats::hf::HfDir;
-use verity_formats::{FormatError, TensorType};
+use verity_formats::{FormatError, Residency, TensorType};
 use verity_tokenizer::Tokenizer;
 
 use crate::arch::{GlobalTensor, HParams, LayerTensor};
@@ -172,8 +172,15 @@ impl Model {
 }
 
 /// Load a GGUF file (any part of a split one) or a Hugging Face directory (or a `.safetensors`
-/// file inside one).
+/// file inside one), to compute with: its weights are read into memory on huge pages when
+/// they fit ([`Residency::Compute`]).
 pub fn load(path: &Path) -> Result<Model, LoadError> {
+    load_with(path, Residency::Compute)
+}
+
+/// [`load`], the files' bytes held as `residency` asks: [`Residency::Mapped`] to check
+/// that a model loads without reading all of it.
+pub fn load_with(path: &Path, residency: Residency) -> Result<Model, LoadError> {
     let err = |kind: LoadErrorKind| LoadError {
         path: path.to_path_buf(),
         kind,
@@ -185,16 +192,16 @@ pub fn load(path: &Path) -> Result<Model, LoadError> {
     }
     verity_formats::refuse_pickle(path).map_err(|e| err(e.into()))?;
     if path.is_dir() {
-        return load_hf(path).map_err(err);
+        return load_hf(path, residency).map_err(err);
     }
     if path.extension().is_some_and(|e| e == "safetensors") {
         let dir = path.parent().unwrap_or(Path::new("."));
-        return load_hf(dir).map_err(|kind| LoadError {
+        return load_hf(dir, residency).map_err(|kind| LoadError {
             path: dir.to_path_buf(),
             kind,
         });
     }
-    load_gguf(path).map_err(err)
+    load_gguf(path, residency).map_err(err)
 }
 
 /// A tensor as found in a file: type, shape in ggml order (row length first), bytes.
@@ -250,14 +257,16 @@ impl Source for Arc<HfDir> {
 /// Open a GGUF file; for a part of a split model (`PREFIX-00002-of-00003.gguf`), every
 /// part from its directory, in order: the first holds the metadata and tokenizer.
 pub fn open_gguf_parts(path: &Path) -> Result<Vec<Arc<Gguf>>, LoadError> {
-    split::open(path).map(|p| p.0).map_err(|kind| LoadError {
-        path: path.to_path_buf(),
-        kind,
-    })
+    split::open(path, Residency::Mapped)
+        .map(|p| p.0)
+        .map_err(|kind| LoadError {
+            path: path.to_path_buf(),
+            kind,
+        })
 }
 
-fn load_gguf(path: &Path) -> Result<Model, LoadErrorKind> {
-    let parts = Arc::new(split::open(path)?);
+fn load_gguf(path: &Path, residency: Residency) -> Result<Model, LoadErrorKind> {
+    let parts = Arc::new(split::open(path, residency)?);
     let gguf = parts.0[0].clone();
     let hparams = HParams::from_gguf(&gguf).map_err(LoadErrorKind::Invalid)?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
@@ -280,8 +289,8 @@ fn load_gguf(path: &Path) -> Result<Model, LoadErrorKind> {
     })
 }
 
-fn load_hf(dir: &Path) -> Result<Model, LoadErrorKind> {
-    let hf = Arc::new(HfDir::open(dir)?);
+fn load_hf(dir: &Path, residency: Residency) -> Result<Model, LoadErrorKind> {
+    let hf = Arc::new(HfDir::open_with(dir, residency)?);
     let hparams = HParams::from_hf_config(&hf.config).map_err(LoadErrorKind::Invalid)?;
     let tokenizer = Tokenizer::from_hf_dir(&hf)?;
     let arch = hparams.arch;

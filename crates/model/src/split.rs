@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use verity_formats::gguf::{Gguf, TensorInfo};
-use verity_formats::FormatError;
+use verity_formats::{FormatError, Residency};
 
 use crate::load::LoadErrorKind;
 
@@ -44,8 +44,8 @@ fn part_name(prefix: &str, no: usize, count: usize) -> String {
 
 /// Open a GGUF file and, when it is a part of a split model, every other part from the
 /// same directory; any part may be given. Parts are checked against each other.
-pub(crate) fn open(path: &Path) -> Result<GgufParts, LoadErrorKind> {
-    let opened = Arc::new(Gguf::open(path)?);
+pub(crate) fn open(path: &Path, residency: Residency) -> Result<GgufParts, LoadErrorKind> {
+    let opened = Arc::new(Gguf::open_with(path, residency)?);
     let named = parse_name(path);
     // The metadata decides; the name alone marks a split only when the file says nothing.
     let count = match (opened.get_u64("split.count"), &named) {
@@ -98,7 +98,7 @@ pub(crate) fn open(path: &Path) -> Result<GgufParts, LoadErrorKind> {
             opened.clone()
         } else {
             // An I/O error names its file already; parse errors do not.
-            Arc::new(Gguf::open(p).map_err(|e| match e {
+            Arc::new(Gguf::open_with(p, residency).map_err(|e| match e {
                 FormatError::Io { .. } => LoadErrorKind::Format(e),
                 e => invalid(format!("{file}: {e}")),
             })?)
@@ -182,7 +182,7 @@ mod tests {
     }
 
     fn err(path: &Path) -> String {
-        match open(path) {
+        match open(path, Residency::Mapped) {
             Ok(_) => panic!("{} opened", path.display()),
             Err(e) => e.to_string(),
         }
@@ -195,7 +195,7 @@ mod tests {
         write(&p(1, 2), Some((0, 2, 3)), &["a", "b"]);
         write(&p(2, 2), Some((1, 2, 3)), &["c"]);
         for opened in [p(1, 2), p(2, 2)] {
-            let parts = open(&opened).unwrap();
+            let parts = open(&opened, Residency::Mapped).unwrap();
             assert_eq!(parts.0.len(), 2);
             assert_eq!(parts.0[0].path(), Some(p(1, 2).as_path()));
             assert!(parts.tensor("c").is_some() && parts.tensor("d").is_none());
@@ -216,7 +216,7 @@ mod tests {
         write(&p(2, 2), None, &["c"]);
         assert!(err(&p(1, 2)).contains("(split.no absent, split.count absent; expected 1 and 2)"));
         write(&p(1, 1), None, &["a"]);
-        assert_eq!(open(&p(1, 1)).unwrap().0.len(), 1);
+        assert_eq!(open(&p(1, 1), Residency::Mapped).unwrap().0.len(), 1);
     }
 
     #[test]
