@@ -59,6 +59,17 @@ fn weights(rng: &mut Rng, ty: TensorType, rows: usize, cols: usize) -> Vec<u8> {
     data
 }
 
+/// `bytes` copied into anonymous memory advised for huge pages, as the engine holds
+/// weights (`verity_formats::Residency::Compute`): with 4 KiB pages a product that
+/// streams from memory measures the TLB more than the kernel.
+fn on_huge_pages(bytes: &[u8]) -> memmap2::MmapMut {
+    let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).expect("anonymous map");
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    map[..bytes.len()].copy_from_slice(bytes);
+    map
+}
+
 fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
     f();
     (0..runs)
@@ -94,7 +105,7 @@ fn time_random(
     runs: usize,
     rng: &mut Rng,
 ) {
-    let data = weights(rng, ty, rows, cols);
+    let data = on_huge_pages(&weights(rng, ty, rows, cols));
     let w = WeightView {
         ty,
         rows,
