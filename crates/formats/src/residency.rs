@@ -6,8 +6,10 @@
 //! tables; on the development VM a token of a 1 GB model then read its weights about 25 %
 //! slower than from 2 MiB pages (`bench/RESULTS.md`, session 29). A mapped file gets
 //! large pages only if the page cache happens to hold it in 2 MiB folios, which depends
-//! on how the file was first read; a copy in anonymous memory advised for huge pages gets
-//! them whenever the kernel has transparent huge pages at all.
+//! on how the file was first read (a `read` of the whole file leaves it so, a mapping
+//! without the huge-page advice does not); a copy in anonymous memory advised for huge
+//! pages gets them whenever the kernel has transparent huge pages at all, at the cost of
+//! zeroing and filling it when loading.
 
 use std::fs::File;
 use std::io::Read;
@@ -21,10 +23,11 @@ pub enum Residency {
     /// they are read, and processes share them. For headers, hashing and inspection.
     #[default]
     Mapped,
-    /// For computing on every byte over and over (inference, training): read into
-    /// anonymous memory advised for transparent huge pages, when the file is at least
-    /// [`RESIDENT_MIN_BYTES`] and at most half the memory available; otherwise mapped
-    /// as [`Residency::Mapped`]. `VERITY_MMAP=1` in the environment keeps files mapped.
+    /// For computing on every byte over and over (inference, training): mapped and
+    /// advised for huge pages; if the mapping does not then come on 2 MiB pages, read
+    /// into anonymous memory advised for transparent huge pages, when the file is at
+    /// least [`RESIDENT_MIN_BYTES`] and at most half the memory available. `VERITY_MMAP=1`
+    /// in the environment keeps files mapped.
     Compute,
 }
 
@@ -36,9 +39,6 @@ pub const RESIDENT_MIN_BYTES: u64 = 32 << 20;
 /// map is an error on some systems).
 pub(crate) fn hold(file: &File, residency: Residency) -> std::io::Result<Mmap> {
     let len = file.metadata()?.len();
-    if residency == Residency::Compute && fits_resident(len) {
-        return read_resident(file, len);
-    }
     // SAFETY: the map is read-only; a file truncated by another process while mapped is
     // outside what any mmap-based reader can defend against.
     let map = unsafe { Mmap::map(file) }?;
@@ -46,7 +46,48 @@ pub(crate) fn hold(file: &File, residency: Residency) -> std::io::Result<Mmap> {
     // filesystem can (a hint; refusing it changes nothing else).
     #[cfg(target_os = "linux")]
     let _ = map.advise(memmap2::Advice::HugePage);
+    if residency == Residency::Compute && fits_resident(len) && !mapped_huge(&map) {
+        drop(map);
+        return read_resident(file, len);
+    }
     Ok(map)
+}
+
+/// Whether `map`, once populated, is all on 2 MiB pages (but for its unaligned tail): the
+/// page cache holds the file in 2 MiB folios (as a `read` of the whole file or an earlier
+/// mapping advised for huge pages leaves it), so a copy would gain nothing and cost the
+/// time to zero and fill it (0.4-3 s a GB on the development VM).
+fn mapped_huge(map: &Mmap) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        if map.advise(memmap2::Advice::PopulateRead).is_err() {
+            return false;
+        }
+        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+            return false;
+        };
+        let start = format!("{:x}-", map.as_ptr() as usize);
+        let Some(at) = smaps.lines().position(|l| l.starts_with(&start)) else {
+            return false;
+        };
+        let pmd_kb = smaps
+            .lines()
+            .skip(at + 1)
+            // The block's fields ("Name: value"), up to the next mapping's header line.
+            .take_while(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|t| t.ends_with(':'))
+            })
+            .find_map(|l| l.strip_prefix("FilePmdMapped:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok());
+        pmd_kb.is_some_and(|kb| kb * 1024 + (4 << 20) >= map.len())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = map;
+        false
+    }
 }
 
 /// Whether a file of `len` bytes is to be read into memory for computing.
