@@ -6,8 +6,9 @@
 //! tables; on the development VM a token of a 1 GB model then read its weights about 25 %
 //! slower than from 2 MiB pages (`bench/RESULTS.md`, session 29). A mapped file gets
 //! large pages only if the page cache happens to hold it in 2 MiB folios, which depends
-//! on how the file was first read (a `read` of the whole file leaves it so, a mapping
-//! without the huge-page advice does not); a copy in anonymous memory advised for huge
+//! on how the file was first read (a `read` of the whole file left it so here; files
+//! that only mappings without the huge-page advice had read were on 4 KiB folios); a
+//! copy in anonymous memory advised for huge
 //! pages gets them whenever the kernel has transparent huge pages at all, at the cost of
 //! zeroing and filling it when loading.
 
